@@ -1,0 +1,3 @@
+"""llmfleet: a Kubernetes operator for self-hosted LLM inference fleets."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,112 @@
+"""`llmfleet dev-cluster up|down|status|build-tools`."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from .cluster import ClusterError, ClusterState, DevCluster, NodePool, node_pools_from_env, pid_runs, stop_pid
+from .tools import ToolsMissing, build_tools, locate_tools
+
+
+def default_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "llmfleet" / "dev-cluster"
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("dev-cluster", help="a local Kubernetes control plane with fake GPU nodes")
+    p.add_argument("--dir", type=Path, default=default_dir(), help="state directory (default: %(default)s)")
+    actions = p.add_subparsers(dest="action", required=True)
+    up = actions.add_parser("up", help="start the cluster and print its kubeconfig path")
+    up.add_argument(
+        "--nodes",
+        action="append",
+        type=NodePool.parse,
+        metavar="NAME=COUNTxGPUS[:PRODUCT]",
+        help="a node pool (repeatable); default: 4 H100 nodes with 8 GPUs, 2 L4 nodes with 1",
+    )
+    up.add_argument("--build", action="store_true", help="build missing tools first (needs Go)")
+    actions.add_parser("down", help="stop every process of the cluster and remove its state (logs kept)")
+    actions.add_parser("status", help="print whether the cluster runs and its kubeconfig")
+    actions.add_parser("build-tools", help="build the pinned control-plane binaries into the cache")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    state_file = args.dir / "state.json"
+    try:
+        if args.action == "build-tools":
+            print(build_tools().bin)
+            return 0
+        if args.action == "status":
+            return _status(state_file)
+        if args.action == "down":
+            return _down(state_file)
+        return _up(args, state_file)
+    except (ToolsMissing, ClusterError) as exc:
+        print(f"llmfleet dev-cluster: {exc}", file=sys.stderr)
+        return 1
+
+
+def _running(state_file: Path) -> ClusterState | None:
+    if not state_file.exists():
+        return None
+    state = ClusterState.load(state_file)
+    return state if state.components and all(pid_runs(c) for c in state.components) else None
+
+
+def _up(args: argparse.Namespace, state_file: Path) -> int:
+    if state := _running(state_file):
+        print(f"already running; KUBECONFIG={state.kubeconfig}", file=sys.stderr)
+        print(state.kubeconfig)
+        return 0
+    if state_file.exists():
+        _down(state_file)
+    if args.build:
+        build_tools()
+    workdir = args.dir / "cluster"
+    shutil.rmtree(workdir, ignore_errors=True)
+    pools = tuple(args.nodes) if args.nodes else node_pools_from_env()
+    cluster = DevCluster(pools, workdir=workdir, detach=True).start()
+    args.dir.mkdir(parents=True, exist_ok=True)
+    cluster.state().save(state_file)
+    print(
+        f"dev cluster ready in {cluster.timings['ready']:.1f} s "
+        f"(API server ready after {cluster.timings['apiserver_ready']:.1f} s); "
+        f"{len(cluster.nodes)} nodes; logs in {cluster.logdir}\n"
+        f"  export KUBECONFIG={cluster.kubeconfig}\n"
+        f"  export PATH={locate_tools().bin}:$PATH",
+        file=sys.stderr,
+    )
+    print(cluster.kubeconfig)
+    return 0
+
+
+def _down(state_file: Path) -> int:
+    if not state_file.exists():
+        print("no dev cluster state; nothing to stop", file=sys.stderr)
+        return 0
+    state = ClusterState.load(state_file)
+    for comp in reversed(state.components):
+        stop_pid(comp)
+    workdir = Path(state.workdir)
+    for child in workdir.iterdir() if workdir.exists() else ():
+        if str(child) != state.logdir:
+            shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+    state_file.unlink()
+    print(f"stopped {len(state.components)} processes; logs kept in {state.logdir}", file=sys.stderr)
+    return 0
+
+
+def _status(state_file: Path) -> int:
+    state = _running(state_file)
+    if state is None:
+        print("not running")
+        return 1
+    print(f"running: {', '.join(f'{c.name}[{c.pid}]' for c in state.components)}")
+    print(state.kubeconfig)
+    return 0

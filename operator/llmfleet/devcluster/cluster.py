@@ -1,0 +1,538 @@
+"""A real Kubernetes control plane on loopback, for tests and for trying llmfleet.
+
+etcd, kube-apiserver, kube-controller-manager and kube-scheduler run as local
+processes built from their upstream modules; KWOK plays the kubelets of fake GPU
+nodes. Pods that KWOK marks Running get IPs from a 127.x range, so later tiers can
+bind real processes (the `sim` engine) to them.
+
+Kubernetes refuses loopback addresses in Endpoints and EndpointSlices and as the API
+server's advertised endpoint, so the API server's endpoint reconciler is off and
+anything that needs pod addresses reads them from the pods themselves.
+
+The same object also attaches to an existing cluster (`LLMFLEET_TEST_KUBECONFIG`):
+then only KWOK runs locally, managing the fake GPU nodes it adds to that cluster.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import yaml
+
+from .tools import Tools, require_tools
+
+KWOK_ANNOTATION = "kwok.x-k8s.io/node"
+DEV_NODE_LABEL = "llmfleet.io/dev-cluster-node"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_IP = "10.96.0.1"
+DEFAULT_POD_CIDR = "127.1.0.0/16"
+
+
+class ClusterError(RuntimeError):
+    """The dev cluster could not start; the message points at the component log."""
+
+
+@dataclass(frozen=True)
+class NodePool:
+    """A group of identical fake nodes."""
+
+    name: str
+    count: int
+    gpus: int = 0
+    gpu_product: str | None = None
+    cpu: str = "64"
+    memory: str = "512Gi"
+    pods: int = 110
+
+    @classmethod
+    def parse(cls, text: str) -> "NodePool":
+        """`NAME=COUNTxGPUS[:PRODUCT]`, e.g. `gpu-h100=4x8:NVIDIA-H100-80GB-HBM3`."""
+        try:
+            name, _, rest = text.partition("=")
+            shape, _, product = rest.partition(":")
+            count, _, gpus = shape.partition("x")
+            return cls(name.strip(), int(count), int(gpus or 0), product.strip() or None)
+        except ValueError as exc:
+            raise ValueError(
+                f"node pool {text!r}: expected NAME=COUNTxGPUS[:PRODUCT], "
+                "e.g. gpu-h100=4x8:NVIDIA-H100-80GB-HBM3"
+            ) from exc
+
+    def manifests(self) -> list[dict]:
+        return [self._node(f"{self.name}-{i}") for i in range(self.count)]
+
+    def _node(self, name: str) -> dict:
+        resources = {"cpu": self.cpu, "memory": self.memory, "pods": str(self.pods)}
+        labels = {
+            "kubernetes.io/hostname": name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": "amd64",
+            "type": "kwok",
+            DEV_NODE_LABEL: self.name,
+        }
+        if self.gpus:
+            resources[GPU_RESOURCE] = str(self.gpus)
+            labels["nvidia.com/gpu.count"] = str(self.gpus)
+            labels["nvidia.com/gpu.present"] = "true"
+        if self.gpu_product:
+            labels[GPU_PRODUCT_LABEL] = self.gpu_product
+        return {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {
+                "name": name,
+                "labels": labels,
+                "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
+            },
+            "spec": {},
+            "status": {
+                "capacity": resources,
+                "allocatable": resources,
+                "nodeInfo": {
+                    "architecture": "amd64",
+                    "operatingSystem": "linux",
+                    "kubeletVersion": "fake",
+                    "kubeProxyVersion": "fake",
+                },
+                "phase": "Running",
+            },
+        }
+
+
+DEFAULT_NODE_POOLS = (
+    NodePool("gpu-h100", 4, 8, "NVIDIA-H100-80GB-HBM3", cpu="96", memory="1024Gi"),
+    NodePool("gpu-l4", 2, 1, "NVIDIA-L4", cpu="16", memory="64Gi"),
+)
+
+
+def node_pools_from_env() -> tuple[NodePool, ...]:
+    """`LLMFLEET_DEV_NODES=pool,pool` overrides the default fleet."""
+    spec = os.environ.get("LLMFLEET_DEV_NODES", "").strip()
+    if not spec:
+        return DEFAULT_NODE_POOLS
+    return tuple(NodePool.parse(p) for p in spec.split(",") if p.strip())
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    # Children of a test session die with it, even if pytest is killed hard.
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Component:
+    name: str
+    pid: int
+    log: str
+    binary: str
+
+
+@dataclass
+class ClusterState:
+    """What `dev-cluster down` needs to stop a cluster started by another process."""
+
+    workdir: str
+    logdir: str
+    kubeconfig: str
+    external: bool
+    components: list[Component] = field(default_factory=list)
+    nodes: list[str] = field(default_factory=list)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> "ClusterState":
+        data = json.loads(path.read_text())
+        data["components"] = [Component(**c) for c in data["components"]]
+        return cls(**data)
+
+
+def pid_runs(component: Component) -> bool:
+    """True when the PID is still the process we started (PIDs get reused)."""
+    try:
+        exe = os.readlink(f"/proc/{component.pid}/exe")
+    except OSError:
+        return False
+    return exe == component.binary or exe.removesuffix(" (deleted)") == component.binary
+
+
+def stop_pid(component: Component, timeout: float = 10.0) -> None:
+    if not pid_runs(component):
+        return
+    try:
+        os.kill(component.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not pid_runs(component):
+            return
+        _reap(component.pid)
+        time.sleep(0.05)
+    try:
+        os.kill(component.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    _reap(component.pid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+class DevCluster:
+    """Start, use and stop a dev cluster.
+
+    `attached=True` keeps children alive after this Python process exits (the CLI);
+    otherwise they die with it (pytest).
+    """
+
+    def __init__(
+        self,
+        node_pools: tuple[NodePool, ...] = DEFAULT_NODE_POOLS,
+        *,
+        workdir: Path | None = None,
+        external_kubeconfig: str | None = None,
+        pod_cidr: str = DEFAULT_POD_CIDR,
+        detach: bool = False,
+        tools: Tools | None = None,
+    ) -> None:
+        self.node_pools = node_pools
+        self.pod_cidr = pod_cidr
+        self.detach = detach
+        self.tools = tools or require_tools()
+        self.external = external_kubeconfig is not None
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="llmfleet-dev-cluster-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.logdir = self.workdir / "logs"
+        self.logdir.mkdir(exist_ok=True)
+        self.kubeconfig = Path(external_kubeconfig) if external_kubeconfig else self.workdir / "kubeconfig"
+        self.components: list[Component] = []
+        self._popen: dict[int, subprocess.Popen] = {}
+        self.nodes: list[str] = []
+        self.api_server_url: str | None = None
+        self.timings: dict[str, float] = {}
+
+    # ---- lifecycle -------------------------------------------------------------
+
+    def start(self, timeout: float = 90.0) -> "DevCluster":
+        t0 = time.monotonic()
+        try:
+            if not self.external:
+                self._start_control_plane(timeout)
+                self.timings["apiserver_ready"] = time.monotonic() - t0
+            self._start_kwok()
+            self._create_nodes()
+            self._wait_nodes_ready(t0 + timeout)
+            if not self.external:
+                self._wait_default_service_account(t0 + timeout)
+        except BaseException:
+            self.stop(remove_workdir=False)
+            raise
+        self.timings["ready"] = time.monotonic() - t0
+        return self
+
+    def stop(self, remove_workdir: bool = True) -> None:
+        """Stop every process we started, by PID; keep the logs, drop the rest."""
+        if self.external and self.nodes:
+            self.kubectl("delete", "node", "--ignore-not-found", "--wait=false", *self.nodes, check=False)
+        for comp in reversed(self.components):
+            stop_pid(comp)
+            if proc := self._popen.pop(comp.pid, None):
+                proc.wait(timeout=5)
+        self.components.clear()
+        if remove_workdir:
+            for child in self.workdir.iterdir():
+                if child != self.logdir:
+                    shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink()
+
+    def state(self) -> ClusterState:
+        return ClusterState(
+            workdir=str(self.workdir),
+            logdir=str(self.logdir),
+            kubeconfig=str(self.kubeconfig),
+            external=self.external,
+            components=list(self.components),
+            nodes=list(self.nodes),
+        )
+
+    # ---- helpers for tests and the CLI ---------------------------------------
+
+    def env(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env["KUBECONFIG"] = str(self.kubeconfig)
+        env["PATH"] = f"{self.tools.bin}{os.pathsep}{env.get('PATH', '')}"
+        return env
+
+    def kubectl(self, *args: str, input: str | None = None, check: bool = True, timeout: float = 60):
+        """Run the pinned kubectl against this cluster; returns CompletedProcess."""
+        proc = subprocess.run(
+            [str(self.tools.path("kubectl")), "--kubeconfig", str(self.kubeconfig), *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+        return proc
+
+    def log_tails(self, lines: int = 30) -> dict[str, str]:
+        """The last lines of every component log, for test failure reports."""
+        tails = {}
+        for log in sorted(self.logdir.glob("*.log")):
+            text = log.read_text(errors="replace").splitlines()
+            tails[log.stem] = "\n".join(text[-lines:])
+        return tails
+
+    # ---- internals -------------------------------------------------------------
+
+    def _spawn(self, name: str, args: list[str]) -> Component:
+        log_path = self.logdir / f"{name}.log"
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen(
+                args,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.workdir,
+                start_new_session=True,
+                preexec_fn=None if self.detach else _die_with_parent,
+            )
+        comp = Component(name=name, pid=proc.pid, log=str(log_path), binary=str(Path(args[0]).resolve()))
+        self.components.append(comp)
+        self._popen[proc.pid] = proc
+        return comp
+
+    def _check_alive(self, comp: Component) -> None:
+        proc = self._popen.get(comp.pid)
+        if proc is not None and proc.poll() is not None:
+            tail = "\n".join(Path(comp.log).read_text(errors="replace").splitlines()[-25:])
+            raise ClusterError(f"{comp.name} exited with {proc.returncode}; log {comp.log}:\n{tail}")
+
+    def _wait(self, what: str, check, deadline: float, comps: list[Component]) -> None:
+        last_error = ""
+        while time.monotonic() < deadline:
+            for comp in comps:
+                self._check_alive(comp)
+            try:
+                if check():
+                    return
+            except Exception as exc:  # noqa: BLE001 - waiting on a starting process
+                last_error = str(exc)
+            time.sleep(0.1)
+        raise ClusterError(f"timed out waiting for {what} ({last_error}); logs in {self.logdir}")
+
+    def _start_control_plane(self, timeout: float) -> None:
+        from .pki import generate_pki
+
+        deadline = time.monotonic() + timeout
+        pki = generate_pki(self.workdir / "pki", SERVICE_IP)
+        etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
+        etcd = self._spawn(
+            "etcd",
+            [
+                str(self.tools.path("etcd")),
+                "--name=dev",
+                f"--data-dir={self.workdir / 'etcd'}",
+                f"--listen-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--advertise-client-urls=http://127.0.0.1:{etcd_port}",
+                f"--listen-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}",
+                f"--initial-cluster=dev=http://127.0.0.1:{etcd_peer}",
+                # Throwaway data: durability buys nothing and costs seconds.
+                "--unsafe-no-fsync",
+                "--quota-backend-bytes=2147483648",
+                "--log-level=warn",
+            ],
+        )
+        self._wait(
+            "etcd /health",
+            lambda: httpx.get(f"http://127.0.0.1:{etcd_port}/health", timeout=1).status_code == 200,
+            deadline,
+            [etcd],
+        )
+        self.api_server_url = f"https://127.0.0.1:{api_port}"
+        self._write_kubeconfig(pki)
+        apiserver = self._spawn(
+            "kube-apiserver",
+            [
+                str(self.tools.path("kube-apiserver")),
+                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+                "--bind-address=127.0.0.1",
+                f"--secure-port={api_port}",
+                "--advertise-address=127.0.0.1",
+                # The `kubernetes` Endpoints would carry 127.0.0.1, which validation
+                # refuses; nothing in the dev cluster needs them.
+                "--endpoint-reconciler-type=none",
+                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--tls-cert-file={pki.serving_cert}",
+                f"--tls-private-key-file={pki.serving_key}",
+                f"--client-ca-file={pki.ca_cert}",
+                f"--service-account-key-file={pki.sa_pub}",
+                f"--service-account-signing-key-file={pki.sa_key}",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--kubelet-certificate-authority={pki.ca_cert}",
+                f"--kubelet-client-certificate={pki.admin_cert}",
+                f"--kubelet-client-key={pki.admin_key}",
+                "--kubelet-preferred-address-types=InternalIP",
+                "--authorization-mode=Node,RBAC",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ],
+        )
+        ctx = ssl.create_default_context(cafile=str(pki.ca_cert))
+        ctx.load_cert_chain(str(pki.admin_cert), str(pki.admin_key))
+
+        def api_ready() -> bool:
+            return httpx.get(f"{self.api_server_url}/readyz", verify=ctx, timeout=2).status_code == 200
+
+        self._wait("kube-apiserver /readyz", api_ready, deadline, [etcd, apiserver])
+        common = [f"--kubeconfig={self.kubeconfig}", "--leader-elect=false", "--bind-address=127.0.0.1"]
+        self._spawn(
+            "kube-controller-manager",
+            [
+                str(self.tools.path("kube-controller-manager")),
+                *common,
+                f"--secure-port={free_port()}",
+                "--controllers=*",
+                f"--root-ca-file={pki.ca_cert}",
+                f"--service-account-private-key-file={pki.sa_key}",
+                f"--cluster-signing-cert-file={pki.ca_cert}",
+                f"--cluster-signing-key-file={pki.ca_key}",
+                "--use-service-account-credentials=false",
+                "--kube-api-qps=500",
+                "--kube-api-burst=1000",
+                "--v=1",
+            ],
+        )
+        self._spawn(
+            "kube-scheduler",
+            [
+                str(self.tools.path("kube-scheduler")),
+                *common,
+                f"--secure-port={free_port()}",
+                "--kube-api-qps=500",
+                "--kube-api-burst=1000",
+                "--v=1",
+            ],
+        )
+
+    def _write_kubeconfig(self, pki) -> None:
+        config = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "llmfleet-dev",
+                    "cluster": {"server": self.api_server_url, "certificate-authority": str(pki.ca_cert)},
+                }
+            ],
+            "users": [
+                {
+                    "name": "llmfleet-dev-admin",
+                    "user": {"client-certificate": str(pki.admin_cert), "client-key": str(pki.admin_key)},
+                }
+            ],
+            "contexts": [
+                {"name": "llmfleet-dev", "context": {"cluster": "llmfleet-dev", "user": "llmfleet-dev-admin"}}
+            ],
+            "current-context": "llmfleet-dev",
+        }
+        self.kubeconfig.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.kubeconfig.chmod(0o600)
+
+    def _start_kwok(self) -> None:
+        config = self.workdir / "kwok.yaml"
+        docs = [
+            {
+                "apiVersion": "config.kwok.x-k8s.io/v1alpha1",
+                "kind": "KwokConfiguration",
+                # kwok leaves these at 0 (and refuses to start) when read from a file.
+                "options": {
+                    "cidr": self.pod_cidr,
+                    "nodeIP": "127.0.0.1",
+                    "nodeLeaseDurationSeconds": 40,
+                    "nodeLeaseParallelism": 4,
+                    "nodePlayStageParallelism": 4,
+                    "podPlayStageParallelism": 4,
+                    "podsOnNodeSyncParallelism": 1,
+                },
+            }
+        ]
+        stages = [yaml.safe_load(p.read_text()) for p in sorted(self.tools.kwok_stages.glob("*.yaml"))]
+        config.write_text(yaml.safe_dump_all(docs + stages, sort_keys=False))
+        port = free_port()
+        self._spawn(
+            "kwok",
+            [
+                str(self.tools.path("kwok")),
+                f"--kubeconfig={self.kubeconfig}",
+                f"--config={config}",
+                "--manage-all-nodes=false",
+                f"--manage-nodes-with-annotation-selector={KWOK_ANNOTATION}=fake",
+                f"--cidr={self.pod_cidr}",
+                "--node-ip=127.0.0.1",
+                f"--node-port={port}",
+                f"--server-address=127.0.0.1:{port}",
+                "--node-lease-duration-seconds=40",
+            ],
+        )
+
+    def _create_nodes(self) -> None:
+        manifests = [m for pool in self.node_pools for m in pool.manifests()]
+        self.nodes = [m["metadata"]["name"] for m in manifests]
+        body = yaml.safe_dump_all(manifests, sort_keys=False)
+        self.kubectl("apply", "--server-side", "--field-manager=llmfleet-dev-cluster", "-f", "-", input=body)
+
+    def _wait_nodes_ready(self, deadline: float) -> None:
+        wanted = set(self.nodes)
+
+        def all_ready() -> bool:
+            out = self.kubectl("get", "nodes", "-o", "json", check=False)
+            if out.returncode != 0:
+                return False
+            ready = {
+                n["metadata"]["name"]
+                for n in json.loads(out.stdout)["items"]
+                if any(
+                    c["type"] == "Ready" and c["status"] == "True"
+                    for c in n.get("status", {}).get("conditions", [])
+                )
+            }
+            return wanted <= ready
+
+        self._wait(f"{len(wanted)} nodes Ready", all_ready, deadline, list(self.components))
+
+    def _wait_default_service_account(self, deadline: float) -> None:
+        self._wait(
+            "the default ServiceAccount",
+            lambda: self.kubectl("get", "serviceaccount", "default", "-n", "default", check=False).returncode == 0,
+            deadline,
+            list(self.components),
+        )

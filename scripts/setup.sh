@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Idempotent setup of a fresh machine for llmfleet development:
+#   - a virtualenv in .venv with llmfleet (editable) and its test dependencies
+#   - the pinned Kubernetes control plane, etcd, KWOK, kubectl and helm, built from
+#     their upstream Go modules into ~/.cache/llmfleet/tools/ (skipped when cached)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$python" -m venv .venv
+fi
+.venv/bin/python -m pip install --quiet --upgrade pip
+.venv/bin/python -m pip install --quiet -e '.[test]'
+start=$(date +%s)
+bin=$(bash operator/llmfleet/devcluster/build-tools.sh)
+echo "tools in $bin ($(( $(date +%s) - start )) s)" >&2

@@ -1,0 +1,49 @@
+"""`llmfleet dev-cluster up/down` as a person uses it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from llmfleet.devcluster.cluster import ClusterState, pid_runs
+from llmfleet.devcluster.tools import require_tools
+
+
+def llmfleet(*args: str, **kw) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "llmfleet.cli", *args], capture_output=True, text=True, timeout=120, **kw
+    )
+
+
+def test_up_gives_usable_cluster_and_down_stops_every_process(tmp_path):
+    state_dir = tmp_path / "state"
+    up = llmfleet("dev-cluster", "--dir", str(state_dir), "up", "--nodes", "big=2x8:NVIDIA-H100-80GB-HBM3",
+                  "--nodes", "cpu=1x0")
+    assert up.returncode == 0, up.stderr
+    kubeconfig = up.stdout.strip().splitlines()[-1]
+    state = ClusterState.load(state_dir / "state.json")
+    try:
+        assert {c.name for c in state.components} == {
+            "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"
+        }
+        nodes = subprocess.run(
+            [str(require_tools().path("kubectl")), "get", "nodes", "-o", "json"],
+            env={**os.environ, "KUBECONFIG": kubeconfig}, capture_output=True, text=True, check=True,
+        )
+        items = json.loads(nodes.stdout)["items"]
+        gpus = sorted(n["status"]["allocatable"].get("nvidia.com/gpu", "0") for n in items)
+        assert gpus == ["0", "8", "8"]
+        assert all(
+            any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"]) for n in items
+        )
+        again = llmfleet("dev-cluster", "--dir", str(state_dir), "up")
+        assert again.returncode == 0 and "already running" in again.stderr
+    finally:
+        down = llmfleet("dev-cluster", "--dir", str(state_dir), "down")
+    assert down.returncode == 0, down.stderr
+    assert not any(pid_runs(c) for c in state.components)
+    assert not (state_dir / "state.json").exists()
+    assert (state_dir / "cluster" / "logs" / "kube-apiserver.log").exists()
+    assert not (state_dir / "cluster" / "etcd").exists()
