@@ -7,24 +7,14 @@ on loopback, garbage collection, CEL validation and server-side apply field owne
 from __future__ import annotations
 
 import ipaddress
-import time
 
 import pytest
 from kubernetes import client, dynamic
 from kubernetes.client.exceptions import ApiException
 
+from tests.helpers import wait_for
+
 H100 = "NVIDIA-H100-80GB-HBM3"
-
-
-def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
 
 
 def gpu_deployment(name: str, gpus: int, product: str | None = None) -> dict:

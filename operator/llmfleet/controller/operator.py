@@ -1,0 +1,110 @@
+"""kopf wiring: watches turn into work-queue keys; workers reconcile level-based.
+
+kopf's change-detecting handlers (on.create/update/resume) keep progress and "last
+handled" annotations on every object, which would rewrite idle objects on each
+operator restart. Event handlers store nothing, so every watch event (including the
+initial listing at start-up) just enqueues the owning ModelDeployment, and the
+reconciler computes the desired state from the whole current state each time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+
+import kopf
+from prometheus_client import start_http_server
+
+from . import metrics
+from .kube import GROUP, VERSION, Kube, Ref
+from .modeldeployment import ModelDeploymentReconciler
+from .workqueue import WorkQueue
+from ..status.modeldeployment import MD_LABEL
+
+log = logging.getLogger("llmfleet")
+
+
+@dataclass
+class OperatorOptions:
+    kubeconfig: str | None = None
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = 8080
+    workers: int = 4
+
+
+OPTIONS = OperatorOptions()
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
+    # kopf's defaults are a 300 s request timeout and endless watch streams.
+    settings.networking.request_timeout = 30
+    settings.networking.connect_timeout = 10
+    settings.watching.server_timeout = 300
+    settings.watching.client_timeout = 330
+    settings.watching.connect_timeout = 10
+    settings.posting.enabled = False  # we write our own Events, with our own reasons
+    settings.persistence.finalizer = "llmfleet.io/kopf"  # never added: no change handlers
+    # Only our pods and Deployments, filtered by the API server, not in memory.
+    settings.watching.label_selectors[kopf.Resource("", "v1", "pods")] = MD_LABEL
+    settings.watching.label_selectors[kopf.Resource("apps", "v1", "deployments")] = MD_LABEL
+
+    kube = await asyncio.to_thread(Kube.from_environment, OPTIONS.kubeconfig)
+    md = ModelDeploymentReconciler(kube)
+    memo.kube = kube
+    memo.md_queue = WorkQueue(md.reconcile, workers=OPTIONS.workers)
+    memo.md_queue.start()
+    if OPTIONS.metrics_port:
+        start_http_server(OPTIONS.metrics_port, addr=OPTIONS.metrics_host, registry=metrics.REGISTRY)
+    log.info("llmfleet operator started; metrics on %s:%s", OPTIONS.metrics_host, OPTIONS.metrics_port)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_) -> None:
+    if queue := getattr(memo, "md_queue", None):
+        await queue.stop()
+    if kube := getattr(memo, "kube", None):
+        kube.api.close()
+
+
+@kopf.on.event(GROUP, VERSION, "modeldeployments")
+async def model_deployment_event(name: str, namespace: str, memo: kopf.Memo, **_) -> None:
+    memo.md_queue.add(Ref(namespace, name))
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={MD_LABEL: kopf.PRESENT})
+async def deployment_event(namespace: str, labels: dict, memo: kopf.Memo, **_) -> None:
+    memo.md_queue.add(Ref(namespace, labels[MD_LABEL]))
+
+
+@kopf.on.event("", "v1", "pods", labels={MD_LABEL: kopf.PRESENT})
+async def pod_event(namespace: str, labels: dict, memo: kopf.Memo, **_) -> None:
+    memo.md_queue.add(Ref(namespace, labels[MD_LABEL]))
+
+
+def run(
+    *,
+    namespaces: list[str] | None = None,
+    kubeconfig: str | None = None,
+    metrics_port: int = 8080,
+    health_port: int = 8081,
+    bind: str = "0.0.0.0",
+    workers: int = 4,
+) -> None:
+    """Run the operator until SIGINT/SIGTERM."""
+    OPTIONS.kubeconfig = kubeconfig
+    OPTIONS.metrics_host = bind
+    OPTIONS.metrics_port = metrics_port
+    OPTIONS.workers = workers
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = kubeconfig  # for kopf's own login
+    kopf.configure(verbose=False)
+    kopf.run(
+        standalone=True,  # one replica; see the chart's Recreate strategy
+        clusterwide=not namespaces,
+        namespaces=namespaces or (),
+        liveness_endpoint=f"http://{bind}:{health_port}/healthz" if health_port else None,
+        memo=kopf.Memo(),
+    )

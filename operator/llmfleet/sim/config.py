@@ -1,0 +1,147 @@
+"""Configuration of one simulated model-server replica.
+
+Every knob is a command-line flag of ``llmfleet sim`` (named like vLLM's flag where
+vLLM has one), so a ModelDeployment can make one replica play a small fast model and
+another a large slow one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+from typing import Literal
+
+OutputLengthKind = Literal["fixed", "uniform", "normal"]
+
+
+@dataclass(frozen=True, slots=True)
+class OutputLength:
+    """How many tokens a request generates when it does not set ``max_tokens``.
+
+    Written on the command line as ``128``, ``uniform:LOW:HIGH`` (inclusive) or
+    ``normal:MEAN:STD`` (rounded, at least one token).
+    """
+
+    kind: OutputLengthKind
+    a: float
+    b: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str | int) -> OutputLength:
+        """Parse the ``--output-tokens`` syntax; ``ValueError`` names what is wrong."""
+        if isinstance(text, int):
+            return cls._fixed(text)
+        spec = text.strip()
+        if ":" not in spec:
+            try:
+                return cls._fixed(int(spec))
+            except ValueError:
+                raise ValueError(
+                    f"expected an integer, uniform:LOW:HIGH or normal:MEAN:STD, got {text!r}"
+                ) from None
+        kind, _, rest = spec.partition(":")
+        parts = rest.split(":")
+        if kind not in ("uniform", "normal") or len(parts) != 2:
+            raise ValueError(
+                f"expected an integer, uniform:LOW:HIGH or normal:MEAN:STD, got {text!r}"
+            )
+        try:
+            a, b = float(parts[0]), float(parts[1])
+        except ValueError:
+            raise ValueError(f"non-numeric parameter in {text!r}") from None
+        if kind == "uniform":
+            if not (1 <= a <= b) or a != int(a) or b != int(b):
+                raise ValueError(f"uniform needs integers 1 <= LOW <= HIGH, got {text!r}")
+        elif a < 1 or b < 0 or not math.isfinite(a + b):
+            raise ValueError(f"normal needs MEAN >= 1 and STD >= 0, got {text!r}")
+        return cls(kind, a, b)
+
+    @classmethod
+    def _fixed(cls, n: int) -> OutputLength:
+        if n < 1:
+            raise ValueError(f"output length must be at least 1 token, got {n}")
+        return cls("fixed", float(n))
+
+    def sample(self, rng: random.Random) -> int:
+        """Draw one output length (always >= 1)."""
+        if self.kind == "fixed":
+            return int(self.a)
+        if self.kind == "uniform":
+            return rng.randint(int(self.a), int(self.b))
+        return max(1, round(rng.gauss(self.a, self.b)))
+
+    def __str__(self) -> str:
+        if self.kind == "fixed":
+            return str(int(self.a))
+        if self.kind == "uniform":
+            return f"uniform:{int(self.a)}:{int(self.b)}"
+        return f"normal:{self.a:g}:{self.b:g}"
+
+
+@dataclass(frozen=True, slots=True)
+class SimConfig:
+    """Everything one sim replica needs; field names follow the CLI flags.
+
+    Times are *model* times (what a GPU would take); ``time_scale`` converts them to
+    wall time, so 0.1 runs ten times faster than real time and 0 never sleeps.
+    """
+
+    host: str = "0.0.0.0"
+    port: int = 8000
+    served_model_names: tuple[str, ...] = ("sim-model",)
+    max_num_seqs: int = 256
+    kv_cache_tokens: int = 262_144
+    prefill_tokens_per_second: float = 20_000.0
+    decode_step_ms: float = 10.0
+    decode_step_ms_per_seq: float = 0.1
+    max_model_len: int = 8192
+    output_tokens: OutputLength = OutputLength("fixed", 128.0)
+    time_scale: float = 1.0
+    error_rate: float = 0.0
+    hang_rate: float = 0.0
+    crash_after: int | None = None
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        # Validate here rather than in argparse so in-process users (tests, bench)
+        # get the same guarantees the scheduler relies on.
+        if not self.served_model_names or any(not n for n in self.served_model_names):
+            raise ValueError("--served-model-name needs at least one non-empty name")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"--port must be 0..65535, got {self.port}")
+        for flag, value in (
+            ("--max-num-seqs", self.max_num_seqs),
+            ("--kv-cache-tokens", self.kv_cache_tokens),
+            ("--max-model-len", self.max_model_len),
+        ):
+            if value < 1:
+                raise ValueError(f"{flag} must be at least 1, got {value}")
+        # One sequence can hold up to max_model_len tokens; if that does not fit in
+        # the cache the scheduler could never finish it (vLLM refuses to start too).
+        if self.kv_cache_tokens < self.max_model_len:
+            raise ValueError(
+                f"--kv-cache-tokens ({self.kv_cache_tokens}) must be at least "
+                f"--max-model-len ({self.max_model_len})"
+            )
+        if not self.prefill_tokens_per_second > 0:
+            raise ValueError("--prefill-tokens-per-second must be positive")
+        for flag, value in (
+            ("--decode-step-ms", self.decode_step_ms),
+            ("--decode-step-ms-per-seq", self.decode_step_ms_per_seq),
+            ("--time-scale", self.time_scale),
+        ):
+            if not (value >= 0 and math.isfinite(value)):
+                raise ValueError(f"{flag} must be a finite number >= 0, got {value}")
+        for flag, value in (("--error-rate", self.error_rate), ("--hang-rate", self.hang_rate)):
+            if not 0 <= value <= 1:
+                raise ValueError(f"{flag} must be within 0..1, got {value}")
+        if self.error_rate + self.hang_rate > 1:
+            raise ValueError("--error-rate plus --hang-rate must not exceed 1")
+        if self.crash_after is not None and self.crash_after < 1:
+            raise ValueError(f"--crash-after must be at least 1, got {self.crash_after}")
+
+    @property
+    def model_name(self) -> str:
+        """The name used in metric labels (vLLM uses the first served name too)."""
+        return self.served_model_names[0]

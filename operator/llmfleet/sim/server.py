@@ -1,0 +1,399 @@
+"""``llmfleet sim``: an OpenAI-compatible HTTP server backed by the simulated engine.
+
+Endpoints (as vLLM serves them): ``GET /v1/models``, ``POST /v1/completions``,
+``POST /v1/chat/completions`` (with and without ``stream: true``), ``GET /health``
+and ``GET /metrics``.
+
+Failure injection, for testing routing and supervision:
+
+* ``--error-rate p``: a fraction p of valid generation requests is answered 500
+  (OpenAI error shape) instead of being scheduled.
+* ``--hang-rate p``: a fraction p never gets an answer (the connection stays open
+  until the client gives up); hung requests do not occupy the batch.
+* ``--crash-after N``: once N generation requests have been answered (successfully
+  or with an error), the process exits with status 1 via ``os._exit`` - no cleanup,
+  like a crashed engine - so a supervisor sees a dead replica.
+
+Run in-process (tests, benches) with :func:`start_sim`; as a program with
+:func:`main`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import logging
+import os
+import random
+import signal
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+from prometheus_client.exposition import choose_encoder
+
+from llmfleet.sim.config import OutputLength, SimConfig
+from llmfleet.sim.engine import SimEngine
+from llmfleet.sim.engine import Sequence as EngineSequence
+from llmfleet.sim.protocol import (
+    GenerationRequest,
+    RequestError,
+    StreamEncoder,
+    chat_response,
+    check_context_length,
+    completion_response,
+    error_body,
+    filler_text,
+    parse_chat_request,
+    parse_completion_request,
+    parse_json_body,
+)
+
+log = logging.getLogger("llmfleet.sim")
+
+_JSON = "application/json"
+_SSE_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache"}
+
+
+def _json_response(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(obj, separators=(",", ":")).encode(),
+                        status=status, content_type=_JSON)
+
+
+class SimServer:
+    """One sim replica: the engine plus its aiohttp application.
+
+    ``exit_fn`` is what ``--crash-after`` calls; tests replace ``os._exit`` with a
+    recorder so the crash path can be checked without killing pytest.
+    """
+
+    def __init__(self, config: SimConfig, *, exit_fn: Callable[[int], Any] = os._exit) -> None:
+        self.config = config
+        self.engine = SimEngine(config)
+        self.port: int = config.port
+        self.crashed = False
+        self._exit_fn = exit_fn
+        self._names = frozenset(config.served_model_names)
+        # A separate stream from the engine's, so turning faults on does not change
+        # the output lengths a seed produces.
+        seed = config.seed
+        self._fault_rng = random.Random(None if seed is None else f"{seed}/faults")
+        self._answered = 0
+        self._hanging: set[asyncio.Future[None]] = set()
+        self._stopping = False
+        self._id_prefix = os.urandom(6).hex()
+        self._ids = itertools.count()
+        self._runner: web.AppRunner | None = None
+        self._created = int(time.time())
+        self.app = self._build_app()
+
+    @property
+    def base_url(self) -> str:
+        """``http://HOST:PORT/v1`` for OpenAI clients (127.0.0.1 for wildcard hosts)."""
+        host = self.config.host
+        if host in ("0.0.0.0", "", "::"):
+            host = "127.0.0.1"
+        elif ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/v1"
+
+    # -- lifecycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the scheduler and listen (``port`` 0 picks a free port)."""
+        self.engine.start()
+        # handler_cancellation: a client that disconnects cancels its handler, which
+        # aborts the sequence and frees its batch slot, as vLLM does.
+        self._runner = web.AppRunner(self.app, access_log=None, handler_cancellation=True,
+                                     shutdown_timeout=2.0)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+
+    async def stop(self) -> None:
+        """Stop listening, end in-flight requests and the scheduler."""
+        self._stopping = True
+        if self._runner is not None:
+            for site in list(self._runner.sites):
+                await site.stop()
+        for fut in list(self._hanging):
+            if not fut.done():
+                fut.set_exception(RequestError(503, "The server is shutting down."))
+        await self.engine.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    # -- app ---------------------------------------------------------------
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._error_middleware],
+                              client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/completions", self._completions)
+        app.router.add_get("/health", self._health)
+        app.router.add_get("/metrics", self._metrics)
+        return app
+
+    @web.middleware
+    async def _error_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        # Every failure leaves as OpenAI-shaped JSON; a stack trace stays in our log.
+        try:
+            return await handler(request)
+        except RequestError as exc:
+            return _json_response(exc.body(), exc.status)
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            return _json_response(error_body(exc.status, exc.reason), exc.status)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("unhandled error serving %s %s", request.method, request.path)
+            return _json_response(error_body(500, "Internal server error"), 500)
+
+    async def _health(self, request: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def _models(self, request: web.Request) -> web.Response:
+        data = [{"id": name, "object": "model", "created": self._created, "owned_by": "vllm",
+                 "root": self.config.model_name, "parent": None,
+                 "max_model_len": self.config.max_model_len}
+                for name in self.config.served_model_names]
+        return _json_response({"object": "list", "data": data})
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.Response(body=encoder(self.engine.metrics.registry),
+                            headers={"Content-Type": content_type})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, parse_chat_request)
+
+    async def _completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, parse_completion_request)
+
+    # -- generation --------------------------------------------------------
+
+    async def _generate(self, request: web.Request,
+                        parse: Callable[[dict[str, Any]], GenerationRequest]) -> web.StreamResponse:
+        cfg = self.config
+        try:
+            if self._stopping:
+                raise RequestError(503, "The server is shutting down.")
+            req = parse(parse_json_body(await request.read()))
+            if req.model not in self._names:
+                raise RequestError(404, f"The model `{req.model}` does not exist.", param="model")
+            check_context_length(req, cfg.max_model_len)
+            if cfg.error_rate or cfg.hang_rate:
+                r = self._fault_rng.random()
+                if r < cfg.error_rate:
+                    raise RequestError(500, "Simulated engine failure (--error-rate).")
+                if r < cfg.error_rate + cfg.hang_rate:
+                    await self._hang()
+        except RequestError as exc:
+            return await self._answer(request, _json_response(exc.body(), exc.status))
+
+        target, reason = self.engine.plan_output(req.prompt_tokens, req.max_tokens)
+        seq = self.engine.submit(req.prompt_tokens, target, reason, stream=req.stream)
+        try:
+            if req.stream:
+                resp = await self._stream(request, req, seq)
+            else:
+                await self.engine.wait(seq)
+                resp = self._full_response(req, seq)
+        finally:
+            # Reached with an unfinished sequence only when the client went away
+            # (handler cancelled, write failed): free its slot.
+            if not seq.finished:
+                self.engine.abort(seq)
+        return await self._answer(request, resp)
+
+    def _new_id(self, kind: str) -> str:
+        prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
+        return f"{prefix}{self._id_prefix}{next(self._ids):010x}"
+
+    def _full_response(self, req: GenerationRequest, seq: EngineSequence) -> web.Response:
+        if seq.finish_reason == "abort":
+            return _json_response(error_body(503, "The server is shutting down."), 503)
+        build = chat_response if req.kind == "chat" else completion_response
+        return _json_response(build(self._new_id(req.kind), int(time.time()), req.model,
+                                    filler_text(seq.generated), seq.finish_reason or "stop",
+                                    seq.prompt_tokens, seq.generated))
+
+    async def _stream(self, request: web.Request, req: GenerationRequest,
+                      seq: EngineSequence) -> web.StreamResponse:
+        enc = StreamEncoder(req.kind, self._new_id(req.kind), int(time.time()), req.model)
+        resp = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+        await resp.prepare(request)
+        sent = 0
+        try:
+            while True:
+                await self.engine.wait(seq, sent)
+                n = seq.generated
+                aborted = seq.finish_reason == "abort"
+                parts: list[str] = []
+                if n > sent and not aborted:
+                    if sent == 0:
+                        parts.append(enc.role_chunk())
+                    for i in range(sent, n - 1):
+                        parts.append(enc.token_chunk(i))
+                    # vLLM puts finish_reason on the chunk of the last token.
+                    parts.append(enc.token_chunk(n - 1, seq.finish_reason if seq.finished else None))
+                    sent = n
+                if seq.finished:
+                    if aborted:
+                        break  # shutdown: end the stream without [DONE], like a dying server
+                    if req.include_usage:
+                        parts.append(enc.usage_chunk(seq.prompt_tokens, seq.generated))
+                    parts.append(enc.done())
+                    await resp.write("".join(parts).encode())
+                    break
+                await resp.write("".join(parts).encode())
+            await resp.write_eof()
+        except ConnectionResetError:
+            pass  # client gone; the caller aborts the sequence
+        return resp
+
+    async def _hang(self) -> None:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._hanging.add(fut)
+        try:
+            await fut
+        finally:
+            self._hanging.discard(fut)
+
+    async def _answer(self, request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:
+        """Count a generation answer; the ``--crash-after``-th one takes the process down."""
+        self._answered += 1
+        limit = self.config.crash_after
+        if limit is not None and self._answered >= limit:
+            # Send this answer first so the client that completes the count is served.
+            if not resp.prepared:
+                await resp.prepare(request)
+            await resp.write_eof()
+            self.crashed = True
+            log.error("--crash-after %d reached: exiting without cleanup", limit)
+            for stream in (sys.stdout, sys.stderr):
+                stream.flush()
+            self._exit_fn(1)
+        return resp
+
+
+async def start_sim(config: SimConfig, *, exit_fn: Callable[[int], Any] = os._exit) -> SimServer:
+    """Start a sim replica on the running event loop; ``await server.stop()`` ends it."""
+    server = SimServer(config, exit_fn=exit_fn)
+    await server.start()
+    return server
+
+
+# ---------------------------------------------------------------------------
+# Command line
+# ---------------------------------------------------------------------------
+
+def _output_length(text: str) -> OutputLength:
+    try:
+        return OutputLength.parse(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def build_parser(prog: str = "llmfleet sim") -> argparse.ArgumentParser:
+    """The ``llmfleet sim`` flags (vLLM's names where vLLM has the same knob)."""
+    d = SimConfig()
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Simulated OpenAI-compatible LLM server that behaves like a GPU "
+                    "server under load (continuous batching, KV cache, vLLM metrics).")
+    p.add_argument("--host", default=d.host, help="address to listen on (default %(default)s)")
+    p.add_argument("--port", type=int, default=d.port, help="port; 0 picks a free one (default %(default)s)")
+    p.add_argument("--served-model-name", nargs="+", metavar="NAME", default=None,
+                   help=f"model name(s) the server answers to (default {d.model_name})")
+    p.add_argument("--model", default=None,
+                   help="accepted for vLLM compatibility; the served name when "
+                        "--served-model-name is not given")
+    g = p.add_argument_group("load model")
+    g.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs,
+                   help="max running sequences in the batch (default %(default)s)")
+    g.add_argument("--kv-cache-tokens", type=int, default=d.kv_cache_tokens,
+                   help="KV-cache capacity in tokens; a sequence holds prompt+generated "
+                        "tokens (default %(default)s)")
+    g.add_argument("--prefill-tokens-per-second", type=float, default=d.prefill_tokens_per_second,
+                   help="prompt processing speed (default %(default)s)")
+    g.add_argument("--decode-step-ms", type=float, default=d.decode_step_ms,
+                   help="base model time of one decode step for the whole batch (default %(default)s)")
+    g.add_argument("--decode-step-ms-per-seq", type=float, default=d.decode_step_ms_per_seq,
+                   help="added to each decode step per running sequence (default %(default)s)")
+    g.add_argument("--max-model-len", type=int, default=d.max_model_len,
+                   help="context window: prompt + completion tokens (default %(default)s)")
+    g.add_argument("--output-tokens", type=_output_length, default=d.output_tokens,
+                   help="output length when a request sets no max_tokens: N, uniform:LOW:HIGH "
+                        "or normal:MEAN:STD (default %(default)s)")
+    g.add_argument("--time-scale", type=float, default=d.time_scale,
+                   help="wall seconds per model second: 0.1 runs 10x faster than real time, "
+                        "0 never sleeps (default %(default)s)")
+    f = p.add_argument_group("failure injection")
+    f.add_argument("--error-rate", type=float, default=d.error_rate,
+                   help="fraction of requests answered with HTTP 500 (default %(default)s)")
+    f.add_argument("--hang-rate", type=float, default=d.hang_rate,
+                   help="fraction of requests that are never answered (default %(default)s)")
+    f.add_argument("--crash-after", type=int, default=None, metavar="N",
+                   help="exit the process hard (status 1) after answering N requests")
+    f.add_argument("--seed", type=int, default=None,
+                   help="seed for output lengths and failure injection (default: random)")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"], help="(default %(default)s)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SimConfig:
+    """Turn parsed flags into a validated :class:`SimConfig` (``ValueError`` if invalid)."""
+    names = tuple(args.served_model_name or ([args.model] if args.model else SimConfig().served_model_names))
+    return SimConfig(
+        host=args.host, port=args.port, served_model_names=names,
+        max_num_seqs=args.max_num_seqs, kv_cache_tokens=args.kv_cache_tokens,
+        prefill_tokens_per_second=args.prefill_tokens_per_second,
+        decode_step_ms=args.decode_step_ms, decode_step_ms_per_seq=args.decode_step_ms_per_seq,
+        max_model_len=args.max_model_len, output_tokens=args.output_tokens,
+        time_scale=args.time_scale, error_rate=args.error_rate, hang_rate=args.hang_rate,
+        crash_after=args.crash_after, seed=args.seed)
+
+
+async def serve(config: SimConfig) -> None:
+    """Run a replica until SIGINT/SIGTERM."""
+    server = await start_sim(config)
+    # Parsed by benches and supervisors that start us with --port 0.
+    print(f"llmfleet sim: serving {list(config.served_model_names)} on "
+          f"{config.host}:{server.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await server.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``llmfleet sim``; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(None if argv is None else list(argv))
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        parser.error(str(exc))
+    logging.basicConfig(level=args.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,54 @@
+"""metav1.Condition lists, kept the way Kubernetes controllers keep them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: bool
+    reason: str
+    message: str
+
+    @property
+    def status_text(self) -> str:
+        return "True" if self.status else "False"
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def merge_conditions(
+    current: list[dict] | None, wanted: list[Condition], generation: int | None, now: str | None = None
+) -> list[dict]:
+    """The new condition list: `lastTransitionTime` moves only when status flips,
+    so rewriting an unchanged condition is a no-op (and so is the status patch)."""
+    by_type = {c.get("type"): c for c in current or []}
+    out = []
+    for cond in wanted:
+        old = by_type.get(cond.type)
+        changed = old is None or old.get("status") != cond.status_text
+        out.append(
+            {
+                "type": cond.type,
+                "status": cond.status_text,
+                "reason": cond.reason,
+                "message": cond.message,
+                "observedGeneration": generation,
+                "lastTransitionTime": (now or now_rfc3339()) if changed else old.get("lastTransitionTime"),
+            }
+        )
+    return out
+
+
+def find(conditions: list[dict] | None, type_: str) -> dict | None:
+    return next((c for c in conditions or [] if c.get("type") == type_), None)
+
+
+def is_true(conditions: list[dict] | None, type_: str) -> bool:
+    cond = find(conditions, type_)
+    return bool(cond and cond.get("status") == "True")

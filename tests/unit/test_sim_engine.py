@@ -1,0 +1,134 @@
+"""The sim scheduler, driven step by step (begin_step/end_step) so batching, KV-cache
+admission and preemption are checked without any timing."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from llmfleet.sim.config import OutputLength, SimConfig
+from llmfleet.sim.engine import SimEngine
+
+
+def _engine(**changes: object) -> SimEngine:
+    return SimEngine(SimConfig(seed=0, **changes))  # type: ignore[arg-type]
+
+
+def _drain(engine: SimEngine, max_steps: int = 10_000) -> int:
+    """Run steps until nothing is left; return how many it took."""
+    for step in range(max_steps):
+        if not engine.num_running and not engine.num_waiting:
+            return step
+        engine.begin_step(0.0)
+        engine.end_step(0.0)
+    raise AssertionError("engine did not drain")
+
+
+def test_batch_is_capped_by_max_num_seqs_and_step_time_grows_with_it() -> None:
+    eng = _engine(max_num_seqs=2, decode_step_ms=10, decode_step_ms_per_seq=1,
+                  prefill_tokens_per_second=1000)
+    seqs = [eng.submit(100, 3, "length", stream=False) for _ in range(3)]
+    # First step prefills two prompts (200 tokens at 1000/s) and decodes a batch of 2.
+    assert eng.begin_step(0.0) == pytest.approx(0.2 + 0.012)
+    assert (eng.num_running, eng.num_waiting) == (2, 1)
+    eng.end_step(0.0)
+    assert [s.generated for s in seqs] == [1, 1, 0]
+    # Pure decode step: no prefill.
+    assert eng.begin_step(0.0) == pytest.approx(0.012)
+    eng.end_step(0.0)
+    assert _drain(eng) == 4  # third step finishes the first two, then 3 for the last
+    assert all(s.finished and s.generated == 3 and s.finish_reason == "length" for s in seqs)
+
+
+def test_request_waits_until_kv_cache_has_room() -> None:
+    eng = _engine(kv_cache_tokens=150, max_model_len=100)
+    first = eng.submit(80, 5, "stop", stream=False)
+    second = eng.submit(80, 5, "stop", stream=False)
+    eng.begin_step(0.0)
+    assert (eng.num_running, eng.num_waiting) == (1, 1)
+    assert eng.state().kv_cache_usage == pytest.approx(80 / 150)
+    eng.end_step(0.0)
+    assert eng.kv_used_tokens == 81  # a sequence holds prompt + generated tokens
+    for _ in range(4):
+        eng.begin_step(0.0)
+        eng.end_step(0.0)
+    assert first.finished and eng.kv_used_tokens == 0
+    assert second.generated == 0
+    eng.begin_step(0.0)
+    assert (eng.num_running, eng.num_waiting) == (1, 0)
+    _drain(eng)
+    assert second.finished and second.finish_reason == "stop"
+
+
+def test_full_cache_preempts_newest_and_recomputes_it() -> None:
+    eng = _engine(kv_cache_tokens=100, max_model_len=100)
+    old = eng.submit(40, 50, "length", stream=False)
+    new = eng.submit(40, 50, "length", stream=False)
+    eng.begin_step(0.0)
+    assert eng.num_running == 2
+    _drain(eng)
+    m = eng.metrics
+    assert m.num_preemptions >= 1
+    assert old.finished and new.finished
+    assert old.generated == new.generated == 50
+    # Prompt tokens are counted once per request, not again on recompute.
+    assert m.prompt_tokens == 80
+    assert m.generation_tokens == 100
+    assert m.request_success["length"] == 2
+    assert eng.kv_used_tokens == 0
+
+
+def test_abort_frees_slot_and_cache() -> None:
+    eng = _engine(max_num_seqs=1)
+    running = eng.submit(10, 100, "length", stream=False)
+    queued = eng.submit(10, 100, "length", stream=False)
+    eng.begin_step(0.0)
+    eng.end_step(0.0)
+    eng.abort(queued)
+    eng.abort(running)
+    assert (eng.num_running, eng.num_waiting, eng.kv_used_tokens) == (0, 0, 0)
+    assert running.finish_reason == queued.finish_reason == "abort"
+    assert eng.metrics.request_success["abort"] == 2
+    eng.abort(running)  # idempotent
+    assert eng.metrics.request_success["abort"] == 2
+
+
+def test_plan_output() -> None:
+    eng = _engine(max_model_len=100, output_tokens=OutputLength.parse("30"))
+    assert eng.plan_output(10, 5) == (5, "length")
+    assert eng.plan_output(10, None) == (30, "stop")
+    assert eng.plan_output(80, None) == (20, "length")  # cut by the context window
+
+
+def test_histograms_record_every_request_and_token() -> None:
+    eng = _engine()
+    for _ in range(3):
+        eng.submit(5, 4, "length", stream=False)
+    _drain(eng)
+    m = eng.metrics
+    assert m.time_to_first_token.count == 3
+    assert m.inter_token_latency.count == 3 * 3
+    assert m.e2e_request_latency.count == 3
+    assert m.request_queue_time.count == 3
+
+
+async def test_time_scale_zero_serves_many_requests_without_sleeping() -> None:
+    eng = _engine(time_scale=0.0, max_num_seqs=16, decode_step_ms=1000)
+    eng.start()
+    try:
+        seqs = [eng.submit(10, 20, "length", stream=i % 2 == 0) for i in range(200)]
+
+        async def consume(seq) -> int:  # noqa: ANN001
+            seen = 0
+            while not seq.finished:
+                await eng.wait(seq, seen)
+                seen = seq.generated
+            return seq.generated
+
+        # 1000 ms decode steps would take minutes if anything slept.
+        counts = await asyncio.wait_for(asyncio.gather(*map(consume, seqs)), timeout=10)
+        assert counts == [20] * 200
+        assert eng.metrics.generation_tokens == 4000
+    finally:
+        await eng.close()
