@@ -1,0 +1,68 @@
+"""The route table: everything the data plane needs to know, as plain frozen data.
+
+The routing core computes it from RoutePolicies, ModelDeployment status and ready pods;
+the Envoy builders turn it into xDS resources. Nothing here knows about Kubernetes or
+Envoy, so both sides are tested without either.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, order=True)
+class Endpoint:
+    """One ready replica of a model server."""
+
+    address: str
+    port: int
+    weight: int = 1  # relative, for load-aware balancing within a cluster
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """One ModelDeployment as an upstream: its replicas and the model name it serves."""
+
+    name: str  # stable and unique: "<namespace>/<model deployment>"
+    served_model: str  # what the engine answers to; the request body's model is rewritten to it
+    endpoints: tuple[Endpoint, ...] = ()
+
+
+@dataclass(frozen=True)
+class WeightedBackend:
+    cluster: str  # Cluster.name
+    weight: int  # > 0; backends with weight 0 are left out of the table
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempts: int = 2  # retries after the first try
+    per_try_timeout_seconds: int = 120
+    on: tuple[str, ...] = ("connect-failure", "reset", "503")  # RoutePolicy retry.on values
+
+
+@dataclass(frozen=True)
+class HeaderRule:
+    """Requests whose headers all match go to `backends` instead of the default split."""
+
+    headers: tuple[tuple[str, str], ...]  # exact matches, header names lower-case
+    backends: tuple[WeightedBackend, ...]
+
+
+@dataclass(frozen=True)
+class Route:
+    """One public model name (what clients put in the body's "model")."""
+
+    model: str
+    backends: tuple[WeightedBackend, ...]  # the split; empty = no ready backend (503)
+    rules: tuple[HeaderRule, ...] = ()
+    retry: Retry = field(default_factory=Retry)
+
+
+@dataclass(frozen=True)
+class RouteTable:
+    routes: tuple[Route, ...] = ()
+    clusters: tuple[Cluster, ...] = ()
+
+    def cluster(self, name: str) -> Cluster | None:
+        return next((c for c in self.clusters if c.name == name), None)
