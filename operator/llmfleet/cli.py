@@ -14,6 +14,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_dev_cluster(sub)
 
+    run = sub.add_parser("run", help="run the operator")
+    run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    run.add_argument(
+        "--namespace", "-n", action="append", dest="namespaces",
+        help="watch only this namespace (repeatable); default: all namespaces",
+    )
+    run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port (0 = off)")
+    run.add_argument("--health-port", type=int, default=8081, help="liveness endpoint port, /healthz (0 = off)")
+    run.add_argument("--bind", default="0.0.0.0", help="address the metrics and health ports listen on")
+    run.add_argument("--workers", type=int, default=4, help="objects reconciled concurrently")
+    run.set_defaults(func=_run_operator)
+
     # Commands whose modules take their own argv are dispatched without importing them here.
     for name, help_text in (
         ("sim", "run the simulated OpenAI-compatible model server"),
@@ -22,6 +34,20 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
+
+
+def _run_operator(args: argparse.Namespace) -> int:
+    from .controller.operator import run
+
+    run(
+        namespaces=args.namespaces,
+        kubeconfig=args.kubeconfig,
+        metrics_port=args.metrics_port,
+        health_port=args.health_port,
+        bind=args.bind,
+        workers=args.workers,
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,8 @@ import time
 from . import metrics
 from .kube import GROUP, VERSION, Conflict, Invalid, Kube, NotFound, Ref
 from ..api.models import ModelDeploymentSpec, SpecError, parse_model_deployment_spec
-from ..render.deployment import render_deployment, render_service
-from ..status.modeldeployment import GpuNeed, model_deployment_status, selector, status_patch
+from ..render.deployment import render_deployment, render_service, selector_string
+from ..status.modeldeployment import GpuNeed, model_deployment_status, status_patch
 
 log = logging.getLogger(__name__)
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -21,11 +21,10 @@ NOT_READY_RESYNC_SECONDS = 30.0
 
 
 def gpu_need(spec: ModelDeploymentSpec) -> GpuNeed | None:
-    if spec.accelerator is None:
+    accelerator = spec.effective_accelerator
+    if accelerator is None:
         return None
-    return GpuNeed(
-        spec.accelerator.resource, spec.parallelism.tensor * spec.parallelism.pipeline, spec.accelerator.product
-    )
+    return GpuNeed(accelerator.resource, spec.gpus_per_replica, accelerator.product)
 
 
 class ModelDeploymentReconciler:
@@ -66,8 +65,9 @@ class ModelDeploymentReconciler:
             return None, "invalid"
 
         try:
-            deployment = self.kube.apply(render_deployment(md, spec))
-            self.kube.apply(render_service(md, spec))
+            parsed = {**md, "spec": spec}
+            deployment = self.kube.apply(render_deployment(parsed))
+            self.kube.apply(render_service(parsed))
         except Invalid as exc:
             # The API server refused what we rendered from an accepted spec (for example
             # an extraArgs/env combination it validates): report, don't hot-loop.
@@ -77,7 +77,7 @@ class ModelDeploymentReconciler:
             ))
             return NOT_READY_RESYNC_SECONDS * 4, "invalid"
 
-        pods = self.kube.list("v1", "Pod", ref.namespace, label_selector=selector(ref.name))
+        pods = self.kube.list("v1", "Pod", ref.namespace, label_selector=selector_string(ref.name))
         need = gpu_need(spec)
         nodes = self._nodes() if need else []
         result = model_deployment_status(

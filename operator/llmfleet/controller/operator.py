@@ -21,7 +21,7 @@ from . import metrics
 from .kube import GROUP, VERSION, Kube, Ref
 from .modeldeployment import ModelDeploymentReconciler
 from .workqueue import WorkQueue
-from ..status.modeldeployment import MD_LABEL
+from ..render.deployment import SELECTOR_LABEL as MD_LABEL
 
 log = logging.getLogger("llmfleet")
 
@@ -37,6 +37,12 @@ class OperatorOptions:
 OPTIONS = OperatorOptions()
 
 
+@kopf.on.login()
+def login(**kwargs) -> kopf.ConnectionInfo | None:
+    """In a pod, the service account; elsewhere, the kubeconfig ($KUBECONFIG or --kubeconfig)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None:
     # kopf's defaults are a 300 s request timeout and endless watch streams.
@@ -48,8 +54,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
     settings.posting.enabled = False  # we write our own Events, with our own reasons
     settings.persistence.finalizer = "llmfleet.io/kopf"  # never added: no change handlers
     # Only our pods and Deployments, filtered by the API server, not in memory.
-    settings.watching.label_selectors[kopf.Resource("", "v1", "pods")] = MD_LABEL
-    settings.watching.label_selectors[kopf.Resource("apps", "v1", "deployments")] = MD_LABEL
+    settings.watching.label_selectors[("v1", "pods")] = MD_LABEL
+    settings.watching.label_selectors[("apps", "v1", "deployments")] = MD_LABEL
 
     kube = await asyncio.to_thread(Kube.from_environment, OPTIONS.kubeconfig)
     md = ModelDeploymentReconciler(kube)
@@ -101,6 +107,9 @@ def run(
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig  # for kopf's own login
     kopf.configure(verbose=False)
+    # One INFO line per watch event drowns everything else; our own logs say what matters.
+    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     kopf.run(
         standalone=True,  # one replica; see the chart's Recreate strategy
         clusterwide=not namespaces,

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from ..engines.base import GPU_PRODUCT_LABEL
+from ..render.deployment import selector_string
 from .conditions import Condition, find, merge_conditions
-
-MD_LABEL = "llmfleet.io/model-deployment"
-GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 # Container waiting reasons that will not clear by themselves.
 STUCK_WAITING_REASONS = {
     "CrashLoopBackOff",
@@ -46,10 +45,6 @@ class GpuNeed:
     resource: str
     count: int
     product: str | None
-
-
-def selector(name: str) -> str:
-    return f"{MD_LABEL}={name}"
 
 
 def capacity_problem(need: GpuNeed | None, nodes: list[dict]) -> str | None:
@@ -153,7 +148,7 @@ def model_deployment_status(
         "observedGeneration": generation,
         "replicas": replicas,
         "readyReplicas": ready,
-        "selector": selector(meta["name"]),
+        "selector": selector_string(meta["name"]),
     }
     for key in ("load", "lastScaleTime", "scaleReason"):  # owned by the autoscaler; keep
         if key in old:

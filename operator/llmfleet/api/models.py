@@ -1,0 +1,945 @@
+"""Pydantic models of the llmfleet custom resources (API group ``llmfleet.io``, ``v1alpha1``).
+
+These models are the one source of truth for the schema: ``llmfleet.api.crd``
+generates the CRD YAML in ``crds/`` from them, field descriptions become
+``kubectl explain`` output, and the CEL rules declared here are both emitted into
+the CRD and enforced by the models' validators with the same messages.
+
+Specs forbid unknown fields (a typo is an error, not a silently ignored field);
+statuses ignore them, so an older operator can read a newer status.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from llmfleet.api.cel import RULE_ERROR_TYPE, CelRule, cel_list, cel_string, rule_error, x_validations
+from llmfleet.api.uri import URI_FORMS, URI_PATTERNS, is_valid_model_uri, parse_model_uri, uri_refusal
+from llmfleet.engines import support
+
+GROUP = "llmfleet.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+MODEL_DEPLOYMENT_KIND = "ModelDeployment"
+MODEL_DEPLOYMENT_PLURAL = "modeldeployments"
+ROUTE_POLICY_KIND = "RoutePolicy"
+ROUTE_POLICY_PLURAL = "routepolicies"
+
+# Names a ModelDeployment lends to its Service: a DNS-1035 label.
+DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+DNS1123_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+EXTENDED_RESOURCE_NAME = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?/[A-Za-z0-9]([-_.A-Za-z0-9]*[A-Za-z0-9])?$"
+LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
+ENV_VAR_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+NO_WHITESPACE = r"^\S+$"
+
+MAX_BACKENDS = 16
+MAX_CONDITIONS = 16
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class _Status(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+# --------------------------------------------------------------------------- enums
+
+
+class EngineKind(StrEnum):
+    """The model server that runs the model."""
+
+    VLLM = support.VLLM
+    TENSORRT_LLM = support.TENSORRT_LLM
+    SGLANG = support.SGLANG
+    SIM = support.SIM
+
+
+Quantization = StrEnum("Quantization", {q.upper().replace("-", "_"): q for q in support.QUANTIZATIONS})
+Quantization.__doc__ = "How the weights are quantized."
+
+DType = StrEnum("DType", {d.upper(): d for d in support.DTYPES})
+DType.__doc__ = "Data type of weights and activations."
+
+
+class AutoscalingMetric(StrEnum):
+    """The load signal the autoscaler holds at its per-replica target."""
+
+    QUEUE_DEPTH = "queueDepth"
+    RUNNING_REQUESTS = "runningRequests"
+    KV_CACHE_UTILIZATION = "kvCacheUtilization"
+    TOKENS_PER_SECOND = "tokensPerSecond"
+
+
+# Targets that make sense for any model; the other metrics depend too much on the
+# model and hardware to guess, so they need an explicit target.
+DEFAULT_TARGETS: dict[AutoscalingMetric, float] = {
+    AutoscalingMetric.QUEUE_DEPTH: 4.0,
+    AutoscalingMetric.KV_CACHE_UTILIZATION: 0.8,
+}
+
+
+class RouteStrategy(StrEnum):
+    """How a RoutePolicy splits traffic across its backends."""
+
+    # cost and latency come next (DESIGN §1): add them here and in the router.
+    WEIGHTED = "weighted"
+    FAILOVER = "failover"
+
+
+class RetryOn(StrEnum):
+    """A condition on which Envoy retries a request on another replica."""
+
+    CONNECT_FAILURE = "connect-failure"
+    RESET = "reset"
+    REFUSED_STREAM = "refused-stream"
+    GATEWAY_ERROR = "gateway-error"
+    SERVER_ERROR = "5xx"
+    TOO_MANY_REQUESTS = "429"
+    INTERNAL_SERVER_ERROR = "500"
+    BAD_GATEWAY = "502"
+    SERVICE_UNAVAILABLE = "503"
+    GATEWAY_TIMEOUT = "504"
+
+
+class ConditionStatus(StrEnum):
+    TRUE = "True"
+    FALSE = "False"
+    UNKNOWN = "Unknown"
+
+
+# --------------------------------------------------------------------------- rules
+# Each rule's CEL text and its pydantic counterpart live side by side; the unit
+# tests evaluate the CEL with a CEL interpreter and compare verdicts and messages.
+
+MODEL_URI_RULE = CelRule(
+    rule=" || ".join(f"self.matches({cel_string(p)})" for p in URI_PATTERNS.values()),
+    message=f"not a supported model URI; use {URI_FORMS}",
+    message_expression=f"{cel_string(chr(34))} + self + {cel_string(uri_refusal('')[1:])}",
+)
+
+
+def _engine_choice_rules(
+    field: str, allowed_for: Callable[[str], tuple[str, ...]], vocabulary: tuple[str, ...]
+) -> list[CelRule]:
+    """One rule per engine kind that accepts only part of ``vocabulary`` for ``field``."""
+    rules = []
+    for kind in support.ENGINE_KINDS:
+        allowed = allowed_for(kind)
+        if set(allowed) >= set(vocabulary):
+            continue
+        message = support.CHOICE_REFUSAL.format(value="{value}", kind=kind, allowed=", ".join(allowed))
+        before, after = message.split("{value}")
+        rules.append(
+            CelRule(
+                rule=f"!has(self.{field}) || self.kind != {cel_string(kind)} || self.{field} in {cel_list(allowed)}",
+                message=f"{field}{after.removeprefix(chr(34))}",
+                message_expression=f"{cel_string(before)} + self.{field} + {cel_string(after)}",
+                field_path=f".{field}",
+            )
+        )
+    return rules
+
+
+QUANTIZATION_RULES = _engine_choice_rules("quantization", support.allowed_quantizations, support.QUANTIZATIONS)
+DTYPE_RULES = _engine_choice_rules("dtype", support.allowed_dtypes, support.DTYPES)
+
+
+def _uri_scheme_rules() -> list[CelRule]:
+    rules = []
+    for kind in support.ENGINE_KINDS:
+        schemes = support.allowed_uri_schemes(kind)
+        if set(schemes) >= set(support.MODEL_URI_SCHEMES):
+            continue
+        accepted = " || ".join(f"self.model.uri.startsWith({cel_string(s + '://')})" for s in schemes)
+        rules.append(
+            CelRule(
+                rule=f"self.engine.kind != {cel_string(kind)} || {accepted}",
+                message=support.uri_scheme_refusal(kind),
+                field_path=".model.uri",
+            )
+        )
+    return rules
+
+
+URI_SCHEME_RULES = _uri_scheme_rules()
+
+
+# Static messages: the API server estimates string(int) in a messageExpression as
+# unbounded and refuses the CRD, so these cannot quote the numbers.
+PARALLELISM_MESSAGE = (
+    f"tensor x pipeline must be at most {support.MAX_GPUS_PER_REPLICA}: a replica runs on one node "
+    "and multi-node replicas are not supported yet"
+)
+PARALLELISM_RULE = CelRule(
+    rule=f"self.tensor * self.pipeline <= {support.MAX_GPUS_PER_REPLICA}",
+    message=PARALLELISM_MESSAGE,
+)
+
+MAX_REPLICAS_MESSAGE = "maxReplicas must be at least minReplicas"
+MAX_REPLICAS_RULE = CelRule(
+    rule="self.maxReplicas >= self.minReplicas",
+    message=MAX_REPLICAS_MESSAGE,
+    field_path=".maxReplicas",
+)
+
+TARGET_REQUIRED_MESSAGE = "target is required when metric is runningRequests or tokensPerSecond"
+TARGET_REQUIRED_RULE = CelRule(
+    rule="has(self.target) || self.metric in "
+    + cel_list(m.value for m in DEFAULT_TARGETS),
+    message=TARGET_REQUIRED_MESSAGE,
+    field_path=".target",
+    reason="FieldValueRequired",
+)
+
+KV_TARGET_MESSAGE = "target for kvCacheUtilization is a fraction of the KV cache and must be at most 1"
+KV_TARGET_RULE = CelRule(
+    rule="self.metric != 'kvCacheUtilization' || !has(self.target) || self.target <= 1.0",
+    message=KV_TARGET_MESSAGE,
+    field_path=".target",
+)
+
+BACKENDS_REQUIRED_MESSAGE = "at least one backend is required"
+BACKENDS_REQUIRED_RULE = CelRule(
+    rule="size(self) > 0", message=BACKENDS_REQUIRED_MESSAGE, reason="FieldValueRequired"
+)
+BACKENDS_UNIQUE_MESSAGE = "each modelDeployment may appear only once in a backend list"
+BACKENDS_UNIQUE_RULE = CelRule(
+    rule="self.all(b, self.exists_one(c, c.modelDeployment == b.modelDeployment))",
+    message=BACKENDS_UNIQUE_MESSAGE,
+    # Not reason FieldValueDuplicate: the API server then prints "Duplicate value" without the message.
+)
+
+ENV_VALUE_MESSAGE = "set either value or valueFrom, not both"
+ENV_VALUE_RULE = CelRule(rule="!(has(self.value) && has(self.valueFrom))", message=ENV_VALUE_MESSAGE)
+ENV_SOURCE_MESSAGE = "valueFrom needs exactly one of secretKeyRef or configMapKeyRef"
+ENV_SOURCE_RULE = CelRule(
+    rule="(has(self.secretKeyRef) ? 1 : 0) + (has(self.configMapKeyRef) ? 1 : 0) == 1",
+    message=ENV_SOURCE_MESSAGE,
+)
+
+NAME_MESSAGE = (
+    "must be a DNS-1035 label of at most 63 characters: lowercase letters, digits and '-', "
+    "starting with a letter and ending with a letter or digit (it also names the Service)"
+)
+# Sits on the CRD's root; the schema bounds metadata.name to 63 characters.
+NAME_RULE = CelRule(
+    rule=f"self.metadata.name.matches({cel_string(DNS1035_LABEL)})",
+    message=NAME_MESSAGE,
+    field_path=".metadata.name",
+)
+
+
+# --------------------------------------------------------------------------- ModelDeployment spec
+
+
+class ModelSource(_Spec):
+    """Which weights to serve and the name clients ask for."""
+
+    uri: str = Field(
+        max_length=512,
+        description=(
+            "Where the weights come from. hf://ORG/NAME downloads from Hugging Face at start-up; "
+            "s3://BUCKET/PATH and gs://BUCKET/PATH stream from object storage (vllm and sglang, "
+            "with the Run:ai Model Streamer); pvc://CLAIM/PATH mounts that PersistentVolumeClaim "
+            "read-only at /models/CLAIM; oci://REFERENCE mounts that image read-only as an image "
+            "volume (Kubernetes 1.35+), with the model at the image root."
+        ),
+        json_schema_extra=x_validations(MODEL_URI_RULE),
+    )
+    served_name: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        pattern=NO_WHITESPACE,
+        description="Model name the engine answers to in OpenAI requests. Defaults to metadata.name.",
+    )
+    credentials_secret: str | None = Field(
+        None,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN,
+        description=(
+            "Name of a Secret in the same namespace whose keys become environment variables of the "
+            "model server (envFrom), e.g. HF_TOKEN for gated Hugging Face models or "
+            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY for s3://. Values are never copied or logged."
+        ),
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, uri: str) -> str:
+        if not is_valid_model_uri(uri):
+            raise rule_error(uri_refusal(uri))
+        return uri
+
+
+class KeySelector(_Spec):
+    """A key of a Secret or ConfigMap in the same namespace."""
+
+    name: str = Field(max_length=253, pattern=DNS1123_SUBDOMAIN, description="Name of the object.")
+    key: str = Field(min_length=1, max_length=253, description="The key to select.")
+    optional: bool | None = Field(None, description="Whether the object or its key may be missing.")
+
+
+class EnvVarSource(_Spec):
+    """Where an environment variable's value comes from."""
+
+    model_config = ConfigDict(json_schema_extra=x_validations(ENV_SOURCE_RULE))
+
+    secret_key_ref: KeySelector | None = Field(None, description="A key of a Secret.")
+    config_map_key_ref: KeySelector | None = Field(None, description="A key of a ConfigMap.")
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> EnvVarSource:
+        if (self.secret_key_ref is None) == (self.config_map_key_ref is None):
+            raise rule_error(ENV_SOURCE_MESSAGE)
+        return self
+
+
+class EnvVar(_Spec):
+    """An environment variable of the model server container."""
+
+    model_config = ConfigDict(json_schema_extra=x_validations(ENV_VALUE_RULE))
+
+    name: str = Field(min_length=1, max_length=256, pattern=ENV_VAR_NAME, description="Variable name.")
+    value: str | None = Field(None, max_length=32768, description="Literal value.")
+    value_from: EnvVarSource | None = Field(None, description="Take the value from a Secret or ConfigMap key.")
+
+    @model_validator(mode="after")
+    def _value_or_source(self) -> EnvVar:
+        if self.value is not None and self.value_from is not None:
+            raise rule_error(ENV_VALUE_MESSAGE)
+        return self
+
+
+class EngineSpec(_Spec):
+    """The model server: which engine, which image, and how it loads the model."""
+
+    model_config = ConfigDict(json_schema_extra=x_validations(*QUANTIZATION_RULES, *DTYPE_RULES))
+
+    kind: EngineKind = Field(
+        description=(
+            "Engine: vllm, tensorrt-llm (trtllm-serve), sglang, or sim (llmfleet's simulated "
+            "engine, which needs no GPU and loads no weights)."
+        )
+    )
+    image: str | None = Field(
+        None,
+        min_length=1,
+        max_length=512,
+        description=(
+            "Container image. Defaults to a pinned release of the engine's official image "
+            "(for sim, the llmfleet image of the operator's version)."
+        ),
+    )
+    quantization: Quantization = Field(
+        Quantization.NONE,
+        description=(
+            "How the weights are quantized; which values an engine accepts is checked on admission. "
+            "vllm and sglang quantize a 16-bit checkpoint while loading for fp8 and bitsandbytes "
+            "(sglang also for int8); for checkpoints that are already quantized (awq, gptq, "
+            "compressed-tensors, nvfp4, mxfp4, gguf) they read the method from the checkpoint, so "
+            "no flag is passed. tensorrt-llm serves checkpoints quantized offline with NVIDIA Model "
+            "Optimizer and detects the recipe."
+        ),
+    )
+    dtype: DType = Field(
+        DType.AUTO,
+        description=(
+            "Data type of weights and activations; auto follows the checkpoint. tensorrt-llm accepts only auto."
+        ),
+    )
+    max_model_len: int | None = Field(
+        None,
+        ge=1,
+        le=16_777_216,
+        description="Maximum context length in tokens (prompt plus output). Defaults to the model's own.",
+    )
+    extra_args: list[Annotated[str, Field(max_length=4096)]] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra engine command-line arguments, passed verbatim after the ones llmfleet sets.",
+    )
+    env: list[EnvVar] = Field(
+        default_factory=list,
+        max_length=64,
+        description="Extra environment variables; one with the same name as llmfleet's replaces it.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+    @field_validator("quantization")
+    @classmethod
+    def _check_quantization(cls, q: Quantization, info: ValidationInfo) -> Quantization:
+        kind = info.data.get("kind")
+        if kind is not None and q.value not in support.allowed_quantizations(kind.value):
+            raise rule_error(support.quantization_refusal(kind.value, q.value))
+        return q
+
+    @field_validator("dtype")
+    @classmethod
+    def _check_dtype(cls, d: DType, info: ValidationInfo) -> DType:
+        kind = info.data.get("kind")
+        if kind is not None and d.value not in support.allowed_dtypes(kind.value):
+            raise rule_error(support.dtype_refusal(kind.value, d.value))
+        return d
+
+    @field_validator("env")
+    @classmethod
+    def _unique_env(cls, env: list[EnvVar]) -> list[EnvVar]:
+        seen: set[str] = set()
+        for var in env:
+            if var.name in seen:
+                raise ValueError(f'duplicate environment variable "{var.name}"')
+            seen.add(var.name)
+        return env
+
+
+class Parallelism(_Spec):
+    """How one replica's model is split across GPUs; GPUs per replica = tensor x pipeline."""
+
+    model_config = ConfigDict(json_schema_extra=x_validations(PARALLELISM_RULE))
+
+    tensor: int = Field(1, ge=1, le=support.MAX_GPUS_PER_REPLICA, description="Tensor-parallel size.")
+    pipeline: int = Field(1, ge=1, le=support.MAX_GPUS_PER_REPLICA, description="Pipeline-parallel size.")
+
+    @property
+    def gpus(self) -> int:
+        return self.tensor * self.pipeline
+
+    @model_validator(mode="after")
+    def _fits_one_node(self) -> Parallelism:
+        if self.gpus > support.MAX_GPUS_PER_REPLICA:
+            raise rule_error(PARALLELISM_MESSAGE)
+        return self
+
+
+class Accelerator(_Spec):
+    """The GPUs a replica runs on."""
+
+    resource: str = Field(
+        "nvidia.com/gpu",
+        max_length=253,
+        pattern=EXTENDED_RESOURCE_NAME,
+        description="Extended resource requested per GPU (tensor x pipeline of them per replica).",
+    )
+    product: str | None = Field(
+        None,
+        max_length=63,
+        pattern=LABEL_VALUE,
+        description=(
+            "GPU model, e.g. NVIDIA-H100-80GB-HBM3; replicas are placed on nodes whose "
+            "nvidia.com/gpu.product label has this value."
+        ),
+    )
+
+
+class ScaleToZero(_Spec):
+    """Scaling to zero replicas when no requests arrive."""
+
+    idle_seconds: int = Field(
+        0,
+        ge=0,
+        le=604_800,
+        description="Scale to zero after this many seconds without requests; 0 never scales to zero.",
+    )
+
+
+class Autoscaling(_Spec):
+    """Load-based autoscaling. Without it, replicas stay as set (by you, an HPA or KEDA)."""
+
+    model_config = ConfigDict(json_schema_extra=x_validations(MAX_REPLICAS_RULE, TARGET_REQUIRED_RULE, KV_TARGET_RULE))
+
+    min_replicas: int = Field(1, ge=1, le=1000, description="Fewest replicas while there is traffic.")
+    max_replicas: int = Field(ge=1, le=1000, description="Most replicas, whatever the load.")
+    metric: AutoscalingMetric = Field(
+        AutoscalingMetric.QUEUE_DEPTH,
+        description=(
+            "Load signal held at the target, per replica: queueDepth (requests waiting), "
+            "runningRequests (requests in the running batch), kvCacheUtilization (0 to 1) or "
+            "tokensPerSecond (generated tokens)."
+        ),
+    )
+    target: float | None = Field(
+        None,
+        gt=0,
+        le=1_000_000,
+        validate_default=True,
+        description=(
+            "Per-replica value of the metric to hold. Defaults to 4 for queueDepth and 0.8 for "
+            "kvCacheUtilization; required for runningRequests and tokensPerSecond."
+        ),
+    )
+    scale_up_stabilization_seconds: int = Field(
+        0, ge=0, le=3600, description="Scale up on the lowest recommendation of this window."
+    )
+    scale_down_stabilization_seconds: int = Field(
+        300, ge=0, le=3600, description="Scale down on the highest recommendation of this window."
+    )
+    scale_to_zero: ScaleToZero = Field(
+        default_factory=ScaleToZero,
+        description="Scaling to zero when idle.",
+        json_schema_extra={"default": {}},
+    )
+
+    @field_validator("max_replicas")
+    @classmethod
+    def _max_at_least_min(cls, max_replicas: int, info: ValidationInfo) -> int:
+        min_replicas = info.data.get("min_replicas")
+        if min_replicas is not None and max_replicas < min_replicas:
+            raise rule_error(MAX_REPLICAS_MESSAGE)
+        return max_replicas
+
+    @field_validator("target")
+    @classmethod
+    def _check_target(cls, target: float | None, info: ValidationInfo) -> float | None:
+        metric = info.data.get("metric")
+        if metric is None:
+            return target
+        if target is None and metric not in DEFAULT_TARGETS:
+            raise rule_error(TARGET_REQUIRED_MESSAGE)
+        if target is not None and metric == AutoscalingMetric.KV_CACHE_UTILIZATION and target > 1:
+            raise rule_error(KV_TARGET_MESSAGE)
+        return target
+
+    @property
+    def effective_target(self) -> float:
+        """The target, or the metric's default when none is set."""
+        return self.target if self.target is not None else DEFAULT_TARGETS[self.metric]
+
+
+class Cost(_Spec):
+    """What a replica costs, for cost-aware routing and reports."""
+
+    per_replica_hour: float = Field(
+        ge=0, le=1_000_000, description="Cost of one replica for one hour, in your currency."
+    )
+
+
+class ModelDeploymentSpec(_Spec):
+    """One model served by one engine, as a set of identical replicas."""
+
+    model_config = ConfigDict(json_schema_extra=x_validations(*URI_SCHEME_RULES))
+
+    model: ModelSource = Field(description="The model to serve.")
+    engine: EngineSpec = Field(description="The model server.")
+    parallelism: Parallelism = Field(
+        default_factory=Parallelism,
+        description="Tensor and pipeline parallelism of one replica.",
+        # Spelled out: the API server checks a default against the object's CEL rules
+        # without filling in the nested defaults first.
+        json_schema_extra={"default": {"tensor": 1, "pipeline": 1}},
+    )
+    accelerator: Accelerator | None = Field(
+        None,
+        description=(
+            "GPUs per replica. vllm, sglang and tensorrt-llm request nvidia.com/gpu when this is "
+            "omitted; sim requests no GPU unless this is set."
+        ),
+    )
+    replicas: int = Field(
+        1,
+        ge=0,
+        le=1000,
+        description=(
+            "Number of replicas. The scale subresource points here (kubectl scale, HPA, KEDA); "
+            "with autoscaling set, llmfleet's autoscaler writes it."
+        ),
+    )
+    autoscaling: Autoscaling | None = Field(None, description="Load-based autoscaling.")
+    cost: Cost | None = Field(None, description="Cost of a replica, used by cost-aware routing and reports.")
+
+    @model_validator(mode="after")
+    def _engine_loads_uri(self) -> ModelDeploymentSpec:
+        kind = self.engine.kind.value
+        scheme = parse_model_uri(self.model.uri).scheme
+        if scheme not in support.allowed_uri_schemes(kind):
+            raise rule_error(support.uri_scheme_refusal(kind), field="model.uri")
+        return self
+
+    def served_name_for(self, name: str) -> str:
+        """The served model name: spec.model.servedName, else the resource's name."""
+        return self.model.served_name or name
+
+    @property
+    def effective_accelerator(self) -> Accelerator | None:
+        """The accelerator replicas request, or None when they need no GPU (sim by default)."""
+        if self.accelerator is not None:
+            return self.accelerator
+        if self.engine.kind.value in support.GPU_ENGINE_KINDS:
+            return Accelerator()
+        return None
+
+    @property
+    def gpus_per_replica(self) -> int:
+        """GPUs one replica requests: tensor x pipeline, or 0 without an accelerator."""
+        return self.parallelism.gpus if self.effective_accelerator is not None else 0
+
+
+# --------------------------------------------------------------------------- status
+
+
+class Condition(_Status):
+    """A condition in the shape of metav1.Condition."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"required": ["type", "status", "lastTransitionTime", "reason", "message"]}
+    )
+
+    type: str = Field(
+        max_length=316,
+        pattern=r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])$",
+        description="Type of the condition, e.g. Ready.",
+    )
+    status: ConditionStatus = Field(description="True, False or Unknown.")
+    observed_generation: int | None = Field(
+        None, ge=0, description="metadata.generation the condition was computed for."
+    )
+    last_transition_time: datetime | None = Field(None, description="When status last changed.")
+    reason: str = Field(
+        "",
+        max_length=1024,
+        pattern=r"^[A-Za-z]([A-Za-z0-9_,:]*[A-Za-z0-9_])?$",
+        description="CamelCase reason for the last transition.",
+    )
+    message: str = Field("", max_length=32768, description="Human-readable details.")
+
+
+_CONDITIONS_SCHEMA = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+
+
+class LoadStatus(_Status):
+    """Load observed on the ready replicas, averaged per replica."""
+
+    queue_depth: float | None = Field(None, description="Requests waiting for a batch slot, per replica.")
+    running_requests: float | None = Field(None, description="Requests in the running batch, per replica.")
+    kv_cache_utilization: float | None = Field(
+        None, description="Fraction of the KV cache in use (0 to 1), per replica."
+    )
+    tokens_per_second: float | None = Field(None, description="Generated tokens per second, per replica.")
+    ttft_p95_seconds: float | None = Field(None, description="95th percentile time to first token, in seconds.")
+    sampled_replicas: int | None = Field(None, ge=0, description="Replicas whose metrics were scraped.")
+    sample_time: datetime | None = Field(None, description="When the metrics were scraped.")
+
+
+class ModelDeploymentStatus(_Status):
+    """Observed state of a ModelDeployment."""
+
+    observed_generation: int | None = Field(None, description="metadata.generation this status reflects.")
+    replicas: int | None = Field(None, description="Replicas that exist (the scale subresource reads this).")
+    ready_replicas: int | None = Field(None, description="Replicas that are ready to serve.")
+    desired_replicas: int | None = Field(None, description="Replicas the autoscaler wants; see scaleReason.")
+    ready_text: str | None = Field(
+        None,
+        description='Ready and desired replicas as "ready/desired" (e.g. "2/3"), for the READY column.',
+    )
+    selector: str | None = Field(
+        None, description="Label selector of the replicas' pods (the scale subresource reads this)."
+    )
+    load: LoadStatus | None = Field(None, description="Load on the replicas.")
+    last_scale_time: datetime | None = Field(None, description="When the replica count last changed.")
+    scale_reason: str | None = Field(None, description="Why desiredReplicas has its value.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=MAX_CONDITIONS,
+        description="Ready, Progressing, Degraded and ScalingLimited.",
+        json_schema_extra=_CONDITIONS_SCHEMA,
+    )
+
+
+def ready_text(ready_replicas: int, desired_replicas: int) -> str:
+    """status.readyText, shown in the READY column: "ready/desired"."""
+    return f"{ready_replicas}/{desired_replicas}"
+
+
+# --------------------------------------------------------------------------- RoutePolicy
+
+
+class Backend(_Spec):
+    """A ModelDeployment that receives part of a RoutePolicy's traffic."""
+
+    model_deployment: str = Field(
+        max_length=63, pattern=DNS1035_LABEL, description="Name of a ModelDeployment in the same namespace."
+    )
+    weight: int = Field(
+        1,
+        ge=0,
+        le=1000,
+        description="Relative share of traffic for the weighted strategy, renormalised over ready backends.",
+    )
+    priority: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="Failover order: all traffic goes to the lowest priority that has ready replicas.",
+    )
+
+
+def check_backends(backends: list[Backend]) -> list[Backend]:
+    """The rules every backend list follows (the policy's and each rule's)."""
+    if not backends:
+        raise rule_error(BACKENDS_REQUIRED_MESSAGE)
+    names = [b.model_deployment for b in backends]
+    if len(set(names)) != len(names):
+        raise rule_error(BACKENDS_UNIQUE_MESSAGE)
+    return backends
+
+
+_BACKENDS_SCHEMA = x_validations(BACKENDS_REQUIRED_RULE, BACKENDS_UNIQUE_RULE)
+
+
+class RouteMatch(_Spec):
+    """What a request must carry for a rule to apply."""
+
+    headers: dict[str, str] = Field(
+        min_length=1,
+        max_length=8,
+        description="Request headers that must all be present with exactly these values.",
+    )
+
+
+class RouteRule(_Spec):
+    """Requests that match go to these backends instead of the policy's split."""
+
+    match: RouteMatch = Field(description="Which requests the rule applies to.")
+    backends: list[Backend] = Field(
+        max_length=MAX_BACKENDS,
+        description="Backends for matching requests, split by the policy's strategy.",
+        json_schema_extra=_BACKENDS_SCHEMA,
+    )
+
+    @field_validator("backends")
+    @classmethod
+    def _check_backends(cls, backends: list[Backend]) -> list[Backend]:
+        return check_backends(backends)
+
+
+class RetryPolicy(_Spec):
+    """How Envoy retries a failed attempt on another replica."""
+
+    attempts: int = Field(2, ge=0, le=10, description="Retries after the first attempt; 0 disables retries.")
+    per_try_timeout_seconds: int = Field(
+        120, ge=1, le=3600, description="Timeout of each attempt, in seconds."
+    )
+    # Not "on": YAML 1.1 parsers (kubectl's included) read a bare `on` key as true.
+    retry_on: list[RetryOn] = Field(
+        default_factory=lambda: [RetryOn.CONNECT_FAILURE, RetryOn.RESET, RetryOn.SERVICE_UNAVAILABLE],
+        max_length=len(RetryOn),
+        description="Conditions that trigger a retry: connection failures, resets, or response codes.",
+        json_schema_extra={"default": ["connect-failure", "reset", "503"], "x-kubernetes-list-type": "set"},
+    )
+
+    @field_validator("retry_on")
+    @classmethod
+    def _unique(cls, retry_on: list[RetryOn]) -> list[RetryOn]:
+        if len(set(retry_on)) != len(retry_on):
+            raise ValueError("each retry condition may appear only once")
+        return retry_on
+
+
+class Slo(_Spec):
+    """Service level objective for the policy's traffic."""
+
+    ttft_p95_milliseconds: int = Field(
+        ge=1, le=600_000, description="Target 95th percentile time to first token, in milliseconds."
+    )
+
+
+class RoutePolicySpec(_Spec):
+    """One public model name and how its traffic is split across ModelDeployments."""
+
+    model: str = Field(
+        min_length=1,
+        max_length=256,
+        pattern=NO_WHITESPACE,
+        description='Model name clients put in the OpenAI request body\'s "model" field.',
+    )
+    strategy: RouteStrategy = Field(
+        RouteStrategy.WEIGHTED,
+        description=(
+            "weighted: split by backend weight, renormalised over backends with ready replicas. "
+            "failover: all traffic to the lowest priority with ready replicas."
+        ),
+    )
+    backends: list[Backend] = Field(
+        max_length=MAX_BACKENDS,
+        description="ModelDeployments that serve this model.",
+        json_schema_extra=_BACKENDS_SCHEMA,
+    )
+    rules: list[RouteRule] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Optional routing rules, checked in order before the split; the first match wins.",
+    )
+    retry: RetryPolicy = Field(
+        default_factory=RetryPolicy,
+        description="Retries of failed attempts.",
+        json_schema_extra={"default": {}},
+    )
+    slo: Slo | None = Field(None, description="Latency objective, used by reports (and the latency strategy).")
+
+    @field_validator("backends")
+    @classmethod
+    def _check_backends(cls, backends: list[Backend]) -> list[Backend]:
+        return check_backends(backends)
+
+
+class BackendStatus(_Status):
+    """The effective share of one backend and why."""
+
+    model_deployment: str = Field(description="Name of the ModelDeployment.")
+    weight: int | None = Field(
+        None, ge=0, description="Effective weight in use; weights of a policy's backends sum to 100."
+    )
+    ready_replicas: int | None = Field(None, ge=0, description="Ready replicas of the backend.")
+    reason: str | None = Field(None, description="One line on why the backend has this weight.")
+
+
+class RoutePolicyStatus(_Status):
+    """Observed state of a RoutePolicy."""
+
+    observed_generation: int | None = Field(None, description="metadata.generation this status reflects.")
+    backends: list[BackendStatus] = Field(
+        default_factory=list,
+        max_length=MAX_BACKENDS,
+        description="Effective routing per backend.",
+    )
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=MAX_CONDITIONS,
+        description="Accepted, ResolvedRefs and Programmed, as in Gateway API.",
+        json_schema_extra=_CONDITIONS_SCHEMA,
+    )
+
+
+# --------------------------------------------------------------------------- whole objects
+
+
+class ObjectMeta(BaseModel):
+    """The parts of metav1.ObjectMeta llmfleet reads."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="allow")
+
+    name: str
+    namespace: str | None = None
+    uid: str | None = None
+    generation: int | None = None
+    resource_version: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class _Object(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+    api_version: str = API_VERSION
+    kind: str
+    metadata: ObjectMeta
+
+
+class ModelDeployment(_Object):
+    """A whole ModelDeployment object, as read from the API server."""
+
+    kind: str = MODEL_DEPLOYMENT_KIND
+    spec: ModelDeploymentSpec
+    status: ModelDeploymentStatus | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _name_is_label(cls, meta: ObjectMeta) -> ObjectMeta:
+        if not re.fullmatch(DNS1035_LABEL, meta.name) or len(meta.name) > 63:
+            raise rule_error(NAME_MESSAGE, field="name")
+        return meta
+
+
+class RoutePolicy(_Object):
+    """A whole RoutePolicy object, as read from the API server."""
+
+    kind: str = ROUTE_POLICY_KIND
+    spec: RoutePolicySpec
+    status: RoutePolicyStatus | None = None
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class SpecError(ValueError):
+    """A spec failed validation. ``str()`` is one readable line naming every field."""
+
+    def __init__(self, message: str, errors: list[dict[str, Any]]):
+        super().__init__(message)
+        self.errors = errors
+
+
+def _path(loc: tuple[Any, ...], root: str) -> str:
+    out = root
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out = f"{out}.{part}" if out else str(part)
+    return out or "<root>"
+
+
+def error_paths(err: ValidationError, root: str = "spec") -> list[tuple[str, str]]:
+    """Each problem in ``err`` as (field path, message), e.g. ("spec.parallelism", "needs 16 GPUs ...").
+
+    ``root`` is the path of the validated object: ``spec`` for a spec, ``""`` for a
+    whole object. A rule raised by a parent model for one of its fields (see
+    :func:`llmfleet.api.cel.rule_error`) is reported at that field.
+    """
+    out = []
+    for e in err.errors(include_url=False):
+        loc = tuple(e["loc"])
+        field = (e.get("ctx") or {}).get("field") if e["type"] == RULE_ERROR_TYPE else None
+        if field:
+            loc += tuple(field.split("."))
+        out.append((_path(loc, root), e["msg"]))
+    return out
+
+
+def format_validation_error(err: ValidationError, root: str = "spec") -> str:
+    """One readable message for ``err``, each problem prefixed with its field path::
+
+        spec.engine.quantization: "gptq" is not supported by engine "tensorrt-llm"; allowed: ...
+
+    Problems are joined with "; ".
+    """
+    return "; ".join(f"{path}: {message}" for path, message in error_paths(err, root))
+
+
+def parse_model_deployment_spec(spec: Mapping[str, Any]) -> ModelDeploymentSpec:
+    """Validate a ModelDeployment's spec; raise :class:`SpecError` naming the fields."""
+    try:
+        return ModelDeploymentSpec.model_validate(spec)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err), err.errors(include_url=False)) from None
+
+
+def parse_route_policy_spec(spec: Mapping[str, Any]) -> RoutePolicySpec:
+    """Validate a RoutePolicy's spec; raise :class:`SpecError` naming the fields."""
+    try:
+        return RoutePolicySpec.model_validate(spec)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err), err.errors(include_url=False)) from None
+
+
+def dump(model: BaseModel) -> dict[str, Any]:
+    """A model as Kubernetes JSON: camelCase keys, no unset optional fields."""
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)

@@ -1,0 +1,54 @@
+"""vLLM: ``vllm serve`` from the ``vllm/vllm-openai`` image.
+
+Flag names follow the vLLM CLI reference (docs.vllm.ai, "vllm serve" / engine
+arguments); ``tests/unit/test_engines.py`` checks them against that list.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, ClassVar
+
+from llmfleet.engines import support
+from llmfleet.engines.base import PORT, Engine, MetricNames, ModelMount, parallel_args
+
+if TYPE_CHECKING:
+    from llmfleet.api.models import ModelDeploymentSpec
+
+IMAGE = "vllm/vllm-openai:v0.26.0"
+
+
+class VllmEngine(Engine):
+    kind = support.VLLM
+    default_image = IMAGE
+    metric_names: ClassVar[MetricNames] = MetricNames(
+        queue_depth="vllm:num_requests_waiting",
+        running_requests="vllm:num_requests_running",
+        kv_cache_utilization="vllm:kv_cache_usage_perc",
+        kv_cache_utilization_fallbacks=("vllm:gpu_cache_usage_perc",),
+        generation_tokens_total="vllm:generation_tokens_total",
+        ttft_seconds_histogram="vllm:time_to_first_token_seconds",
+    )
+
+    def command(self) -> list[str]:
+        # Explicit, so the args do not depend on the image's ENTRYPOINT.
+        return ["vllm", "serve"]
+
+    def args(self, spec: ModelDeploymentSpec, served_name: str, mount: ModelMount) -> list[str]:
+        args = [
+            mount.model_arg,  # positional: HF repo id, local path, or s3:// / gs:// URI
+            "--served-model-name", served_name,
+            "--host", "0.0.0.0",
+            "--port", str(PORT),
+            *parallel_args("--tensor-parallel-size", "--pipeline-parallel-size", spec),
+            "--dtype", spec.engine.dtype.value,
+        ]  # fmt: skip
+        quantization = self.quantization_flag(spec.engine.quantization.value)
+        if quantization:
+            args += ["--quantization", quantization]
+        if spec.engine.max_model_len:
+            args += ["--max-model-len", str(spec.engine.max_model_len)]
+        return args + mount.args
+
+    def object_storage_args(self) -> list[str]:
+        # The vllm-openai image ships the Run:ai Model Streamer, which reads s3:// and gs://.
+        return ["--load-format", "runai_streamer"]
