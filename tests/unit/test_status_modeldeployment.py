@@ -105,7 +105,7 @@ def test_unschedulable_pod_makes_degraded_with_scheduler_message():
         nodes=NODES, gpu_need=GpuNeed("nvidia.com/gpu", 8, H100),
     )
     c = conditions(r.status)
-    assert c["Ready"] == ("False", "Unschedulable") and c["Degraded"] == ("True", "Unschedulable")
+    assert c["Ready"] == ("True", "PartiallyReady") and c["Degraded"] == ("True", "Unschedulable")
     assert "Insufficient nvidia.com/gpu" in find(r.status["conditions"], "Degraded")["message"]
     assert r.status["readyText"] == "1/2"
 
@@ -142,6 +142,23 @@ def test_losing_readiness_emits_not_ready():
         md(ready.status), desired=1, deployment=deployment(1, 0), pods=[pod("a", ready=False)], nodes=[], gpu_need=None
     )
     assert [e.reason for e in lost.events] == ["NotReady"]
+
+
+def test_scaling_up_keeps_ready_and_emits_nothing():
+    one = model_deployment_status(md(), desired=1, deployment=deployment(), pods=[pod("a")], nodes=[], gpu_need=None)
+    up = model_deployment_status(
+        md(one.status), desired=3, deployment=deployment(3, 1), pods=[pod("a"), pod("b", ready=False)],
+        nodes=[], gpu_need=None,
+    )
+    assert conditions(up.status)["Ready"] == ("True", "PartiallyReady")
+    assert up.status["readyText"] == "1/3"
+    assert up.events == []
+
+
+def test_nothing_ready_is_not_ready():
+    r = model_deployment_status(md(), desired=2, deployment=deployment(2, 0), pods=[pod("a", ready=False)],
+                                nodes=[], gpu_need=None)
+    assert conditions(r.status)["Ready"] == ("False", "ReplicasStarting")
 
 
 def test_scaled_to_zero():

@@ -62,8 +62,6 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
     memo.kube = kube
     memo.md_queue = WorkQueue(md.reconcile, workers=OPTIONS.workers)
     memo.md_queue.start()
-    if OPTIONS.metrics_port:
-        start_http_server(OPTIONS.metrics_port, addr=OPTIONS.metrics_host, registry=metrics.REGISTRY)
     log.info("llmfleet operator started; metrics on %s:%s", OPTIONS.metrics_host, OPTIONS.metrics_port)
 
 
@@ -106,6 +104,13 @@ def run(
     OPTIONS.workers = workers
     if kubeconfig:
         os.environ["KUBECONFIG"] = kubeconfig  # for kopf's own login
+    if metrics_port:
+        # Bound before kopf starts, so a taken port stops the process at once with a
+        # clear error instead of leaving a live-looking operator that does nothing.
+        try:
+            start_http_server(metrics_port, addr=bind, registry=metrics.REGISTRY)
+        except OSError as exc:
+            raise SystemExit(f"llmfleet run: cannot serve metrics on {bind}:{metrics_port}: {exc}") from exc
     kopf.configure(verbose=False)
     # One INFO line per watch event drowns everything else; our own logs say what matters.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)

@@ -1,7 +1,8 @@
 """ModelDeployment status: a pure function of the spec, its Deployment, pods and nodes.
 
 Conditions:
-- Ready: every requested replica is ready to serve.
+- Ready: at least one replica serves (AllReplicasReady or PartiallyReady); False when
+  none does, with the reason.
 - Progressing: a rollout or a scale change is under way.
 - Degraded: something keeps replicas from becoming ready (cannot be scheduled, no node
   can ever fit one, crash loop, image pull failure, invalid spec).
@@ -190,10 +191,16 @@ def _conditions(desired, replicas, ready, updated, observed, deployment, pods, n
     elif deadline is not None:
         problem = ("ProgressDeadlineExceeded", deadline)
 
+    # Ready means "serving": like a Deployment's Available, it stays True while a
+    # scale-up or rollout adds replicas, so autoscaling never flaps it; Degraded says
+    # when some replicas cannot come up.
     if desired == 0:
         ready_cond = Condition("Ready", False, "ScaledToZero", "0 replicas requested")
     elif ready >= desired:
         ready_cond = Condition("Ready", True, "AllReplicasReady", f"{ready}/{desired} replicas ready")
+    elif ready > 0:
+        detail = problem[1] if problem else "the others are starting"
+        ready_cond = Condition("Ready", True, "PartiallyReady", f"{ready}/{desired} replicas ready; {detail}")
     elif problem:
         ready_cond = Condition("Ready", False, problem[0], f"{ready}/{desired} replicas ready: {problem[1]}")
     else:
