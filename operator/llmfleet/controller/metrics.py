@@ -31,3 +31,9 @@ API_ERRORS = Counter(
     ["operation"],
     registry=REGISTRY,
 )
+ROUTE_WEIGHT = Gauge(
+    "llmfleet_route_weight",
+    "Effective share of traffic (percent) a backend cluster gets for a public model name.",
+    ["model", "cluster"],
+    registry=REGISTRY,
+)

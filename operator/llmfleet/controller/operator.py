@@ -20,6 +20,7 @@ from prometheus_client import start_http_server
 from . import metrics
 from .kube import GROUP, VERSION, Kube, Ref
 from .modeldeployment import ModelDeploymentReconciler
+from .routepolicy import ROUTES, NoDataPlane, RoutePolicyReconciler
 from .workqueue import WorkQueue
 from ..render.deployment import SELECTOR_LABEL as MD_LABEL
 
@@ -59,16 +60,21 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
 
     kube = await asyncio.to_thread(Kube.from_environment, OPTIONS.kubeconfig)
     md = ModelDeploymentReconciler(kube)
+    routes = RoutePolicyReconciler(kube, NoDataPlane())
     memo.kube = kube
     memo.md_queue = WorkQueue(md.reconcile, workers=OPTIONS.workers)
     memo.md_queue.start()
+    # One key, one worker: the route table is recomputed as a whole.
+    memo.route_queue = WorkQueue(routes.reconcile, workers=1)
+    memo.route_queue.start()
     log.info("llmfleet operator started; metrics on %s:%s", OPTIONS.metrics_host, OPTIONS.metrics_port)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_) -> None:
-    if queue := getattr(memo, "md_queue", None):
-        await queue.stop()
+    for name in ("md_queue", "route_queue"):
+        if queue := getattr(memo, name, None):
+            await queue.stop()
     if kube := getattr(memo, "kube", None):
         kube.api.close()
 
@@ -76,6 +82,7 @@ async def cleanup(memo: kopf.Memo, **_) -> None:
 @kopf.on.event(GROUP, VERSION, "modeldeployments")
 async def model_deployment_event(name: str, namespace: str, memo: kopf.Memo, **_) -> None:
     memo.md_queue.add(Ref(namespace, name))
+    memo.route_queue.add(ROUTES)  # existence and served name feed the route table
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={MD_LABEL: kopf.PRESENT})
@@ -86,6 +93,12 @@ async def deployment_event(namespace: str, labels: dict, memo: kopf.Memo, **_) -
 @kopf.on.event("", "v1", "pods", labels={MD_LABEL: kopf.PRESENT})
 async def pod_event(namespace: str, labels: dict, memo: kopf.Memo, **_) -> None:
     memo.md_queue.add(Ref(namespace, labels[MD_LABEL]))
+    memo.route_queue.add(ROUTES)  # ready pods are the endpoints
+
+
+@kopf.on.event(GROUP, VERSION, "routepolicies")
+async def route_policy_event(memo: kopf.Memo, **_) -> None:
+    memo.route_queue.add(ROUTES)
 
 
 def run(

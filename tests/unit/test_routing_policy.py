@@ -1,0 +1,150 @@
+"""Route table and RoutePolicy status from cluster state: what `kubectl describe rp` explains."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from llmfleet.routing.policy import _percentages, compute_routing, ready_endpoints
+from llmfleet.routing.table import Endpoint, WeightedBackend
+
+
+def md(name, served=None, ns="ai"):
+    spec = {"model": {"uri": "hf://x/y"}, "engine": {"kind": "sim"}}
+    if served:
+        spec["model"]["servedName"] = served
+    return {"metadata": {"name": name, "namespace": ns}, "spec": spec}
+
+
+def pod(md_name, ip, ready=True, ns="ai", phase="Running", deleting=False):
+    meta = {"name": f"{md_name}-{ip}", "namespace": ns, "labels": {"llmfleet.io/model-deployment": md_name}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    return {
+        "metadata": meta,
+        "spec": {"containers": [{"name": "model-server", "ports": [{"name": "http", "containerPort": 8000}]}]},
+        "status": {"phase": phase, "podIP": ip, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+def rp(name, model, backends, strategy="weighted", created="2026-01-01T00:00:00Z", rules=(), ns="ai"):
+    return {
+        "metadata": {"name": name, "namespace": ns, "generation": 1, "creationTimestamp": created},
+        "spec": {"model": model, "strategy": strategy, "backends": backends, "rules": list(rules)},
+    }
+
+
+def weights(result, policy=0):
+    return {b["modelDeployment"]: b["weight"] for b in result.policies[policy].backends}
+
+
+def cond(result, type_, policy=0):
+    return next(c for c in result.policies[policy].conditions if c.type == type_)
+
+
+FLEET = [md("small", served="llama-8b"), md("big", served="llama-70b")]
+PODS = [pod("small", "127.1.0.1"), pod("small", "127.1.0.2"), pod("big", "127.1.0.3")]
+
+
+def test_weighted_split_as_written_with_served_names():
+    r = compute_routing([rp("chat", "chat", [{"modelDeployment": "small", "weight": 80},
+                                             {"modelDeployment": "big", "weight": 20}])], FLEET, PODS)
+    assert weights(r) == {"small": 80, "big": 20}
+    (route,) = r.table.routes
+    assert route.model == "chat"
+    assert route.backends == (WeightedBackend("ai/small", 80), WeightedBackend("ai/big", 20))
+    small = r.table.cluster("ai/small")
+    assert small.served_model == "llama-8b"
+    assert small.endpoints == (Endpoint("127.1.0.1", 8000), Endpoint("127.1.0.2", 8000))
+    assert [b["readyReplicas"] for b in r.policies[0].backends] == [2, 1]
+    assert cond(r, "Accepted").status and cond(r, "ResolvedRefs").status
+
+
+def test_backend_without_ready_replicas_gives_its_share_to_the_others():
+    pods = [pod("small", "127.1.0.1"), pod("big", "127.1.0.3", ready=False)]
+    r = compute_routing([rp("chat", "chat", [{"modelDeployment": "small", "weight": 80},
+                                             {"modelDeployment": "big", "weight": 20}])], FLEET, pods)
+    assert weights(r) == {"small": 100, "big": 0}
+    big = r.policies[0].backends[1]
+    assert big["readyReplicas"] == 0 and "no ready replicas" in big["reason"]
+    assert r.table.routes[0].backends == (WeightedBackend("ai/small", 100),)
+
+
+def test_missing_backend_is_named_in_resolved_refs():
+    r = compute_routing([rp("chat", "chat", [{"modelDeployment": "small"}, {"modelDeployment": "ghost"}])],
+                        FLEET, PODS)
+    c = cond(r, "ResolvedRefs")
+    assert not c.status and c.reason == "BackendNotFound" and "ghost" in c.message
+    assert weights(r) == {"small": 100, "ghost": 0}
+    assert "not found" in r.policies[0].backends[1]["reason"]
+
+
+def test_failover_sends_everything_to_lowest_ready_priority():
+    policy = rp("chat", "chat", [{"modelDeployment": "small", "priority": 0},
+                                 {"modelDeployment": "big", "priority": 1}], strategy="failover")
+    r = compute_routing([policy], FLEET, PODS)
+    assert weights(r) == {"small": 100, "big": 0}
+    assert "standby" in r.policies[0].backends[1]["reason"]
+    primary_gone = [p for p in PODS if p["metadata"]["labels"]["llmfleet.io/model-deployment"] != "small"]
+    r = compute_routing([policy], FLEET, primary_gone)
+    assert weights(r) == {"small": 0, "big": 100}
+
+
+def test_no_ready_backend_leaves_route_without_backends():
+    r = compute_routing([rp("chat", "chat", [{"modelDeployment": "small"}])], FLEET, [])
+    assert r.table.routes[0].backends == ()
+    assert weights(r) == {"small": 0}
+
+
+def test_older_policy_wins_a_model_name_conflict():
+    older = rp("first", "chat", [{"modelDeployment": "small"}], created="2026-01-01T00:00:00Z")
+    newer = rp("second", "chat", [{"modelDeployment": "big"}], created="2026-02-01T00:00:00Z", ns="other")
+    r = compute_routing([newer, older], FLEET + [md("big", ns="other")], PODS)
+    by_name = {p.name: p for p in r.policies}
+    assert by_name["first"].accepted and not by_name["second"].accepted
+    accepted = next(c for c in by_name["second"].conditions if c.type == "Accepted")
+    assert accepted.reason == "ModelNameConflict" and "ai/first" in accepted.message
+    assert [route.backends for route in r.table.routes] == [(WeightedBackend("ai/small", 100),)]
+
+
+def test_header_rules_resolve_to_their_own_backends():
+    policy = rp("chat", "chat", [{"modelDeployment": "small"}],
+                rules=[{"match": {"headers": {"X-Tenant": "premium"}}, "backends": [{"modelDeployment": "big"}]}])
+    r = compute_routing([policy], FLEET, PODS)
+    (rule,) = r.table.routes[0].rules
+    assert rule.headers == (("x-tenant", "premium"),)
+    assert rule.backends == (WeightedBackend("ai/big", 100),)
+    assert {c.name for c in r.table.clusters} == {"ai/small", "ai/big"}
+
+
+def test_invalid_policy_is_not_accepted_and_named():
+    r = compute_routing([rp("chat", "chat", [])], FLEET, PODS)
+    c = cond(r, "Accepted")
+    assert not c.status and c.reason == "InvalidSpec" and "spec.backends" in c.message
+    assert r.table.routes == ()
+
+
+def test_only_running_ready_not_terminating_pods_are_endpoints():
+    eps = ready_endpoints([
+        pod("small", "127.1.0.1"), pod("small", "127.1.0.2", ready=False),
+        pod("small", "127.1.0.3", phase="Pending"), pod("small", "127.1.0.4", deleting=True),
+    ])
+    assert eps == {("ai", "small"): (Endpoint("127.1.0.1", 8000),)}
+
+
+def test_same_inputs_same_table():
+    policies = [rp("chat", "chat", [{"modelDeployment": "small", "weight": 3}, {"modelDeployment": "big"}])]
+    assert compute_routing(policies, FLEET, PODS).table == compute_routing(policies, FLEET, list(reversed(PODS))).table
+
+
+@given(st.lists(st.integers(min_value=0, max_value=1000), min_size=1, max_size=16))
+def test_percentages_sum_to_100_and_follow_the_weights(ws):
+    ps = _percentages(ws)
+    if sum(ws) == 0:
+        assert ps == [0] * len(ws)
+        return
+    assert sum(ps) == 100
+    for w, p in zip(ws, ps):
+        assert abs(p - w * 100 / sum(ws)) < 1
+        if w == 0:
+            assert p == 0
