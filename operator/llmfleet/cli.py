@@ -24,12 +24,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--health-port", type=int, default=8081, help="liveness endpoint port, /healthz (0 = off)")
     run.add_argument("--bind", default="0.0.0.0", help="address the metrics and health ports listen on")
     run.add_argument("--workers", type=int, default=4, help="objects reconciled concurrently")
+    run.add_argument("--xds-address", default="0.0.0.0", help="address the xDS (ADS) server listens on")
+    run.add_argument("--xds-port", type=int, default=18000, help="xDS (ADS) port Envoy connects to (0 = off)")
+    run.add_argument("--envoy-listener-address", default="0.0.0.0",
+                     help="address of the listener the operator configures in Envoy")
+    run.add_argument("--envoy-listener-port", type=int, default=8080,
+                     help="port of the listener the operator configures in Envoy (the OpenAI endpoint)")
     run.set_defaults(func=_run_operator)
 
     # Commands whose modules take their own argv are dispatched without importing them here.
     for name, help_text in (
         ("sim", "run the simulated OpenAI-compatible model server"),
         ("crds", "write the CRD YAML generated from the API models"),
+        ("envoy-bootstrap", "print the Envoy bootstrap that points Envoy at the operator's xDS server"),
     ):
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -46,6 +53,10 @@ def _run_operator(args: argparse.Namespace) -> int:
         health_port=args.health_port,
         bind=args.bind,
         workers=args.workers,
+        xds_address=args.xds_address,
+        xds_port=args.xds_port,
+        envoy_listener_address=args.envoy_listener_address,
+        envoy_listener_port=args.envoy_listener_port,
     )
     return 0
 
@@ -60,6 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         from .api.crd import main as crds_main
 
         return crds_main(argv[1:])
+    if argv and argv[0] == "envoy-bootstrap":
+        from .envoy.bootstrap import main as bootstrap_main
+
+        return bootstrap_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

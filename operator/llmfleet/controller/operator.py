@@ -20,7 +20,8 @@ from prometheus_client import start_http_server
 from . import metrics
 from .kube import GROUP, VERSION, Kube, Ref
 from .modeldeployment import ModelDeploymentReconciler
-from .routepolicy import ROUTES, NoDataPlane, RoutePolicyReconciler
+from .routepolicy import ROUTES, NoDataPlane, RoutePolicyReconciler, XdsPublisher
+from ..envoy.xds import XdsServer
 from .workqueue import WorkQueue
 from ..render.deployment import SELECTOR_LABEL as MD_LABEL
 
@@ -33,6 +34,10 @@ class OperatorOptions:
     metrics_host: str = "0.0.0.0"
     metrics_port: int = 8080
     workers: int = 4
+    xds_address: str = "0.0.0.0"
+    xds_port: int = 18000
+    envoy_listener_address: str = "0.0.0.0"
+    envoy_listener_port: int = 8080
 
 
 OPTIONS = OperatorOptions()
@@ -59,14 +64,24 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
     settings.watching.label_selectors[("apps", "v1", "deployments")] = MD_LABEL
 
     kube = await asyncio.to_thread(Kube.from_environment, OPTIONS.kubeconfig)
-    md = ModelDeploymentReconciler(kube)
-    routes = RoutePolicyReconciler(kube, NoDataPlane())
     memo.kube = kube
-    memo.md_queue = WorkQueue(md.reconcile, workers=OPTIONS.workers)
-    memo.md_queue.start()
+    memo.md_queue = WorkQueue(ModelDeploymentReconciler(kube).reconcile, workers=OPTIONS.workers)
+    publisher = NoDataPlane()
+    if OPTIONS.xds_port:
+        # Envoy's ACKs and NACKs change what Programmed says: recompute then.
+        memo.xds = XdsServer(
+            listener_address=OPTIONS.envoy_listener_address,
+            listener_port=OPTIONS.envoy_listener_port,
+            on_nack=lambda nack: memo.route_queue.add(ROUTES),
+            on_synced=lambda node_id, version: memo.route_queue.add(ROUTES),
+        )
+        await memo.xds.start(OPTIONS.xds_address, OPTIONS.xds_port)
+        publisher = XdsPublisher(memo.xds)
     # One key, one worker: the route table is recomputed as a whole.
-    memo.route_queue = WorkQueue(routes.reconcile, workers=1)
+    memo.route_queue = WorkQueue(RoutePolicyReconciler(kube, publisher).reconcile, workers=1)
+    memo.md_queue.start()
     memo.route_queue.start()
+    memo.route_queue.add(ROUTES)  # publish once even if the cluster has nothing to watch yet
     log.info("llmfleet operator started; metrics on %s:%s", OPTIONS.metrics_host, OPTIONS.metrics_port)
 
 
@@ -75,6 +90,8 @@ async def cleanup(memo: kopf.Memo, **_) -> None:
     for name in ("md_queue", "route_queue"):
         if queue := getattr(memo, name, None):
             await queue.stop()
+    if xds := getattr(memo, "xds", None):
+        await xds.stop()
     if kube := getattr(memo, "kube", None):
         kube.api.close()
 
@@ -109,9 +126,17 @@ def run(
     health_port: int = 8081,
     bind: str = "0.0.0.0",
     workers: int = 4,
+    xds_address: str = "0.0.0.0",
+    xds_port: int = 18000,
+    envoy_listener_address: str = "0.0.0.0",
+    envoy_listener_port: int = 8080,
 ) -> None:
     """Run the operator until SIGINT/SIGTERM."""
     OPTIONS.kubeconfig = kubeconfig
+    OPTIONS.xds_address = xds_address
+    OPTIONS.xds_port = xds_port
+    OPTIONS.envoy_listener_address = envoy_listener_address
+    OPTIONS.envoy_listener_port = envoy_listener_port
     OPTIONS.metrics_host = bind
     OPTIONS.metrics_port = metrics_port
     OPTIONS.workers = workers

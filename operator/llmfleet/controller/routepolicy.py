@@ -56,6 +56,29 @@ class NoDataPlane:
         return DataPlaneState(False, "NoDataPlane", "the operator runs without its xDS server (--xds-port 0)")
 
 
+class XdsPublisher:
+    """Route tables go to Envoy through the operator's xDS server."""
+
+    def __init__(self, server) -> None:
+        self.server = server
+
+    def publish(self, table: RouteTable) -> str:
+        return self.server.update(table)
+
+    def state(self, version: str) -> DataPlaneState:
+        nack = self.server.last_nack
+        if nack is not None:
+            return DataPlaneState(
+                False, "Rejected", f"Envoy {nack.node_id} rejected {nack.type} version {nack.version}: {nack.error}"
+            )
+        envoys = self.server.nodes()
+        if not envoys:
+            return DataPlaneState(False, "Pending", "no Envoy is connected to the xDS server yet")
+        if self.server.synced(version):
+            return DataPlaneState(True, "Programmed", f"route version {version} served by {len(envoys)} Envoy(s)")
+        return DataPlaneState(False, "Pending", f"waiting for {len(envoys)} Envoy(s) to apply route version {version}")
+
+
 class RoutePolicyReconciler:
     def __init__(self, kube: Kube, publisher: Publisher) -> None:
         self.kube = kube

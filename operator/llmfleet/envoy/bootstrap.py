@@ -1,0 +1,181 @@
+"""Envoy's bootstrap: who it is, where the operator's xDS server is, admin on loopback.
+
+Everything else (listener, routes, clusters, endpoints) comes over ADS. Printed by
+``llmfleet envoy-bootstrap`` (the Helm chart renders the same into a ConfigMap).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import json
+import re
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+XDS_CLUSTER = "llmfleet_xds"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:g}s"
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
+def bootstrap(
+    xds_address: str,
+    xds_port: int,
+    node_id: str,
+    admin_port: int,
+    *,
+    node_cluster: str = "llmfleet-ingress",
+    admin_address: str = "127.0.0.1",
+    xds_retry_base_seconds: float = 0.5,
+    xds_retry_max_seconds: float = 10.0,
+    xds_keepalive_seconds: float = 10.0,
+    max_downstream_connections: int = 50_000,
+) -> dict[str, Any]:
+    """The bootstrap dict (Envoy's JSON/YAML shape).
+
+    The admin interface can change Envoy's state (``/quitquitquit``, log levels), so it
+    listens on loopback only. Envoy re-dials the xDS server with exponential back-off
+    between ``xds_retry_base_seconds`` and ``xds_retry_max_seconds`` and keeps its last
+    good configuration meanwhile.
+    """
+    if not 0 < xds_port < 65536 or not 0 <= admin_port < 65536:
+        raise ValueError("ports must be within 1..65535 (admin may be 0)")
+    if not node_id:
+        raise ValueError("node_id must not be empty")
+    ads = {"ads": {}, "resource_api_version": "V3"}
+    return {
+        "node": {"id": node_id, "cluster": node_cluster},
+        "admin": {"address": {"socket_address": {"address": admin_address, "port_value": admin_port}}},
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": True,
+                "grpc_services": [{
+                    "envoy_grpc": {
+                        "cluster_name": XDS_CLUSTER,
+                        "retry_policy": {"retry_back_off": {
+                            "base_interval": _duration(xds_retry_base_seconds),
+                            "max_interval": _duration(xds_retry_max_seconds),
+                        }},
+                    },
+                }],
+            },
+            "cds_config": ads,
+            "lds_config": ads,
+        },
+        "static_resources": {
+            "clusters": [{
+                "name": XDS_CLUSTER,
+                # A Service name in the cluster, an IP in tests.
+                "type": "STATIC" if _is_ip(xds_address) else "LOGICAL_DNS",
+                "connect_timeout": "1s",
+                "load_assignment": {
+                    "cluster_name": XDS_CLUSTER,
+                    "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                        "socket_address": {"address": xds_address, "port_value": xds_port}}}}]}],
+                },
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {"http2_protocol_options": {
+                            # Notice a vanished operator pod within seconds, not at TCP timeout.
+                            "connection_keepalive": {"interval": _duration(xds_keepalive_seconds),
+                                                     "timeout": "5s"},
+                        }},
+                    },
+                },
+            }],
+        },
+        "overload_manager": {
+            "resource_monitors": [{
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors."
+                             "downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": max_downstream_connections,
+                },
+            }],
+        },
+    }
+
+
+_YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~", ""}
+_YAML_NUMBER = re.compile(
+    r"[-+]?(\.?[0-9][0-9_]*\.?[0-9_]*(e[-+]?[0-9]+)?|0x[0-9a-f_]+|0o?[0-7_]+|\.inf|\.nan"
+    r"|[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?)")
+
+
+def _ambiguous_in_yaml(text: str) -> bool:
+    """Whether some YAML reader could take ``text`` for a bool, null or number.
+
+    Envoy reads YAML 1.1, where a bare ``n`` is false (a node id "n" broke Envoy's
+    start-up); PyYAML quotes yes/no/on/off but not y/n or ``1e3``. Quote them all.
+    """
+    lowered = text.lower()
+    return lowered in _YAML_WORDS or _YAML_NUMBER.fullmatch(lowered) is not None
+
+
+def render(config: dict[str, Any], fmt: str = "yaml") -> str:
+    """The bootstrap as YAML or JSON text."""
+    if fmt == "json":
+        return json.dumps(config, indent=2) + "\n"
+    if fmt == "yaml":
+        import yaml
+
+        class Dumper(yaml.SafeDumper):
+            def ignore_aliases(self, data: Any) -> bool:
+                return True  # no &id001 anchors for repeated sub-dicts
+
+        def represent_str(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+            style = '"' if _ambiguous_in_yaml(data) else None
+            return dumper.represent_scalar("tag:yaml.org,2002:str", data, style=style)
+
+        Dumper.add_representer(str, represent_str)
+        return yaml.dump(config, Dumper=Dumper, sort_keys=False)
+    raise ValueError(f"unknown format {fmt!r} (yaml or json)")
+
+
+def build_parser(prog: str = "llmfleet envoy-bootstrap") -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=prog, description="Print the Envoy bootstrap that points Envoy "
+                                "at the llmfleet operator's xDS server.")
+    p.add_argument("--xds-address", required=True, help="operator's xDS address (Service DNS name or IP)")
+    p.add_argument("--xds-port", type=int, default=18000, help="operator's xDS port (default 18000)")
+    p.add_argument("--node-id", required=True, help="this Envoy's node id (e.g. the pod name)")
+    p.add_argument("--node-cluster", default="llmfleet-ingress", help="node cluster (default llmfleet-ingress)")
+    p.add_argument("--admin-port", type=int, default=9901, help="admin port, on 127.0.0.1 (default 9901)")
+    p.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    p.add_argument("--output", "-o", help="write to this file instead of stdout")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = bootstrap(args.xds_address, args.xds_port, args.node_id, args.admin_port,
+                           node_cluster=args.node_cluster)
+    except ValueError as exc:
+        print(f"envoy-bootstrap: {exc}", file=sys.stderr)
+        return 2
+    text = render(config, args.format)
+    if args.output:
+        with open(args.output, "w", encoding="utf-8") as f:
+            f.write(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""The Lua upstream filter that gives each backend the model name it serves.
+
+Clients send the public model name (RoutePolicy ``spec.model``, e.g. ``chat``); each
+engine answers only to its own served name (vLLM returns 404 for anything else). The
+rewrite runs as an *upstream* HTTP filter of the cluster, so it applies to whichever
+cluster the route picked (split, header rule, failover) and again on every retry, and
+changing a RoutePolicy never needs a model server restart.
+
+Only the value of the top-level ``"model"`` key is replaced; every other byte of the
+body is forwarded untouched (a parse-and-reserialise would turn integers into floats).
+The scanner jumps between structural characters with ``string.find``, so even an
+8 MiB prompt costs a few string searches, not a byte-by-byte loop in Lua.
+"""
+
+from __future__ import annotations
+
+import json
+
+_TEMPLATE = r"""-- llmfleet: set the request body's top-level "model" to the served name.
+local SERVED = {served}
+
+-- Index of the quote closing the JSON string that opens at i.
+local function string_end(s, i)
+  local j = i + 1
+  while true do
+    local k = string.find(s, '["\\]', j)
+    if k == nil then return nil end
+    if string.byte(s, k) == 92 then j = k + 2 else return k end
+  end
+end
+
+-- First and last index of the value of the top-level "model" key, or nil.
+local function model_span(s)
+  local depth, i = 0, 1
+  while true do
+    local p = string.find(s, '[{}%[%]"]', i)
+    if p == nil then return nil end
+    local c = string.byte(s, p)
+    if c == 34 then
+      local e = string_end(s, p)
+      if e == nil then return nil end
+      if depth == 1 and e - p == 6 and string.sub(s, p, e) == '"model"' then
+        local _, colon = string.find(s, '^%s*:%s*', e + 1)
+        if colon ~= nil then
+          local vs = colon + 1
+          if string.byte(s, vs) == 34 then
+            local ve = string_end(s, vs)
+            if ve == nil then return nil end
+            return vs, ve
+          end
+          local ve = string.find(s, '[%s,}]', vs)
+          if ve == nil then return nil end
+          return vs, ve - 1
+        end
+      end
+      i = e + 1
+    elseif c == 123 or c == 91 then
+      depth = depth + 1
+      i = p + 1
+    else
+      depth = depth - 1
+      i = p + 1
+    end
+  end
+end
+
+function envoy_on_request(handle)
+  local body = handle:body()
+  if body == nil then return end
+  local n = body:length()
+  if n == 0 then return end
+  local s = body:getBytes(0, n)
+  local vs, ve = model_span(s)
+  if vs == nil then return end
+  if string.sub(s, vs, ve) == SERVED then return end
+  body:setBytes(string.sub(s, 1, vs - 1) .. SERVED .. string.sub(s, ve + 1))
+end
+"""
+
+
+def lua_long_string(text: str) -> str:
+    """``text`` as a Lua long-bracket literal (no escapes are interpreted inside)."""
+    level = 0
+    while f"]{'=' * level}]" in text or text.endswith("]" + "=" * level):
+        level += 1
+    eq = "=" * level
+    # A newline right after the opening bracket would be dropped by Lua; JSON text
+    # starts with a quote, so it never begins with one.
+    return f"[{eq}[{text}]{eq}]"
+
+
+def model_rewrite_source(served_model: str) -> str:
+    """Lua source of the upstream filter that rewrites ``model`` to ``served_model``."""
+    served_json = json.dumps(served_model, ensure_ascii=True)
+    return _TEMPLATE.replace("{served}", lua_long_string(served_json))

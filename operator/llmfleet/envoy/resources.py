@@ -1,0 +1,544 @@
+"""Route table → Envoy xDS resources (LDS, RDS, CDS, EDS). Pure functions.
+
+One listener whose HTTP connection manager reads ``model`` from the JSON body
+(``json_to_metadata`` → dynamic metadata ``llmfleet.model``) and routes on it:
+
+1. ``GET /v1/models`` (and ``/v1/models/<name>``) answered by Envoy from the table;
+2. per public model, its header rules in order (first match wins), then its split as
+   weighted clusters (weights live here, in RDS), or a 503 when no backend is left;
+3. a model nobody serves → 404, a body without ``model`` → 400, bad JSON → 400,
+   all in OpenAI's error shape.
+
+One EDS cluster per ModelDeployment (LEAST_REQUEST, outlier detection, generous
+circuit breakers) with an upstream Lua filter that rewrites the body's ``model`` to
+the name that deployment serves. Endpoints live in EDS and weights in RDS, so a
+weight or replica change never touches CDS and never drains a connection pool.
+
+Resources are first built as plain dicts in Envoy's JSON/YAML shape (easy to read,
+diff and golden-test), then converted to xds-protos messages.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+# Importing these registers their message types, so "@type" Any values resolve.
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401
+from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2  # noqa: F401
+from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
+from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
+from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2  # noqa: F401
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: F401
+from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
+    http_connection_manager_pb2,
+)
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from llmfleet.envoy.lua import model_rewrite_source
+from llmfleet.routing.table import Cluster, Route, RouteTable, WeightedBackend
+
+LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
+ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
+CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
+ENDPOINT_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+# The order in which ADS pushes them (xDS "eventual consistency considerations").
+TYPE_ORDER = (CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE)
+
+_MESSAGE_CLASSES: dict[str, type[Message]] = {
+    LISTENER_TYPE: listener_pb2.Listener,
+    ROUTE_TYPE: route_pb2.RouteConfiguration,
+    CLUSTER_TYPE: cluster_pb2.Cluster,
+    ENDPOINT_TYPE: endpoint_pb2.ClusterLoadAssignment,
+}
+
+LISTENER_NAME = "llmfleet"
+ROUTE_CONFIG_NAME = "llmfleet"
+METADATA_NAMESPACE = "llmfleet"  # dynamic metadata written by json_to_metadata
+MODEL_KEY = "model"
+BODY_ERROR_KEY = "body_error"
+
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_ADS = {"ads": {}, "resource_api_version": "V3"}
+
+Resources = dict[str, list[Message]]
+
+
+@dataclass(frozen=True)
+class DataPlaneSettings:
+    """Knobs of the generated config that are not part of a RoutePolicy."""
+
+    # json_to_metadata buffers the whole request body to read "model": long prompts
+    # (and retries, which replay the buffered body) need room.
+    max_request_body_bytes: int = 8 * 1024 * 1024
+    # No overall route timeout: a long generation must never be cut off. The idle
+    # timeout only fires when neither side sends a byte for this long (a non-streaming
+    # request is silent until the whole completion is ready).
+    stream_idle_timeout_seconds: int = 3600
+    connect_timeout_seconds: float = 2.0
+    # Outlier detection: consecutive failures before a replica is ejected.
+    consecutive_5xx: int = 5
+    consecutive_gateway_failure: int = 3
+    outlier_interval_seconds: float = 2.0
+    base_ejection_seconds: float = 10.0
+    max_ejection_percent: int = 100
+    # A dead replica has no active requests, so least-request balancing keeps choosing
+    # it until outlier detection ejects it; the previous_hosts predicate needs enough
+    # re-picks (cheap, local) to find a live one with few replicas.
+    host_selection_retry_max_attempts: int = 25
+    # Engines queue internally; Envoy's default 1024-request circuit breaker (and its
+    # 3 concurrent retries) would throttle a busy fleet, so keep them out of the way.
+    max_requests_per_cluster: int = 100_000
+    max_concurrent_retries: int = 1024
+    # One JSON line per request on Envoy's stdout (`kubectl logs`): model, backend, status.
+    access_log: bool = True
+    # "created" of the /v1/models entries (fixed, so RDS stays deterministic).
+    models_created: int = 0
+    owned_by: str = "llmfleet"
+
+
+# --------------------------------------------------------------------------- errors
+
+
+def openai_error(message: str, err_type: str = "invalid_request_error", param: str | None = "model",
+                 code: str | None = None) -> dict[str, Any]:
+    """OpenAI's error body: ``{"error": {message, type, param, code}}``."""
+    return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+
+
+def _json_response(status: int, body: Any) -> dict[str, Any]:
+    """A direct_response whose body is the JSON text of ``body`` (no substitution)."""
+    text = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+    return {
+        "status": status,
+        "body_format": {
+            # '%' starts a command operator in a format string; '%%' is a literal '%'.
+            "text_format_source": {"inline_string": text.replace("%", "%%")},
+            "content_type": "application/json",
+        },
+    }
+
+
+def _formatted_error(status: int, error: dict[str, Any]) -> dict[str, Any]:
+    """A direct_response with a JSON body whose strings may use command operators."""
+    return {"status": status, "body_format": {"json_format": error}}
+
+
+# --------------------------------------------------------------------------- retries
+
+
+_RETRY_ON_NAMES = {"connect-failure", "reset", "refused-stream", "gateway-error", "5xx",
+                   "retriable-4xx", "reset-before-request", "envoy-ratelimited"}
+
+
+def retry_policy(route: Route, settings: DataPlaneSettings) -> dict[str, Any] | None:
+    """Envoy's retry policy for a RoutePolicy ``retry``; None when retries are off.
+
+    Named conditions pass through; status codes (``"503"``) become
+    ``retriable-status-codes``. Retries go to another replica (previous_hosts).
+    """
+    retry = route.retry
+    if retry.attempts <= 0:
+        return None
+    names: list[str] = []
+    codes: list[int] = []
+    for cond in retry.on:
+        if cond.isdigit():
+            codes.append(int(cond))
+        elif cond in _RETRY_ON_NAMES:
+            names.append(cond)
+        else:
+            raise ValueError(f"unknown retry condition {cond!r}")
+    if codes:
+        names.append("retriable-status-codes")
+    policy: dict[str, Any] = {
+        "retry_on": ",".join(dict.fromkeys(names)),
+        "num_retries": retry.attempts,
+        "per_try_timeout": f"{retry.per_try_timeout_seconds}s",
+        "retry_host_predicate": [{
+            "name": "envoy.retry_host_predicates.previous_hosts",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
+            },
+        }],
+        "host_selection_retry_max_attempts": str(settings.host_selection_retry_max_attempts),
+        "retry_back_off": {"base_interval": "0.025s", "max_interval": "0.25s"},
+    }
+    if codes:
+        policy["retriable_status_codes"] = sorted(set(codes))
+    return policy
+
+
+# --------------------------------------------------------------------------- routes
+
+
+def _model_match(model: str, headers: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
+    match: dict[str, Any] = {
+        "prefix": "/",
+        "dynamic_metadata": [{
+            "filter": METADATA_NAMESPACE,
+            "path": [{"key": MODEL_KEY}],
+            "value": {"string_match": {"exact": model}},
+        }],
+    }
+    hdrs = [{"name": name, "string_match": {"exact": value}} for name, value in headers]
+    if hdrs:
+        match["headers"] = hdrs
+    return match
+
+
+def live_backends(backends: Iterable[WeightedBackend], table: RouteTable) -> list[WeightedBackend]:
+    """Backends Envoy can send to: positive weight, a known cluster with endpoints."""
+    out = []
+    for b in backends:
+        cluster = table.cluster(b.cluster)
+        if b.weight > 0 and cluster is not None and cluster.endpoints:
+            out.append(b)
+    return out
+
+
+def _route_action(backends: list[WeightedBackend], route: Route,
+                  settings: DataPlaneSettings) -> dict[str, Any]:
+    action: dict[str, Any] = {}
+    if len(backends) == 1:
+        action["cluster"] = backends[0].cluster
+    else:
+        action["weighted_clusters"] = {
+            "clusters": [{"name": b.cluster, "weight": b.weight} for b in backends]
+        }
+    action["timeout"] = "0s"  # no overall limit: streams last as long as generation does
+    policy = retry_policy(route, settings)
+    if policy is not None:
+        action["retry_policy"] = policy
+    return action
+
+
+def _not_found() -> dict[str, Any]:
+    return _formatted_error(404, openai_error("Invalid URL (%REQ(:METHOD)% %REQ(:PATH)%)", param=None))
+
+
+def _no_backend(model: str) -> dict[str, Any]:
+    return _json_response(503, openai_error(
+        f"The model `{model}` has no ready backend; try again later.",
+        err_type="server_error", param=None))
+
+
+def model_routes(route: Route, table: RouteTable, settings: DataPlaneSettings) -> list[dict[str, Any]]:
+    """The routes of one public model: header rules first, then the split."""
+    out = []
+    for i, rule in enumerate(route.rules):
+        backends = live_backends(rule.backends, table)
+        entry: dict[str, Any] = {"name": f"{route.model}/rule-{i}",
+                                 "match": _model_match(route.model, rule.headers)}
+        if backends:
+            entry["route"] = _route_action(backends, route, settings)
+        else:
+            entry["direct_response"] = _no_backend(route.model)
+        out.append(entry)
+    backends = live_backends(route.backends, table)
+    entry = {"name": route.model, "match": _model_match(route.model)}
+    if backends:
+        entry["route"] = _route_action(backends, route, settings)
+    else:
+        entry["direct_response"] = _no_backend(route.model)
+    out.append(entry)
+    return out
+
+
+def _model_object(model: str, settings: DataPlaneSettings) -> dict[str, Any]:
+    return {"id": model, "object": "model", "created": settings.models_created,
+            "owned_by": settings.owned_by}
+
+
+def route_configuration(table: RouteTable, settings: DataPlaneSettings | None = None) -> dict[str, Any]:
+    """The RouteConfiguration (RDS) for the whole table."""
+    settings = settings or DataPlaneSettings()
+    get = [{"name": ":method", "string_match": {"exact": "GET"}}]
+    routes: list[dict[str, Any]] = [{
+        "name": "models",
+        "match": {"path": "/v1/models", "headers": get},
+        "direct_response": _json_response(200, {
+            "object": "list", "data": [_model_object(r.model, settings) for r in table.routes]}),
+    }]
+    for r in table.routes:
+        routes.append({
+            "name": f"models/{r.model}",
+            "match": {"path": f"/v1/models/{r.model}", "headers": get},
+            "direct_response": _json_response(200, _model_object(r.model, settings)),
+        })
+    for r in table.routes:
+        routes.extend(model_routes(r, table, settings))
+    metadata = f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{{key}})%"
+    routes += [
+        {
+            "name": "unknown-model",
+            "match": {"prefix": "/", "dynamic_metadata": [{
+                "filter": METADATA_NAMESPACE, "path": [{"key": MODEL_KEY}],
+                "value": {"present_match": True}}]},
+            "direct_response": _formatted_error(404, openai_error(
+                f"The model `{metadata.format(key=MODEL_KEY)}` does not exist.")),
+        },
+        {
+            # Anything but POST (a GET without a body, say) is an unknown URL, not a
+            # request that forgot its model.
+            "name": "not-found",
+            "match": {"prefix": "/", "headers": [
+                {"name": ":method", "string_match": {"exact": "POST"}, "invert_match": True}]},
+            "direct_response": _not_found(),
+        },
+        {
+            "name": "invalid-json",
+            "match": {"prefix": "/", "dynamic_metadata": [{
+                "filter": METADATA_NAMESPACE, "path": [{"key": BODY_ERROR_KEY}],
+                "value": {"present_match": True}}]},
+            "direct_response": _json_response(400, openai_error(
+                "We could not parse the JSON body of your request. The OpenAI API expects a "
+                "JSON payload with a `model` field.", param=None)),
+        },
+        {
+            "name": "missing-model",
+            "match": {"prefix": "/"},
+            "direct_response": _json_response(400, openai_error(
+                "You must provide a model parameter.")),
+        },
+    ]
+    return {
+        "name": ROUTE_CONFIG_NAME,
+        "virtual_hosts": [{"name": "llmfleet", "domains": ["*"], "routes": routes}],
+    }
+
+
+# --------------------------------------------------------------------------- listener
+
+
+# Envoy's own upstream failures (no healthy replica, connect failure, reset, timeout)
+# are answered in OpenAI's error shape too, so clients parse every error the same way.
+_UPSTREAM_FAILURE_FLAGS = ["UH", "UF", "UO", "URX", "UC", "UT", "NC", "UMSDR", "UPE"]
+
+
+ACCESS_LOG_FORMAT = {
+    "start_time": "%START_TIME%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%REQ(X-ENVOY-ORIGINAL-PATH?:PATH)%",
+    "model": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{MODEL_KEY})%",
+    "status": "%RESPONSE_CODE%",
+    "flags": "%RESPONSE_FLAGS%",
+    "cluster": "%UPSTREAM_CLUSTER_RAW%",
+    "upstream": "%UPSTREAM_HOST%",
+    "attempts": "%UPSTREAM_REQUEST_ATTEMPT_COUNT%",
+    "duration_ms": "%DURATION%",
+    "first_byte_ms": "%RESPONSE_DURATION%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+}
+
+
+def _size(n: int) -> str:
+    return f"{n // (1024 * 1024)} MiB" if n % (1024 * 1024) == 0 else f"{n} bytes"
+
+
+def listener(listener_port: int, listener_address: str = "0.0.0.0",
+             settings: DataPlaneSettings | None = None) -> dict[str, Any]:
+    """The one Listener (LDS): HCM with json_to_metadata and the router, RDS over ADS."""
+    settings = settings or DataPlaneSettings()
+    hcm: dict[str, Any] = {
+        "@type": _HCM,
+        "stat_prefix": "llmfleet",
+        "codec_type": "AUTO",
+        "use_remote_address": True,
+        # Keep a client's x-request-id, so its logs and ours (access log) can be joined.
+        "preserve_external_request_id": True,
+        "rds": {"config_source": _ADS, "route_config_name": ROUTE_CONFIG_NAME},
+        "stream_idle_timeout": f"{settings.stream_idle_timeout_seconds}s",
+        "request_timeout": "0s",
+        "http_filters": [
+            {
+                "name": "envoy.filters.http.json_to_metadata",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.json_to_metadata.v3.JsonToMetadata",
+                    "request_rules": {
+                        "rules": [{
+                            "selectors": [{"key": MODEL_KEY}],
+                            "on_present": {"metadata_namespace": METADATA_NAMESPACE, "key": MODEL_KEY,
+                                           "type": "STRING"},
+                            "on_error": {"metadata_namespace": METADATA_NAMESPACE, "key": BODY_ERROR_KEY,
+                                         "value": {"string_value": "invalid JSON body"}},
+                        }],
+                        # "application/json" with or without parameters (charset=...).
+                        "allow_content_types_regex": {"regex": r"^application/json\s*(;.*)?$"},
+                    },
+                },
+            },
+            {
+                "name": "envoy.filters.http.router",
+                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+            },
+        ],
+        "local_reply_config": {
+            "mappers": [
+                {
+                    "filter": {"response_flag_filter": {"flags": _UPSTREAM_FAILURE_FLAGS}},
+                    "body_format_override": {"json_format": openai_error(
+                        "%LOCAL_REPLY_BODY%", err_type="server_error", param=None)},
+                },
+                {
+                    "filter": {"status_code_filter": {"comparison": {
+                        "op": "EQ", "value": {"default_value": 413, "runtime_key": "llmfleet.body_too_large"}}}},
+                    "body_format_override": {"json_format": openai_error(
+                        f"The request body is larger than the {_size(settings.max_request_body_bytes)} "
+                        "this gateway accepts.", param=None)},
+                },
+            ],
+        },
+    }
+    if settings.access_log:
+        hcm["access_log"] = [{
+            "name": "envoy.access_loggers.stdout",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
+                "log_format": {"json_format": ACCESS_LOG_FORMAT},
+            },
+        }]
+    return {
+        "name": LISTENER_NAME,
+        "address": {"socket_address": {"address": listener_address, "port_value": listener_port}},
+        # Request bodies are buffered whole (json_to_metadata, retries): allow long prompts.
+        "per_connection_buffer_limit_bytes": settings.max_request_body_bytes,
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                        "typed_config": hcm}]}],
+    }
+
+
+# --------------------------------------------------------------------------- clusters
+
+
+def stat_name(cluster_name: str) -> str:
+    """Cluster names are "<namespace>/<name>"; stats read better without the slash."""
+    return cluster_name.replace("/", "_").replace(".", "_")
+
+
+def cluster(c: Cluster, settings: DataPlaneSettings | None = None) -> dict[str, Any]:
+    """One ModelDeployment as an EDS cluster (CDS). Nothing here depends on weights or
+    endpoints, so the resource stays byte-identical while those change."""
+    settings = settings or DataPlaneSettings()
+    big = {"max_connections": settings.max_requests_per_cluster,
+           "max_pending_requests": settings.max_requests_per_cluster,
+           "max_requests": settings.max_requests_per_cluster,
+           "max_retries": settings.max_concurrent_retries}
+    return {
+        "name": c.name,
+        "alt_stat_name": stat_name(c.name),
+        "type": "EDS",
+        "eds_cluster_config": {"eds_config": _ADS, "service_name": c.name},
+        "connect_timeout": f"{settings.connect_timeout_seconds}s",
+        "lb_policy": "LEAST_REQUEST",
+        "per_connection_buffer_limit_bytes": settings.max_request_body_bytes,
+        "circuit_breakers": {"thresholds": [dict(big, priority="DEFAULT"), dict(big, priority="HIGH")]},
+        "outlier_detection": {
+            "consecutive_5xx": settings.consecutive_5xx,
+            "consecutive_gateway_failure": settings.consecutive_gateway_failure,
+            "enforcing_consecutive_gateway_failure": 100,
+            "interval": f"{settings.outlier_interval_seconds}s",
+            "base_ejection_time": f"{settings.base_ejection_seconds}s",
+            "max_ejection_percent": settings.max_ejection_percent,
+        },
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http_protocol_options": {}},
+                "http_filters": [
+                    {
+                        "name": "envoy.filters.http.lua",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                            "default_source_code": {"inline_string": model_rewrite_source(c.served_model)},
+                        },
+                    },
+                    {
+                        "name": "envoy.filters.http.upstream_codec",
+                        "typed_config": {
+                            "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
+                        },
+                    },
+                ],
+            },
+        },
+    }
+
+
+def load_assignment(c: Cluster) -> dict[str, Any]:
+    """The ready replicas of one cluster (EDS)."""
+    lb_endpoints = [
+        {
+            "endpoint": {"address": {"socket_address": {"address": e.address, "port_value": e.port}}},
+            "load_balancing_weight": max(1, e.weight),
+        }
+        for e in sorted(c.endpoints)
+    ]
+    return {"cluster_name": c.name, "endpoints": [{"lb_endpoints": lb_endpoints}] if lb_endpoints else []}
+
+
+# --------------------------------------------------------------------------- all
+
+
+def build_config(table: RouteTable, *, listener_port: int, listener_address: str = "0.0.0.0",
+                 settings: DataPlaneSettings | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every resource as a plain dict, by type URL."""
+    settings = settings or DataPlaneSettings()
+    names = [c.name for c in table.clusters]
+    if len(set(names)) != len(names):
+        raise ValueError(f"duplicate cluster names in route table: {sorted(names)}")
+    models = [r.model for r in table.routes]
+    if len(set(models)) != len(models):
+        raise ValueError(f"duplicate public model names in route table: {sorted(models)}")
+    clusters = sorted(table.clusters, key=lambda c: c.name)
+    return {
+        CLUSTER_TYPE: [cluster(c, settings) for c in clusters],
+        ENDPOINT_TYPE: [load_assignment(c) for c in clusters],
+        LISTENER_TYPE: [listener(listener_port, listener_address, settings)],
+        ROUTE_TYPE: [route_configuration(table, settings)],
+    }
+
+
+def to_proto(type_url: str, resource: Mapping[str, Any]) -> Message:
+    """Convert one resource dict to its xds-protos message (unknown fields raise)."""
+    return json_format.ParseDict(resource, _MESSAGE_CLASSES[type_url]())
+
+
+def to_protos(config: Mapping[str, Iterable[Mapping[str, Any]]]) -> Resources:
+    return {type_url: [to_proto(type_url, r) for r in items] for type_url, items in config.items()}
+
+
+def build_resources(table: RouteTable, *, listener_port: int, listener_address: str = "0.0.0.0",
+                    settings: DataPlaneSettings | None = None) -> Resources:
+    """Every resource as an xds-protos message, by type URL (what the xDS server sends)."""
+    return to_protos(build_config(table, listener_port=listener_port,
+                                  listener_address=listener_address, settings=settings))
+
+
+def resource_name(resource: Message) -> str:
+    """The xDS name of a resource (ClusterLoadAssignment names itself by cluster_name)."""
+    if isinstance(resource, endpoint_pb2.ClusterLoadAssignment):
+        return resource.cluster_name
+    return resource.name  # type: ignore[attr-defined]
+
+
+def referenced_clusters(route_config: Message) -> set[str]:
+    """Cluster names a RouteConfiguration sends traffic to."""
+    out: set[str] = set()
+    for vh in route_config.virtual_hosts:  # type: ignore[attr-defined]
+        for r in vh.routes:
+            if r.HasField("route"):
+                if r.route.cluster:
+                    out.add(r.route.cluster)
+                out.update(w.name for w in r.route.weighted_clusters.clusters)
+    return out
