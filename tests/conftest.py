@@ -3,14 +3,10 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
-import httpx
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,69 +74,10 @@ def crds(dev_cluster):
     return REPO / "crds"
 
 
-class OperatorProcess:
-    """`llmfleet run` as a separate process, as it runs in a cluster."""
-
-    def __init__(self, kubeconfig: Path, logdir: Path) -> None:
-        self.kubeconfig = kubeconfig
-        self.log_path = logdir / "operator.log"
-        from llmfleet.devcluster.cluster import free_port
-
-        self.metrics_port = free_port()
-        self.health_port = free_port()
-        self.xds_port = free_port()
-        self.envoy_listener_port = free_port()
-        self.proc: subprocess.Popen | None = None
-        self.starts = 0
-
-    def start(self) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "llmfleet.cli", "run", "--kubeconfig", str(self.kubeconfig),
-             "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port), "--bind", "127.0.0.1",
-             "--xds-address", "127.0.0.1", "--xds-port", str(self.xds_port),
-             "--envoy-listener-address", "127.0.0.1", "--envoy-listener-port", str(self.envoy_listener_port)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-        log.close()
-        self.starts += 1
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"operator did not become live:\n{self.log_tail()}")
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.proc = None
-
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
-    def metrics(self) -> str:
-        return httpx.get(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5).text
-
-    def log_tail(self, lines: int = 60) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return "\n".join(text.splitlines()[-lines:])
-
-
 @pytest.fixture(scope="session")
 def operator(dev_cluster, crds):
+    from llmfleet.devcluster.operator_process import OperatorProcess
+
     op = OperatorProcess(dev_cluster.kubeconfig, dev_cluster.logdir)
     op.start()
     yield op

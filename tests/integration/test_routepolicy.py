@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 
 import pytest
-import yaml
 
 from tests.helpers import kubectl_json, wait_for
 from tests.integration.test_modeldeployment import EXAMPLES, apply, load_md, wait_ready
