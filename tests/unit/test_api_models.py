@@ -344,10 +344,11 @@ def test_rule_backend_lists_follow_the_same_rules():
     assert refusal(spec, parse_route_policy_spec) == "spec.rules[0].backends: at least one backend is required"
 
 
-def test_strategy_is_weighted_or_failover_for_now():
-    assert parse_route_policy_spec({**MINIMAL_RP, "strategy": "failover"}).strategy == "failover"
-    msg = refusal({**MINIMAL_RP, "strategy": "cost"}, parse_route_policy_spec)
-    assert msg == "spec.strategy: Input should be 'weighted' or 'failover'"
+def test_strategy_is_one_of_the_implemented_ones():
+    for strategy in ("weighted", "failover", "cost", "latency"):
+        assert parse_route_policy_spec({**MINIMAL_RP, "strategy": strategy}).strategy == strategy
+    msg = refusal({**MINIMAL_RP, "strategy": "random"}, parse_route_policy_spec)
+    assert msg == "spec.strategy: Input should be 'weighted', 'failover', 'cost' or 'latency'"
 
 
 def test_retry_conditions_are_unique():

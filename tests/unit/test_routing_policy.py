@@ -148,3 +148,53 @@ def test_percentages_sum_to_100_and_follow_the_weights(ws):
         assert abs(p - w * 100 / sum(ws)) < 1
         if w == 0:
             assert p == 0
+
+
+def loaded_md(name, *, cost, tps, queue, ttft=None, target=4, served=None):
+    m = md(name, served=served)
+    m["spec"]["cost"] = {"perReplicaHour": cost}
+    m["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 4, "metric": "queueDepth", "target": target}
+    load = {"tokensPerSecond": tps, "queueDepth": queue}
+    if ttft is not None:
+        load["ttftP95Seconds"] = ttft
+    m["status"] = {"load": load}
+    return m
+
+
+TWO_PODS = [pod("cheap", "127.1.0.1"), pod("dear", "127.1.0.2")]
+
+
+def test_cost_sends_everything_to_the_cheaper_backend_while_it_has_headroom():
+    fleet = [loaded_md("cheap", cost=1.0, tps=500, queue=1), loaded_md("dear", cost=4.0, tps=500, queue=1)]
+    r = compute_routing([rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}],
+                            strategy="cost")], fleet, TWO_PODS)
+    assert weights(r) == {"cheap": 100, "dear": 0}
+    reasons = {b["modelDeployment"]: b["reason"] for b in r.policies[0].backends}
+    assert "cost rank 1" in reasons["cheap"] and "/1k tokens" in reasons["cheap"]
+
+
+def test_cost_sheds_what_the_cheap_backend_cannot_take_at_its_target():
+    # Demand is 1000 tokens/s (500 on each). cheap runs at twice its queue target, so at
+    # its target it serves 250 of them; the other 750 go to dear.
+    fleet = [loaded_md("cheap", cost=1.0, tps=500, queue=8), loaded_md("dear", cost=4.0, tps=500, queue=0)]
+    r = compute_routing([rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}],
+                            strategy="cost")], fleet, TWO_PODS)
+    assert weights(r) == {"cheap": 25, "dear": 75}
+    assert "200% of its queueDepth target" in r.policies[0].backends[0]["reason"]
+
+
+def test_latency_shifts_share_away_from_the_slow_backend_and_the_slo():
+    fleet = [loaded_md("cheap", cost=1, tps=100, queue=0, ttft=0.2), loaded_md("dear", cost=1, tps=100, queue=3, ttft=2.0)]
+    policy = rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}], strategy="latency")
+    policy["spec"]["slo"] = {"ttftP95Milliseconds": 1000}
+    r = compute_routing([policy], fleet, TWO_PODS)
+    w = weights(r)
+    assert w["cheap"] > 95 and w["cheap"] + w["dear"] == 100
+    assert "over the 1000 ms SLO" in r.policies[0].backends[1]["reason"]
+
+
+def test_load_strategies_move_half_way_from_the_previous_weights():
+    fleet = [loaded_md("cheap", cost=1.0, tps=500, queue=1), loaded_md("dear", cost=4.0, tps=500, queue=1)]
+    policy = rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}], strategy="cost")
+    policy["status"] = {"backends": [{"modelDeployment": "cheap", "weight": 20}, {"modelDeployment": "dear", "weight": 80}]}
+    assert weights(compute_routing([policy], fleet, TWO_PODS)) == {"cheap": 60, "dear": 40}

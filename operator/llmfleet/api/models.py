@@ -99,9 +99,10 @@ DEFAULT_TARGETS: dict[AutoscalingMetric, float] = {
 class RouteStrategy(StrEnum):
     """How a RoutePolicy splits traffic across its backends."""
 
-    # cost and latency come next (DESIGN §1): add them here and in the router.
     WEIGHTED = "weighted"
     FAILOVER = "failover"
+    COST = "cost"
+    LATENCY = "latency"
 
 
 class RetryOn(StrEnum):
@@ -774,7 +775,10 @@ class RoutePolicySpec(_Spec):
         RouteStrategy.WEIGHTED,
         description=(
             "weighted: split by backend weight, renormalised over backends with ready replicas. "
-            "failover: all traffic to the lowest priority with ready replicas."
+            "failover: all traffic to the lowest priority with ready replicas. "
+            "cost: cheapest cost per token first (cost.perReplicaHour over measured tokens/s), "
+            "each backend filled up to its autoscaling target, the rest shed to the next cheapest. "
+            "latency: shares follow measured TTFT p95 and queue depth, away from backends over the SLO."
         ),
     )
     backends: list[Backend] = Field(

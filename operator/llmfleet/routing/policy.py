@@ -8,13 +8,20 @@ Strategies:
 - weighted: the weights as written, renormalised over backends with ready replicas.
 - failover: all traffic to the lowest priority that has ready replicas; backends of
   one priority share by weight.
+- cost: fill the cheapest backend (cost.perReplicaHour over its measured tokens/s) up
+  to its autoscaling target, then the next cheapest; over-target demand is spread by
+  capacity. Loads come from each ModelDeployment's status.load.
+- latency: shares proportional to ready replicas over (TTFT p95 × (1 + queue depth)),
+  a quarter of that for backends over the policy's SLO.
+cost and latency move half way from the previous weights each time (a damped control
+loop: the loads they read respond to the weights they set).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..api.models import Backend, RoutePolicySpec, RouteStrategy, SpecError, parse_route_policy_spec
+from ..api.models import DEFAULT_TARGETS, Backend, RoutePolicySpec, RouteStrategy, SpecError, parse_route_policy_spec
 from ..render.deployment import SELECTOR_LABEL
 from ..status.conditions import Condition
 from .table import Cluster, Endpoint, HeaderRule, Retry, Route, RouteTable, WeightedBackend
@@ -31,6 +38,10 @@ class BackendState:
     name: str
     served_model: str
     endpoints: tuple[Endpoint, ...]
+    cost_per_replica_hour: float | None = None
+    load: dict | None = None  # status.load as the autoscaler writes it
+    metric: str = "queueDepth"  # the autoscaling metric and its per-replica target
+    target: float | None = None
 
     @property
     def cluster(self) -> str:
@@ -86,10 +97,18 @@ def backend_states(model_deployments: list[dict], pods: list[dict]) -> dict[tupl
     endpoints = ready_endpoints(pods)
     states = {}
     for md in model_deployments:
-        meta = md["metadata"]
+        meta, spec = md["metadata"], md.get("spec") or {}
         key = (meta["namespace"], meta["name"])
-        served = ((md.get("spec") or {}).get("model") or {}).get("servedName") or meta["name"]
-        states[key] = BackendState(meta["namespace"], meta["name"], served, endpoints.get(key, ()))
+        served = (spec.get("model") or {}).get("servedName") or meta["name"]
+        autoscaling = spec.get("autoscaling") or {}
+        metric = autoscaling.get("metric", "queueDepth")
+        states[key] = BackendState(
+            meta["namespace"], meta["name"], served, endpoints.get(key, ()),
+            cost_per_replica_hour=(spec.get("cost") or {}).get("perReplicaHour"),
+            load=(md.get("status") or {}).get("load"),
+            metric=metric,
+            target=autoscaling.get("target", DEFAULT_TARGETS.get(metric)),
+        )
     return states
 
 
@@ -132,7 +151,8 @@ def compute_routing(policies: list[dict], model_deployments: list[dict], pods: l
             ]
             continue
         claimed[spec.model] = policy
-        route, result.backends, missing = _route(spec, meta["namespace"], states, used_clusters)
+        previous = {b.get("modelDeployment"): b.get("weight") for b in (policy.get("status") or {}).get("backends") or []}
+        route, result.backends, missing = _route(spec, meta["namespace"], states, used_clusters, previous)
         routes.append(route)
         result.conditions = [
             Condition("Accepted", True, "Accepted", f'routes model "{spec.model}" with strategy {spec.strategy.value}'),
@@ -147,12 +167,14 @@ def compute_routing(policies: list[dict], model_deployments: list[dict], pods: l
     return RoutingResult(table, results)
 
 
-def _route(spec: RoutePolicySpec, namespace: str, states, used_clusters) -> tuple[Route, list[dict], list[str]]:
+def _route(spec: RoutePolicySpec, namespace: str, states, used_clusters, previous) -> tuple[Route, list[dict], list[str]]:
     missing: list[str] = []
-    split, backend_status = _split(spec.strategy, spec.backends, namespace, states, used_clusters, missing)
+    slo = spec.slo.ttft_p95_milliseconds / 1000 if spec.slo else None
+    split, backend_status = _split(spec.strategy, spec.backends, namespace, states, used_clusters, missing,
+                                   slo, previous)
     rules = []
     for rule in spec.rules:
-        rule_split, _ = _split(spec.strategy, rule.backends, namespace, states, used_clusters, missing)
+        rule_split, _ = _split(spec.strategy, rule.backends, namespace, states, used_clusters, missing, slo, {})
         headers = tuple(sorted((k.lower(), v) for k, v in rule.match.headers.items()))
         rules.append(HeaderRule(headers, rule_split))
     retry = Retry(
@@ -163,7 +185,7 @@ def _route(spec: RoutePolicySpec, namespace: str, states, used_clusters) -> tupl
     return Route(spec.model, split, tuple(rules), retry), backend_status, sorted(set(missing))
 
 
-def _split(strategy, backends: list[Backend], namespace, states, used_clusters, missing):
+def _split(strategy, backends: list[Backend], namespace, states, used_clusters, missing, slo=None, previous=None):
     """Effective weights (percent, summing to 100 when anything is ready) and status rows."""
     rows = []
     candidates: list[tuple[Backend, BackendState]] = []
@@ -179,12 +201,19 @@ def _split(strategy, backends: list[Backend], namespace, states, used_clusters, 
     ready = [(b, s) for b, s in candidates if s.endpoints and b.weight > 0]
     active: list[tuple[Backend, BackendState]] = []
     serving_priority = None
+    load_reasons: dict[str, str] = {}
     if strategy is RouteStrategy.FAILOVER and ready:
         serving_priority = min(b.priority for b, _ in ready)
         active = [(b, s) for b, s in ready if b.priority == serving_priority]
     else:
         active = ready
-    percents = _percentages([b.weight for b, _ in active])
+    if strategy in (RouteStrategy.COST, RouteStrategy.LATENCY) and active:
+        shape = _cost_shares if strategy is RouteStrategy.COST else _latency_shares
+        targets, load_reasons = shape([s for _, s in active], slo)
+        damped = _damp([b.model_deployment for b, _ in active], targets, previous or {})
+        percents = _percentages(damped)
+    else:
+        percents = _percentages([b.weight for b, _ in active])
     share = {b.model_deployment: p for (b, _), p in zip(active, percents)}
 
     for b, s in candidates:
@@ -194,6 +223,8 @@ def _split(strategy, backends: list[Backend], namespace, states, used_clusters, 
             reason = "no ready replicas; its share goes to the others" if ready else "no ready replicas"
         elif b.weight == 0:
             reason = "weight 0"
+        elif b.model_deployment in load_reasons:
+            reason = load_reasons[b.model_deployment]
         elif strategy is RouteStrategy.FAILOVER:
             if b.priority == serving_priority:
                 reason = f"priority {b.priority}: serving with {n} ready replica(s)"
@@ -215,6 +246,87 @@ def _split(strategy, backends: list[Backend], namespace, states, used_clusters, 
         if share.get(b.model_deployment, 0) > 0
     )
     return split, status
+
+
+def _per_replica(state: BackendState, key: str) -> float | None:
+    value = (state.load or {}).get(key)
+    return float(value) if value is not None else None
+
+
+def _cost_shares(states: list[BackendState], slo) -> tuple[list[float], dict[str, str]]:
+    """Fill the cheapest backend up to its autoscaling target, then the next."""
+    tps = {s.name: _per_replica(s, "tokensPerSecond") for s in states}
+    known = [t for t in tps.values() if t]
+    typical_tps = sum(known) / len(known) if known else 1.0
+    per_hour = {s.name: s.cost_per_replica_hour or 0.0 for s in states}
+    # Cost of 1k tokens at the measured rate (or the typical one when idle).
+    per_1k = {s.name: per_hour[s.name] / 3600 / (tps[s.name] or typical_tps) * 1000 for s in states}
+    capacity: dict[str, float | None] = {}
+    utilization: dict[str, float | None] = {}
+    for s in states:
+        value = _per_replica(s, s.metric)
+        util = value / s.target if value is not None and s.target else None
+        utilization[s.name] = util
+        served = (tps[s.name] or 0.0) * len(s.endpoints)
+        # Tokens/s the backend serves at its target, scaling what it serves now.
+        capacity[s.name] = served / util if util and util > 0.05 and served > 0 else None
+    demand = sum((tps[s.name] or 0.0) * len(s.endpoints) for s in states)
+    order = sorted(states, key=lambda s: (per_1k[s.name], s.name))
+    shares = {s.name: 0.0 for s in states}
+    if demand <= 0:
+        shares[order[0].name] = 1.0  # no traffic measured yet: all to the cheapest
+    else:
+        remaining = demand
+        for s in order:
+            take = remaining if capacity[s.name] is None else min(remaining, capacity[s.name])
+            shares[s.name] += take
+            remaining -= take
+            if remaining <= 1e-9:
+                break
+        if remaining > 1e-9:  # every backend over target: spread the excess by capacity
+            caps = {s.name: capacity[s.name] or demand / len(states) for s in states}
+            total = sum(caps.values())
+            for name, cap in caps.items():
+                shares[name] += remaining * cap / total
+    reasons = {}
+    for s in states:
+        util = utilization[s.name]
+        at = f", at {util:.0%} of its {s.metric} target" if util is not None else ""
+        price = f"${per_1k[s.name]:.4f}/1k tokens" if s.cost_per_replica_hour is not None else "no cost set (free)"
+        rank = order.index(s) + 1
+        reasons[s.name] = f"cost rank {rank}: {price}{at}"
+    return [shares[s.name] for s in states], reasons
+
+
+def _latency_shares(states: list[BackendState], slo: float | None) -> tuple[list[float], dict[str, str]]:
+    """Shares ∝ ready replicas / (TTFT p95 × (1 + queue)); a quarter over the SLO."""
+    ttft = {s.name: _per_replica(s, "ttftP95Seconds") for s in states}
+    known = sorted(t for t in ttft.values() if t)
+    prior = known[len(known) // 2] if known else (slo / 2 if slo else 0.1)
+    scores, reasons = [], {}
+    for s in states:
+        observed = ttft[s.name]
+        latency = max(observed or prior, 0.001)
+        queue = _per_replica(s, "queueDepth") or 0.0
+        score = len(s.endpoints) / (latency * (1 + queue))
+        over = slo is not None and observed is not None and observed > slo
+        if over:
+            score /= 4
+        scores.append(score)
+        seen = f"TTFT p95 {observed * 1000:.0f} ms" if observed is not None else "no TTFT measured yet"
+        reasons[s.name] = f"{seen}, queue {queue:.1f}" + (f", over the {slo * 1000:.0f} ms SLO" if over else "")
+    return scores, reasons
+
+
+def _damp(names: list[str], targets: list[float], previous: dict[str, int]) -> list[float]:
+    """Move half way from the previous weights (percent) towards the targets."""
+    total = sum(targets)
+    if total <= 0:
+        return targets
+    goal = [t * 100 / total for t in targets]
+    if not any(previous.get(n) for n in names):
+        return goal
+    return [(previous.get(n) or 0) / 2 + g / 2 for n, g in zip(names, goal)]
 
 
 def _percentages(weights: list[int]) -> list[int]:
