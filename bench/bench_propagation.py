@@ -32,7 +32,7 @@ sys.path.insert(0, str(REPO))
 
 from llmfleet.devcluster.cluster import DevCluster, free_port, node_pools_from_env  # noqa: E402
 from llmfleet.devcluster.operator_process import OperatorProcess  # noqa: E402
-from llmfleet.devcluster.simfleet import SimFleet  # noqa: E402
+from llmfleet.devcluster.simfleet import FleetView  # noqa: E402
 from llmfleet.envoy.bootstrap import bootstrap  # noqa: E402
 from llmfleet.envoy.process import EnvoyProcess  # noqa: E402
 
@@ -76,8 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         operator = OperatorProcess(cluster.kubeconfig, cluster.logdir)
         operator.start()
         stack.append(operator.stop)
-        fleet = SimFleet(cluster.kubeconfig, cluster.logdir).start()
-        stack.append(fleet.stop)
+        fleet = FleetView(cluster.logdir)
         envoy = EnvoyProcess(bootstrap("127.0.0.1", operator.xds_port, "bench", free_port()), work / "envoy")
         envoy.start()
         stack.append(envoy.stop)
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() > deadline:
                 raise RuntimeError("could not apply the bench objects")
             time.sleep(0.5)  # the namespace's default ServiceAccount may not exist yet
-        fleet.wait_serving(2, timeout=60)
+        fleet.wait_ready(2, NS, timeout=60)
 
         api = config.new_client_from_config(config_file=str(cluster.kubeconfig))
         custom = client.CustomObjectsApi(api)

@@ -30,6 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
                      help="address of the listener the operator configures in Envoy")
     run.add_argument("--envoy-listener-port", type=int, default=8080,
                      help="port of the listener the operator configures in Envoy (the OpenAI endpoint)")
+    run.add_argument("--activator-address",
+                     help="IP at which Envoy reaches this operator's activator (in a pod: its pod IP); "
+                          "without it, models scaled to zero answer 503 until scaled up")
+    run.add_argument("--activator-port", type=int, default=18001, help="activator port")
+    run.add_argument("--activator-timeout", type=float, default=600.0,
+                     help="seconds a request waits for a scaled-to-zero model to get a ready replica")
     run.set_defaults(func=_run_operator)
 
     # Commands whose modules take their own argv are dispatched without importing them here.
@@ -57,6 +63,9 @@ def _run_operator(args: argparse.Namespace) -> int:
         xds_port=args.xds_port,
         envoy_listener_address=args.envoy_listener_address,
         envoy_listener_port=args.envoy_listener_port,
+        activator_address=args.activator_address,
+        activator_port=args.activator_port,
+        activator_timeout=args.activator_timeout,
     )
     return 0
 

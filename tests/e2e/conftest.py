@@ -15,12 +15,11 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def fleet(dev_cluster):
-    """A real `llmfleet sim` process behind every Running sim pod."""
-    from llmfleet.devcluster.simfleet import SimFleet
+    """The dev cluster's sim fleet: a real `llmfleet sim` process behind every Running
+    sim pod, which makes the pod Ready when it answers its health check."""
+    from llmfleet.devcluster.simfleet import FleetView
 
-    sims = SimFleet(dev_cluster.kubeconfig, dev_cluster.logdir).start()
-    yield sims
-    sims.stop()
+    return FleetView(dev_cluster.logdir)
 
 
 @pytest.fixture(scope="session")

@@ -62,7 +62,7 @@ def routed(dev_cluster, operator, fleet, envoy, namespace):
         assert apply(dev_cluster, namespace, sim_md(name, served)).returncode == 0
     for name in ("small", "big"):
         wait_ready(dev_cluster, namespace, name)
-    fleet.wait_serving(2)
+    fleet.wait_ready(2, namespace)
     apply(dev_cluster, namespace, policy({"small": 80, "big": 20}))
     wait_for(lambda: programmed(dev_cluster, namespace), what="RoutePolicy Programmed=True")
     return namespace
@@ -98,7 +98,7 @@ def test_a_replica_killed_under_load_costs_no_request(dev_cluster, fleet, envoy,
     ns = routed
     dev_cluster.kubectl("scale", "md/small", "--replicas=2", "-n", ns)
     wait_ready(dev_cluster, ns, "small", 2)
-    fleet.wait_serving(3)
+    fleet.wait_ready(3, ns)
     wait_for(lambda: len(kubectl_json(dev_cluster, "get", "rp", "chat", "-n", ns)["status"]["backends"]) == 2
              and kubectl_json(dev_cluster, "get", "rp", "chat", "-n", ns)["status"]["backends"][0]["readyReplicas"] == 2,
              what="both small replicas in the route")

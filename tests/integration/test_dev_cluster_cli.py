@@ -26,7 +26,7 @@ def test_up_gives_usable_cluster_and_down_stops_every_process(tmp_path):
     state = ClusterState.load(state_dir / "state.json")
     try:
         assert {c.name for c in state.components} == {
-            "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok"
+            "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "simfleet"
         }
         nodes = subprocess.run(
             [str(require_tools().path("kubectl")), "get", "nodes", "-o", "json"],

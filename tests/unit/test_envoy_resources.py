@@ -242,8 +242,9 @@ def test_cluster_is_eds_least_request_with_outlier_detection_and_rewrite() -> No
         "http_filters"]
     assert [f["name"] for f in filters] == ["envoy.filters.http.lua", "envoy.filters.http.upstream_codec"]
     source = filters[0]["typed_config"]["default_source_code"]["inline_string"]
-    assert source == model_rewrite_source("llama-8b")
+    assert source == model_rewrite_source("llama-8b", "ai/llama-8b")
     assert 'local SERVED = [["llama-8b"]]' in source
+    assert 'local BACKEND = [[ai/llama-8b]]' in source
 
 
 def test_endpoints_carry_addresses_and_weights() -> None:

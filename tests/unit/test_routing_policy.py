@@ -198,3 +198,30 @@ def test_load_strategies_move_half_way_from_the_previous_weights():
     policy = rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}], strategy="cost")
     policy["status"] = {"backends": [{"modelDeployment": "cheap", "weight": 20}, {"modelDeployment": "dear", "weight": 80}]}
     assert weights(compute_routing([policy], fleet, TWO_PODS)) == {"cheap": 60, "dear": 40}
+
+
+ACTIVATOR = Endpoint("127.0.0.1", 18001)
+
+
+def sleepy_md(name):
+    m = md(name)
+    m["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 2, "scaleToZero": {"idleSeconds": 60}}
+    return m
+
+
+def test_scaled_to_zero_backend_is_reached_through_the_activator_when_nothing_serves():
+    r = compute_routing([rp("chat", "chat", [{"modelDeployment": "small"}])], [sleepy_md("small")], [],
+                        activator=ACTIVATOR)
+    assert r.table.routes[0].backends == (WeightedBackend("ai/small", 100),)
+    assert r.table.cluster("ai/small").endpoints == (ACTIVATOR,)
+    assert "activator" in r.policies[0].backends[0]["reason"]
+
+
+def test_activator_is_not_used_while_another_backend_serves_or_without_scale_to_zero():
+    fleet = [sleepy_md("small"), md("big")]
+    r = compute_routing([rp("chat", "chat", [{"modelDeployment": "small"}, {"modelDeployment": "big"}])], fleet,
+                        [pod("big", "127.1.0.3")], activator=ACTIVATOR)
+    assert weights(r) == {"small": 0, "big": 100}
+    assert r.table.cluster("ai/small").endpoints == ()
+    r = compute_routing([rp("chat", "chat", [{"modelDeployment": "big"}])], [md("big")], [], activator=ACTIVATOR)
+    assert r.table.routes[0].backends == ()

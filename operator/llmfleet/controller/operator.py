@@ -21,7 +21,10 @@ from . import metrics
 from .kube import GROUP, VERSION, Kube, Ref
 from .modeldeployment import ModelDeploymentReconciler
 from .routepolicy import ROUTES, NoDataPlane, RoutePolicyReconciler, XdsPublisher
+from .activator import Activator, ReadyEndpoints
+from .waker import Waker
 from ..envoy.xds import XdsServer
+from ..routing.table import Endpoint
 from .workqueue import WorkQueue
 from ..render.deployment import SELECTOR_LABEL as MD_LABEL
 
@@ -38,6 +41,9 @@ class OperatorOptions:
     xds_port: int = 18000
     envoy_listener_address: str = "0.0.0.0"
     envoy_listener_port: int = 8080
+    activator_address: str | None = None  # how Envoy reaches the operator (an IP)
+    activator_port: int = 18001
+    activator_timeout: float = 600.0
 
 
 OPTIONS = OperatorOptions()
@@ -77,8 +83,17 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
         )
         await memo.xds.start(OPTIONS.xds_address, OPTIONS.xds_port)
         publisher = XdsPublisher(memo.xds)
+    activator_endpoint, ready = None, None
+    if OPTIONS.activator_address and OPTIONS.activator_port:
+        ready = ReadyEndpoints(asyncio.get_running_loop())
+        memo.waker = Waker(kube)
+        memo.activator = Activator(memo.waker.wake, ready, timeout=OPTIONS.activator_timeout)
+        await memo.activator.start(OPTIONS.activator_address, OPTIONS.activator_port)
+        activator_endpoint = Endpoint(OPTIONS.activator_address, OPTIONS.activator_port)
     # One key, one worker: the route table is recomputed as a whole.
-    memo.route_queue = WorkQueue(RoutePolicyReconciler(kube, publisher).reconcile, workers=1)
+    memo.route_queue = WorkQueue(
+        RoutePolicyReconciler(kube, publisher, activator=activator_endpoint, ready=ready).reconcile, workers=1
+    )
     memo.md_queue.start()
     memo.route_queue.start()
     memo.route_queue.add(ROUTES)  # publish once even if the cluster has nothing to watch yet
@@ -92,6 +107,8 @@ async def cleanup(memo: kopf.Memo, **_) -> None:
             await queue.stop()
     if xds := getattr(memo, "xds", None):
         await xds.stop()
+    if activator := getattr(memo, "activator", None):
+        await activator.stop()
     if kube := getattr(memo, "kube", None):
         kube.api.close()
 
@@ -130,6 +147,9 @@ def run(
     xds_port: int = 18000,
     envoy_listener_address: str = "0.0.0.0",
     envoy_listener_port: int = 8080,
+    activator_address: str | None = None,
+    activator_port: int = 18001,
+    activator_timeout: float = 600.0,
 ) -> None:
     """Run the operator until SIGINT/SIGTERM."""
     OPTIONS.kubeconfig = kubeconfig
@@ -137,6 +157,9 @@ def run(
     OPTIONS.xds_port = xds_port
     OPTIONS.envoy_listener_address = envoy_listener_address
     OPTIONS.envoy_listener_port = envoy_listener_port
+    OPTIONS.activator_address = activator_address
+    OPTIONS.activator_port = activator_port
+    OPTIONS.activator_timeout = activator_timeout
     OPTIONS.metrics_host = bind
     OPTIONS.metrics_port = metrics_port
     OPTIONS.workers = workers

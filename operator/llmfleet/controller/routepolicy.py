@@ -16,8 +16,8 @@ from typing import Protocol
 from . import metrics
 from .kube import GROUP, VERSION, Conflict, Kube, NotFound, Ref
 from ..render.deployment import SELECTOR_LABEL
-from ..routing.policy import PolicyResult, compute_routing
-from ..routing.table import RouteTable
+from ..routing.policy import PolicyResult, compute_routing, ready_endpoints
+from ..routing.table import Endpoint, RouteTable
 from ..status.conditions import Condition, find, merge_conditions
 from ..status.modeldeployment import status_patch
 
@@ -80,9 +80,12 @@ class XdsPublisher:
 
 
 class RoutePolicyReconciler:
-    def __init__(self, kube: Kube, publisher: Publisher) -> None:
+    def __init__(self, kube: Kube, publisher: Publisher, *, activator: Endpoint | None = None,
+                 ready=None) -> None:
         self.kube = kube
         self.publisher = publisher
+        self.activator = activator  # where scaled-to-zero backends are reached
+        self.ready = ready  # ReadyEndpoints the activator waits on
         self._weights: dict[tuple[str, str], float] = {}
 
     async def reconcile(self, key: str) -> float | None:
@@ -99,7 +102,9 @@ class RoutePolicyReconciler:
         policies = self.kube.list(API_VERSION, KIND)
         model_deployments = self.kube.list(API_VERSION, "ModelDeployment")
         pods = self.kube.list("v1", "Pod", label_selector=SELECTOR_LABEL)
-        routing = compute_routing(policies, model_deployments, pods)
+        routing = compute_routing(policies, model_deployments, pods, self.activator)
+        if self.ready is not None:
+            self.ready.update(ready_endpoints(pods))
         version = self.publisher.publish(routing.table)
         plane = self.publisher.state(version)
         self._export_weights(routing.table)

@@ -15,6 +15,7 @@ then only KWOK runs locally, managing the fake GPU nodes it adds to that cluster
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import json
 import os
@@ -23,6 +24,7 @@ import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -125,6 +127,33 @@ def node_pools_from_env() -> tuple[NodePool, ...]:
     if not spec:
         return DEFAULT_NODE_POOLS
     return tuple(NodePool.parse(p) for p in spec.split(",") if p.strip())
+
+
+SIM_SELECTOR = {"key": '.metadata.labels["app.kubernetes.io/name"]', "values": ["sim"]}
+
+
+def with_sim_readiness(stages: list[dict]) -> list[dict]:
+    """KWOK's stages, except that pods of the `sim` engine become Running but not
+    Ready: the sim fleet sets Ready when the real process behind the pod answers its
+    health check, as a readiness probe would."""
+    out = []
+    for stage in stages:
+        if stage["metadata"]["name"] != "pod-ready":
+            out.append(stage)
+            continue
+        others = copy.deepcopy(stage)
+        others["spec"]["selector"]["matchExpressions"].append({**SIM_SELECTOR, "operator": "NotIn"})
+        sim = copy.deepcopy(stage)
+        sim["metadata"]["name"] = "pod-running-sim"
+        sim["spec"]["selector"]["matchExpressions"].append({**SIM_SELECTOR, "operator": "In"})
+        template = sim["spec"]["next"]["statusTemplate"]
+        for cond in ("Ready", "ContainersReady"):
+            before = f'status: "True"\n  type: {cond}\n'
+            assert before in template, f"KWOK's pod-ready stage changed shape ({cond})"
+            template = template.replace(before, f'status: "False"\n  type: {cond}\n')
+        sim["spec"]["next"]["statusTemplate"] = template.replace("ready: true", "ready: false", 1)
+        out += [others, sim]
+    return out
 
 
 def free_port() -> int:
@@ -246,6 +275,7 @@ class DevCluster:
                 self._start_control_plane(timeout)
                 self.timings["apiserver_ready"] = time.monotonic() - t0
             self._start_kwok()
+            self._start_sim_fleet()
             self._create_nodes()
             self._wait_nodes_ready(t0 + timeout)
             if not self.external:
@@ -490,7 +520,7 @@ class DevCluster:
             }
         ]
         stages = [yaml.safe_load(p.read_text()) for p in sorted(self.tools.kwok_stages.glob("*.yaml"))]
-        config.write_text(yaml.safe_dump_all(docs + stages, sort_keys=False))
+        config.write_text(yaml.safe_dump_all(docs + with_sim_readiness(stages), sort_keys=False))
         port = free_port()
         self._spawn(
             "kwok",
@@ -507,6 +537,13 @@ class DevCluster:
                 "--node-lease-duration-seconds=40",
                 "--v=WARN",  # INFO logs every lease renewal of every node
             ],
+        )
+
+    def _start_sim_fleet(self) -> None:
+        self._spawn(
+            "simfleet",
+            [sys.executable, "-m", "llmfleet.devcluster.simfleet",
+             f"--kubeconfig={self.kubeconfig}", f"--logdir={self.logdir}"],
         )
 
     def _create_nodes(self) -> None:

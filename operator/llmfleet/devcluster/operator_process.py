@@ -24,6 +24,7 @@ class OperatorProcess:
         self.health_port = free_port()
         self.xds_port = free_port()
         self.envoy_listener_port = free_port()
+        self.activator_port = free_port()
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -33,7 +34,8 @@ class OperatorProcess:
             [sys.executable, "-m", "llmfleet.cli", "run", "--kubeconfig", str(self.kubeconfig),
              "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port), "--bind", "127.0.0.1",
              "--xds-address", "127.0.0.1", "--xds-port", str(self.xds_port),
-             "--envoy-listener-address", "127.0.0.1", "--envoy-listener-port", str(self.envoy_listener_port)],
+             "--envoy-listener-address", "127.0.0.1", "--envoy-listener-port", str(self.envoy_listener_port),
+             "--activator-address", "127.0.0.1", "--activator-port", str(self.activator_port)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )

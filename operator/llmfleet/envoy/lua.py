@@ -15,9 +15,12 @@ The scanner jumps between structural characters with ``string.find``, so even an
 from __future__ import annotations
 
 import json
+import re
 
-_TEMPLATE = r"""-- llmfleet: set the request body's top-level "model" to the served name.
+_TEMPLATE = r"""-- llmfleet: set the request body's top-level "model" to the served name, and say
+-- which backend (ModelDeployment) the request is for.
 local SERVED = {served}
+local BACKEND = {backend}
 
 -- Index of the quote closing the JSON string that opens at i.
 local function string_end(s, i)
@@ -65,6 +68,7 @@ local function model_span(s)
 end
 
 function envoy_on_request(handle)
+  handle:headers():replace("x-llmfleet-backend", BACKEND)
   local body = handle:body()
   if body == nil then return end
   local n = body:length()
@@ -89,7 +93,13 @@ def lua_long_string(text: str) -> str:
     return f"[{eq}[{text}]{eq}]"
 
 
-def model_rewrite_source(served_model: str) -> str:
-    """Lua source of the upstream filter that rewrites ``model`` to ``served_model``."""
-    served_json = json.dumps(served_model, ensure_ascii=True)
-    return _TEMPLATE.replace("{served}", lua_long_string(served_json))
+def model_rewrite_source(served_model: str, backend: str = "") -> str:
+    """Lua source of the upstream filter that rewrites ``model`` to ``served_model`` and
+    sets the ``x-llmfleet-backend`` header to ``backend`` ("<namespace>/<name>"): the
+    operator's activator reads it to know which ModelDeployment to wake."""
+    values = {
+        "{served}": lua_long_string(json.dumps(served_model, ensure_ascii=True)),
+        "{backend}": lua_long_string(backend),
+    }
+    # One pass, so a name that contains a placeholder's text is never substituted again.
+    return re.sub(r"\{served\}|\{backend\}", lambda m: values[m.group(0)], _TEMPLATE)

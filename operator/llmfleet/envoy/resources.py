@@ -460,7 +460,7 @@ def cluster(c: Cluster, settings: DataPlaneSettings | None = None) -> dict[str, 
                         "name": "envoy.filters.http.lua",
                         "typed_config": {
                             "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                            "default_source_code": {"inline_string": model_rewrite_source(c.served_model)},
+                            "default_source_code": {"inline_string": model_rewrite_source(c.served_model, c.name)},
                         },
                     },
                     {

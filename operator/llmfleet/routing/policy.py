@@ -42,6 +42,7 @@ class BackendState:
     load: dict | None = None  # status.load as the autoscaler writes it
     metric: str = "queueDepth"  # the autoscaling metric and its per-replica target
     target: float | None = None
+    scale_to_zero: bool = False  # autoscaling.scaleToZero.idleSeconds > 0
 
     @property
     def cluster(self) -> str:
@@ -108,6 +109,7 @@ def backend_states(model_deployments: list[dict], pods: list[dict]) -> dict[tupl
             load=(md.get("status") or {}).get("load"),
             metric=metric,
             target=autoscaling.get("target", DEFAULT_TARGETS.get(metric)),
+            scale_to_zero=bool((autoscaling.get("scaleToZero") or {}).get("idleSeconds")),
         )
     return states
 
@@ -117,8 +119,15 @@ def _age_key(policy: dict) -> tuple[str, str, str]:
     return (meta.get("creationTimestamp") or "", meta.get("namespace", ""), meta["name"])
 
 
-def compute_routing(policies: list[dict], model_deployments: list[dict], pods: list[dict]) -> RoutingResult:
-    """The route table and every policy's status."""
+def compute_routing(
+    policies: list[dict], model_deployments: list[dict], pods: list[dict], activator: Endpoint | None = None
+) -> RoutingResult:
+    """The route table and every policy's status.
+
+    With `activator`, a route none of whose backends has a ready replica sends its
+    traffic to the backends that scale to zero, through the activator, which wakes
+    them and holds the requests until a replica is ready.
+    """
     states = backend_states(model_deployments, pods)
     routes: list[Route] = []
     used_clusters: dict[str, Cluster] = {}
@@ -152,7 +161,7 @@ def compute_routing(policies: list[dict], model_deployments: list[dict], pods: l
             continue
         claimed[spec.model] = policy
         previous = {b.get("modelDeployment"): b.get("weight") for b in (policy.get("status") or {}).get("backends") or []}
-        route, result.backends, missing = _route(spec, meta["namespace"], states, used_clusters, previous)
+        route, result.backends, missing = _route(spec, meta["namespace"], states, used_clusters, previous, activator)
         routes.append(route)
         result.conditions = [
             Condition("Accepted", True, "Accepted", f'routes model "{spec.model}" with strategy {spec.strategy.value}'),
@@ -167,14 +176,16 @@ def compute_routing(policies: list[dict], model_deployments: list[dict], pods: l
     return RoutingResult(table, results)
 
 
-def _route(spec: RoutePolicySpec, namespace: str, states, used_clusters, previous) -> tuple[Route, list[dict], list[str]]:
+def _route(spec: RoutePolicySpec, namespace: str, states, used_clusters, previous, activator
+           ) -> tuple[Route, list[dict], list[str]]:
     missing: list[str] = []
     slo = spec.slo.ttft_p95_milliseconds / 1000 if spec.slo else None
     split, backend_status = _split(spec.strategy, spec.backends, namespace, states, used_clusters, missing,
-                                   slo, previous)
+                                   slo, previous, activator)
     rules = []
     for rule in spec.rules:
-        rule_split, _ = _split(spec.strategy, rule.backends, namespace, states, used_clusters, missing, slo, {})
+        rule_split, _ = _split(spec.strategy, rule.backends, namespace, states, used_clusters, missing, slo, {},
+                               activator)
         headers = tuple(sorted((k.lower(), v) for k, v in rule.match.headers.items()))
         rules.append(HeaderRule(headers, rule_split))
     retry = Retry(
@@ -185,7 +196,8 @@ def _route(spec: RoutePolicySpec, namespace: str, states, used_clusters, previou
     return Route(spec.model, split, tuple(rules), retry), backend_status, sorted(set(missing))
 
 
-def _split(strategy, backends: list[Backend], namespace, states, used_clusters, missing, slo=None, previous=None):
+def _split(strategy, backends: list[Backend], namespace, states, used_clusters, missing, slo=None, previous=None,
+           activator=None):
     """Effective weights (percent, summing to 100 when anything is ready) and status rows."""
     rows = []
     candidates: list[tuple[Backend, BackendState]] = []
@@ -199,6 +211,14 @@ def _split(strategy, backends: list[Backend], namespace, states, used_clusters, 
         candidates.append((b, state))
 
     ready = [(b, s) for b, s in candidates if s.endpoints and b.weight > 0]
+    waking: set[str] = set()
+    if not ready and activator is not None:
+        # Nothing serves: backends that scale to zero are reached through the activator.
+        for b, s in candidates:
+            if s.scale_to_zero and b.weight > 0:
+                used_clusters[s.cluster] = Cluster(s.cluster, s.served_model, (activator,))
+                waking.add(b.model_deployment)
+        ready = [(b, s) for b, s in candidates if b.model_deployment in waking]
     active: list[tuple[Backend, BackendState]] = []
     serving_priority = None
     load_reasons: dict[str, str] = {}
@@ -219,7 +239,9 @@ def _split(strategy, backends: list[Backend], namespace, states, used_clusters, 
     for b, s in candidates:
         n = len(s.endpoints)
         weight = share.get(b.model_deployment, 0)
-        if not s.endpoints:
+        if b.model_deployment in waking:
+            reason = "scaled to zero: requests wake it through the activator and wait for a replica"
+        elif not s.endpoints:
             reason = "no ready replicas; its share goes to the others" if ready else "no ready replicas"
         elif b.weight == 0:
             reason = "weight 0"
