@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="IP at which Envoy reaches this operator's activator (in a pod: its pod IP); "
                           "without it, models scaled to zero answer 503 until scaled up")
     run.add_argument("--activator-port", type=int, default=18001, help="activator port")
+    run.add_argument("--autoscale-interval", type=float, default=5.0,
+                     help="seconds between scrapes of the replicas' /metrics and autoscaling decisions (0 = off)")
     run.add_argument("--activator-timeout", type=float, default=600.0,
                      help="seconds a request waits for a scaled-to-zero model to get a ready replica")
     run.set_defaults(func=_run_operator)
@@ -50,23 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_operator(args: argparse.Namespace) -> int:
-    from .controller.operator import run
+    from dataclasses import fields
 
-    run(
-        namespaces=args.namespaces,
-        kubeconfig=args.kubeconfig,
-        metrics_port=args.metrics_port,
-        health_port=args.health_port,
-        bind=args.bind,
-        workers=args.workers,
-        xds_address=args.xds_address,
-        xds_port=args.xds_port,
-        envoy_listener_address=args.envoy_listener_address,
-        envoy_listener_port=args.envoy_listener_port,
-        activator_address=args.activator_address,
-        activator_port=args.activator_port,
-        activator_timeout=args.activator_timeout,
-    )
+    from .controller.operator import OperatorOptions, run
+
+    run(OperatorOptions(**{f.name: getattr(args, f.name) for f in fields(OperatorOptions)}))
     return 0
 
 

@@ -17,6 +17,7 @@ from kubernetes import client, config, dynamic
 from kubernetes.client.exceptions import ApiException
 
 FIELD_MANAGER = "llmfleet"
+AUTOSCALER = "llmfleet-autoscaler"  # the field manager of spec.replicas changes
 GROUP = "llmfleet.io"
 VERSION = "v1alpha1"
 log = logging.getLogger(__name__)
@@ -137,7 +138,9 @@ class Kube:
             raise _map(exc) from exc
         return obj.to_dict()
 
-    def scale(self, api_version: str, kind: str, ref: Ref, replicas: int) -> None:
+    def scale(self, api_version: str, kind: str, ref: Ref, replicas: int, field_manager: str = AUTOSCALER) -> None:
+        """Set spec.replicas through the scale subresource, as `kubectl scale` or an HPA
+        would; managedFields then show who owns the count."""
         res = self.resource(api_version, kind)
         try:
             res.subresources["scale"].patch(
@@ -145,6 +148,7 @@ class Kube:
                 name=ref.name,
                 namespace=ref.namespace,
                 content_type="application/merge-patch+json",
+                field_manager=field_manager,
                 _request_timeout=self.timeout,
             )
         except ApiException as exc:

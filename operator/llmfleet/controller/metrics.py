@@ -37,3 +37,15 @@ ROUTE_WEIGHT = Gauge(
     ["model", "cluster"],
     registry=REGISTRY,
 )
+DESIRED_REPLICAS = Gauge(
+    "llmfleet_autoscaler_desired_replicas",
+    "Replicas the autoscaler asks for, per ModelDeployment.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+SCRAPE_ERRORS = Counter(
+    "llmfleet_scrape_errors_total",
+    "Replica /metrics scrapes that failed, by reason (connect, timeout, status, parse, ...).",
+    ["reason"],
+    registry=REGISTRY,
+)

@@ -22,6 +22,7 @@ from .kube import GROUP, VERSION, Kube, Ref
 from .modeldeployment import ModelDeploymentReconciler
 from .routepolicy import ROUTES, NoDataPlane, RoutePolicyReconciler, XdsPublisher
 from .activator import Activator, ReadyEndpoints
+from .autoscaler import Autoscaler
 from .waker import Waker
 from ..envoy.xds import XdsServer
 from ..routing.table import Endpoint
@@ -33,9 +34,13 @@ log = logging.getLogger("llmfleet")
 
 @dataclass
 class OperatorOptions:
+    """`llmfleet run`'s flags (see cli.py for what each one means)."""
+
     kubeconfig: str | None = None
-    metrics_host: str = "0.0.0.0"
+    namespaces: list[str] | None = None
+    bind: str = "0.0.0.0"
     metrics_port: int = 8080
+    health_port: int = 8081
     workers: int = 4
     xds_address: str = "0.0.0.0"
     xds_port: int = 18000
@@ -44,6 +49,7 @@ class OperatorOptions:
     activator_address: str | None = None  # how Envoy reaches the operator (an IP)
     activator_port: int = 18001
     activator_timeout: float = 600.0
+    autoscale_interval: float = 5.0
 
 
 OPTIONS = OperatorOptions()
@@ -96,12 +102,17 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
     )
     memo.md_queue.start()
     memo.route_queue.start()
+    if OPTIONS.autoscale_interval > 0:
+        memo.autoscaler = Autoscaler(kube, interval=OPTIONS.autoscale_interval, waker=getattr(memo, "waker", None))
+        memo.autoscaler.start()
     memo.route_queue.add(ROUTES)  # publish once even if the cluster has nothing to watch yet
-    log.info("llmfleet operator started; metrics on %s:%s", OPTIONS.metrics_host, OPTIONS.metrics_port)
+    log.info("llmfleet operator started; metrics on %s:%s", OPTIONS.bind, OPTIONS.metrics_port)
 
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_) -> None:
+    if autoscaler := getattr(memo, "autoscaler", None):
+        await autoscaler.stop()
     for name in ("md_queue", "route_queue"):
         if queue := getattr(memo, name, None):
             await queue.stop()
@@ -135,51 +146,27 @@ async def route_policy_event(memo: kopf.Memo, **_) -> None:
     memo.route_queue.add(ROUTES)
 
 
-def run(
-    *,
-    namespaces: list[str] | None = None,
-    kubeconfig: str | None = None,
-    metrics_port: int = 8080,
-    health_port: int = 8081,
-    bind: str = "0.0.0.0",
-    workers: int = 4,
-    xds_address: str = "0.0.0.0",
-    xds_port: int = 18000,
-    envoy_listener_address: str = "0.0.0.0",
-    envoy_listener_port: int = 8080,
-    activator_address: str | None = None,
-    activator_port: int = 18001,
-    activator_timeout: float = 600.0,
-) -> None:
+def run(options: OperatorOptions) -> None:
     """Run the operator until SIGINT/SIGTERM."""
-    OPTIONS.kubeconfig = kubeconfig
-    OPTIONS.xds_address = xds_address
-    OPTIONS.xds_port = xds_port
-    OPTIONS.envoy_listener_address = envoy_listener_address
-    OPTIONS.envoy_listener_port = envoy_listener_port
-    OPTIONS.activator_address = activator_address
-    OPTIONS.activator_port = activator_port
-    OPTIONS.activator_timeout = activator_timeout
-    OPTIONS.metrics_host = bind
-    OPTIONS.metrics_port = metrics_port
-    OPTIONS.workers = workers
-    if kubeconfig:
-        os.environ["KUBECONFIG"] = kubeconfig  # for kopf's own login
-    if metrics_port:
+    global OPTIONS
+    OPTIONS = options
+    if options.kubeconfig:
+        os.environ["KUBECONFIG"] = options.kubeconfig  # for kopf's own login
+    if options.metrics_port:
         # Bound before kopf starts, so a taken port stops the process at once with a
         # clear error instead of leaving a live-looking operator that does nothing.
         try:
-            start_http_server(metrics_port, addr=bind, registry=metrics.REGISTRY)
+            start_http_server(options.metrics_port, addr=options.bind, registry=metrics.REGISTRY)
         except OSError as exc:
-            raise SystemExit(f"llmfleet run: cannot serve metrics on {bind}:{metrics_port}: {exc}") from exc
+            raise SystemExit(f"llmfleet run: cannot serve metrics on {options.bind}:{options.metrics_port}: {exc}") from exc
     kopf.configure(verbose=False)
     # One INFO line per watch event drowns everything else; our own logs say what matters.
     logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     kopf.run(
         standalone=True,  # one replica; see the chart's Recreate strategy
-        clusterwide=not namespaces,
-        namespaces=namespaces or (),
-        liveness_endpoint=f"http://{bind}:{health_port}/healthz" if health_port else None,
+        clusterwide=not options.namespaces,
+        namespaces=options.namespaces or (),
+        liveness_endpoint=f"http://{options.bind}:{options.health_port}/healthz" if options.health_port else None,
         memo=kopf.Memo(),
     )

@@ -25,6 +25,7 @@ class OperatorProcess:
         self.xds_port = free_port()
         self.envoy_listener_port = free_port()
         self.activator_port = free_port()
+        self.autoscale_interval = 1.0
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -35,7 +36,8 @@ class OperatorProcess:
              "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port), "--bind", "127.0.0.1",
              "--xds-address", "127.0.0.1", "--xds-port", str(self.xds_port),
              "--envoy-listener-address", "127.0.0.1", "--envoy-listener-port", str(self.envoy_listener_port),
-             "--activator-address", "127.0.0.1", "--activator-port", str(self.activator_port)],
+             "--activator-address", "127.0.0.1", "--activator-port", str(self.activator_port),
+             "--autoscale-interval", str(self.autoscale_interval)],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )

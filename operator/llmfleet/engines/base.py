@@ -32,7 +32,12 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 class MetricNames:
     """Prometheus series an engine exposes for each load signal llmfleet uses.
 
+    Gauges: ``queue_depth``, ``running_requests``, ``kv_cache_utilization`` (0..1) and
+    ``generation_throughput`` (tokens/s, for engines whose token counter lags).
+    Counters (full sample names, with ``_total``): generated tokens, finished requests,
+    prompt tokens. ``ttft_seconds_histogram`` is a histogram's base name.
     ``kv_cache_utilization_fallbacks`` are older names tried when the first is absent.
+    :mod:`llmfleet.metrics` reads them.
     """
 
     queue_depth: str
@@ -42,6 +47,8 @@ class MetricNames:
     generation_throughput: str | None = None
     ttft_seconds_histogram: str | None = None
     kv_cache_utilization_fallbacks: tuple[str, ...] = ()
+    finished_requests_total: str | None = None
+    prompt_tokens_total: str | None = None
 
 
 @dataclass

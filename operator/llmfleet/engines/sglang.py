@@ -20,6 +20,10 @@ IMAGE = "lmsysorg/sglang:v0.5.18"
 class SGLangEngine(Engine):
     kind = support.SGLANG
     default_image = IMAGE
+    # SGLang adds a request's generated tokens to its counter only when the request
+    # finishes, so the counter lags by whole requests; the scheduler's gen_throughput
+    # gauge is the live decode rate and is preferred (see llmfleet.metrics.load).
+    # num_requests_total counts finished requests.
     metric_names: ClassVar[MetricNames] = MetricNames(
         queue_depth="sglang:num_queue_reqs",
         running_requests="sglang:num_running_reqs",
@@ -27,6 +31,8 @@ class SGLangEngine(Engine):
         generation_tokens_total="sglang:generation_tokens_total",
         generation_throughput="sglang:gen_throughput",
         ttft_seconds_histogram="sglang:time_to_first_token_seconds",
+        finished_requests_total="sglang:num_requests_total",
+        prompt_tokens_total="sglang:prompt_tokens_total",
     )
 
     def command(self) -> list[str]:

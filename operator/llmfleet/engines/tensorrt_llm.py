@@ -33,6 +33,9 @@ class TensorRTLLMEngine(Engine):
         kv_cache_utilization="trtllm_kv_cache_utilization",
         generation_tokens_total="trtllm_generation_tokens_total",
         ttft_seconds_histogram="trtllm_time_to_first_token_seconds",
+        # Names from tensorrt_llm/metrics/collector.py (MetricsCollector, "trtllm_" prefix).
+        finished_requests_total="trtllm_request_success_total",  # labelled by finished_reason
+        prompt_tokens_total="trtllm_prompt_tokens_total",
     )
 
     def command(self) -> list[str]:

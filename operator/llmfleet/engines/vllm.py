@@ -27,6 +27,8 @@ class VllmEngine(Engine):
         kv_cache_utilization_fallbacks=("vllm:gpu_cache_usage_perc",),
         generation_tokens_total="vllm:generation_tokens_total",
         ttft_seconds_histogram="vllm:time_to_first_token_seconds",
+        finished_requests_total="vllm:request_success_total",  # labelled by finished_reason
+        prompt_tokens_total="vllm:prompt_tokens_total",
     )
 
     def command(self) -> list[str]:

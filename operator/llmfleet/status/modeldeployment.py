@@ -169,7 +169,9 @@ def model_deployment_status(
         status["readyText"] = f"{ready}/{desired}"
         wanted = _conditions(desired, replicas, ready, updated, observed, deployment, pods, nodes, gpu_need)
 
-    status["conditions"] = merge_conditions(old.get("conditions"), wanted, generation, now)
+    ours = {c.type for c in wanted}
+    kept = [c for c in old.get("conditions") or [] if c.get("type") not in ours]  # e.g. the autoscaler's
+    status["conditions"] = merge_conditions(old.get("conditions"), wanted, generation, now) + kept
     return StatusResult(status, _transition_events(old.get("conditions"), status["conditions"], ready, desired))
 
 

@@ -1,0 +1,398 @@
+"""The autoscaler's decision: how many replicas a ModelDeployment should have now.
+
+Pure and synchronous: ``decide(policy, observation, state) -> Decision``. The operator
+calls it every few seconds for each ModelDeployment with ``spec.autoscaling``, writes
+``decision.desired`` to ``spec.replicas``, ``decision.reason`` to
+``status.scaleReason``, turns ``decision.limited`` into the ``ScalingLimited``
+condition, emits ``decision.event`` when the count changes, and keeps
+``decision.state`` in memory for the next call. Times are seconds on the clock of
+``ModelLoad.time`` (monotonic); nothing here reads a clock.
+
+How one decision is made (target tracking, like Kubernetes' HorizontalPodAutoscaler):
+
+1. **Recommendation.** ``total`` = the metric per replica x the replicas sampled (the
+   ready ones that answered the scrape); ``ceil(total / target)`` replicas would hold
+   the metric at its per-replica target. If ``total / (target x replicas)`` is within
+   the tolerance band (default 10 %) of 1, the recommendation is the current count:
+   small wobbles never move anything. Replicas that exist but are not ready yet
+   count as capacity on the way: while a model loads, the load it will take is not
+   asked for again.
+2. **Stale signals never scale down.** With no usable load (nothing scraped), the
+   count holds. With a partial or old one (some ready replica did not answer), the
+   recommendation may rise on what was seen but never falls below the current count.
+3. **Stabilization.** Every recommendation is remembered with its time. Scale up to
+   the lowest recommendation of the last ``scaleUpStabilizationSeconds`` (0: at
+   once); scale down to the highest of the last ``scaleDownStabilizationSeconds``,
+   and never before a full window has been observed (also after an operator
+   restart).
+4. **Rate.** Within any ``scale_up_period`` (15 s) the count grows at most to
+   ``max(2 x n, n + 4)``, n being the count at the start of the period (the HPA's
+   default scale-up policy).
+5. **Bounds.** The result is clamped to ``[minReplicas, maxReplicas]``; changing the
+   bounds applies at once.
+6. **Scale to zero.** With ``scaleToZero.idleSeconds`` > 0, a ModelDeployment with no
+   request queued, running or finished for that long (on a fresh signal) goes to
+   0; from 0 it returns to ``max(1, minReplicas)`` as soon as a request waits at the
+   activator (``wake``) or any load is seen.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Generic, TypeVar
+
+from llmfleet.api.models import Autoscaling
+from llmfleet.autoscale.signals import ModelLoad
+
+# Event reasons (constant, as Kubernetes events want them).
+SCALED_UP = "ScaledUp"
+SCALED_DOWN = "ScaledDown"
+
+# ScalingLimited condition reasons, the HPA's.
+TOO_MANY_REPLICAS = "TooManyReplicas"
+TOO_FEW_REPLICAS = "TooFewReplicas"
+SCALE_UP_LIMIT = "ScaleUpLimit"
+
+
+@dataclass(frozen=True)
+class ScalingPolicy:
+    """What the scaler holds a ModelDeployment to: ``spec.autoscaling`` plus our own knobs.
+
+    The knobs after ``idle_seconds`` are not in the CRD; their defaults are the
+    HorizontalPodAutoscaler's, so the behaviour is the one platform teams already know.
+    """
+
+    min_replicas: int
+    max_replicas: int
+    metric: str  # the CRD's name: queueDepth | runningRequests | kvCacheUtilization | tokensPerSecond
+    target: float  # per replica
+    scale_up_window: float = 0.0  # seconds; scaleUpStabilizationSeconds
+    scale_down_window: float = 300.0  # seconds; scaleDownStabilizationSeconds
+    idle_seconds: float = 0.0  # scaleToZero.idleSeconds; 0 never scales to zero
+    # No change while |total / (target x replicas) - 1| <= tolerance (the HPA's 0.1).
+    tolerance: float = 0.1
+    # Growth within any scale_up_period: to at most max(ceil(n x factor), n + pods).
+    # Doubling keeps a big fleet's reaction proportional (1 -> 1000 in under 2.5 min);
+    # +4 lets a small one jump at once (1 -> 5); the period bound stops one bad sample
+    # from ordering a whole GPU pool.
+    scale_up_factor: float = 2.0
+    scale_up_pods: int = 4
+    scale_up_period: float = 15.0
+    # A ModelLoad older than this is stale: it may still raise replicas, never lower them.
+    max_signal_age: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.min_replicas < 1 or self.max_replicas < self.min_replicas:
+            raise ValueError(f"need 1 <= minReplicas <= maxReplicas, got {self.min_replicas}..{self.max_replicas}")
+        if not self.target > 0:
+            raise ValueError(f"target must be > 0, got {self.target}")
+        if self.tolerance < 0 or self.scale_up_factor < 1 or self.scale_up_pods < 1:
+            raise ValueError("tolerance >= 0, scale_up_factor >= 1 and scale_up_pods >= 1 are required")
+        if min(self.scale_up_window, self.scale_down_window, self.idle_seconds, self.scale_up_period) < 0:
+            raise ValueError("windows and periods must be >= 0")
+
+    @classmethod
+    def from_autoscaling(cls, autoscaling: Autoscaling, **knobs: float) -> ScalingPolicy:
+        """The policy for a parsed ``spec.autoscaling``; ``knobs`` override our own defaults."""
+        return cls(
+            min_replicas=autoscaling.min_replicas,
+            max_replicas=autoscaling.max_replicas,
+            metric=autoscaling.metric.value,
+            target=autoscaling.effective_target,
+            scale_up_window=float(autoscaling.scale_up_stabilization_seconds),
+            scale_down_window=float(autoscaling.scale_down_stabilization_seconds),
+            idle_seconds=float(autoscaling.scale_to_zero.idle_seconds),
+            **knobs,
+        )
+
+    @property
+    def scale_to_zero(self) -> bool:
+        return self.idle_seconds > 0
+
+    def scale_up_limit(self, base: int) -> int:
+        """The most replicas a period that started at ``base`` replicas may end with."""
+        return max(math.ceil(base * self.scale_up_factor), base + self.scale_up_pods)
+
+
+@dataclass(frozen=True)
+class Observation:
+    """What the operator sees of one ModelDeployment when it asks for a decision."""
+
+    now: float  # same clock as ModelLoad.time
+    replicas: int  # spec.replicas: the count asked for so far
+    ready_replicas: int = 0
+    starting_replicas: int = 0  # exist but are not ready yet (scheduling, pulling, loading the model)
+    load: ModelLoad | None = None  # None: nothing scraped (yet)
+    wake: bool = False  # the activator holds a request for this model (which is at 0 replicas)
+
+
+@dataclass(frozen=True)
+class ScalerState:
+    """What one ModelDeployment's scaler remembers between decisions (in memory only).
+
+    A fresh state after an operator restart is safe: scale-down waits a full window
+    again and the idle clock restarts, so a restart never removes replicas early.
+    """
+
+    since: float | None = None  # first decision of this memory (or the wake from zero)
+    recommendations: tuple[tuple[float, int], ...] = ()  # (time, recommendation), oldest first
+    replicas_seen: tuple[tuple[float, int], ...] = ()  # (time, spec.replicas) over the rate period
+    last_scale_time: float | None = None  # when a decision last changed the count
+    active_at: float | None = None  # latest evidence of a request (or `since`)
+
+
+S = TypeVar("S")
+
+
+@dataclass(frozen=True)
+class ScaleEvent:
+    """A Kubernetes Event for a change of the replica count."""
+
+    reason: str  # ScaledUp | ScaledDown
+    message: str  # "2→5: queueDepth 18.0 over target 4×2"
+    type: str = "Normal"
+
+    @property
+    def text(self) -> str:
+        return f"{self.reason} {self.message}"
+
+
+@dataclass(frozen=True)
+class Decision(Generic[S]):
+    """The replica count to ask for now, and why."""
+
+    current: int  # spec.replicas when the decision was taken
+    desired: int
+    reason: str  # for status.scaleReason and the event
+    limited: str | None  # why the count is held at a bound or the rate limit (ScalingLimited message)
+    limited_reason: str | None  # TooManyReplicas | TooFewReplicas | ScaleUpLimit
+    recommendation: int  # this interval's recommendation (within the bounds), before stabilization and rate
+    state: S = field(repr=False)
+
+    @property
+    def changed(self) -> bool:
+        return self.desired != self.current
+
+    @property
+    def event(self) -> ScaleEvent | None:
+        """ScaledUp/ScaledDown "2→5: <reason>" when the count changes, else None."""
+        if not self.changed:
+            return None
+        reason = SCALED_UP if self.desired > self.current else SCALED_DOWN
+        return ScaleEvent(reason, f"{self.current}→{self.desired}: {self.reason}")
+
+
+def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = None) -> Decision[ScalerState]:
+    """The desired replica count for one interval (see the module docstring for the rules)."""
+    state = state or ScalerState()
+    now, current, load = obs.now, obs.replicas, obs.load
+    since = state.since if state.since is not None else now
+    active_at = _activity(obs, state.active_at if state.active_at is not None else since)
+
+    if current == 0:
+        return _from_zero(policy, obs, state, since, active_at)
+
+    reading = _read(policy, obs)
+    if (
+        policy.scale_to_zero
+        and reading.fresh
+        and not obs.wake
+        and not _busy(load)
+        and now - active_at >= policy.idle_seconds
+    ):
+        reason = f"no requests for {now - active_at:.0f} s (scaleToZero.idleSeconds {policy.idle_seconds:g})"
+        new = ScalerState(since=since, last_scale_time=now, active_at=active_at)
+        return Decision(current, 0, reason, None, None, 0, new)
+
+    # 1-2. This interval's recommendation.
+    if reading.total is None:
+        rec = current
+    else:
+        rec = _raw_replicas(reading.total, policy.target)
+        if abs(_ratio(reading.total, policy, current) - 1) <= policy.tolerance:
+            rec = current
+        if not reading.fresh:
+            rec = max(rec, current)
+    unbounded = rec
+    rec = _clamp(rec, policy)
+
+    # 3. Stabilization windows over the remembered recommendations.
+    horizon = max(policy.scale_up_window, policy.scale_down_window)
+    recs = tuple((t, r) for t, r in state.recommendations if t > now - horizon) + ((now, rec),)
+    up_rec = min(r for t, r in recs if t > now - policy.scale_up_window or t == now)
+    down_rec = max(r for t, r in recs if t > now - policy.scale_down_window or t == now)
+    window_covered = now - since >= policy.scale_down_window
+    if up_rec > current:
+        candidate = up_rec
+    elif down_rec < current and window_covered:
+        candidate = down_rec
+    else:
+        candidate = current
+
+    # 4. Rate of growth, from the smallest count asked for within the period.
+    seen = tuple((t, n) for t, n in state.replicas_seen if t > now - policy.scale_up_period) + ((now, current),)
+    base = min(n for _, n in seen)
+    cap = policy.scale_up_limit(base)
+    limited = limited_reason = None
+    if candidate > cap and cap < policy.max_replicas:  # else maxReplicas is what binds
+        candidate = cap
+        limited_reason = SCALE_UP_LIMIT
+        limited = f"scale-up rate limit: at most {cap} replicas within {policy.scale_up_period:g} s (from {base})"
+
+    # 5. Bounds.
+    desired = _clamp(candidate, policy)
+    if limited is None and desired == policy.max_replicas:
+        if unbounded > policy.max_replicas:
+            limited_reason, limited = TOO_MANY_REPLICAS, f"wants {unbounded} replicas; maxReplicas is {desired}"
+        elif current > policy.max_replicas:
+            limited_reason, limited = TOO_MANY_REPLICAS, f"spec.replicas was {current}; maxReplicas is {desired}"
+    if limited is None and desired == policy.min_replicas:
+        if unbounded < policy.min_replicas:
+            limited_reason, limited = TOO_FEW_REPLICAS, f"wants {unbounded} replicas; minReplicas is {desired}"
+        elif current < policy.min_replicas:
+            limited_reason, limited = TOO_FEW_REPLICAS, f"spec.replicas was {current}; minReplicas is {desired}"
+
+    reason = _reason(policy, obs, reading, rec, up_rec, down_rec, window_covered, desired)
+    new = ScalerState(
+        since=since,
+        recommendations=recs,
+        replicas_seen=seen,
+        last_scale_time=now if desired != current else state.last_scale_time,
+        active_at=active_at,
+    )
+    return Decision(current, desired, reason, limited, limited_reason, rec, new)
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+@dataclass(frozen=True)
+class _Reading:
+    total: float | None  # metric summed over the sampled replicas; None: no usable signal
+    fresh: bool
+    why: str = ""  # what is wrong with the signal, when it is not fresh
+
+
+def _read(policy: ScalingPolicy, obs: Observation) -> _Reading:
+    load = obs.load
+    if load is None:
+        return _Reading(None, False, "no load signal yet")
+    if load.sampled_replicas <= 0:
+        if load.failed_replicas:
+            return _Reading(None, False, f"no load signal: none of {load.failed_replicas} ready replicas answered")
+        return _Reading(None, False, "no load signal: no ready replica to sample")
+    total = max(0.0, load.per_replica(policy.metric)) * load.sampled_replicas
+    age = obs.now - load.time
+    if age > policy.max_signal_age:
+        return _Reading(total, False, f"load signal is {age:.0f} s old")
+    if not load.fresh:
+        asked = load.sampled_replicas + load.failed_replicas
+        return _Reading(total, False, f"{load.failed_replicas} of {asked} ready replicas not scraped")
+    return _Reading(total, True)
+
+
+def _raw_replicas(total: float, target: float) -> int:
+    # The epsilon keeps a total that is an exact multiple of the target (up to float
+    # noise from averaging) from asking for one replica too many.
+    return max(0, math.ceil(total / target - 1e-9))
+
+
+def _ratio(total: float, policy: ScalingPolicy, replicas: int) -> float:
+    return total / (policy.target * replicas)
+
+
+def _clamp(n: int, policy: ScalingPolicy) -> int:
+    return min(max(n, policy.min_replicas), policy.max_replicas)
+
+
+def _busy(load: ModelLoad | None) -> bool:
+    return load is not None and (load.queue_depth > 0 or load.running_requests > 0)
+
+
+def _activity(obs: Observation, active_at: float) -> float:
+    """The latest evidence of a request: the load's last activity, a busy sample, a wake."""
+    load = obs.load
+    if load is not None:
+        if load.last_activity is not None:
+            active_at = max(active_at, load.last_activity)
+        if _busy(load) or load.requests_per_second > 0:
+            active_at = max(active_at, load.time)
+    if obs.wake:
+        active_at = max(active_at, obs.now)
+    return active_at
+
+
+def _from_zero(
+    policy: ScalingPolicy, obs: Observation, state: ScalerState, since: float, active_at: float
+) -> Decision[ScalerState]:
+    now = obs.now
+    awake = max(1, policy.min_replicas)
+    if obs.wake or _busy(obs.load):
+        why = "a request is waiting at the activator" if obs.wake else "requests seen at 0 replicas"
+        new = ScalerState(
+            since=now,
+            recommendations=((now, awake),),
+            replicas_seen=((now, 0),),
+            last_scale_time=now,
+            active_at=now,
+        )
+        return Decision(0, awake, why, None, None, awake, new)
+    if policy.scale_to_zero:
+        new = replace(state, since=since, recommendations=(), replicas_seen=(), active_at=active_at)
+        return Decision(0, 0, "scaled to zero while idle; the next request wakes it", None, None, 0, new)
+    new = ScalerState(since=since, recommendations=((now, awake),), last_scale_time=now, active_at=active_at)
+    why = f"below minReplicas {policy.min_replicas} (scaleToZero is off)"
+    limited = f"wants 0 replicas; minReplicas is {policy.min_replicas}"
+    return Decision(0, awake, why, limited, TOO_FEW_REPLICAS, awake, new)
+
+
+def _num(x: float) -> str:
+    return f"{x:.2f}" if abs(x) < 1 else f"{x:.1f}"
+
+
+def _reason(
+    policy: ScalingPolicy,
+    obs: Observation,
+    reading: _Reading,
+    rec: int,
+    up_rec: int,
+    down_rec: int,
+    window_covered: bool,
+    desired: int,
+) -> str:
+    current = obs.replicas
+    if current > policy.max_replicas and desired == policy.max_replicas:
+        return f"above maxReplicas {policy.max_replicas}"
+    if current < policy.min_replicas and desired == policy.min_replicas:
+        return f"below minReplicas {policy.min_replicas}"
+    if reading.total is None:
+        return f"holding at {current}: {reading.why}"
+
+    total, target, metric = reading.total, policy.target, policy.metric
+    raw = _raw_replicas(total, target)
+    ratio = _ratio(total, policy, current)
+    on = f"target {target:g}×{current}"
+    if abs(ratio - 1) <= policy.tolerance:
+        desc = f"{metric} {_num(total)} within {policy.tolerance:.0%} of {on}"
+    else:
+        desc = f"{metric} {_num(total)} {'over' if ratio > 1 else 'under'} {on}"
+    stale = "" if reading.fresh else f" (load signal stale: {reading.why})"
+
+    if desired > current:
+        return desc + stale
+    if desired < current:
+        return f"{desc}, no more than {desired} needed for {policy.scale_down_window:g} s"
+    # Holding.
+    if not reading.fresh and raw < current:
+        return f"{desc}; not scaling down on a stale signal ({reading.why})"
+    if rec > current and up_rec <= current:
+        return f"{desc}; scale-up waits for the {policy.scale_up_window:g} s stabilization window"
+    if obs.starting_replicas > 0 and obs.ready_replicas < raw <= current:
+        return (
+            f"{metric} {_num(total)} needs {raw} replicas: "
+            f"{obs.ready_replicas} ready, {obs.starting_replicas} starting"
+        )
+    if rec < current and (down_rec >= current or not window_covered):
+        return f"{desc}: {rec} would do; scale-down waits for the {policy.scale_down_window:g} s stabilization window"
+    return desc + stale

@@ -1,0 +1,166 @@
+"""The autoscaling loop: scrape every ready replica, write status.load, decide, scale.
+
+Each interval: list ModelDeployments and their pods, scrape the ready replicas'
+/metrics (metrics/scrape.py), and for every ModelDeployment write its load to
+status.load; for those with spec.autoscaling, ask the pure scaler (autoscale/scaler.py)
+for the replica count and write it through the scale subresource, with the reason in
+status.scaleReason, lastScaleTime, the ScalingLimited condition and an Event per change.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import httpx
+
+from . import metrics
+from .kube import GROUP, VERSION, Conflict, Kube, NotFound, Ref
+from ..api.models import SpecError, parse_model_deployment_spec
+from ..autoscale.scaler import Observation, ScalerState, ScalingPolicy, decide
+from ..metrics.scrape import Scraper, ScrapeTarget
+from ..render.deployment import SELECTOR_LABEL
+from ..routing.policy import SERVER_PORT_NAME, DEFAULT_SERVER_PORT
+from ..status.conditions import Condition, merge_conditions, now_rfc3339
+
+log = logging.getLogger(__name__)
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelDeployment"
+WAKE_GRACE_SECONDS = 30.0  # a wake counts as activity this long
+
+
+def _pod_state(pod: dict) -> str:
+    """ready | starting | gone"""
+    meta, status = pod.get("metadata", {}), pod.get("status", {})
+    if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
+        return "gone"
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    return "ready" if ready and status.get("podIP") else "starting"
+
+
+def _port(pod: dict) -> int:
+    for container in pod.get("spec", {}).get("containers") or []:
+        for port in container.get("ports") or []:
+            if port.get("name") == SERVER_PORT_NAME:
+                return int(port["containerPort"])
+    return DEFAULT_SERVER_PORT
+
+
+class Autoscaler:
+    def __init__(self, kube: Kube, *, interval: float = 2.0, waker=None, scrape_timeout: float = 1.0) -> None:
+        self.kube = kube
+        self.interval = interval
+        self.waker = waker
+        # trust_env=False: pod IPs are scraped directly, never through an environment proxy.
+        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=64), trust_env=False)
+        self.scraper = Scraper(self.client, timeout=scrape_timeout)
+        self.states: dict[tuple[str, str], ScalerState] = {}
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="autoscaler")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self.client.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            start = time.monotonic()
+            try:
+                await self.round()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - one bad round must not stop autoscaling
+                log.exception("autoscaling round failed")
+            await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - start)))
+
+    async def round(self) -> None:
+        mds, pods = await asyncio.gather(
+            asyncio.to_thread(self.kube.list, API_VERSION, KIND),
+            asyncio.to_thread(self.kube.list, "v1", "Pod", None, SELECTOR_LABEL),
+        )
+        by_md: dict[tuple[str, str], list[dict]] = {}
+        for pod in pods:
+            owner = (pod["metadata"].get("labels") or {}).get(SELECTOR_LABEL)
+            by_md.setdefault((pod["metadata"]["namespace"], owner), []).append(pod)
+
+        targets: dict[tuple[str, str], list[ScrapeTarget]] = {}
+        for md in mds:
+            key = (md["metadata"]["namespace"], md["metadata"]["name"])
+            kind = ((md.get("spec") or {}).get("engine") or {}).get("kind", "vllm")
+            targets[key] = [
+                ScrapeTarget.for_pod((key, p["metadata"]["name"]), p["status"]["podIP"], kind, _port(p))
+                for p in by_md.get(key, []) if _pod_state(p) == "ready"
+            ]
+        loads = await self.scraper.round(targets)
+        for error in self.scraper.errors.values():
+            metrics.SCRAPE_ERRORS.labels(error.reason).inc()
+        now = time.monotonic()
+        for key in set(self.states) - set(targets):
+            del self.states[key]
+        await asyncio.gather(*(
+            asyncio.to_thread(self._one, md, by_md.get((md["metadata"]["namespace"], md["metadata"]["name"]), []),
+                              loads.get((md["metadata"]["namespace"], md["metadata"]["name"])), now)
+            for md in mds
+        ))
+
+    def _one(self, md: dict, pods: list[dict], load, now: float) -> None:
+        meta = md["metadata"]
+        ref, key = Ref(meta["namespace"], meta["name"]), (meta["namespace"], meta["name"])
+        if meta.get("deletionTimestamp"):
+            return
+        try:
+            spec = parse_model_deployment_spec(md.get("spec") or {})
+        except SpecError:
+            return  # the ModelDeployment reconciler reports it
+        old = md.get("status") or {}
+        owned: dict = {}
+        if load is not None and load.sampled_replicas:
+            owned["load"] = load.status()
+        elif old.get("load") and not any(_pod_state(p) == "ready" for p in pods):
+            owned["load"] = None  # nothing serves: no load to show
+        decision = None
+        if spec.autoscaling is not None:
+            states = [_pod_state(p) for p in pods]
+            woken = self.waker.woken_at.get(key) if self.waker else None
+            obs = Observation(
+                now=now,
+                replicas=spec.replicas,
+                ready_replicas=states.count("ready"),
+                starting_replicas=states.count("starting"),
+                load=load,
+                wake=woken is not None and now - woken < WAKE_GRACE_SECONDS,
+            )
+            decision = decide(ScalingPolicy.from_autoscaling(spec.autoscaling), obs, self.states.get(key))
+            self.states[key] = decision.state
+            owned["scaleReason"] = decision.reason
+            limited = (
+                Condition("ScalingLimited", True, decision.limited_reason or "Limited", decision.limited)
+                if decision.limited else
+                Condition("ScalingLimited", False, "DesiredWithinRange", "the desired count is within the bounds")
+            )
+            if decision.changed:
+                try:
+                    self.kube.scale(API_VERSION, KIND, ref, decision.desired)
+                    md = self.kube.get(API_VERSION, KIND, ref)  # the scale bumped resourceVersion
+                except NotFound:
+                    return
+                meta, old = md["metadata"], md.get("status") or {}
+                owned["lastScaleTime"] = now_rfc3339()
+                event = decision.event
+                self.kube.event(md, event.type, event.reason, event.message)
+                log.info("%s: %s", ref, event.text)
+            others = [c for c in old.get("conditions") or [] if c.get("type") != "ScalingLimited"]
+            owned["conditions"] = others + merge_conditions(old.get("conditions"), [limited], meta.get("generation"))
+            metrics.DESIRED_REPLICAS.labels(ref.namespace, ref.name).set(decision.desired)
+        patch = {k: v for k, v in owned.items() if old.get(k) != v}
+        if patch:
+            try:
+                self.kube.patch_status(API_VERSION, KIND, ref, patch, meta["resourceVersion"])
+            except (Conflict, NotFound):
+                pass  # changed meanwhile (the scale itself bumps it); the next round writes it
+

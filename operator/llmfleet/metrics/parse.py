@@ -1,0 +1,228 @@
+"""One replica's ``/metrics`` text, reduced to the raw numbers llmfleet's load signals need.
+
+Pure: text in, :class:`RawSample` out. Parsing is prometheus_client's
+(``text_string_to_metric_families``); what is done here is picking the engine's series
+(:class:`~llmfleet.engines.base.MetricNames`) and summing over their label sets: one
+replica can report several label sets for one signal (vLLM labels every series with
+``model_name`` and ``engine``, the data-parallel engine index; SGLang with ``tp_rank``,
+``pp_rank`` and ``engine_type``).
+
+Conventions:
+
+* A signal the text does not carry is ``None``, never 0, and so is one with a NaN or
+  infinite value: a number we cannot trust is unknown, not idle.
+* Counts (queue, running, tokens, requests, histogram buckets) are summed over label
+  sets. KV-cache utilization is a fraction of each engine's own cache, so it is
+  averaged.
+* prometheus_client's parser names a ``counter`` family without its ``_total``
+  suffix (``vllm:generation_tokens``) while its samples keep it
+  (``vllm:generation_tokens_total``), and it *adds* ``_total`` to the samples of a
+  counter exposed without one. Series are therefore looked up by sample name, with and
+  without ``_total``; family names are never used.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
+from llmfleet.engines import get_engine
+from llmfleet.engines.base import MetricNames
+
+INF = math.inf
+_SAMPLE_NAME = re.compile(r"[^{\s]+")  # a sample line starts with its name
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """A Prometheus histogram summed over label sets.
+
+    ``buckets`` are ``(le, cumulative count)`` in ascending ``le`` order and always end
+    with ``+Inf``, whose count is the number of observations.
+    """
+
+    buckets: tuple[tuple[float, float], ...]
+    sum: float | None = None
+
+    @property
+    def count(self) -> float:
+        """Number of observations (the ``+Inf`` bucket)."""
+        return self.buckets[-1][1]
+
+    @property
+    def bounds(self) -> tuple[float, ...]:
+        return tuple(le for le, _ in self.buckets)
+
+
+@dataclass(frozen=True)
+class RawSample:
+    """The numbers one scrape of one replica gave, before any rate is taken.
+
+    Gauges are instantaneous; counters and the TTFT histogram are cumulative since the
+    engine started. ``None`` means the text did not carry the signal (or carried NaN).
+    """
+
+    queue_depth: float | None = None
+    running_requests: float | None = None
+    kv_cache_utilization: float | None = None  # 0..1, averaged over engines
+    generation_tokens_total: float | None = None
+    generation_throughput: float | None = None  # tokens/s gauge (SGLang)
+    finished_requests_total: float | None = None
+    prompt_tokens_total: float | None = None
+    ttft_seconds: Histogram | None = None
+
+    @property
+    def missing_gauges(self) -> tuple[str, ...]:
+        """The instantaneous signals every engine must report that this sample lacks."""
+        return tuple(
+            name
+            for name in ("queue_depth", "running_requests", "kv_cache_utilization")
+            if getattr(self, name) is None
+        )
+
+    @property
+    def has_load_signals(self) -> bool:
+        """Queue, running and KV-cache gauges are all present: the sample describes a load."""
+        return not self.missing_gauges
+
+
+def metric_names(engine_kind: str) -> MetricNames:
+    """The series ``engine_kind`` (vllm, sglang, tensorrt-llm, sim) exposes per signal."""
+    return get_engine(engine_kind).metric_names
+
+
+def parse_sample(text: str, names: MetricNames | str) -> RawSample:
+    """Parse one ``/metrics`` body (Prometheus text format 0.0.4).
+
+    ``names`` is the engine's :class:`MetricNames` or its kind. Raises ``ValueError``
+    when the text is not Prometheus exposition (the scraper records it as a parse
+    error); a well-formed text without the engine's series gives ``None`` fields.
+    """
+    if isinstance(names, str):
+        names = metric_names(names)
+    series = _series_by_sample_name(_relevant_lines(text, _wanted(names)))
+    kv = None
+    for name in (names.kv_cache_utilization, *names.kv_cache_utilization_fallbacks):
+        kv = _mean(series.get(name))
+        if kv is not None:
+            break
+    return RawSample(
+        queue_depth=_sum(series.get(names.queue_depth)),
+        running_requests=_sum(series.get(names.running_requests)),
+        kv_cache_utilization=kv,
+        generation_tokens_total=_counter(series, names.generation_tokens_total),
+        generation_throughput=_sum(series.get(names.generation_throughput or "")),
+        finished_requests_total=_counter(series, names.finished_requests_total),
+        prompt_tokens_total=_counter(series, names.prompt_tokens_total),
+        ttft_seconds=_histogram(series, names.ttft_seconds_histogram),
+    )
+
+
+def _wanted(names: MetricNames) -> frozenset[str]:
+    """Every sample and family name the engine's signals can appear under."""
+    wanted = {names.queue_depth, names.running_requests, names.kv_cache_utilization,
+              *names.kv_cache_utilization_fallbacks}
+    if names.generation_throughput:
+        wanted.add(names.generation_throughput)
+    for counter in (names.generation_tokens_total, names.finished_requests_total,
+                    names.prompt_tokens_total):
+        if counter:
+            base = counter.removesuffix("_total")
+            wanted |= {base, base + "_total"}
+    if names.ttft_seconds_histogram:
+        base = names.ttft_seconds_histogram
+        wanted |= {base, base + "_bucket", base + "_count", base + "_sum"}
+    return frozenset(wanted)
+
+
+def _relevant_lines(text: str, wanted: frozenset[str]) -> str:
+    """Only the samples, HELP and TYPE lines of the wanted metrics.
+
+    A vLLM replica exposes ~1,500 lines, most of them histograms llmfleet does not use;
+    dropping them first makes parsing about ten times cheaper. This only selects lines
+    by the metric name they start with; prometheus_client still parses what is kept.
+    """
+    kept = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            parts = line.split(None, 3)
+            if len(parts) >= 3 and parts[1] in ("HELP", "TYPE") and parts[2] in wanted:
+                kept.append(line)
+            continue
+        name = _SAMPLE_NAME.match(line)
+        if name and name.group() in wanted:
+            kept.append(line)
+    kept.append("")
+    return "\n".join(kept)
+
+
+def _series_by_sample_name(text: str) -> dict[str, list[Sample]]:
+    series: dict[str, list[Sample]] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            series.setdefault(sample.name, []).append(sample)
+    return series
+
+
+def _values(samples: Iterable[Sample] | None) -> list[float] | None:
+    """The samples' values; None when there are none or any is NaN/infinite."""
+    if not samples:
+        return None
+    values = [float(s.value) for s in samples]
+    if not all(math.isfinite(v) for v in values):
+        return None
+    return values
+
+
+def _sum(samples: Iterable[Sample] | None) -> float | None:
+    values = _values(samples)
+    return None if values is None else math.fsum(values)
+
+
+def _mean(samples: Iterable[Sample] | None) -> float | None:
+    values = _values(samples)
+    return None if values is None else math.fsum(values) / len(values)
+
+
+def _counter(series: dict[str, list[Sample]], name: str | None) -> float | None:
+    if not name:
+        return None
+    alternative = name.removesuffix("_total") if name.endswith("_total") else name + "_total"
+    for candidate in (name, alternative):
+        if candidate in series:
+            return _sum(series[candidate])
+    return None
+
+
+def _histogram(series: dict[str, list[Sample]], name: str | None) -> Histogram | None:
+    """The histogram summed over label sets, at the bucket bounds every label set has.
+
+    Engines use one set of bounds per histogram, so the intersection is normally all of
+    them; it keeps the cumulative counts exact if two label sets ever disagree.
+    """
+    if not name or f"{name}_bucket" not in series:
+        return None
+    per_labelset: dict[tuple[tuple[str, str], ...], dict[float, float]] = {}
+    for sample in series[f"{name}_bucket"]:
+        labels = dict(sample.labels)
+        le = labels.pop("le", None)
+        value = float(sample.value)
+        if le is None or not math.isfinite(value):
+            return None
+        try:
+            bound = float(le)  # "+Inf" parses to inf
+        except ValueError:
+            return None
+        per_labelset.setdefault(tuple(sorted(labels.items())), {})[bound] = value
+    common = set.intersection(*(set(b) for b in per_labelset.values()))
+    if INF not in common:
+        return None
+    buckets = tuple(
+        (bound, math.fsum(b[bound] for b in per_labelset.values())) for bound in sorted(common)
+    )
+    return Histogram(buckets=buckets, sum=_sum(series.get(f"{name}_sum")))

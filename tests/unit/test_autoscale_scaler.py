@@ -1,0 +1,511 @@
+"""The scaler's decision (llmfleet.autoscale.scaler): properties over load series, and every reason text."""
+
+from __future__ import annotations
+
+import math
+import re
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from llmfleet.api.models import Autoscaling
+from llmfleet.autoscale.scaler import (
+    SCALE_UP_LIMIT,
+    SCALED_DOWN,
+    SCALED_UP,
+    TOO_FEW_REPLICAS,
+    TOO_MANY_REPLICAS,
+    Observation,
+    ScalerState,
+    ScalingPolicy,
+    decide,
+)
+from llmfleet.autoscale.signals import ModelLoad
+
+FIELDS = {
+    "queueDepth": "queue_depth",
+    "runningRequests": "running_requests",
+    "kvCacheUtilization": "kv_cache_utilization",
+    "tokensPerSecond": "tokens_per_second",
+}
+
+
+def load(t, per, n, metric="queueDepth", failed=0, last_activity=None, rps=None):
+    """A ModelLoad with `per` of `metric` on each of `n` sampled replicas (the others 0)."""
+    values = dict.fromkeys(FIELDS.values(), 0.0)
+    values[FIELDS[metric]] = per
+    if rps is None:
+        rps = 1.0 if per > 0 else 0.0
+    return ModelLoad(time=t, sampled_replicas=n, failed_replicas=failed, requests_per_second=rps,
+                     last_activity=last_activity, **values)
+
+
+def policy(**kw):
+    base = dict(min_replicas=1, max_replicas=8, metric="queueDepth", target=4.0)
+    base.update(kw)
+    return ScalingPolicy(**base)
+
+
+def obs(t, replicas, per=None, ready=None, starting=0, **load_kw):
+    ready = replicas if ready is None else ready
+    sampled = load_kw.pop("sampled", ready)
+    return Observation(now=t, replicas=replicas, ready_replicas=ready, starting_replicas=starting,
+                       load=None if per is None else load(t, per, sampled, **load_kw))
+
+
+def settled(p, replicas, per, t_end=600.0, interval=5.0):
+    """A state that has watched `replicas` at `per` for `t_end` seconds."""
+    state = None
+    t = 0.0
+    while t <= t_end:
+        d = decide(p, obs(t, replicas, per), state)
+        state = d.state
+        t += interval
+    return state, t
+
+
+class Fleet:
+    """A Deployment in miniature: asked-for replicas become ready `load_steps` decisions later."""
+
+    def __init__(self, replicas, load_steps=0):
+        self.replicas = replicas
+        self.ready = replicas
+        self.pending: list[int] = []  # decisions left until each starting replica is ready
+        self.load_steps = load_steps
+
+    def apply(self, desired):
+        if desired > self.replicas:
+            self.pending += [self.load_steps] * (desired - self.replicas)
+        elif desired < self.replicas:
+            drop = self.replicas - desired
+            cut = min(drop, len(self.pending))
+            self.pending = self.pending[: len(self.pending) - cut]
+            self.ready -= drop - cut
+        self.replicas = desired
+
+    def tick(self):
+        self.pending = [s - 1 for s in self.pending]
+        self.ready += sum(1 for s in self.pending if s <= 0)
+        self.pending = [s for s in self.pending if s > 0]
+
+    def observe(self, t, total, metric="queueDepth", **kw):
+        per = total / self.ready if self.ready else 0.0
+        return Observation(now=t, replicas=self.replicas, ready_replicas=self.ready,
+                           starting_replicas=len(self.pending),
+                           load=load(t, per, self.ready, metric, **kw) if self.ready else None)
+
+
+def drive(p, fleet, totals, interval=5.0, state=None, t0=0.0):
+    """Run decisions over a series of total loads; returns the decisions."""
+    out = []
+    for i, total in enumerate(totals):
+        fleet.tick()
+        d = decide(p, fleet.observe(t0 + i * interval, total), state)
+        state = d.state
+        fleet.apply(d.desired)
+        out.append(d)
+    return out
+
+
+def changes(decisions):
+    return [d.desired - d.current for d in decisions if d.changed]
+
+
+policies = st.builds(
+    lambda mn, extra, target, up, down: policy(min_replicas=mn, max_replicas=mn + extra, target=target,
+                                                scale_up_window=up, scale_down_window=down),
+    st.integers(1, 3), st.integers(0, 20), st.sampled_from([1.0, 4.0, 10.0, 0.8]),
+    st.sampled_from([0.0, 0.0, 15.0, 60.0]), st.sampled_from([0.0, 30.0, 120.0, 300.0]),
+)
+
+
+# --------------------------------------------------------------------------- properties
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    p=policies,
+    idle=st.sampled_from([0.0, 0.0, 60.0]),
+    steps=st.lists(
+        st.tuples(
+            st.floats(0.5, 30),  # seconds since the previous decision
+            st.integers(0, 30),  # spec.replicas as the operator found it (anything)
+            st.one_of(st.none(), st.floats(0, 200)),  # per-replica metric, None: not scraped
+            st.integers(0, 3),  # failed scrapes
+            st.booleans(),  # wake
+        ),
+        min_size=1, max_size=60,
+    ),
+)
+def test_desired_never_leaves_the_bounds(p, idle, steps):
+    p = ScalingPolicy(**{**p.__dict__, "idle_seconds": idle})
+    state, t = None, 0.0
+    for dt, replicas, per, failed, wake in steps:
+        t += dt
+        ready = max(0, replicas - 1)
+        ld = None if per is None or ready == 0 else load(t, per, ready, failed=failed)
+        d = decide(p, Observation(t, replicas, ready, replicas - ready, ld, wake), state)
+        state = d.state
+        assert p.min_replicas <= d.desired <= p.max_replicas or (d.desired == 0 and p.scale_to_zero)
+
+
+@settings(max_examples=60, deadline=None)
+@given(p=policies, level=st.floats(0.3, 1.0), seed=st.randoms(use_true_random=False),
+       noise=st.floats(0.0, 0.04))
+def test_steady_load_from_the_settled_count_changes_at_most_once(p, level, seed, noise):
+    # Demand that `settled` replicas serve at `level` of the target, noise well inside
+    # the 10 % band: at most one settling change (when the noise shifts the mean across
+    # a replica boundary), never back and forth.
+    settled_count = seed.randint(p.min_replicas, p.max_replicas)
+    demand = settled_count * p.target * level
+    if math.ceil(demand / p.target - 1e-9) != settled_count:  # not its settled count
+        demand = settled_count * p.target
+    totals = [demand * (1 + seed.uniform(-noise, noise)) for _ in range(300)]
+    decisions = drive(p, Fleet(settled_count), totals)
+    assert len(changes(decisions)) <= 1, [(d.current, d.desired, d.reason) for d in decisions if d.changed]
+
+
+@settings(max_examples=60, deadline=None)
+@given(p=policies, demand=st.floats(0, 100), start=st.integers(1, 23), seed=st.randoms(use_true_random=False),
+       noise=st.floats(0.0, 0.04))
+def test_steady_load_from_anywhere_settles_without_flapping(p, demand, start, seed, noise):
+    start = min(max(start, p.min_replicas), p.max_replicas)
+    totals = [demand * (1 + seed.uniform(-noise, noise)) for _ in range(400)]
+    steps = changes(drive(p, Fleet(start), totals))
+    signs = "".join("+" if s > 0 else "-" for s in steps)
+    assert re.fullmatch(r"\+*-{0,2}", signs), (steps, demand, start)  # up, then down, never up again
+
+
+@settings(max_examples=80, deadline=None)
+@given(p=policies, replicas=st.integers(1, 10), factor=st.floats(1.2, 20))
+def test_a_load_step_is_answered_in_the_next_decision(p, replicas, factor):
+    p = ScalingPolicy(**{**p.__dict__, "scale_up_window": 0.0})
+    replicas = min(max(replicas, p.min_replicas), p.max_replicas)
+    state, t = settled(p, replicas, p.target)
+    per = p.target * factor
+    d = decide(p, obs(t, replicas, per), state)
+    wanted = math.ceil(replicas * per / p.target - 1e-9)
+    expected = min(wanted, p.scale_up_limit(replicas), p.max_replicas)
+    assert d.desired == max(expected, replicas)
+    if replicas < p.max_replicas:
+        assert d.desired > replicas and d.event.reason == SCALED_UP
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    p=policies,
+    interval=st.floats(1, 20),
+    totals=st.lists(st.floats(0, 120), min_size=2, max_size=150),
+)
+def test_scale_down_only_after_its_window(p, interval, totals):
+    decisions = drive(p, Fleet(p.max_replicas), totals, interval=interval)
+    t0 = decisions[0].state.since
+    times = [d.state.recommendations[-1][0] for d in decisions]
+    for i, d in enumerate(decisions):
+        if d.desired < d.current:
+            now = times[i]
+            assert now - t0 >= p.scale_down_window
+            window = [decisions[j].recommendation for j in range(i + 1)
+                      if times[j] > now - p.scale_down_window or j == i]
+            assert max(window) <= d.desired
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    p=policies,
+    idle=st.sampled_from([0.0, 30.0]),
+    steps=st.lists(
+        st.tuples(
+            st.floats(0, 120),  # total load
+            st.sampled_from(["fresh", "partial", "old", "none", "nobody"]),
+        ),
+        min_size=2, max_size=150,
+    ),
+)
+def test_stale_signals_never_reduce_replicas(p, idle, steps):
+    p = ScalingPolicy(**{**p.__dict__, "idle_seconds": idle})
+    fleet, state = Fleet(p.max_replicas), None
+    for i, (total, kind) in enumerate(steps):
+        t = i * 10.0
+        o = fleet.observe(t, total)
+        per = total / max(1, o.ready_replicas)
+        if kind == "partial":
+            o = Observation(t, o.replicas, o.ready_replicas, 0, load(t, per, max(1, o.ready_replicas - 1), failed=1))
+        elif kind == "old":
+            o = Observation(t, o.replicas, o.ready_replicas, 0, load(t - 600, per, o.ready_replicas))
+        elif kind == "none":
+            o = Observation(t, o.replicas, o.ready_replicas, 0, None)
+        elif kind == "nobody":
+            o = Observation(t, o.replicas, o.ready_replicas, 0, load(t, 0.0, 0, failed=o.ready_replicas))
+        d = decide(p, o, state)
+        state = d.state
+        if kind != "fresh":
+            assert d.desired >= d.current, (kind, d.reason)
+        fleet.apply(d.desired)
+
+
+@settings(max_examples=60, deadline=None)
+@given(p=policies, replicas=st.integers(1, 6), factor=st.floats(1.2, 12), load_steps=st.integers(2, 60))
+def test_starting_replicas_prevent_overshoot(p, replicas, factor, load_steps):
+    # A step of demand while new replicas load for minutes: the queue stays where it
+    # was on the ready ones (same total), and nothing more is asked for than it needs.
+    p = ScalingPolicy(**{**p.__dict__, "scale_up_window": 0.0})
+    replicas = min(max(replicas, p.min_replicas), p.max_replicas)
+    fleet = Fleet(replicas, load_steps=load_steps)
+    state, t = settled(p, replicas, p.target)
+    demand = replicas * p.target * factor
+    decisions = drive(p, fleet, [demand] * (load_steps + 40), state=state, t0=t)
+    needed = min(max(math.ceil(demand / p.target - 1e-9), replicas), p.max_replicas)
+    assert max(d.desired for d in decisions) <= needed
+    assert all(s > 0 for s in changes(decisions))
+    final = decisions[-1].desired
+    # Where it stops: what the demand needs, or short of it by the tolerance band (a
+    # rate-limited step may land inside the band), or maxReplicas.
+    assert final == needed or demand / (final * p.target) <= 1 + p.tolerance
+
+
+@settings(max_examples=100, deadline=None)
+@given(p=policies, replicas=st.integers(1, 20), ready=st.integers(0, 20), per=st.floats(0, 100))
+def test_capacity_on_the_way_is_never_asked_for_again(p, replicas, ready, per):
+    replicas = min(max(replicas, p.min_replicas), p.max_replicas)
+    ready = min(ready, replicas)
+    state, t = settled(p, replicas, p.target)
+    o = Observation(t, replicas, ready, replicas - ready, load(t, per, ready) if ready else None)
+    d = decide(p, o, state)
+    if ready and math.ceil(per * ready / p.target - 1e-9) <= replicas:
+        assert d.desired <= replicas
+
+
+# --------------------------------------------------------------------------- reasons and events
+
+
+def test_scaled_up_event_names_the_load_and_target():
+    d = decide(policy(), obs(0, 2, 9.0))
+    assert (d.desired, d.limited) == (5, None)
+    assert d.reason == "queueDepth 18.0 over target 4×2"
+    assert d.event.reason == SCALED_UP and d.event.type == "Normal"
+    assert d.event.text == "ScaledUp 2→5: queueDepth 18.0 over target 4×2"
+    assert d.state.last_scale_time == 0
+
+
+def test_scaled_down_after_the_window_names_it():
+    p = policy()
+    state, t = settled(p, 4, 4.0, t_end=300)
+    held = decide(p, obs(t, 4, 0.5), state)
+    assert held.desired == 4
+    assert held.reason == (
+        "queueDepth 2.0 under target 4×4: 1 would do; scale-down waits for the 300 s stabilization window"
+    )
+    state = held.state
+    for i in range(1, 61):
+        d = decide(p, obs(t + 5 * i, 4, 0.5), state)
+        state = d.state
+        if d.changed:
+            break
+    last_high = t - 5  # the settled state's last recommendation of 4
+    assert d.desired == 1 and (t + 5 * i) - last_high == 300  # exactly one window after it
+    assert d.event.text == "ScaledDown 4→1: queueDepth 2.0 under target 4×4, no more than 1 needed for 300 s"
+
+
+def test_within_tolerance_holds():
+    d = decide(policy(), obs(0, 2, 4.3))
+    assert (d.desired, d.recommendation, d.event) == (2, 2, None)
+    assert d.reason == "queueDepth 8.6 within 10% of target 4×2"
+
+
+def test_scale_up_window_holds_with_reason():
+    p = policy(scale_up_window=60)
+    state, t = settled(p, 2, 4.0)
+    d = decide(p, obs(t, 2, 9.0), state)
+    assert d.desired == 2
+    assert d.reason == "queueDepth 18.0 over target 4×2; scale-up waits for the 60 s stabilization window"
+    for i in range(1, 13):
+        d = decide(p, obs(t + 5 * i, 2, 9.0), d.state)
+    assert d.desired == 5  # the lowest recommendation of the last 60 s is now 5
+
+
+def test_stale_signal_holds_instead_of_scaling_down():
+    p = policy(scale_down_window=0)
+    d = decide(p, obs(0, 4, 0.5, sampled=3, failed=1))
+    assert d.desired == 4 and d.recommendation == 4
+    assert d.reason == (
+        "queueDepth 1.5 under target 4×4; not scaling down on a stale signal (1 of 4 ready replicas not scraped)"
+    )
+
+
+def test_stale_signal_may_still_scale_up_on_what_was_seen():
+    d = decide(policy(), obs(0, 4, 10.0, sampled=3, failed=1))
+    assert d.desired == 8
+    assert d.event.text == (
+        "ScaledUp 4→8: queueDepth 30.0 over target 4×4 (load signal stale: 1 of 4 ready replicas not scraped)"
+    )
+
+
+def test_old_signal_is_stale():
+    p = policy(scale_down_window=0)
+    o = Observation(now=100, replicas=3, ready_replicas=3, load=load(10, 0.0, 3))
+    d = decide(p, o)
+    assert d.desired == 3
+    assert d.reason.endswith("not scaling down on a stale signal (load signal is 90 s old)")
+
+
+@pytest.mark.parametrize(
+    ("ld", "text"),
+    [
+        (None, "holding at 3: no load signal yet"),
+        (load(0, 0.0, 0, failed=3), "holding at 3: no load signal: none of 3 ready replicas answered"),
+        (load(0, 0.0, 0), "holding at 3: no load signal: no ready replica to sample"),
+    ],
+)
+def test_no_signal_holds(ld, text):
+    d = decide(policy(scale_down_window=0), Observation(0, 3, 3, 0, ld))
+    assert (d.desired, d.reason) == (3, text)
+
+
+def test_starting_replicas_count_as_capacity():
+    d = decide(policy(), obs(0, 4, 7.0, ready=2, starting=2))
+    assert d.desired == 4
+    assert d.reason == "queueDepth 14.0 needs 4 replicas: 2 ready, 2 starting"
+
+
+def test_rate_limit_is_reported():
+    p = policy(max_replicas=100)
+    d = decide(p, obs(0, 1, 200.0))
+    assert d.desired == 5 and d.recommendation == 50
+    assert d.limited_reason == SCALE_UP_LIMIT
+    assert d.limited == "scale-up rate limit: at most 5 replicas within 15 s (from 1)"
+    d2 = decide(p, obs(5, 5, 40.0, ready=1, starting=4, sampled=1), d.state)
+    assert d2.desired == 5 and d2.limited_reason == SCALE_UP_LIMIT  # still the same period
+    d3 = decide(p, obs(20, 5, 40.0, ready=1, starting=4, sampled=1), d2.state)
+    assert d3.desired == 10 and d3.event.text.startswith("ScaledUp 5→10: ")
+
+
+def test_max_replicas_limit_is_reported():
+    d = decide(policy(), obs(0, 8, 10.0))
+    assert d.desired == 8 and d.event is None
+    assert d.reason == "queueDepth 80.0 over target 4×8"
+    assert (d.limited_reason, d.limited) == (TOO_MANY_REPLICAS, "wants 20 replicas; maxReplicas is 8")
+    d = decide(policy(max_replicas=5), obs(0, 2, 50.0))  # the rate would allow 6: the bound binds
+    assert d.desired == 5 and d.limited == "wants 25 replicas; maxReplicas is 5"
+
+
+def test_min_replicas_limit_is_reported():
+    p = policy(min_replicas=2)
+    state, t = settled(p, 2, 0.0)
+    d = decide(p, obs(t, 2, 0.0), state)
+    assert d.desired == 2
+    assert (d.limited_reason, d.limited) == (TOO_FEW_REPLICAS, "wants 0 replicas; minReplicas is 2")
+
+
+def test_new_bounds_apply_at_once():
+    d = decide(policy(max_replicas=4), obs(0, 6, 1.0))
+    assert d.desired == 4 and d.event.text == "ScaledDown 6→4: above maxReplicas 4"
+    assert (d.limited_reason, d.limited) == (TOO_MANY_REPLICAS, "spec.replicas was 6; maxReplicas is 4")
+    d = decide(policy(min_replicas=3), obs(0, 1, 12.0))
+    assert d.desired == 3 and d.event.text == "ScaledUp 1→3: below minReplicas 3"
+    assert (d.limited_reason, d.limited) == (TOO_FEW_REPLICAS, "spec.replicas was 1; minReplicas is 3")
+
+
+def test_idle_scales_to_zero_after_idle_seconds_only():
+    p = policy(idle_seconds=600, scale_down_window=60)
+    state = None
+    for t in range(0, 600, 10):
+        d = decide(p, Observation(t, 1, 1, 0, load(t, 0.0, 1, last_activity=0.0)), state)
+        state = d.state
+        assert d.desired == 1
+    d = decide(p, Observation(600, 1, 1, 0, load(600, 0.0, 1, last_activity=0.0)), state)
+    assert d.desired == 0 and d.recommendation == 0
+    assert d.event.text == "ScaledDown 1→0: no requests for 600 s (scaleToZero.idleSeconds 600)"
+
+
+def test_activity_restarts_the_idle_clock():
+    p = policy(idle_seconds=100)
+    d = decide(p, Observation(0, 1, 1, 0, load(0, 0.0, 1, last_activity=0.0)))
+    d = decide(p, Observation(90, 1, 1, 0, load(90, 0.0, 1, last_activity=80.0)), d.state)
+    d = decide(p, Observation(150, 1, 1, 0, load(150, 0.0, 1, last_activity=80.0)), d.state)
+    assert d.desired == 1
+    d = decide(p, Observation(180, 1, 1, 0, load(180, 0.0, 1, last_activity=80.0)), d.state)
+    assert d.desired == 0
+
+
+def test_never_scales_to_zero_when_off_or_busy_or_stale():
+    quiet = Observation(10_000, 1, 1, 0, load(10_000, 0.0, 1, last_activity=0.0))
+    d = decide(policy(), quiet, ScalerState(since=0, active_at=0))
+    assert d.desired == 1  # idleSeconds 0
+    p = policy(idle_seconds=60)
+    busy = Observation(10_000, 1, 1, 0, load(10_000, 0.5, 1, last_activity=0.0))
+    assert decide(p, busy, ScalerState(since=0, active_at=0)).desired == 1
+    stale = Observation(10_000, 2, 2, 0, load(10_000, 0.0, 1, failed=1, last_activity=0.0))
+    assert decide(p, stale, ScalerState(since=0, active_at=0)).desired == 2
+
+
+def test_wake_from_zero():
+    p = policy(min_replicas=2, idle_seconds=300)
+    d = decide(p, Observation(0, 0, 0, 0, None))
+    assert (d.desired, d.reason) == (0, "scaled to zero while idle; the next request wakes it")
+    d = decide(p, Observation(5, 0, 0, 0, None, wake=True), d.state)
+    assert d.desired == 2
+    assert d.event.text == "ScaledUp 0→2: a request is waiting at the activator"
+    # Woken replicas get a full idle period and a full scale-down window.
+    d = decide(p, Observation(10, 2, 0, 2, None), d.state)
+    assert d.desired == 2 and d.state.active_at == 5
+
+
+def test_load_seen_at_zero_wakes_too():
+    d = decide(policy(idle_seconds=300), Observation(0, 0, 0, 0, load(0, 3.0, 1)))
+    assert d.event.text == "ScaledUp 0→1: requests seen at 0 replicas"
+
+
+def test_zero_without_scale_to_zero_goes_to_min():
+    d = decide(policy(min_replicas=2), Observation(0, 0, 0, 0, None))
+    assert d.event.text == "ScaledUp 0→2: below minReplicas 2 (scaleToZero is off)"
+    assert d.limited_reason == TOO_FEW_REPLICAS
+
+
+def test_a_fresh_state_waits_a_whole_window_before_scaling_down():
+    # An operator restart: the memory is gone, so no scale-down until a window is seen.
+    p = policy(scale_down_window=120)
+    d = decide(p, obs(1000, 6, 0.0))
+    assert d.desired == 6 and "scale-down waits for the 120 s stabilization window" in d.reason
+    for t in range(1005, 1120, 5):
+        d = decide(p, obs(t, 6, 0.0), d.state)
+        assert d.desired == 6
+    assert decide(p, obs(1120, 6, 0.0), d.state).desired == 1
+
+
+def test_every_metric_is_read_by_its_crd_name():
+    for metric, per, target, want in [
+        ("runningRequests", 30.0, 16.0, 4),
+        ("kvCacheUtilization", 0.95, 0.8, 3),
+        ("tokensPerSecond", 1800.0, 1000.0, 4),
+    ]:
+        o = Observation(0, 2, 2, 0, load(0, per, 2, metric))
+        assert decide(policy(metric=metric, target=target), o).desired == want, metric
+
+
+def test_policy_from_the_crd_model():
+    spec = Autoscaling.model_validate({
+        "minReplicas": 2, "maxReplicas": 6, "metric": "kvCacheUtilization",
+        "scaleUpStabilizationSeconds": 30, "scaleToZero": {"idleSeconds": 900},
+    })
+    p = ScalingPolicy.from_autoscaling(spec, tolerance=0.05)
+    assert (p.min_replicas, p.max_replicas, p.metric, p.target) == (2, 6, "kvCacheUtilization", 0.8)
+    assert (p.scale_up_window, p.scale_down_window, p.idle_seconds, p.tolerance) == (30, 300, 900, 0.05)
+    assert p.scale_to_zero and type(p.metric) is str
+    assert not ScalingPolicy.from_autoscaling(Autoscaling(max_replicas=3)).scale_to_zero
+
+
+@pytest.mark.parametrize("kw", [{"min_replicas": 0}, {"max_replicas": 0}, {"target": 0}, {"tolerance": -1}])
+def test_policy_refuses_nonsense(kw):
+    with pytest.raises(ValueError):
+        policy(**kw)
+
+
+def test_scale_up_limit_is_the_hpa_default():
+    p = policy()
+    assert [p.scale_up_limit(n) for n in (0, 1, 3, 4, 10)] == [4, 5, 7, 8, 20]
+
+
+def test_scaled_down_reason_constant():
+    assert SCALED_DOWN == "ScaledDown" and SCALED_UP == "ScaledUp"
