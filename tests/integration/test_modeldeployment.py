@@ -272,14 +272,30 @@ def test_operator_restart_changes_nothing_that_is_already_correct(dev_cluster, o
         items = kubectl_json(dev_cluster, "get", "md,deployments,services,replicasets", "-n", namespace)["items"]
         return {f"{i['kind']}/{i['metadata']['name']}": i["metadata"]["resourceVersion"] for i in items}
 
-    before = versions()
+    # Idle first: nothing written for 4 s (the autoscaler's first rounds write status.load
+    # and scaleReason once replicas are scraped).
+    seen = {"versions": None, "since": 0.0}
+
+    def idle():
+        import time
+
+        current = versions()
+        if current != seen["versions"]:
+            seen.update(versions=current, since=time.monotonic())
+            return None
+        return current if time.monotonic() - seen["since"] >= 4 else None
+
+    before = wait_for(idle, timeout=60, interval=0.5, what="the objects to be idle")
     reconciles_before = _successful_reconciles(operator)
     operator.restart()
     # The restarted operator lists every ModelDeployment and reconciles each one.
     wait_for(lambda: _successful_reconciles(operator) >= 2, what="the restarted operator to reconcile both")
     settled = wait_for(_settled(operator), timeout=30, what="reconciles to stop")
     assert reconciles_before >= 2 and settled
-    assert versions() == before
+    after = versions()
+    changed = {k: (before.get(k), after.get(k)) for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    assert not changed, f"rewritten by the restart: {changed}\n" + dev_cluster.kubectl(
+        "get", "md", "-n", namespace, "-o", "yaml").stdout
 
 
 def _settled(operator):

@@ -137,6 +137,12 @@ class Autoscaler:
             )
             decision = decide(ScalingPolicy.from_autoscaling(spec.autoscaling), obs, self.states.get(key))
             self.states[key] = decision.state
+            metrics.DESIRED_REPLICAS.labels(ref.namespace, ref.name).set(decision.desired)
+            if not decision.changed and (load is None or not load.fresh) and old.get("scaleReason"):
+                # Without a fresh signal nothing new is known (e.g. the first round after an
+                # operator restart): keep what status says instead of rewriting it twice.
+                decision = None
+        if decision is not None:
             owned["scaleReason"] = decision.reason
             limited = (
                 Condition("ScalingLimited", True, decision.limited_reason or "Limited", decision.limited)
@@ -156,7 +162,6 @@ class Autoscaler:
                 log.info("%s: %s", ref, event.text)
             others = [c for c in old.get("conditions") or [] if c.get("type") != "ScalingLimited"]
             owned["conditions"] = others + merge_conditions(old.get("conditions"), [limited], meta.get("generation"))
-            metrics.DESIRED_REPLICAS.labels(ref.namespace, ref.name).set(decision.desired)
         patch = {k: v for k, v in owned.items() if old.get(k) != v}
         if patch:
             try:

@@ -41,7 +41,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
-DEFAULT_POD_CIDR = "127.1.0.0/16"
+POD_CIDR_SECOND_OCTETS = range(1, 255)  # pod IPs come from 127.X.0.0/16
 
 
 class ClusterError(RuntimeError):
@@ -156,6 +156,23 @@ def with_sim_readiness(stages: list[dict]) -> list[dict]:
     return out
 
 
+def pick_pod_cidr(port: int = 8000) -> str:
+    """A 127.X.0.0/16 for this cluster's pod IPs that no other dev cluster on the
+    machine uses (two clusters in one range would put two servers on one pod IP)."""
+    import random
+
+    candidates = list(POD_CIDR_SECOND_OCTETS)
+    random.shuffle(candidates)
+    for x in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind((f"127.{x}.0.1", port))  # the range's first pod IP and server port
+            except OSError:
+                continue
+        return f"127.{x}.0.0/16"
+    raise ClusterError("no free 127.X.0.0/16 range for pod IPs")
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -246,12 +263,12 @@ class DevCluster:
         *,
         workdir: Path | None = None,
         external_kubeconfig: str | None = None,
-        pod_cidr: str = DEFAULT_POD_CIDR,
+        pod_cidr: str | None = None,
         detach: bool = False,
         tools: Tools | None = None,
     ) -> None:
         self.node_pools = node_pools
-        self.pod_cidr = pod_cidr
+        self.pod_cidr = pod_cidr or pick_pod_cidr()
         self.detach = detach
         self.tools = tools or require_tools()
         self.external = external_kubeconfig is not None
