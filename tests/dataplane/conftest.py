@@ -24,6 +24,7 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
+from llmfleet.devcluster.waiting import wait_until_serving
 from llmfleet.envoy.bootstrap import bootstrap
 from llmfleet.envoy.process import EnvoyProcess, find_envoy
 from llmfleet.envoy.xds import BackgroundXdsServer, Nack
@@ -77,18 +78,9 @@ class Sim:
         return self
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"sim {self.served_model} exited:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"http://{LOCALHOST}:{self.port}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"sim {self.served_model} not ready:\n{self.log_tail()}")
+        assert self.proc is not None
+        wait_until_serving(self.proc, f"http://{LOCALHOST}:{self.port}/health", what=f"sim {self.served_model}",
+                           timeout=timeout, log_tail=self.log_tail)
 
     def requests_served(self) -> int:
         """Successful generations, from the sim's own vLLM-style metrics."""

@@ -6,12 +6,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
 from .cluster import free_port
+from .waiting import wait_until_serving
 
 
 class OperatorProcess:
@@ -43,17 +43,8 @@ class OperatorProcess:
         )
         log.close()
         self.starts += 1
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"operator exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.health_port}/healthz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"operator did not become live:\n{self.log_tail()}")
+        wait_until_serving(self.proc, f"http://127.0.0.1:{self.health_port}/healthz", what="the operator",
+                           log_tail=self.log_tail)
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -18,7 +18,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -88,20 +87,11 @@ class EnvoyProcess:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait for admin ``/ready`` (Envoy initialised: clusters, listeners, routes)."""
-        deadline = time.monotonic() + timeout
-        last = ""
-        while time.monotonic() < deadline:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"Envoy exited with {self.proc.returncode}:\n{self.log_tail()}")
-            try:
-                status, body = self.admin("/ready", timeout=1.0)
-                if status == 200:
-                    return
-                last = body.strip()
-            except OSError as exc:
-                last = str(exc)
-            time.sleep(0.05)
-        raise TimeoutError(f"Envoy not ready after {timeout:g}s ({last}):\n{self.log_tail()}")
+        from llmfleet.devcluster.waiting import wait_until_serving
+
+        assert self.proc is not None
+        wait_until_serving(self.proc, f"{self.admin_url}/ready", what="Envoy",
+                           timeout=timeout, log_tail=self.log_tail)
 
     def stats(self, filter_regex: str = "") -> dict[str, int]:
         """Counters and gauges from admin ``/stats`` (optionally filtered)."""
