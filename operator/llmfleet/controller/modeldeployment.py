@@ -27,9 +27,13 @@ def gpu_need(spec: ModelDeploymentSpec) -> GpuNeed | None:
     return GpuNeed(accelerator.resource, spec.gpus_per_replica, accelerator.product)
 
 
+NODES_TTL_SECONDS = 10.0  # node capacity changes rarely; reconciles happen on every pod event
+
+
 class ModelDeploymentReconciler:
     def __init__(self, kube: Kube) -> None:
         self.kube = kube
+        self._nodes_cache: tuple[float, list[dict]] = (-NODES_TTL_SECONDS, [])
 
     async def reconcile(self, ref: Ref) -> float | None:
         start = time.perf_counter()
@@ -93,11 +97,16 @@ class ModelDeploymentReconciler:
         return (None if ready else NOT_READY_RESYNC_SECONDS), "success"
 
     def _nodes(self) -> list[dict]:
+        taken, nodes = self._nodes_cache
+        if time.monotonic() - taken < NODES_TTL_SECONDS:
+            return nodes
         try:
-            return self.kube.list("v1", "Node")
+            nodes = self.kube.list("v1", "Node")
         except Exception as exc:  # noqa: BLE001 - without node access we just skip the capacity check
             log.debug("cannot list nodes: %s", exc)
-            return []
+            nodes = []
+        self._nodes_cache = (time.monotonic(), nodes)
+        return nodes
 
     def _write_status(self, md: dict, result) -> None:
         ref = Ref(md["metadata"]["namespace"], md["metadata"]["name"])
