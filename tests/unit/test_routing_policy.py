@@ -225,3 +225,12 @@ def test_activator_is_not_used_while_another_backend_serves_or_without_scale_to_
     assert r.table.cluster("ai/small").endpoints == ()
     r = compute_routing([rp("chat", "chat", [{"modelDeployment": "big"}])], [md("big")], [], activator=ACTIVATOR)
     assert r.table.routes[0].backends == ()
+
+
+def test_cost_grows_a_far_under_target_backend_step_by_step_not_all_at_once():
+    # queueDepth reads ~0 until a backend saturates, so "far under target" says little
+    # about how much more it can take: cheap may grow to 1.5x what it serves (150 of 1000).
+    fleet = [loaded_md("cheap", cost=1.0, tps=100, queue=0), loaded_md("dear", cost=4.0, tps=900, queue=0)]
+    r = compute_routing([rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}],
+                            strategy="cost")], fleet, TWO_PODS)
+    assert weights(r) == {"cheap": 15, "dear": 85}

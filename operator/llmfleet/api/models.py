@@ -776,7 +776,7 @@ class RoutePolicySpec(_Spec):
         description=(
             "weighted: split by backend weight, renormalised over backends with ready replicas. "
             "failover: all traffic to the lowest priority with ready replicas. "
-            "cost: cheapest cost per token first (cost.perReplicaHour over measured tokens/s), "
+            "cost: cheapest cost per token first (cost.perReplicaHour over the tokens/s a replica serves at its target), "
             "each backend filled up to its autoscaling target, the rest shed to the next cheapest. "
             "latency: shares follow measured TTFT p95 and queue depth, away from backends over the SLO."
         ),

@@ -8,9 +8,9 @@ Strategies:
 - weighted: the weights as written, renormalised over backends with ready replicas.
 - failover: all traffic to the lowest priority that has ready replicas; backends of
   one priority share by weight.
-- cost: fill the cheapest backend (cost.perReplicaHour over its measured tokens/s) up
-  to its autoscaling target, then the next cheapest; over-target demand is spread by
-  capacity. Loads come from each ModelDeployment's status.load.
+- cost: fill the cheapest backend (cost.perReplicaHour over the tokens/s a replica
+  serves at its autoscaling target) up to that target, then the next cheapest; demand
+  beyond every target is spread by capacity. Loads come from status.load.
 - latency: shares proportional to ready replicas over (TTFT p95 × (1 + queue depth)),
   a quarter of that for backends over the policy's SLO.
 cost and latency move half way from the previous weights each time (a damped control
@@ -275,24 +275,46 @@ def _per_replica(state: BackendState, key: str) -> float | None:
     return float(value) if value is not None else None
 
 
+UTILIZATION_FLOOR = 0.25  # below this fraction of target, utilisation says little about capacity
+CAPACITY_GROWTH = 1.5  # a backend far under target may get up to this much more than it serves
+IDLE_PROBE_SHARE = 0.25  # an idle backend gets at most this share of demand at once
+
+
 def _cost_shares(states: list[BackendState], slo) -> tuple[list[float], dict[str, str]]:
-    """Fill the cheapest backend up to its autoscaling target, then the next."""
-    tps = {s.name: _per_replica(s, "tokensPerSecond") for s in states}
-    known = [t for t in tps.values() if t]
-    typical_tps = sum(known) / len(known) if known else 1.0
-    per_hour = {s.name: s.cost_per_replica_hour or 0.0 for s in states}
-    # Cost of 1k tokens at the measured rate (or the typical one when idle).
-    per_1k = {s.name: per_hour[s.name] / 3600 / (tps[s.name] or typical_tps) * 1000 for s in states}
-    capacity: dict[str, float | None] = {}
+    """Fill the cheapest backend up to its autoscaling target, then the next.
+
+    A backend's price per token is its replica price over what a replica serves *at its
+    target* (not what it serves now, which depends on the share it was given and would
+    make a lightly used backend look dear and lose more share). Where that capacity is
+    unknown, the typical known one is assumed, so the ranking falls back to the price
+    per replica-hour.
+    """
+    tps = {s.name: _per_replica(s, "tokensPerSecond") or 0.0 for s in states}
     utilization: dict[str, float | None] = {}
+    at_target: dict[str, float | None] = {}  # tokens/s of one replica at its target
     for s in states:
         value = _per_replica(s, s.metric)
         util = value / s.target if value is not None and s.target else None
         utilization[s.name] = util
-        served = (tps[s.name] or 0.0) * len(s.endpoints)
-        # Tokens/s the backend serves at its target, scaling what it serves now.
-        capacity[s.name] = served / util if util and util > 0.05 and served > 0 else None
-    demand = sum((tps[s.name] or 0.0) * len(s.endpoints) for s in states)
+        known = util is not None and util >= UTILIZATION_FLOOR and tps[s.name] > 0
+        at_target[s.name] = tps[s.name] / util if known else None
+    known_rates = [r for r in at_target.values() if r]
+    typical = sum(known_rates) / len(known_rates) if known_rates else 1.0
+    per_hour = {s.name: s.cost_per_replica_hour or 0.0 for s in states}
+    per_1k = {s.name: per_hour[s.name] / 3600 / (at_target[s.name] or typical) * 1000 for s in states}
+
+    demand = sum(tps[s.name] * len(s.endpoints) for s in states)
+    capacity: dict[str, float] = {}
+    for s in states:
+        served = tps[s.name] * len(s.endpoints)
+        if at_target[s.name] is not None:
+            capacity[s.name] = at_target[s.name] * len(s.endpoints)
+        elif served > 0:
+            # Far under target the signal says little (a queue is 0 until saturation):
+            # let the share grow step by step instead of sending everything at once.
+            capacity[s.name] = served * CAPACITY_GROWTH
+        else:
+            capacity[s.name] = demand * IDLE_PROBE_SHARE
     order = sorted(states, key=lambda s: (per_1k[s.name], s.name))
     shares = {s.name: 0.0 for s in states}
     if demand <= 0:
@@ -300,23 +322,21 @@ def _cost_shares(states: list[BackendState], slo) -> tuple[list[float], dict[str
     else:
         remaining = demand
         for s in order:
-            take = remaining if capacity[s.name] is None else min(remaining, capacity[s.name])
+            take = min(remaining, capacity[s.name])
             shares[s.name] += take
             remaining -= take
             if remaining <= 1e-9:
                 break
-        if remaining > 1e-9:  # every backend over target: spread the excess by capacity
-            caps = {s.name: capacity[s.name] or demand / len(states) for s in states}
-            total = sum(caps.values())
-            for name, cap in caps.items():
-                shares[name] += remaining * cap / total
+        if remaining > 1e-9:  # more demand than all backends take at target: spread by capacity
+            total = sum(capacity.values())
+            for name, cap in capacity.items():
+                shares[name] += remaining * (cap / total if total else 1 / len(states))
     reasons = {}
     for s in states:
         util = utilization[s.name]
         at = f", at {util:.0%} of its {s.metric} target" if util is not None else ""
         price = f"${per_1k[s.name]:.4f}/1k tokens" if s.cost_per_replica_hour is not None else "no cost set (free)"
-        rank = order.index(s) + 1
-        reasons[s.name] = f"cost rank {rank}: {price}{at}"
+        reasons[s.name] = f"cost rank {order.index(s) + 1}: {price}{at}"
     return [shares[s.name] for s in states], reasons
 
 
