@@ -234,3 +234,17 @@ def test_cost_grows_a_far_under_target_backend_step_by_step_not_all_at_once():
     r = compute_routing([rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}],
                             strategy="cost")], fleet, TWO_PODS)
     assert weights(r) == {"cheap": 15, "dear": 85}
+
+
+def test_load_strategies_step_once_per_new_load_sample():
+    fleet = [loaded_md("cheap", cost=1.0, tps=500, queue=1), loaded_md("dear", cost=4.0, tps=500, queue=1)]
+    policy = rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}], strategy="cost")
+    policy["status"] = {"backends": [{"modelDeployment": "cheap", "weight": 20}, {"modelDeployment": "dear", "weight": 80}]}
+    first = compute_routing([policy], fleet, TWO_PODS)
+    assert weights(first) == {"cheap": 60, "dear": 40}
+    # Recomputed for another reason (its own status write) with the same loads: it holds.
+    policy["status"] = {"backends": first.policies[0].backends}
+    assert weights(compute_routing([policy], fleet, TWO_PODS, previous_loads=first.loads)) == {"cheap": 60, "dear": 40}
+    # A new load sample: one more step.
+    fleet[0]["status"]["load"]["tokensPerSecond"] = 501
+    assert weights(compute_routing([policy], fleet, TWO_PODS, previous_loads=first.loads)) == {"cheap": 80, "dear": 20}

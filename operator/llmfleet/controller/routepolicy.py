@@ -87,6 +87,7 @@ class RoutePolicyReconciler:
         self.activator = activator  # where scaled-to-zero backends are reached
         self.ready = ready  # ReadyEndpoints the activator waits on
         self._weights: dict[tuple[str, str], float] = {}
+        self._loads: dict | None = None  # the backends' loads at the previous recompute
 
     async def reconcile(self, key: str) -> float | None:
         start = time.perf_counter()
@@ -102,7 +103,8 @@ class RoutePolicyReconciler:
         policies = self.kube.list(API_VERSION, KIND)
         model_deployments = self.kube.list(API_VERSION, "ModelDeployment")
         pods = self.kube.list("v1", "Pod", label_selector=SELECTOR_LABEL)
-        routing = compute_routing(policies, model_deployments, pods, self.activator)
+        routing = compute_routing(policies, model_deployments, pods, self.activator, self._loads)
+        self._loads = routing.loads
         if self.ready is not None:
             self.ready.update(ready_endpoints(pods))
         version = self.publisher.publish(routing.table)

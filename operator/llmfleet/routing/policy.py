@@ -27,6 +27,7 @@ from ..status.conditions import Condition
 from .table import Cluster, Endpoint, HeaderRule, Retry, Route, RouteTable, WeightedBackend
 
 SERVER_PORT_NAME = "http"
+HOLD = object()  # marks `previous` weights to keep: no new load sample since they were set
 DEFAULT_SERVER_PORT = 8000
 
 
@@ -65,6 +66,7 @@ class PolicyResult:
 class RoutingResult:
     table: RouteTable
     policies: list[PolicyResult]
+    loads: dict[tuple[str, str], dict | None] = field(default_factory=dict)  # status.load used, per backend
 
 
 def ready_endpoints(pods: list[dict]) -> dict[tuple[str, str], tuple[Endpoint, ...]]:
@@ -120,13 +122,18 @@ def _age_key(policy: dict) -> tuple[str, str, str]:
 
 
 def compute_routing(
-    policies: list[dict], model_deployments: list[dict], pods: list[dict], activator: Endpoint | None = None
+    policies: list[dict], model_deployments: list[dict], pods: list[dict], activator: Endpoint | None = None,
+    previous_loads: dict[tuple[str, str], dict | None] | None = None,
 ) -> RoutingResult:
     """The route table and every policy's status.
 
     With `activator`, a route none of whose backends has a ready replica sends its
     traffic to the backends that scale to zero, through the activator, which wakes
     them and holds the requests until a replica is ready.
+
+    `previous_loads` are the loads of the previous computation (RoutingResult.loads):
+    cost and latency take one damped step per new load sample, and hold their weights
+    when recomputed for another reason (a pod event, their own status write).
     """
     states = backend_states(model_deployments, pods)
     routes: list[Route] = []
@@ -161,6 +168,12 @@ def compute_routing(
             continue
         claimed[spec.model] = policy
         previous = {b.get("modelDeployment"): b.get("weight") for b in (policy.get("status") or {}).get("backends") or []}
+        if previous_loads is not None and all(
+            (st := states.get((meta["namespace"], b.model_deployment))) is None
+            or st.load == previous_loads.get((meta["namespace"], b.model_deployment))
+            for b in spec.backends
+        ):
+            previous = {**previous, HOLD: True}
         route, result.backends, missing = _route(spec, meta["namespace"], states, used_clusters, previous, activator)
         routes.append(route)
         result.conditions = [
@@ -173,7 +186,7 @@ def compute_routing(
         routes=tuple(sorted(routes, key=lambda r: r.model)),
         clusters=tuple(sorted(used_clusters.values(), key=lambda c: c.name)),
     )
-    return RoutingResult(table, results)
+    return RoutingResult(table, results, {key: dict(state.load) if state.load else None for key, state in states.items()})
 
 
 def _route(spec: RoutePolicySpec, namespace: str, states, used_clusters, previous, activator
@@ -230,8 +243,12 @@ def _split(strategy, backends: list[Backend], namespace, states, used_clusters, 
     if strategy in (RouteStrategy.COST, RouteStrategy.LATENCY) and active:
         shape = _cost_shares if strategy is RouteStrategy.COST else _latency_shares
         targets, load_reasons = shape([s for _, s in active], slo)
-        damped = _damp([b.model_deployment for b, _ in active], targets, previous or {})
-        percents = _percentages(damped)
+        names = [b.model_deployment for b, _ in active]
+        held = [(previous or {}).get(n) or 0 for n in names]
+        if (previous or {}).get(HOLD) and sum(held) > 0:
+            percents = _percentages(held)  # no new load sample: no new step
+        else:
+            percents = _percentages(_damp(names, targets, previous or {}))
     else:
         percents = _percentages([b.weight for b, _ in active])
     share = {b.model_deployment: p for (b, _), p in zip(active, percents)}
