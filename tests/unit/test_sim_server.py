@@ -323,6 +323,35 @@ async def test_client_disconnect_aborts_the_sequence(make_sim: MakeSim,
     assert server.engine.num_running == 0 and server.engine.kv_used_tokens == 0
 
 
+# -- model loading -------------------------------------------------------------
+
+async def test_load_seconds_keep_health_and_generation_503_until_loaded(
+        make_sim: MakeSim, http: httpx.AsyncClient) -> None:
+    # 2 model seconds at time-scale 0.25: 0.5 s of wall time.
+    t0 = time.monotonic()
+    server = await make_sim(load_seconds=2.0, time_scale=0.25)
+    base = f"http://127.0.0.1:{server.port}"
+    body = {"model": MODEL, "messages": MSGS, "max_tokens": 1}
+    assert server.loading
+    assert (await http.get(f"{base}/health")).status_code == 503
+    resp = await http.post(f"{base}/v1/chat/completions", json=body)
+    assert resp.status_code == 503 and "loading" in resp.json()["error"]["message"]
+    while (await http.get(f"{base}/health")).status_code != 200:
+        assert time.monotonic() - t0 < 5, "never finished loading"
+        await asyncio.sleep(0.02)
+    assert time.monotonic() - t0 >= 0.5 - 0.02  # not before the scaled load time
+    assert not server.loading
+    assert (await http.post(f"{base}/v1/chat/completions", json=body)).status_code == 200
+    assert server.engine.metrics.request_success["length"] == 1  # the refused one never ran
+
+
+async def test_load_seconds_cost_nothing_at_time_scale_zero(make_sim: MakeSim,
+                                                            http: httpx.AsyncClient) -> None:
+    server = await make_sim(load_seconds=600.0)  # the fixture's time-scale 0
+    assert not server.loading
+    assert (await http.get(f"http://127.0.0.1:{server.port}/health")).status_code == 200
+
+
 # -- failure injection -------------------------------------------------------
 
 async def test_error_rate_answers_500(make_sim: MakeSim, http: httpx.AsyncClient) -> None:
@@ -398,19 +427,19 @@ def test_cli_flags_map_to_config() -> None:
         "--max-num-seqs", "8", "--kv-cache-tokens", "10000", "--prefill-tokens-per-second", "500",
         "--decode-step-ms", "20", "--decode-step-ms-per-seq", "0.5", "--max-model-len", "4096",
         "--output-tokens", "uniform:50:200", "--time-scale", "0.1", "--error-rate", "0.01",
-        "--hang-rate", "0.02", "--crash-after", "100", "--seed", "7"])
+        "--hang-rate", "0.02", "--crash-after", "100", "--seed", "7", "--load-seconds", "60"])
     cfg = config_from_args(args)
     assert cfg == SimConfig(
         host="127.0.0.1", port=9000, served_model_names=("a", "b"), max_num_seqs=8,
         kv_cache_tokens=10000, prefill_tokens_per_second=500, decode_step_ms=20,
         decode_step_ms_per_seq=0.5, max_model_len=4096,
-        output_tokens=OutputLength("uniform", 50, 200), time_scale=0.1, error_rate=0.01,
+        output_tokens=OutputLength("uniform", 50, 200), time_scale=0.1, load_seconds=60, error_rate=0.01,
         hang_rate=0.02, crash_after=100, seed=7)
     assert config_from_args(build_parser().parse_args([])) == SimConfig()
     assert config_from_args(build_parser().parse_args(["--model", "m"])).served_model_names == ("m",)
 
 
-@pytest.mark.parametrize("argv", [["--output-tokens", "lots"], ["--error-rate", "2"],
+@pytest.mark.parametrize("argv", [["--output-tokens", "lots"], ["--error-rate", "2"], ["--load-seconds", "-1"],
                                   ["--kv-cache-tokens", "10"], ["--bogus"]])
 def test_cli_rejects_bad_flags(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:

@@ -98,6 +98,7 @@ class SimConfig:
     max_model_len: int = 8192
     output_tokens: OutputLength = OutputLength("fixed", 128.0)
     time_scale: float = 1.0
+    load_seconds: float = 0.0
     error_rate: float = 0.0
     hang_rate: float = 0.0
     crash_after: int | None = None
@@ -130,6 +131,7 @@ class SimConfig:
             ("--decode-step-ms", self.decode_step_ms),
             ("--decode-step-ms-per-seq", self.decode_step_ms_per_seq),
             ("--time-scale", self.time_scale),
+            ("--load-seconds", self.load_seconds),
         ):
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{flag} must be a finite number >= 0, got {value}")

@@ -4,6 +4,11 @@ Endpoints (as vLLM serves them): ``GET /v1/models``, ``POST /v1/completions``,
 ``POST /v1/chat/completions`` (with and without ``stream: true``), ``GET /health``
 and ``GET /metrics``.
 
+Model loading: with ``--load-seconds T`` the replica spends T model seconds (T x
+``--time-scale`` wall seconds) "loading weights" after it starts listening: ``/health``
+answers 503 and generation requests 503 until then, so a readiness probe keeps the
+replica out of the routes and a scale-up is not free, as with a real engine.
+
 Failure injection, for testing routing and supervision:
 
 * ``--error-rate p``: a fraction p of valid generation requests is answered 500
@@ -89,6 +94,7 @@ class SimServer:
         self._ids = itertools.count()
         self._runner: web.AppRunner | None = None
         self._created = int(time.time())
+        self._loaded_at = 0.0  # monotonic time the simulated model load ends (set by start)
         self.app = self._build_app()
 
     @property
@@ -105,6 +111,7 @@ class SimServer:
 
     async def start(self) -> None:
         """Start the scheduler and listen (``port`` 0 picks a free port)."""
+        self._loaded_at = time.monotonic() + self.config.load_seconds * self.config.time_scale
         self.engine.start()
         # handler_cancellation: a client that disconnects cancels its handler, which
         # aborts the sequence and frees its batch slot, as vLLM does.
@@ -158,8 +165,13 @@ class SimServer:
             log.exception("unhandled error serving %s %s", request.method, request.path)
             return _json_response(error_body(500, "Internal server error"), 500)
 
+    @property
+    def loading(self) -> bool:
+        """True while the simulated model load (``--load-seconds``) is still under way."""
+        return time.monotonic() < self._loaded_at
+
     async def _health(self, request: web.Request) -> web.Response:
-        return web.Response(status=200)
+        return web.Response(status=503 if self.loading else 200)
 
     async def _models(self, request: web.Request) -> web.Response:
         data = [{"id": name, "object": "model", "created": self._created, "owned_by": "vllm",
@@ -187,6 +199,8 @@ class SimServer:
         try:
             if self._stopping:
                 raise RequestError(503, "The server is shutting down.")
+            if self.loading:
+                raise RequestError(503, "The model is still loading.")
             req = parse(parse_json_body(await request.read()))
             if req.model not in self._names:
                 raise RequestError(404, f"The model `{req.model}` does not exist.", param="model")
@@ -338,6 +352,9 @@ def build_parser(prog: str = "llmfleet sim") -> argparse.ArgumentParser:
     g.add_argument("--time-scale", type=float, default=d.time_scale,
                    help="wall seconds per model second: 0.1 runs 10x faster than real time, "
                         "0 never sleeps (default %(default)s)")
+    g.add_argument("--load-seconds", type=float, default=d.load_seconds,
+                   help="model time to load the weights after start: /health and generation "
+                        "answer 503 until it has passed; scaled by --time-scale (default %(default)s)")
     f = p.add_argument_group("failure injection")
     f.add_argument("--error-rate", type=float, default=d.error_rate,
                    help="fraction of requests answered with HTTP 500 (default %(default)s)")
@@ -361,8 +378,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         prefill_tokens_per_second=args.prefill_tokens_per_second,
         decode_step_ms=args.decode_step_ms, decode_step_ms_per_seq=args.decode_step_ms_per_seq,
         max_model_len=args.max_model_len, output_tokens=args.output_tokens,
-        time_scale=args.time_scale, error_rate=args.error_rate, hang_rate=args.hang_rate,
-        crash_after=args.crash_after, seed=args.seed)
+        time_scale=args.time_scale, load_seconds=args.load_seconds, error_rate=args.error_rate,
+        hang_rate=args.hang_rate, crash_after=args.crash_after, seed=args.seed)
 
 
 async def serve(config: SimConfig) -> None:
