@@ -16,7 +16,7 @@ fast-forward of the real-time scenario. Everything printed is in real-time-equiv
 seconds (wall seconds / S).
 
     .venv/bin/python bench/bench_autoscaling.py              # ~11 minutes
-    .venv/bin/python bench/bench_autoscaling.py --quick      # ~4 minutes, shorter trace
+    .venv/bin/python bench/bench_autoscaling.py --quick      # ~8 minutes, shorter trace
 
 Prints a table and writes bench/results/autoscaling.json.
 """

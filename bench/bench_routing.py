@@ -21,7 +21,7 @@ tokens/s per replica, from the sim's flags). It is what the routing decision wou
 if each backend were scaled to the tokens routed to it; with the fixed replicas of this
 bench the bill itself does not depend on the strategy.
 
-    .venv/bin/python bench/bench_routing.py          # ~6 minutes
+    .venv/bin/python bench/bench_routing.py          # ~5 minutes
 
 Prints a table and writes bench/results/routing.json.
 """

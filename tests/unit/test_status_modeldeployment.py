@@ -173,3 +173,12 @@ def test_autoscaler_fields_are_kept():
     old = {"load": {"queueDepth": 3.0}, "lastScaleTime": "T0", "scaleReason": "queue"}
     r = model_deployment_status(md(old), desired=1, deployment=deployment(), pods=[pod("a")], nodes=[], gpu_need=None)
     assert r.status["load"] == {"queueDepth": 3.0} and r.status["scaleReason"] == "queue"
+
+
+def test_load_patch_clears_signals_that_are_gone_and_skips_unchanged_loads():
+    from llmfleet.status.modeldeployment import load_patch
+
+    old = {"queueDepth": 0, "ttftP95Seconds": 2.1}
+    assert load_patch(old, {"queueDepth": 0}) == {"queueDepth": 0, "ttftP95Seconds": None}
+    assert load_patch({"queueDepth": 0}, {"queueDepth": 0}) is None
+    assert load_patch(None, {"queueDepth": 1}) == {"queueDepth": 1}

@@ -23,6 +23,7 @@ from ..metrics.scrape import Scraper, ScrapeTarget
 from ..render.deployment import SELECTOR_LABEL
 from ..routing.policy import SERVER_PORT_NAME, DEFAULT_SERVER_PORT
 from ..status.conditions import Condition, merge_conditions, now_rfc3339
+from ..status.modeldeployment import load_patch
 
 log = logging.getLogger(__name__)
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -120,7 +121,8 @@ class Autoscaler:
         old = md.get("status") or {}
         owned: dict = {}
         if load is not None and load.sampled_replicas:
-            owned["load"] = load.status()
+            if (value := load_patch(old.get("load"), load.status())) is not None:
+                owned["load"] = value
         elif old.get("load") and not any(_pod_state(p) == "ready" for p in pods):
             owned["load"] = None  # nothing serves: no load to show
         decision = None

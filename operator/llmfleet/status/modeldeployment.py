@@ -245,6 +245,14 @@ def _transition_events(old: list[dict] | None, new: list[dict], ready: int, desi
     return events
 
 
+def load_patch(old: dict | None, new: dict) -> dict | None:
+    """The merge patch value for status.load, or None when unchanged. A merge patch merges
+    nested keys, so a signal that is gone (no TTFT sample this interval) is sent as null."""
+    if (old or {}) == new:
+        return None
+    return {**{k: None for k in old or {} if k not in new}, **new}
+
+
 def status_patch(old: dict | None, new: dict) -> dict | None:
     """The merge patch that turns status `old` into `new`, or None when they are equal
     (so an idle object is never written)."""
