@@ -43,8 +43,12 @@ class OperatorProcess:
         )
         log.close()
         self.starts += 1
-        wait_until_serving(self.proc, f"http://127.0.0.1:{self.health_port}/healthz", what="the operator",
-                           log_tail=self.log_tail)
+        try:
+            wait_until_serving(self.proc, f"http://127.0.0.1:{self.health_port}/healthz", what="the operator",
+                               log_tail=self.log_tail)
+        except BaseException:
+            self.stop()  # a failed start must not leave the process behind
+            raise
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:
