@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 from fleet import (  # noqa: E402 - sets sys.path for llmfleet
-    GROUP, REPO, VERSION, Request, Sampler, Stack, open_loop, percentile, replica_seconds, route_policy, sim_md,
+    GROUP, REPO, VERSION, Request, Sampler, Stack, open_loop, pair, percentile, replica_seconds, route_policy, sim_md,
     summarize,
 )
 from kubernetes import client
@@ -279,11 +279,6 @@ def run_strategy(stack: Stack, kind: str, a: argparse.Namespace, trace: list[tup
 
 
 # --------------------------------------------------------------------------- main
-
-def pair(text: str) -> tuple[int, int]:
-    lo, hi = (int(x) for x in text.split(":"))
-    return lo, hi
-
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],

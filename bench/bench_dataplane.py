@@ -56,7 +56,6 @@ import os
 import platform
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -72,6 +71,7 @@ import aiohttp
 from prometheus_client import CollectorRegistry
 
 from bench_sim import _cpu_seconds, _percentile, _self_cpu, start_server
+from llmfleet.devcluster.waiting import stop_process
 from llmfleet.envoy.bootstrap import bootstrap
 from llmfleet.envoy.process import EnvoyProcess, find_envoy
 from llmfleet.envoy.resources import (
@@ -133,18 +133,6 @@ def cpus_allowed(pid: int) -> str:
     except OSError:
         return "?"
     return ",".join(sorted(seen))
-
-
-def stop_process(proc: subprocess.Popen[Any] | None, timeout: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL; by PID only."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def http_ok(url: str, headers: dict[str, str] | None = None, timeout: float = 1.0) -> bool:

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from fleet import (  # noqa: E402 - sets sys.path for llmfleet
-    GROUP, REPO, VERSION, Request, Stack, open_loop, percentile, route_policy, sim_md, summarize,
+    GROUP, REPO, VERSION, Request, Stack, open_loop, pair, percentile, route_policy, sim_md, summarize,
 )
 from kubernetes import client
 
@@ -218,11 +218,6 @@ def run_strategy(stack: Stack, strategy: str, a: argparse.Namespace, watcher: We
     print(f"[{strategy}] warm-up {out['warmup_s']:.0f} s ({'settled' if settled else 'NOT settled'}), weights "
           f"{weights_at_start} -> {watcher.current}; p95 {out['ttft_p95_ms']} ms, share {out['share']}", flush=True)
     return out
-
-
-def pair(text: str) -> tuple[int, int]:
-    lo, hi = (int(x) for x in text.split(":"))
-    return lo, hi
 
 
 def main(argv: list[str] | None = None) -> int:

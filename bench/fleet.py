@@ -44,6 +44,12 @@ GROUP, VERSION = "llmfleet.io", "v1alpha1"
 MD_LABEL = "llmfleet.io/model-deployment"
 
 
+def pair(text: str) -> tuple[int, int]:
+    """`LO:HI` on the command line."""
+    lo, hi = (int(x) for x in text.split(":"))
+    return lo, hi
+
+
 def percentile(values: list[float], p: float) -> float | None:
     """Nearest-rank percentile (None for no values)."""
     if not values:

@@ -37,6 +37,8 @@ from pathlib import Path
 import httpx
 from kubernetes import client, config
 
+from .waiting import stop_process
+
 log = logging.getLogger(__name__)
 MD_LABEL = "llmfleet.io/model-deployment"
 ENGINE_LABEL = "app.kubernetes.io/name"
@@ -187,14 +189,7 @@ class SimFleet:
                                      self._spawn(command, log_path), log_path=log_path)
 
     def _stop_replica(self, key: str) -> None:
-        replica = self.replicas.pop(key)
-        if replica.proc.poll() is None:
-            replica.proc.terminate()
-            try:
-                replica.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                replica.proc.kill()
-                replica.proc.wait()
+        stop_process(self.replicas.pop(key).proc, timeout=5)
 
     def _write_state(self) -> None:
         state = {

@@ -1,4 +1,4 @@
-"""Waiting for a process we started to answer over HTTP."""
+"""Waiting for processes we started: until they serve over HTTP, or until they stop."""
 
 from __future__ import annotations
 
@@ -34,3 +34,15 @@ def wait_until_serving(
                 last = str(exc) or type(exc).__name__
             time.sleep(interval)
     raise TimeoutError(f"{what} not serving {url} after {timeout:g} s ({last}):\n{log_tail()}")
+
+
+def stop_process(proc: subprocess.Popen | None, timeout: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after `timeout`; by PID only (the Popen we started)."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
