@@ -40,6 +40,7 @@ VLLM_FLAGS = {
     "--quantization",
     "--max-model-len",
     "--load-format",
+    "--shutdown-timeout",  # vLLM >= 0.18 (vllm-project/vllm#34730)
 }
 VLLM_CHOICES = {
     "--dtype": {"auto", "half", "float16", "bfloat16", "float", "float32"},
@@ -144,6 +145,7 @@ def test_vllm_command_and_args():
         "--tensor-parallel-size", "2",
         "--pipeline-parallel-size", "2",
         "--dtype", "bfloat16",
+        "--shutdown-timeout", "110",  # drains for the 120 s grace period less the 5 s preStop and 5 s to exit
         "--quantization", "fp8",
         "--max-model-len", "8192",
     ]  # fmt: skip
@@ -352,6 +354,23 @@ def test_pods_do_not_get_service_links_or_api_tokens():
     pod = get_engine("vllm").pod_spec(spec(), "x")
     assert pod["enableServiceLinks"] is False and pod["automountServiceAccountToken"] is False
     assert pod["containers"][0]["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+@pytest.mark.parametrize("engine", all_engines(), ids=lambda e: e.kind)
+def test_removed_replicas_sleep_before_sigterm_within_the_grace_period(engine):
+    pod = engine.pod_spec(spec(engine={"kind": engine.kind}), "x")
+    sleep = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    grace = pod["terminationGracePeriodSeconds"]
+    assert 1 <= sleep == engine.pre_stop_sleep_seconds
+    # The grace period (preStop included) leaves room for a long generation to finish.
+    assert grace - sleep >= 10
+
+
+def test_sim_drains_inside_its_grace_period():
+    from llmfleet.sim.config import SimConfig
+
+    # SIGTERM comes after the preStop; the sim's default drain must end before SIGKILL.
+    assert SimEngine.pre_stop_sleep_seconds + SimConfig().shutdown_timeout < SimEngine.termination_grace_period_seconds
 
 
 def test_metrics_endpoints_and_names():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -401,19 +402,171 @@ async def test_crash_after_exits_once_n_requests_are_answered(
     assert exits == [1] and server.crashed
 
 
+def _sim_process(*args: str) -> subprocess.Popen[str]:
+    """``python -m llmfleet.sim.server`` on 127.0.0.1 and a free port (see :func:`_port_of`)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "llmfleet.sim.server", "--host", "127.0.0.1", "--port", "0",
+         "--log-level", "error", *args],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def _port_of(proc: subprocess.Popen[str]) -> int:
+    assert proc.stdout is not None
+    return int(proc.stdout.readline().rsplit(":", 1)[1])
+
+
 def test_crash_after_kills_the_real_process() -> None:
-    with subprocess.Popen(
-            [sys.executable, "-m", "llmfleet.sim.server", "--host", "127.0.0.1", "--port", "0",
-             "--time-scale", "0", "--crash-after", "1", "--log-level", "error"],
-            stdout=subprocess.PIPE, text=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"}) as proc:
+    with _sim_process("--time-scale", "0", "--crash-after", "1") as proc:
         try:
-            assert proc.stdout is not None
-            port = int(proc.stdout.readline().rsplit(":", 1)[1])
+            port = _port_of(proc)
             resp = httpx.post(f"http://127.0.0.1:{port}/v1/completions", trust_env=False,
                               timeout=10, json={"model": MODEL, "prompt": "hi", "max_tokens": 2})
             assert resp.status_code == 200  # the N-th request is still answered
             assert proc.wait(timeout=10) == 1
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+# -- graceful shutdown ---------------------------------------------------------
+
+async def _first_chunk(stream: Any) -> tuple[Any, Any]:
+    """The stream's first chunk (the request is being served) and an iterator over the rest."""
+    chunks = stream.__aiter__()
+    return await anext(chunks), chunks
+
+
+def _chat_text(chunks: list[Any]) -> str:
+    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+async def test_drain_lets_a_stream_in_flight_finish(make_sim: MakeSim, http: httpx.AsyncClient) -> None:
+    # 40 tokens of 10 ms: about 0.4 s, well inside the 5 s drain.
+    server = await make_sim(time_scale=1.0, decode_step_ms=10.0, shutdown_timeout=5.0)
+    stream = await _client(server, http).chat.completions.create(
+        model=MODEL, messages=MSGS, max_tokens=40, stream=True)
+    first, rest = await _first_chunk(stream)
+    drain = asyncio.create_task(server.drain())
+    chunks = [first, *[c async for c in rest]]
+    assert _chat_text(chunks) == filler_text(40)
+    assert chunks[-1].choices[0].finish_reason == "length"
+    assert await drain is True
+    assert server.engine.metrics.request_success["length"] == 1
+    assert server.engine.metrics.request_success["abort"] == 0
+
+
+async def test_requests_after_the_drain_begins_are_refused(make_sim: MakeSim,
+                                                           http: httpx.AsyncClient) -> None:
+    server = await make_sim(time_scale=1.0, decode_step_ms=10.0, shutdown_timeout=5.0)
+    base = f"http://127.0.0.1:{server.port}"
+    # An idle keep-alive connection, opened before the drain...
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as idle:
+        assert (await idle.get(f"{base}/health")).status_code == 200
+        # ...and a stream of about 1 s that keeps the drain going.
+        stream = await _client(server, http).chat.completions.create(
+            model=MODEL, messages=MSGS, max_tokens=100, stream=True)
+        first, rest = await _first_chunk(stream)
+        drain = asyncio.create_task(server.drain())
+        await asyncio.sleep(0.05)
+        assert not drain.done()
+        # New connections are refused; an open one is answered 503 and closed.
+        with pytest.raises(openai.APIConnectionError):
+            await _client(server, http).chat.completions.create(model=MODEL, messages=MSGS, max_tokens=1)
+        resp = await idle.post(f"{server.base_url}/chat/completions",
+                               json={"model": MODEL, "messages": MSGS, "max_tokens": 1})
+        assert resp.status_code == 503 and "shutting down" in resp.json()["error"]["message"]
+        assert resp.headers["connection"] == "close"
+        with pytest.raises(httpx.ConnectError):
+            await idle.get(f"{base}/health")
+        assert _chat_text([first, *[c async for c in rest]]) == filler_text(100)
+    assert await drain is True
+    assert server.engine.metrics.request_success["length"] == 1  # only the stream ran
+
+
+async def test_drain_is_bounded_by_the_scaled_shutdown_timeout(make_sim: MakeSim,
+                                                               http: httpx.AsyncClient) -> None:
+    # 2 model seconds at time-scale 0.25: the drain gives up after 0.5 s, and the
+    # stream (4000 tokens of 10 model ms: 10 s of wall time) is cut when the server stops.
+    server = await make_sim(time_scale=0.25, decode_step_ms=10.0, shutdown_timeout=2.0)
+    assert server.drain_seconds == 0.5
+    stream = await _client(server, http).chat.completions.create(
+        model=MODEL, messages=MSGS, max_tokens=4000, stream=True)
+    first, rest = await _first_chunk(stream)
+    t0 = time.monotonic()
+    assert await server.drain() is False
+    assert 0.5 - 0.02 <= time.monotonic() - t0 < 2.0
+    await server.stop()
+    chunks = [first, *[c async for c in rest]]  # ends without [DONE], like a dying server
+    assert 0 < len(_chat_text(chunks)) < len(filler_text(4000))
+    assert all(c.choices[0].finish_reason is None for c in chunks if c.choices)
+    assert server.engine.metrics.request_success["abort"] == 1
+
+
+async def test_drain_with_nothing_in_flight_returns_at_once(make_sim: MakeSim) -> None:
+    server = await make_sim(time_scale=1.0, shutdown_timeout=60.0)
+    t0 = time.monotonic()
+    assert await server.drain() is True
+    assert time.monotonic() - t0 < 1.0
+
+
+def _stream_events(http: httpx.Client, port: int, tokens: int, during: Callable[[], None]) -> list[str]:
+    """Server-sent events of a streamed completion of ``tokens`` tokens; ``during()`` runs
+    once the first has arrived."""
+    events: list[str] = []
+    with http.stream("POST", f"http://127.0.0.1:{port}/v1/completions", json={
+            "model": MODEL, "prompt": "hi", "max_tokens": tokens, "stream": True}) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line:
+                if not events:
+                    during()
+                events.append(line)
+    return events
+
+
+def test_sigterm_drains_the_real_process() -> None:
+    # 50 tokens of 20 ms: about 1 s; SIGTERM arrives after the first.
+    with _sim_process("--time-scale", "1", "--decode-step-ms", "20", "--shutdown-timeout", "30") as proc:
+        try:
+            port = _port_of(proc)
+            refused: list[bool] = []
+
+            def sigterm() -> None:
+                proc.send_signal(signal.SIGTERM)
+                time.sleep(0.2)
+                try:
+                    httpx.get(f"http://127.0.0.1:{port}/health", trust_env=False, timeout=2)
+                except httpx.ConnectError:
+                    refused.append(True)
+
+            with httpx.Client(trust_env=False, timeout=10) as http:
+                events = _stream_events(http, port, 50, sigterm)
+            assert refused == [True]  # listener closed while the stream went on
+            assert events[-1] == "data: [DONE]"
+            assert len(events) == 50 + 1
+            assert proc.wait(timeout=10) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def test_sigint_cuts_a_drain_short() -> None:
+    # 500 tokens of 20 ms would take 10 s; SIGTERM then SIGINT end it at once.
+    with _sim_process("--time-scale", "1", "--decode-step-ms", "20", "--shutdown-timeout", "30") as proc:
+        try:
+            port = _port_of(proc)
+
+            def sigterm_then_sigint() -> None:
+                proc.send_signal(signal.SIGTERM)
+                time.sleep(0.2)
+                proc.send_signal(signal.SIGINT)
+
+            t0 = time.monotonic()
+            with httpx.Client(trust_env=False, timeout=10) as http:
+                events = _stream_events(http, port, 500, sigterm_then_sigint)
+            assert proc.wait(timeout=10) == 0
+            assert time.monotonic() - t0 < 5
+            assert "data: [DONE]" not in events and len(events) < 500
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -427,19 +580,22 @@ def test_cli_flags_map_to_config() -> None:
         "--max-num-seqs", "8", "--kv-cache-tokens", "10000", "--prefill-tokens-per-second", "500",
         "--decode-step-ms", "20", "--decode-step-ms-per-seq", "0.5", "--max-model-len", "4096",
         "--output-tokens", "uniform:50:200", "--time-scale", "0.1", "--error-rate", "0.01",
-        "--hang-rate", "0.02", "--crash-after", "100", "--seed", "7", "--load-seconds", "60"])
+        "--hang-rate", "0.02", "--crash-after", "100", "--seed", "7", "--load-seconds", "60",
+        "--shutdown-timeout", "30"])
     cfg = config_from_args(args)
     assert cfg == SimConfig(
         host="127.0.0.1", port=9000, served_model_names=("a", "b"), max_num_seqs=8,
         kv_cache_tokens=10000, prefill_tokens_per_second=500, decode_step_ms=20,
         decode_step_ms_per_seq=0.5, max_model_len=4096,
-        output_tokens=OutputLength("uniform", 50, 200), time_scale=0.1, load_seconds=60, error_rate=0.01,
+        output_tokens=OutputLength("uniform", 50, 200), time_scale=0.1, load_seconds=60,
+        shutdown_timeout=30, error_rate=0.01,
         hang_rate=0.02, crash_after=100, seed=7)
     assert config_from_args(build_parser().parse_args([])) == SimConfig()
     assert config_from_args(build_parser().parse_args(["--model", "m"])).served_model_names == ("m",)
 
 
 @pytest.mark.parametrize("argv", [["--output-tokens", "lots"], ["--error-rate", "2"], ["--load-seconds", "-1"],
+                                  ["--shutdown-timeout", "-1"],
                                   ["--kv-cache-tokens", "10"], ["--bogus"]])
 def test_cli_rejects_bad_flags(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as info:

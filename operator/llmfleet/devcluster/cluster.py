@@ -133,11 +133,18 @@ SIM_SELECTOR = {"key": '.metadata.labels["app.kubernetes.io/name"]', "values": [
 
 
 def with_sim_readiness(stages: list[dict]) -> list[dict]:
-    """KWOK's stages, except that pods of the `sim` engine become Running but not
-    Ready: the sim fleet sets Ready when the real process behind the pod answers its
-    health check, as a readiness probe would."""
+    """KWOK's stages, except for pods of the `sim` engine, whose real process the sim
+    fleet runs: they become Running but not Ready (the fleet sets Ready when the
+    process answers its health check, as a readiness probe would), and a deleted one
+    is not removed at once (the fleet removes it once its process has gone through
+    preStop, SIGTERM and its drain, as the kubelet would)."""
     out = []
     for stage in stages:
+        if stage["metadata"]["name"] == "pod-delete":
+            others = copy.deepcopy(stage)
+            others["spec"]["selector"]["matchExpressions"].append({**SIM_SELECTOR, "operator": "NotIn"})
+            out.append(others)
+            continue
         if stage["metadata"]["name"] != "pod-ready":
             out.append(stage)
             continue

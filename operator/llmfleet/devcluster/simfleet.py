@@ -10,7 +10,18 @@ engine.extraArgs shape the replica), and plays the kubelet's part for it:
   dies, as a readiness probe would;
 - restarts: a process that exits is started again after a short back-off (its
   restartCount goes up), as a container would be;
-- it stops the process when the pod goes away.
+- termination: when the pod gets a deletionTimestamp (or is gone, or stops being
+  Running), it runs the container's preStop sleep, then sends SIGTERM, then SIGKILL
+  once the grace period, counted from the deletion, is over - in a thread of its
+  own, so the sync loop goes on. Both durations come from the pod spec seen when the
+  replica started and are scaled by the sim's `--time-scale`, as the sim scales its
+  own durations (benchmarks fast-forward the whole scenario); the kubelet's minimum
+  of 2 s between SIGTERM and SIGKILL is not, since it gives a process the wall time
+  to act on SIGTERM. Once the process is gone the fleet removes the pod object
+  (grace 0), the kubelet's last step: the dev cluster's KWOK leaves deleted sim pods
+  alone (`cluster.with_sim_readiness`), so until then the pod shows as Terminating
+  and keeps its IP, which KWOK would otherwise hand to the next new pod while the old
+  process still listens on it.
 
 It runs as one of the dev cluster's component processes (`python -m
 llmfleet.devcluster.simfleet`), and writes what it runs to `<logdir>/simfleet.json`
@@ -31,7 +42,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import httpx
@@ -44,6 +55,35 @@ MD_LABEL = "llmfleet.io/model-deployment"
 ENGINE_LABEL = "app.kubernetes.io/name"
 STATE_FILE = "simfleet.json"
 RESTART_BACKOFF_SECONDS = 1.0
+DEFAULT_GRACE_SECONDS = 30  # Kubernetes' default terminationGracePeriodSeconds
+KUBELET_MIN_GRACE_SECONDS = 2.0  # what the kubelet always leaves between SIGTERM and SIGKILL
+FLEET_STOP_SECONDS = 2.0  # when the fleet itself stops: SIGTERM, then SIGKILL after this
+
+
+@dataclass(frozen=True)
+class Termination:
+    """How the kubelet ends a pod's container: the preStop sleep, SIGTERM, and SIGKILL
+    when the grace period (preStop included) is over. Pod seconds, and the sim's
+    ``--time-scale`` that turns them into wall seconds."""
+
+    pre_stop_seconds: float = 0.0
+    grace_seconds: float = DEFAULT_GRACE_SECONDS
+    time_scale: float = 1.0
+
+    @classmethod
+    def of(cls, pod: dict, time_scale: float = 1.0) -> Termination:
+        spec = pod["spec"]
+        lifecycle = spec["containers"][0].get("lifecycle") or {}
+        sleep = (lifecycle.get("preStop") or {}).get("sleep") or {}  # exec/httpGet handlers: nothing to run
+        grace = spec.get("terminationGracePeriodSeconds")
+        return cls(float(sleep.get("seconds", 0)), float(DEFAULT_GRACE_SECONDS if grace is None else grace),
+                   time_scale)
+
+    def wall_plan(self) -> tuple[float, float]:
+        """Wall seconds from the deletion to SIGTERM, and from SIGTERM to SIGKILL."""
+        grace = self.grace_seconds * self.time_scale
+        pre_stop = min(self.pre_stop_seconds * self.time_scale, grace)
+        return pre_stop, max(grace - pre_stop, KUBELET_MIN_GRACE_SECONDS)
 
 
 @dataclass
@@ -58,6 +98,26 @@ class Replica:
     restarts: int = 0
     exited_at: float | None = None
     log_path: Path = field(default_factory=Path)
+    termination: Termination = field(default_factory=Termination)
+    stopper: threading.Thread | None = None  # set once the pod is terminating
+
+    def state(self) -> dict:
+        """This replica's entry in simfleet.json."""
+        terminating = self.stopper is not None
+        return {"pid": self.proc.pid, "alive": self.proc.poll() is None,
+                "ready": bool(self.ready) and not terminating, "terminating": terminating,
+                "address": self.address, "port": self.port, "restarts": self.restarts}
+
+
+def _flag(args: list[str], name: str) -> str | None:
+    """The value of the last ``name VALUE`` or ``name=VALUE`` in args (argparse's rule)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == name and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(name + "="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def sim_command(pod: dict) -> tuple[list[str], str, int] | None:
@@ -69,14 +129,31 @@ def sim_command(pod: dict) -> tuple[list[str], str, int] | None:
         return None
     args = list(container.get("args") or [])
     address = status["podIP"]
-    port = 8000
-    if "--port" in args:
-        port = int(args[args.index("--port") + 1])
+    port = int(_flag(args, "--port") or 8000)
     if "--host" in args:
         args[args.index("--host") + 1] = address
     else:
         args += ["--host", address]
     return [sys.executable, "-m", "llmfleet.sim.server", *args], address, port
+
+
+def sim_time_scale(command: list[str]) -> float:
+    """The sim's ``--time-scale`` (1 when it has none)."""
+    value = _flag(command, "--time-scale")
+    try:
+        return float(value) if value is not None else 1.0
+    except ValueError:
+        return 1.0  # the sim refuses it and exits; nothing to scale
+
+
+def terminate(proc: subprocess.Popen, termination: Termination, halt: threading.Event) -> None:
+    """End ``proc`` as the kubelet ends a deleted pod's container (call when the pod is
+    deleted): preStop sleep, SIGTERM, SIGKILL when the grace period is over. Returns
+    early, leaving ``proc`` to the caller, if ``halt`` is set during the preStop."""
+    pre_stop, kill_after = termination.wall_plan()
+    if halt.wait(pre_stop):
+        return
+    stop_process(proc, timeout=kill_after)
 
 
 def _die_with_parent() -> None:
@@ -96,6 +173,7 @@ class SimFleet:
         self.logdir = Path(logdir)
         self.interval = interval
         self.replicas: dict[str, Replica] = {}
+        self.terminating: list[Replica] = []  # each ended by its own stopper thread
         self.http = httpx.Client(timeout=0.5)
         self._stop = threading.Event()
 
@@ -106,8 +184,19 @@ class SimFleet:
             except Exception as exc:  # noqa: BLE001 - keep the fleet alive through API hiccups
                 log.warning("sim fleet sync failed: %s", exc)
             self._stop.wait(self.interval)
-        for key in list(self.replicas):
-            self._stop_replica(key)
+        # The node goes away: every process ends now, terminating or not.
+        everything = [*self.replicas.values(), *self.terminating]
+        for r in everything:
+            if r.proc.poll() is None:
+                r.proc.terminate()
+        deadline = time.monotonic() + FLEET_STOP_SECONDS
+        for r in everything:
+            stop_process(r.proc, timeout=max(0.0, deadline - time.monotonic()))
+        for r in self.terminating:
+            if r.stopper is not None:
+                r.stopper.join(timeout=10)
+        self.replicas.clear()
+        self.terminating.clear()
         self._write_state()
         self.http.close()
         self.api.close()
@@ -116,22 +205,42 @@ class SimFleet:
         self._stop.set()
 
     def sync(self) -> None:
-        pods = self.core.list_pod_for_all_namespaces(label_selector=f"{MD_LABEL},{ENGINE_LABEL}=sim").items
-        wanted = {}
+        # Every pod KWOK leaves to us on deletion, not only those we run a process for.
+        pods = self.core.list_pod_for_all_namespaces(label_selector=f"{ENGINE_LABEL}=sim").items
+        wanted, deleting = {}, {}
         for pod in pods:
             d = self.api.sanitize_for_serialization(pod)
-            if d["status"].get("phase") != "Running" or d["metadata"].get("deletionTimestamp"):
-                continue
-            wanted[f"{d['metadata']['namespace']}/{d['metadata']['name']}"] = d
+            key = f"{d['metadata']['namespace']}/{d['metadata']['name']}"
+            if d["metadata"].get("deletionTimestamp"):
+                deleting[key] = d
+            elif d["status"].get("phase") == "Running" and MD_LABEL in (d["metadata"].get("labels") or {}):
+                wanted[key] = d
         for key in list(self.replicas):
             if key not in wanted or self.replicas[key].uid != wanted[key]["metadata"]["uid"]:
-                self._stop_replica(key)
+                self._terminate_replica(key, deleting.get(key))
         for key, pod in wanted.items():
             if key not in self.replicas:
                 self._start_replica(key, pod)
         for replica in self.replicas.values():
             self._tend(replica)
+        self.terminating = [r for r in self.terminating if r.stopper is not None and r.stopper.is_alive()]
+        self._remove_terminated(deleting)
         self._write_state()
+
+    def _remove_terminated(self, deleting: dict[str, dict]) -> None:
+        """Delete (grace 0) the deleted pods that have no process left, as the kubelet does."""
+        busy = {r.uid for r in self.terminating}
+        for key, pod in deleting.items():
+            uid = pod["metadata"]["uid"]
+            if uid in busy:
+                continue
+            namespace, name = key.split("/", 1)
+            try:
+                self.core.delete_namespaced_pod(name, namespace, body=client.V1DeleteOptions(
+                    grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid)))
+            except client.ApiException as exc:
+                if exc.status not in (404, 409):  # gone already, or a new pod of that name
+                    log.warning("%s: could not remove the pod: %s", key, exc.reason)
 
     def _tend(self, r: Replica) -> None:
         """Restart a dead process after a back-off; mirror health into Ready."""
@@ -186,17 +295,34 @@ class SimFleet:
         command, address, port = planned
         log_path = self.logdir / f"sim-{key.replace('/', '_')}.log"
         self.replicas[key] = Replica(key, pod["metadata"]["uid"], address, port, command,
-                                     self._spawn(command, log_path), log_path=log_path)
+                                     self._spawn(command, log_path), log_path=log_path,
+                                     termination=Termination.of(pod, sim_time_scale(command)))
 
-    def _stop_replica(self, key: str) -> None:
-        stop_process(self.replicas.pop(key).proc, timeout=5)
+    def _terminate_replica(self, key: str, deleted_pod: dict | None) -> None:
+        """The pod is deleted (or gone, or no longer Running): end its process as the kubelet would."""
+        r = self.replicas.pop(key)
+        termination = r.termination
+        meta = (deleted_pod or {}).get("metadata", {})
+        if meta.get("uid") == r.uid and meta.get("deletionGracePeriodSeconds") is not None:
+            # `kubectl delete --grace-period=N` overrides the spec's.
+            termination = replace(termination, grace_seconds=float(meta["deletionGracePeriodSeconds"]))
+        pre_stop, kill_after = termination.wall_plan()
+        log.info("%s: pod terminating: preStop %.2f s, SIGTERM, SIGKILL %.2f s later", key, pre_stop, kill_after)
+
+        def stop() -> None:
+            terminate(r.proc, termination, self._stop)
+            if self._stop.is_set():
+                return
+            log.info("%s: sim ended with %s", key, r.proc.returncode)
+
+        r.stopper = threading.Thread(target=stop, name=f"terminate {key}", daemon=True)
+        r.stopper.start()
+        self.terminating.append(r)
 
     def _write_state(self) -> None:
-        state = {
-            key: {"pid": r.proc.pid, "alive": r.proc.poll() is None, "ready": bool(r.ready),
-                  "address": r.address, "port": r.port, "restarts": r.restarts}
-            for key, r in self.replicas.items()
-        }
+        state = {key: r.state() for key, r in self.replicas.items()}
+        for r in self.terminating:
+            state.setdefault(r.pod, r.state())  # a new pod of the same name wins
         tmp = self.logdir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(state, indent=1))
         tmp.replace(self.logdir / STATE_FILE)
@@ -217,6 +343,11 @@ class FleetView:
     def ready(self, namespace: str | None = None) -> list[str]:
         return sorted(k for k, r in self.replicas().items()
                       if r["ready"] and (namespace is None or k.startswith(f"{namespace}/")))
+
+    def terminating(self, namespace: str | None = None) -> list[str]:
+        """Replicas whose pod is deleted and whose process is not yet gone."""
+        return sorted(k for k, r in self.replicas().items()
+                      if r.get("terminating") and (namespace is None or k.startswith(f"{namespace}/")))
 
     def kill(self, pod: str) -> None:
         """SIGKILL the process of `namespace/name` (a replica dying under load)."""

@@ -73,8 +73,19 @@ class Engine(ABC):
     # successful health check, then restart a replica that stays unhealthy for 2.
     startup_period_seconds: ClassVar[int] = 10
     startup_failure_threshold: ClassVar[int] = 180
-    # Let streaming requests finish when a replica is removed.
+    # Removing a replica: Kubernetes sends SIGTERM at the moment it marks the pod
+    # terminating, while our routes (Envoy EDS) still take a moment to drop it. The
+    # preStop sleep keeps the engine serving until they have; then SIGTERM starts the
+    # engine's own drain, and the grace period (counted from the deletion, preStop
+    # included) bounds the whole: it must cover the sleep plus a long generation.
+    pre_stop_sleep_seconds: ClassVar[int] = 5
     termination_grace_period_seconds: ClassVar[int] = 120
+
+    @property
+    def shutdown_timeout_seconds(self) -> int:
+        """How long the engine may drain after SIGTERM: the grace period less the
+        preStop sleep and 5 s for the process to exit before SIGKILL."""
+        return max(0, self.termination_grace_period_seconds - self.pre_stop_sleep_seconds - 5)
 
     # ------------------------------------------------------------------ engine-specific
 
@@ -224,6 +235,9 @@ class Engine(ABC):
         if mounts:
             container["volumeMounts"] = mounts
         container.update(self.probes())
+        if self.pre_stop_sleep_seconds:
+            # The kubelet's own sleep action (GA in Kubernetes 1.34): nothing needed in the image.
+            container["lifecycle"] = {"preStop": {"sleep": {"seconds": self.pre_stop_sleep_seconds}}}
         container["securityContext"] = self.container_security_context()
         return container
 

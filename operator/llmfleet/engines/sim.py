@@ -29,6 +29,9 @@ class SimEngine(Engine):
     metric_names: ClassVar[MetricNames] = VllmEngine.metric_names
     startup_period_seconds = 1
     startup_failure_threshold = 60
+    # Routes drop a pod within about 0.1 s (bench/bench_propagation.py); the sim drains
+    # in-flight requests for up to its --shutdown-timeout (10 s by default) after SIGTERM.
+    pre_stop_sleep_seconds = 2
     termination_grace_period_seconds = 15
 
     def command(self) -> list[str]:

@@ -43,6 +43,9 @@ class VllmEngine(Engine):
             "--port", str(PORT),
             *parallel_args("--tensor-parallel-size", "--pipeline-parallel-size", spec),
             "--dtype", spec.engine.dtype.value,
+            # On SIGTERM, finish in-flight requests (vLLM >= 0.18; its default 0 aborts
+            # them): the grace period less the preStop sleep and 5 s to exit.
+            "--shutdown-timeout", str(self.shutdown_timeout_seconds),
         ]  # fmt: skip
         quantization = self.quantization_flag(spec.engine.quantization.value)
         if quantization:

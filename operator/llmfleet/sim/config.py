@@ -99,6 +99,9 @@ class SimConfig:
     output_tokens: OutputLength = OutputLength("fixed", 128.0)
     time_scale: float = 1.0
     load_seconds: float = 0.0
+    # Unlike vLLM's --shutdown-timeout (0 by default: SIGTERM aborts), the sim drains by
+    # default: it plays a replica configured for graceful scale-down.
+    shutdown_timeout: float = 10.0
     error_rate: float = 0.0
     hang_rate: float = 0.0
     crash_after: int | None = None
@@ -132,6 +135,7 @@ class SimConfig:
             ("--decode-step-ms-per-seq", self.decode_step_ms_per_seq),
             ("--time-scale", self.time_scale),
             ("--load-seconds", self.load_seconds),
+            ("--shutdown-timeout", self.shutdown_timeout),
         ):
             if not (value >= 0 and math.isfinite(value)):
                 raise ValueError(f"{flag} must be a finite number >= 0, got {value}")

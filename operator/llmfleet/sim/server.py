@@ -9,6 +9,14 @@ Model loading: with ``--load-seconds T`` the replica spends T model seconds (T x
 answers 503 and generation requests 503 until then, so a readiness probe keeps the
 replica out of the routes and a scale-up is not free, as with a real engine.
 
+Shutdown, as vLLM does it with ``--shutdown-timeout`` set:
+SIGTERM (what the kubelet sends after a pod's preStop hook) starts a drain: the
+listener closes, a request that still arrives on an open connection is answered 503
+with ``Connection: close`` (``/health`` too), and requests already being served
+(streams included) run to completion, for up to ``--shutdown-timeout`` model seconds
+(scaled by ``--time-scale``); then what is left is aborted and the process exits.
+SIGINT (Ctrl-C) stops at once, and also cuts a drain short.
+
 Failure injection, for testing routing and supervision:
 
 * ``--error-rate p``: a fraction p of valid generation requests is answered 500
@@ -90,6 +98,8 @@ class SimServer:
         self._answered = 0
         self._hanging: set[asyncio.Future[None]] = set()
         self._stopping = False
+        self._in_flight = 0  # generation requests being handled
+        self._idle = asyncio.Event()  # set whenever _in_flight drops to 0
         self._id_prefix = os.urandom(6).hex()
         self._ids = itertools.count()
         self._runner: web.AppRunner | None = None
@@ -122,12 +132,36 @@ class SimServer:
         await site.start()
         self.port = self._runner.addresses[0][1]
 
-    async def stop(self) -> None:
-        """Stop listening, end in-flight requests and the scheduler."""
+    @property
+    def drain_seconds(self) -> float:
+        """Wall seconds :meth:`drain` waits at most: ``--shutdown-timeout`` scaled by ``--time-scale``."""
+        return self.config.shutdown_timeout * self.config.time_scale
+
+    async def _stop_taking_work(self) -> None:
         self._stopping = True
         if self._runner is not None:
             for site in list(self._runner.sites):
                 await site.stop()
+
+    async def drain(self) -> bool:
+        """Stop taking work and wait up to :attr:`drain_seconds` for the generation
+        requests in flight (streams included) to finish; True if they all did.
+
+        :meth:`stop` ends the server afterwards, aborting whatever is left; cancelling a
+        drain is safe.
+        """
+        await self._stop_taking_work()
+        if self._in_flight:
+            self._idle.clear()
+            try:
+                await asyncio.wait_for(self._idle.wait(), self.drain_seconds)
+            except TimeoutError:
+                log.warning("shutdown timeout: aborting %d request(s) still in flight", self._in_flight)
+        return self._in_flight == 0
+
+    async def stop(self) -> None:
+        """Stop listening, end in-flight requests and the scheduler (:meth:`drain` first to let them finish)."""
+        await self._stop_taking_work()
         for fut in list(self._hanging):
             if not fut.done():
                 fut.set_exception(RequestError(503, "The server is shutting down."))
@@ -139,7 +173,7 @@ class SimServer:
     # -- app ---------------------------------------------------------------
 
     def _build_app(self) -> web.Application:
-        app = web.Application(middlewares=[self._error_middleware],
+        app = web.Application(middlewares=[self._close_when_stopping, self._error_middleware],
                               client_max_size=64 * 1024 * 1024)
         app.router.add_get("/v1/models", self._models)
         app.router.add_post("/v1/chat/completions", self._chat)
@@ -147,6 +181,16 @@ class SimServer:
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         return app
+
+    @web.middleware
+    async def _close_when_stopping(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        # While draining, a connection that is still open answers once more (503 for new
+        # work) and closes. aiohttp's own pre_shutdown() would instead leave idle
+        # keep-alive connections open but deaf until the very end.
+        response = await handler(request)
+        if self._stopping and not response.prepared:
+            response.force_close()
+        return response
 
     @web.middleware
     async def _error_middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
@@ -171,7 +215,7 @@ class SimServer:
         return time.monotonic() < self._loaded_at
 
     async def _health(self, request: web.Request) -> web.Response:
-        return web.Response(status=503 if self.loading else 200)
+        return web.Response(status=503 if self.loading or self._stopping else 200)
 
     async def _models(self, request: web.Request) -> web.Response:
         data = [{"id": name, "object": "model", "created": self._created, "owned_by": "vllm",
@@ -195,6 +239,16 @@ class SimServer:
 
     async def _generate(self, request: web.Request,
                         parse: Callable[[dict[str, Any]], GenerationRequest]) -> web.StreamResponse:
+        self._in_flight += 1
+        try:
+            return await self._serve_generation(request, parse)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    async def _serve_generation(self, request: web.Request,
+                                parse: Callable[[dict[str, Any]], GenerationRequest]) -> web.StreamResponse:
         cfg = self.config
         try:
             if self._stopping:
@@ -355,6 +409,10 @@ def build_parser(prog: str = "llmfleet sim") -> argparse.ArgumentParser:
     g.add_argument("--load-seconds", type=float, default=d.load_seconds,
                    help="model time to load the weights after start: /health and generation "
                         "answer 503 until it has passed; scaled by --time-scale (default %(default)s)")
+    g.add_argument("--shutdown-timeout", type=float, default=d.shutdown_timeout,
+                   help="on SIGTERM, model time to let in-flight requests finish while new ones are "
+                        "refused, then abort the rest; 0 aborts at once; scaled by --time-scale; "
+                        "SIGINT never waits (default %(default)s)")
     f = p.add_argument_group("failure injection")
     f.add_argument("--error-rate", type=float, default=d.error_rate,
                    help="fraction of requests answered with HTTP 500 (default %(default)s)")
@@ -378,22 +436,33 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         prefill_tokens_per_second=args.prefill_tokens_per_second,
         decode_step_ms=args.decode_step_ms, decode_step_ms_per_seq=args.decode_step_ms_per_seq,
         max_model_len=args.max_model_len, output_tokens=args.output_tokens,
-        time_scale=args.time_scale, load_seconds=args.load_seconds, error_rate=args.error_rate,
+        time_scale=args.time_scale, load_seconds=args.load_seconds,
+        shutdown_timeout=args.shutdown_timeout, error_rate=args.error_rate,
         hang_rate=args.hang_rate, crash_after=args.crash_after, seed=args.seed)
 
 
 async def serve(config: SimConfig) -> None:
-    """Run a replica until SIGINT/SIGTERM."""
+    """Run a replica until SIGTERM (drain, then exit) or SIGINT (exit at once)."""
     server = await start_sim(config)
     # Parsed by benches and supervisors that start us with --port 0.
     print(f"llmfleet sim: serving {list(config.served_model_names)} on "
           f"{config.host}:{server.port}", flush=True)
-    stop = asyncio.Event()
+    signals: asyncio.Queue[signal.Signals] = asyncio.Queue()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, signals.put_nowait, sig)
+
+    async def interrupted() -> None:
+        while await signals.get() != signal.SIGINT:
+            pass  # a repeated SIGTERM changes nothing
+
     try:
-        await stop.wait()
+        if await signals.get() == signal.SIGTERM:
+            log.info("SIGTERM: draining for up to %.3g s", server.drain_seconds)
+            tasks = {asyncio.ensure_future(server.drain()), asyncio.ensure_future(interrupted())}
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                task.cancel()
     finally:
         await server.stop()
 
