@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--activator-port", type=int, default=18001, help="activator port")
     run.add_argument("--autoscale-interval", type=float, default=5.0,
                      help="seconds between scrapes of the replicas' /metrics and autoscaling decisions (0 = off)")
+    run.add_argument("--scale-up-period", type=float, default=15.0,
+                     help="seconds over which replicas grow at most to max(2 x n, n + 4) (the HPA's default policy)")
+    run.add_argument("--max-signal-age", type=float, default=60.0,
+                     help="seconds after which a load sample is stale: it may raise replicas, never lower them")
+    run.add_argument("--trend-window", type=float, default=60.0,
+                     help="seconds of load history whose rise the scaler projects one replica startup time ahead")
     run.add_argument("--activator-timeout", type=float, default=600.0,
                      help="seconds a request waits for a scaled-to-zero model to get a ready replica")
     run.set_defaults(func=_run_operator)

@@ -68,8 +68,9 @@ def settled(p, replicas, per, t_end=600.0, interval=5.0):
 class Fleet:
     """A Deployment in miniature: asked-for replicas become ready `load_steps` decisions later."""
 
-    def __init__(self, replicas, load_steps=0):
+    def __init__(self, replicas, load_steps=0, startup=None):
         self.replicas = replicas
+        self.startup = startup  # Observation.startup_seconds
         self.ready = replicas
         self.pending: list[int] = []  # decisions left until each starting replica is ready
         self.load_steps = load_steps
@@ -92,7 +93,7 @@ class Fleet:
     def observe(self, t, total, metric="queueDepth", **kw):
         per = total / self.ready if self.ready else 0.0
         return Observation(now=t, replicas=self.replicas, ready_replicas=self.ready,
-                           starting_replicas=len(self.pending),
+                           starting_replicas=len(self.pending), startup_seconds=self.startup,
                            load=load(t, per, self.ready, metric, **kw) if self.ready else None)
 
 
@@ -152,8 +153,8 @@ def test_desired_never_leaves_the_bounds(p, idle, steps):
 
 @settings(max_examples=60, deadline=None)
 @given(p=policies, level=st.floats(0.3, 1.0), seed=st.randoms(use_true_random=False),
-       noise=st.floats(0.0, 0.04))
-def test_steady_load_from_the_settled_count_changes_at_most_once(p, level, seed, noise):
+       noise=st.floats(0.0, 0.04), startup=st.sampled_from([None, 30.0, 120.0]))
+def test_steady_load_from_the_settled_count_changes_at_most_once(p, level, seed, noise, startup):
     # Demand that `settled` replicas serve at `level` of the target, noise well inside
     # the 10 % band: at most one settling change (when the noise shifts the mean across
     # a replica boundary), never back and forth.
@@ -162,17 +163,17 @@ def test_steady_load_from_the_settled_count_changes_at_most_once(p, level, seed,
     if math.ceil(demand / p.target - 1e-9) != settled_count:  # not its settled count
         demand = settled_count * p.target
     totals = [demand * (1 + seed.uniform(-noise, noise)) for _ in range(300)]
-    decisions = drive(p, Fleet(settled_count), totals)
+    decisions = drive(p, Fleet(settled_count, startup=startup), totals)
     assert len(changes(decisions)) <= 1, [(d.current, d.desired, d.reason) for d in decisions if d.changed]
 
 
 @settings(max_examples=60, deadline=None)
 @given(p=policies, demand=st.floats(0, 100), start=st.integers(1, 23), seed=st.randoms(use_true_random=False),
-       noise=st.floats(0.0, 0.04))
-def test_steady_load_from_anywhere_settles_without_flapping(p, demand, start, seed, noise):
+       noise=st.floats(0.0, 0.04), startup=st.sampled_from([None, 30.0, 120.0]))
+def test_steady_load_from_anywhere_settles_without_flapping(p, demand, start, seed, noise, startup):
     start = min(max(start, p.min_replicas), p.max_replicas)
     totals = [demand * (1 + seed.uniform(-noise, noise)) for _ in range(400)]
-    steps = changes(drive(p, Fleet(start), totals))
+    steps = changes(drive(p, Fleet(start, startup=startup), totals))
     signs = "".join("+" if s > 0 else "-" for s in steps)
     assert re.fullmatch(r"\+*-{0,2}", signs), (steps, demand, start)  # up, then down, never up again
 
@@ -509,3 +510,90 @@ def test_scale_up_limit_is_the_hpa_default():
 
 def test_scaled_down_reason_constant():
     assert SCALED_DOWN == "ScaledDown" and SCALED_UP == "ScaledUp"
+
+
+# --------------------------------------------------------------------------- what engines hide
+
+
+def saturated(t, n, running, waiting):
+    return ModelLoad(time=t, sampled_replicas=n, failed_replicas=0, queue_depth=waiting, running_requests=running,
+                     kv_cache_utilization=0.5, tokens_per_second=100.0, requests_per_second=1.0)
+
+
+def test_running_requests_count_the_ones_waiting_for_a_slot():
+    # Batches full at 8 with 40 waiting per replica: 96 requests in flight want 16
+    # replicas at 6 each (capped by the rate limit), not the 3 that 16 running suggest.
+    p = policy(metric="runningRequests", target=6.0, max_replicas=20)
+    d = decide(p, Observation(0, 2, 2, 0, saturated(0, 2, 8.0, 40.0)))
+    assert d.desired == p.scale_up_limit(2) == 6
+    assert "runningRequests 96.0 over target 6×2" in d.reason
+
+
+def test_queue_depth_keeps_the_replicas_that_the_running_requests_fill():
+    # A burst saturated 5 replicas (batch 8, queue beside it); now the queue is 0 but
+    # the batches are still full: removing replicas would only rebuild the queue.
+    p = policy(metric="queueDepth", target=2.0, scale_down_window=60.0)
+    state = decide(p, Observation(0, 5, 5, 0, saturated(0, 5, 8.0, 3.0))).state
+    for t in range(5, 300, 5):
+        d = decide(p, Observation(t, 5, 5, 0, saturated(t, 5, 7.6, 0.0)), state)
+        state = d.state
+        assert d.desired == 5, d.reason
+    assert "but the running requests fill 5 replicas" in d.reason
+    # The load goes: one request running on each; after the window, down to 1.
+    for t in range(300, 420, 5):
+        d = decide(p, Observation(t, 5, 5, 0, saturated(t, 5, 1.0, 0.0)), state)
+        state = d.state
+        if d.changed:
+            break
+    assert (d.current, d.desired) == (5, 1) and t == 355  # the last "5" was at 295
+
+
+def test_queue_depth_without_a_saturation_seen_has_no_floor():
+    p = policy(metric="queueDepth", target=2.0, scale_down_window=30.0)
+    state = None
+    for t in range(0, 60, 5):
+        d = decide(p, Observation(t, 4, 4, 0, saturated(t, 4, 5.0, 0.0)), state)
+        state = d.state
+    assert d.desired == 1
+
+
+def ramp_decisions(startup, slope=0.25, target=6.0, interval=5.0, until=240.0):
+    """runningRequests rising `slope`/s from 2 after 60 s, with replicas that take 60 s to start."""
+    p = policy(metric="runningRequests", target=target, max_replicas=40, scale_down_window=60.0)
+    fleet = Fleet(1, load_steps=12, startup=startup)
+    out, state, t = [], None, 0.0
+    while t <= until:
+        fleet.tick()
+        d = decide(p, fleet.observe(t, 2.0 + slope * max(0.0, t - 60), metric="runningRequests"), state)
+        state = d.state
+        fleet.apply(d.desired)
+        out.append((t, d))
+        t += interval
+    return out
+
+
+def test_a_steady_rise_is_met_one_startup_time_ahead():
+    blind, ahead = ramp_decisions(None), ramp_decisions(60.0)
+    # The same load, flat for 60 s, then +0.25/s. Without the look-ahead the replicas
+    # asked for trail the load; with it they cover the load one startup time later.
+    for (t, b), (_, a) in zip(blind, ahead):
+        assert a.desired >= b.desired
+    asked = {t: d.desired for t, d in ahead}
+    for t, d in ahead:
+        later = 2.0 + 0.25 * max(0.0, t + 60 - 60)
+        if t >= 120 and t + 60 <= 240:  # the trend window has seen the rise
+            assert asked[t] * 6.0 >= later * 0.9, (t, asked[t], later)
+    first = next(t for t, d in ahead if d.changed)
+    assert first < next(t for t, d in blind if d.changed)
+    reason = next(d.reason for t, d in ahead if d.changed)
+    assert re.search(r"rising [\d.]+/s: [\d.]+ expected in 60 s \(replica startup\)", reason), reason
+
+
+def test_the_look_ahead_never_scales_down_and_ignores_a_fall():
+    p = policy(metric="runningRequests", target=6.0, scale_down_window=0.0)
+    state = None
+    for i, total in enumerate([30, 28, 26, 24, 22, 20, 18, 16, 14, 12, 10, 8, 6]):
+        o = Observation(i * 5.0, 6, 6, 0, saturated(i * 5.0, 6, total / 6, 0.0), startup_seconds=60.0)
+        d = decide(p, o, state)
+        state = d.state
+        assert d.desired <= 6 and "rising" not in d.reason

@@ -248,3 +248,16 @@ def test_load_strategies_step_once_per_new_load_sample():
     # A new load sample: one more step.
     fleet[0]["status"]["load"]["tokensPerSecond"] = 501
     assert weights(compute_routing([policy], fleet, TWO_PODS, previous_loads=first.loads)) == {"cheap": 80, "dear": 20}
+
+
+def test_cost_counts_waiting_requests_for_a_running_requests_target():
+    # The scaler's runningRequests is requests in flight: a full batch of 4 with 4 more
+    # waiting is at 8/6 of its target, not 4/6.
+    fleet = [loaded_md("cheap", cost=1.0, tps=500, queue=4), loaded_md("dear", cost=4.0, tps=500, queue=0)]
+    for m in fleet:
+        m["spec"]["autoscaling"].update(metric="runningRequests", target=6)
+        m["status"]["load"]["runningRequests"] = 4
+    r = compute_routing([rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}],
+                            strategy="cost")], fleet, TWO_PODS)
+    assert "133% of its runningRequests target" in r.policies[0].backends[0]["reason"]
+    assert "67% of its runningRequests target" in r.policies[0].backends[1]["reason"]

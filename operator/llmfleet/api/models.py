@@ -473,8 +473,8 @@ class Autoscaling(_Spec):
         AutoscalingMetric.QUEUE_DEPTH,
         description=(
             "Load signal held at the target, per replica: queueDepth (requests waiting), "
-            "runningRequests (requests in the running batch), kvCacheUtilization (0 to 1) or "
-            "tokensPerSecond (generated tokens)."
+            "runningRequests (requests in flight: in the running batch or waiting for a slot), "
+            "kvCacheUtilization (0 to 1) or tokensPerSecond (generated tokens)."
         ),
     )
     target: float | None = Field(

@@ -16,7 +16,23 @@ How one decision is made (target tracking, like Kubernetes' HorizontalPodAutosca
    the tolerance band (default 10 %) of 1, the recommendation is the current count:
    small wobbles never move anything. Replicas that exist but are not ready yet
    count as capacity on the way: while a model loads, the load it will take is not
-   asked for again.
+   asked for again. Two metrics see past what an engine exports:
+
+   - ``runningRequests`` counts the requests waiting for a batch slot too: a full
+     batch hides any further demand (running stops at max-num-seqs while hundreds
+     wait), so the total is the requests in flight, running or waiting.
+   - ``queueDepth`` is 0 below saturation however busy the replicas are, so it
+     never recommends fewer replicas than the running requests fill: running /
+     the per-replica batch last seen full (a queue beside it), when one was seen.
+1a. **Look-ahead.** A new replica serves only after it starts (``startup_seconds``,
+   measured from the ModelDeployment's own pods: creation to Ready). When the total
+   has risen steadily over the last ``trend_window`` (a least-squares slope at
+   least ``trend_significance`` standard errors above 0, and a rise across the
+   window wider than the tolerance band of the total), the recommendation is
+   also computed for the total projected that far ahead (from the fitted line, so
+   one noisy sample moves it little), and the higher one wins:
+   the replicas asked for on a ramp are ready when the load gets there, instead of
+   one startup time late. The projection only ever adds replicas.
 2. **Stale signals never scale down.** With no usable load (nothing scraped), the
    count holds. With a partial or old one (some ready replica did not answer), the
    recommendation may rise on what was seen but never falls below the current count.
@@ -81,6 +97,12 @@ class ScalingPolicy:
     scale_up_period: float = 15.0
     # A ModelLoad older than this is stale: it may still raise replicas, never lower them.
     max_signal_age: float = 60.0
+    # Look-ahead (1a): the slope of the total over this window, projected by the
+    # replicas' startup time when it is this many standard errors above 0.
+    trend_window: float = 60.0
+    trend_significance: float = 3.0
+    # Projections never look further than this, however slow replicas start.
+    max_lookahead: float = 600.0
 
     def __post_init__(self) -> None:
         if self.min_replicas < 1 or self.max_replicas < self.min_replicas:
@@ -89,7 +111,8 @@ class ScalingPolicy:
             raise ValueError(f"target must be > 0, got {self.target}")
         if self.tolerance < 0 or self.scale_up_factor < 1 or self.scale_up_pods < 1:
             raise ValueError("tolerance >= 0, scale_up_factor >= 1 and scale_up_pods >= 1 are required")
-        if min(self.scale_up_window, self.scale_down_window, self.idle_seconds, self.scale_up_period) < 0:
+        if min(self.scale_up_window, self.scale_down_window, self.idle_seconds, self.scale_up_period,
+               self.trend_window, self.max_lookahead) < 0:
             raise ValueError("windows and periods must be >= 0")
 
     @classmethod
@@ -125,6 +148,7 @@ class Observation:
     starting_replicas: int = 0  # exist but are not ready yet (scheduling, pulling, loading the model)
     load: ModelLoad | None = None  # None: nothing scraped (yet)
     wake: bool = False  # the activator holds a request for this model (which is at 0 replicas)
+    startup_seconds: float | None = None  # how long a new replica takes to get ready (None: not known yet)
 
 
 @dataclass(frozen=True)
@@ -140,6 +164,8 @@ class ScalerState:
     replicas_seen: tuple[tuple[float, int], ...] = ()  # (time, spec.replicas) over the rate period
     last_scale_time: float | None = None  # when a decision last changed the count
     active_at: float | None = None  # latest evidence of a request (or `since`)
+    history: tuple[tuple[float, float], ...] = ()  # (time, total) of fresh readings over the trend window
+    full_batch: float | None = None  # running requests per replica last seen with a queue beside them
 
 
 S = TypeVar("S")
@@ -193,7 +219,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
     if current == 0:
         return _from_zero(policy, obs, state, since, active_at)
 
-    reading = _read(policy, obs)
+    reading = _read(policy, obs, state)
     if (
         policy.scale_to_zero
         and reading.fresh
@@ -212,8 +238,15 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         rec = _raw_replicas(reading.total, policy.target)
         if abs(_ratio(reading.total, policy, current) - 1) <= policy.tolerance:
             rec = current
+        if reading.floor is not None:
+            rec = max(rec, min(reading.floor, current))
         if not reading.fresh:
             rec = max(rec, current)
+        if reading.ahead is not None:
+            ahead = _raw_replicas(reading.ahead, policy.target)
+            if _ratio(reading.ahead, policy, current) <= 1 + policy.tolerance:
+                ahead = min(ahead, current)  # the band holds, as it does for the total
+            rec = max(rec, ahead)
     unbounded = rec
     rec = _clamp(rec, policy)
 
@@ -260,6 +293,8 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         replicas_seen=seen,
         last_scale_time=now if desired != current else state.last_scale_time,
         active_at=active_at,
+        history=reading.history,
+        full_batch=reading.full_batch,
     )
     return Decision(current, desired, reason, limited, limited_reason, rec, new)
 
@@ -272,24 +307,77 @@ class _Reading:
     total: float | None  # metric summed over the sampled replicas; None: no usable signal
     fresh: bool
     why: str = ""  # what is wrong with the signal, when it is not fresh
+    floor: int | None = None  # queueDepth: replicas the running requests fill
+    ahead: float | None = None  # the total projected one startup time ahead, when it is rising
+    slope: float = 0.0  # per second, when `ahead` is set
+    horizon: float = 0.0  # seconds looked ahead, when `ahead` is set
+    history: tuple[tuple[float, float], ...] = ()  # for the next state
+    full_batch: float | None = None  # for the next state
 
 
-def _read(policy: ScalingPolicy, obs: Observation) -> _Reading:
+def _read(policy: ScalingPolicy, obs: Observation, state: ScalerState) -> _Reading:
     load = obs.load
+    history = tuple((t, x) for t, x in state.history if t > obs.now - policy.trend_window)
+    full_batch = state.full_batch
     if load is None:
-        return _Reading(None, False, "no load signal yet")
+        return _Reading(None, False, "no load signal yet", history=history, full_batch=full_batch)
     if load.sampled_replicas <= 0:
         if load.failed_replicas:
-            return _Reading(None, False, f"no load signal: none of {load.failed_replicas} ready replicas answered")
-        return _Reading(None, False, "no load signal: no ready replica to sample")
-    total = max(0.0, load.per_replica(policy.metric)) * load.sampled_replicas
+            why = f"no load signal: none of {load.failed_replicas} ready replicas answered"
+        else:
+            why = "no load signal: no ready replica to sample"
+        return _Reading(None, False, why, history=history, full_batch=full_batch)
+    n = load.sampled_replicas
+    if policy.metric == "runningRequests":
+        total = (max(0.0, load.running_requests) + max(0.0, load.queue_depth)) * n
+    else:
+        total = max(0.0, load.per_replica(policy.metric)) * n
+    if load.queue_depth >= 1 and load.running_requests > 0:
+        full_batch = load.running_requests
+    floor = None
+    if policy.metric == "queueDepth" and full_batch:
+        floor = _raw_replicas(load.running_requests * n, full_batch)
     age = obs.now - load.time
     if age > policy.max_signal_age:
-        return _Reading(total, False, f"load signal is {age:.0f} s old")
-    if not load.fresh:
-        asked = load.sampled_replicas + load.failed_replicas
-        return _Reading(total, False, f"{load.failed_replicas} of {asked} ready replicas not scraped")
-    return _Reading(total, True)
+        why = f"load signal is {age:.0f} s old"
+    elif not load.fresh:
+        why = f"{load.failed_replicas} of {n + load.failed_replicas} ready replicas not scraped"
+    else:
+        history = history + ((load.time, total),)
+        trend = _rising(history, policy)
+        slope = ahead = horizon = None
+        if trend is not None and obs.startup_seconds:
+            slope, level = trend
+            horizon = min(obs.startup_seconds, policy.max_lookahead)
+            ahead = level + slope * horizon
+        return _Reading(total, True, floor=floor, ahead=ahead, slope=slope or 0.0, horizon=horizon or 0.0,
+                        history=history, full_batch=full_batch)
+    return _Reading(total, False, why, floor=floor, history=history, full_batch=full_batch)
+
+
+def _rising(history: tuple[tuple[float, float], ...], policy: ScalingPolicy) -> tuple[float, float] | None:
+    """(slope, the fitted total now) of a least-squares line over the trend window, if
+    the slope is significantly above 0. The fitted total, not the last sample, is what
+    is projected: one noisy sample moves it little."""
+    if len(history) < 4 or history[-1][0] - history[0][0] < policy.trend_window / 2:
+        return None
+    n = len(history)
+    tm = sum(t for t, _ in history) / n
+    xm = sum(x for _, x in history) / n
+    sxx = sum((t - tm) ** 2 for t, _ in history)
+    if sxx <= 0:
+        return None
+    slope = sum((t - tm) * (x - xm) for t, x in history) / sxx
+    if slope <= 0:
+        return None
+    # A rise the tolerance band would hide at the current level is noise, however regular.
+    if slope * (history[-1][0] - history[0][0]) < policy.tolerance * max(history[-1][1], policy.target):
+        return None
+    residual = sum((x - xm - slope * (t - tm)) ** 2 for t, x in history)
+    stderr = math.sqrt(residual / (n - 2) / sxx)
+    if slope < policy.trend_significance * stderr:
+        return None
+    return slope, xm + slope * (history[-1][0] - tm)
 
 
 def _raw_replicas(total: float, target: float) -> int:
@@ -378,6 +466,9 @@ def _reason(
     else:
         desc = f"{metric} {_num(total)} {'over' if ratio > 1 else 'under'} {on}"
     stale = "" if reading.fresh else f" (load signal stale: {reading.why})"
+    if reading.ahead is not None and _raw_replicas(reading.ahead, target) > raw and rec > raw:
+        desc += (f", rising {_num(reading.slope)}/s: {_num(reading.ahead)} expected in {reading.horizon:.0f} s "
+                 f"(replica startup)")
 
     if desired > current:
         return desc + stale
@@ -393,6 +484,8 @@ def _reason(
             f"{metric} {_num(total)} needs {raw} replicas: "
             f"{obs.ready_replicas} ready, {obs.starting_replicas} starting"
         )
+    if reading.floor is not None and raw < current and reading.floor >= current:
+        return f"{desc}, but the running requests fill {reading.floor} replicas{stale}"
     if rec < current and (down_rec >= current or not window_covered):
         return f"{desc}: {rec} would do; scale-down waits for the {policy.scale_down_window:g} s stabilization window"
     return desc + stale

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import statistics
 import time
 
 import httpx
@@ -22,7 +23,7 @@ from ..autoscale.scaler import Observation, ScalerState, ScalingPolicy, decide
 from ..metrics.scrape import Scraper, ScrapeTarget
 from ..render.deployment import SELECTOR_LABEL
 from ..routing.policy import SERVER_PORT_NAME, DEFAULT_SERVER_PORT
-from ..status.conditions import Condition, merge_conditions, now_rfc3339
+from ..status.conditions import Condition, merge_conditions, now_rfc3339, parse_rfc3339
 from ..status.modeldeployment import load_patch
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,46 @@ def _pod_state(pod: dict) -> str:
     return "ready" if ready and status.get("podIP") else "starting"
 
 
+def _startup_seconds(pod: dict) -> float | None:
+    """Creation to the first Ready of a ready pod (None if it is not ready or has no times)."""
+    meta, status = pod.get("metadata", {}), pod.get("status", {})
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    if not ready or ready.get("status") != "True" or not ready.get("lastTransitionTime"):
+        return None
+    try:
+        created = parse_rfc3339(meta["creationTimestamp"])
+        became = parse_rfc3339(ready["lastTransitionTime"])
+    except (KeyError, ValueError):
+        return None
+    return max(0.0, became - created)
+
+
+class StartupTimes:
+    """How long a ModelDeployment's replicas take to get ready, from its own pods.
+
+    Each pod is measured once, the first time it is seen ready (a later Ready flip
+    after a restart would measure its run time instead); the typical time is the
+    median of the last ``keep``.
+    """
+
+    def __init__(self, keep: int = 10) -> None:
+        self.keep = keep
+        self._seen: dict[tuple[str, str], dict[str, float]] = {}
+
+    def observe(self, key: tuple[str, str], pods: list[dict]) -> float | None:
+        seen = self._seen.setdefault(key, {})
+        for pod in pods:
+            uid = pod["metadata"].get("uid")
+            if uid and uid not in seen and (seconds := _startup_seconds(pod)) is not None:
+                seen[uid] = seconds
+                while len(seen) > self.keep:
+                    del seen[next(iter(seen))]
+        return statistics.median(seen.values()) if seen else None
+
+    def forget(self, key: tuple[str, str]) -> None:
+        self._seen.pop(key, None)
+
+
 def _port(pod: dict) -> int:
     for container in pod.get("spec", {}).get("containers") or []:
         for port in container.get("ports") or []:
@@ -49,9 +90,12 @@ def _port(pod: dict) -> int:
 
 
 class Autoscaler:
-    def __init__(self, kube: Kube, *, interval: float = 2.0, waker=None, scrape_timeout: float = 1.0) -> None:
+    def __init__(self, kube: Kube, *, interval: float = 2.0, waker=None, scrape_timeout: float = 1.0,
+                 knobs: dict[str, float] | None = None) -> None:
         self.kube = kube
         self.interval = interval
+        self.knobs = knobs or {}  # ScalingPolicy fields that are not in the CRD (operator flags)
+        self.startups = StartupTimes()
         self.waker = waker
         # trust_env=False: pod IPs are scraped directly, never through an environment proxy.
         self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=64), trust_env=False)
@@ -103,6 +147,7 @@ class Autoscaler:
         now = time.monotonic()
         for key in set(self.states) - set(targets):
             del self.states[key]
+            self.startups.forget(key)
         await asyncio.gather(*(
             asyncio.to_thread(self._one, md, by_md.get((md["metadata"]["namespace"], md["metadata"]["name"]), []),
                               loads.get((md["metadata"]["namespace"], md["metadata"]["name"])), now)
@@ -136,8 +181,10 @@ class Autoscaler:
                 starting_replicas=states.count("starting"),
                 load=load,
                 wake=woken is not None and now - woken < WAKE_GRACE_SECONDS,
+                startup_seconds=self.startups.observe(key, pods),
             )
-            decision = decide(ScalingPolicy.from_autoscaling(spec.autoscaling), obs, self.states.get(key))
+            policy = ScalingPolicy.from_autoscaling(spec.autoscaling, **self.knobs)
+            decision = decide(policy, obs, self.states.get(key))
             self.states[key] = decision.state
             metrics.DESIRED_REPLICAS.labels(ref.namespace, ref.name).set(decision.desired)
             if not decision.changed and (load is None or not load.fresh) and old.get("scaleReason"):

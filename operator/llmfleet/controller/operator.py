@@ -50,6 +50,10 @@ class OperatorOptions:
     activator_port: int = 18001
     activator_timeout: float = 600.0
     autoscale_interval: float = 5.0
+    # The scaler's own knobs (autoscale.scaler.ScalingPolicy), the same for every model.
+    scale_up_period: float = 15.0
+    max_signal_age: float = 60.0
+    trend_window: float = 60.0
 
 
 OPTIONS = OperatorOptions()
@@ -103,7 +107,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
     memo.md_queue.start()
     memo.route_queue.start()
     if OPTIONS.autoscale_interval > 0:
-        memo.autoscaler = Autoscaler(kube, interval=OPTIONS.autoscale_interval, waker=getattr(memo, "waker", None))
+        knobs = {"scale_up_period": OPTIONS.scale_up_period, "max_signal_age": OPTIONS.max_signal_age,
+                 "trend_window": OPTIONS.trend_window}
+        memo.autoscaler = Autoscaler(kube, interval=OPTIONS.autoscale_interval, waker=getattr(memo, "waker", None),
+                                     knobs=knobs)
         memo.autoscaler.start()
     memo.route_queue.add(ROUTES)  # publish once even if the cluster has nothing to watch yet
     log.info("llmfleet operator started; metrics on %s:%s", OPTIONS.bind, OPTIONS.metrics_port)

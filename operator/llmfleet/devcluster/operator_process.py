@@ -25,6 +25,7 @@ class OperatorProcess:
         self.envoy_listener_port = free_port()
         self.activator_port = free_port()
         self.autoscale_interval = 1.0
+        self.extra_args: list[str] = []  # more `llmfleet run` flags
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -36,7 +37,7 @@ class OperatorProcess:
              "--xds-address", "127.0.0.1", "--xds-port", str(self.xds_port),
              "--envoy-listener-address", "127.0.0.1", "--envoy-listener-port", str(self.envoy_listener_port),
              "--activator-address", "127.0.0.1", "--activator-port", str(self.activator_port),
-             "--autoscale-interval", str(self.autoscale_interval)],
+             "--autoscale-interval", str(self.autoscale_interval), *self.extra_args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )

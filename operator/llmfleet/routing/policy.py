@@ -311,6 +311,8 @@ def _cost_shares(states: list[BackendState], slo) -> tuple[list[float], dict[str
     at_target: dict[str, float | None] = {}  # tokens/s of one replica at its target
     for s in states:
         value = _per_replica(s, s.metric)
+        if value is not None and s.metric == "runningRequests":
+            value += _per_replica(s, "queueDepth") or 0.0  # in flight, as the scaler counts it
         util = value / s.target if value is not None and s.target else None
         utilization[s.name] = util
         known = util is not None and util >= UTILIZATION_FLOOR and tps[s.name] > 0

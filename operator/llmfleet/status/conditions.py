@@ -22,6 +22,11 @@ def now_rfc3339() -> str:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def parse_rfc3339(text: str) -> float:
+    """Seconds since the epoch of a Kubernetes timestamp ("2026-11-22T10:00:00Z", fractions allowed)."""
+    return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
 def merge_conditions(
     current: list[dict] | None, wanted: list[Condition], generation: int | None, now: str | None = None
 ) -> list[dict]:
