@@ -15,8 +15,8 @@ window, interval, load time and trace duration is multiplied by S, so the run is
 fast-forward of the real-time scenario. Everything printed is in real-time-equivalent
 seconds (wall seconds / S).
 
-    .venv/bin/python bench/bench_autoscaling.py              # ~11 minutes
-    .venv/bin/python bench/bench_autoscaling.py --quick      # ~8 minutes, shorter trace
+    .venv/bin/python bench/bench_autoscaling.py              # ~21 minutes
+    .venv/bin/python bench/bench_autoscaling.py --quick      # ~11 minutes, shorter trace
 
 Prints a table and writes bench/results/autoscaling.json.
 """
@@ -285,15 +285,15 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--time-scale", type=float, default=0.2, help="wall seconds per real second")
     p.add_argument("--strategies", default=",".join(STRATEGIES))
-    p.add_argument("--quick", action="store_true", help="shorter trace (lead 60, plateau 40, gap 120, tail 30)")
+    p.add_argument("--quick", action="store_true", help="shorter trace (lead 60, ramp 60, plateau 30, gap 150, tail 30)")
     g = p.add_argument_group("trace (real-time seconds and rates)")
     g.add_argument("--trough-rps", type=float, default=0.7)
     g.add_argument("--peak-factor", type=float, default=10.0)
     g.add_argument("--bursts", type=int, default=3)
     g.add_argument("--lead", type=float, default=120.0, help="trough before the first burst")
-    g.add_argument("--ramp", type=float, default=30.0, help="linear ramp up (and down) of each burst")
+    g.add_argument("--ramp", type=float, default=120.0, help="linear ramp up (and down) of each burst")
     g.add_argument("--plateau", type=float, default=60.0, help="time at peak rate per burst")
-    g.add_argument("--gap", type=float, default=180.0, help="trough between bursts")
+    g.add_argument("--gap", type=float, default=300.0, help="trough between bursts")
     g.add_argument("--tail", type=float, default=60.0, help="trough after the last burst")
     g.add_argument("--prompt-tokens", type=pair, default=(100, 400), help="uniform LOW:HIGH")
     g.add_argument("--output-tokens", type=pair, default=(32, 96), help="uniform LOW:HIGH (max_tokens)")
@@ -304,26 +304,26 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--decode-step-ms", type=float, default=40.0)
     r.add_argument("--decode-step-ms-per-seq", type=float, default=2.5)
     r.add_argument("--prefill-tps", type=float, default=4000.0)
-    r.add_argument("--load-seconds", type=float, default=60.0,
-                   help="model load time of a new replica (Llama-3.1-8B on vLLM from a node-local cache: "
-                        "weights ~15-25 s, torch.compile/CUDA graphs ~20-30 s, process start ~10 s)")
+    r.add_argument("--load-seconds", type=float, default=30.0,
+                   help="model load time of a new replica (an 8B model on vLLM with weights in a node-local "
+                        "cache and the torch.compile cache warm; 60 s and more without them)")
     s = p.add_argument_group("scalers (real seconds)")
     s.add_argument("--peak-replicas", type=int, default=0,
                    help="peak provisioning; 0 = the fewest replicas that keep the peak rate under 80%% "
                         "of their full-batch capacity")
-    s.add_argument("--metric", default="queueDepth")
-    s.add_argument("--target", type=float, default=2.0,
-                   help="llmfleet's per-replica target: 2 waiting requests are about what one replica "
-                        "(~1.8 req/s) clears within the 1 s SLO")
-    s.add_argument("--scale-down-window", type=float, default=300.0,
-                   help="llmfleet's scaleDownStabilizationSeconds (the CRD default, = the HPA's)")
+    s.add_argument("--metric", default="runningRequests")
+    s.add_argument("--target", type=float, default=5.0,
+                   help="llmfleet's per-replica target: 5 requests in flight of a batch of 8 (--max-num-seqs)")
+    s.add_argument("--scale-down-window", type=float, default=60.0,
+                   help="llmfleet's scaleDownStabilizationSeconds (the CRD default is 300, the HPA's)")
     s.add_argument("--autoscale-interval", type=float, default=5.0,
                    help="operator --autoscale-interval (its default)")
+    s.add_argument("--trend-window", type=float, default=60.0, help="operator --trend-window (its default)")
     s.add_argument("--slo-ms", type=float, default=1000.0, help="TTFT SLO per request (real ms)")
     p.add_argument("--output", type=Path, default=REPO / "bench/results/autoscaling.json")
     a = p.parse_args(argv)
     if a.quick:
-        a.lead, a.plateau, a.gap, a.tail = 60.0, 40.0, 120.0, 30.0
+        a.lead, a.ramp, a.plateau, a.gap, a.tail = 60.0, 60.0, 30.0, 150.0, 30.0
     S = a.time_scale
     kinds = [k for k in a.strategies.split(",") if k]
     assert all(k in STRATEGIES for k in kinds), kinds
@@ -339,7 +339,10 @@ def main(argv: list[str] | None = None) -> int:
     runs: dict[str, dict] = {}
     loadavg_start = os.getloadavg()
     t_start = time.monotonic()
-    with Stack("autoscaling", autoscale_interval=a.autoscale_interval * S) as stack:
+    # The scaler's operator-wide periods, compressed like everything else.
+    operator_args = ["--scale-up-period", str(15.0 * S), "--max-signal-age", str(60.0 * S),
+                     "--trend-window", str(a.trend_window * S)]
+    with Stack("autoscaling", autoscale_interval=a.autoscale_interval * S, operator_args=operator_args) as stack:
         print(f"stack up (logs: {stack.logdir})", flush=True)
         for kind in kinds:
             runs[kind] = run_strategy(stack, kind, a, trace, peak_replicas)
@@ -414,8 +417,8 @@ def main(argv: list[str] | None = None) -> int:
         "alt_slo_ms": alt_slo,
         "llmfleet": {"metric": a.metric, "target": a.target, "min": 1, "max": peak_replicas,
                      "scale_down_window_s": a.scale_down_window, "autoscale_interval_s": a.autoscale_interval,
-                     "unscaled_operator_constants": "scale-up rate period 15 s wall and signal max age 60 s wall "
-                                                    f"(= {15 / S:g} s and {60 / S:g} s real at this time scale)"},
+                     "trend_window_s": a.trend_window,
+                     "operator_flags": "--scale-up-period 15, --max-signal-age 60 (their defaults), compressed"},
         "naive": {"threshold": 5, "polling_interval_s": 15, "scale_down_window_s": 300, "min": 1,
                   "max": peak_replicas, "signal": "status.load (queueDepth x sampledReplicas)"},
         "goal": goal,

@@ -87,9 +87,10 @@ def route_policy(namespace: str, name: str, model: str, backends: list[dict], **
 class Stack:
     """Dev cluster + operator process + Envoy; `with Stack(...) as s:` stops everything."""
 
-    def __init__(self, prefix: str, *, autoscale_interval: float) -> None:
+    def __init__(self, prefix: str, *, autoscale_interval: float, operator_args: list[str] | None = None) -> None:
         self.work = Path(tempfile.mkdtemp(prefix=f"llmfleet-bench-{prefix}-"))
         self.autoscale_interval = autoscale_interval
+        self.operator_args = list(operator_args or [])
         self.cluster: DevCluster | None = None
         self.operator: OperatorProcess | None = None
         self.envoy: EnvoyProcess | None = None
@@ -116,6 +117,7 @@ class Stack:
                   30, "the CRDs to be established", period=0.3)
         self.operator = OperatorProcess(self.cluster.kubeconfig, self.cluster.logdir)
         self.operator.autoscale_interval = self.autoscale_interval
+        self.operator.extra_args = self.operator_args
         self.operator.start()
         self._stops.append(self.operator.stop)
         self.envoy = EnvoyProcess(bootstrap("127.0.0.1", self.operator.xds_port, "bench", free_port()),
