@@ -328,10 +328,7 @@ def _read(policy: ScalingPolicy, obs: Observation, state: ScalerState) -> _Readi
             why = "no load signal: no ready replica to sample"
         return _Reading(None, False, why, history=history, full_batch=full_batch)
     n = load.sampled_replicas
-    if policy.metric == "runningRequests":
-        total = (max(0.0, load.running_requests) + max(0.0, load.queue_depth)) * n
-    else:
-        total = max(0.0, load.per_replica(policy.metric)) * n
+    total = max(0.0, load.per_replica(policy.metric)) * n
     if load.queue_depth >= 1 and load.running_requests > 0:
         full_batch = load.running_requests
     floor = None

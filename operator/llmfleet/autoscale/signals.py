@@ -46,12 +46,15 @@ class ModelLoad:
 
     def per_replica(self, metric: str) -> float:
         """The value of an autoscaling metric (the CRD's names) per replica."""
-        return {
+        metrics = {
             "queueDepth": self.queue_depth,
             "runningRequests": self.running_requests,
             "kvCacheUtilization": self.kv_cache_utilization,
             "tokensPerSecond": self.tokens_per_second,
-        }[metric]
+        }
+        if metric not in metrics:
+            raise KeyError(metric)
+        return metric_value(metrics, metric) or 0.0
 
     def status(self) -> dict:
         """`status.load` as the CRD declares it."""
@@ -65,3 +68,17 @@ class ModelLoad:
         if self.ttft_p95_seconds is not None:
             out["ttftP95Seconds"] = round(self.ttft_p95_seconds, 3)
         return out
+
+
+def metric_value(load: dict, metric: str) -> float | None:
+    """An autoscaling metric (the CRD's names) per replica, from ``status.load``.
+
+    ``runningRequests`` is the requests in flight: running plus waiting for a batch
+    slot, since a full batch hides any further demand.
+    """
+    value = load.get(metric)
+    if value is None:
+        return None
+    if metric == "runningRequests":
+        return float(value) + float(load.get("queueDepth") or 0.0)
+    return float(value)

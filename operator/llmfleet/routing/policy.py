@@ -22,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..api.models import DEFAULT_TARGETS, Backend, RoutePolicySpec, RouteStrategy, SpecError, parse_route_policy_spec
+from ..autoscale.signals import metric_value
 from ..render.deployment import SELECTOR_LABEL
 from ..status.conditions import Condition
 from .table import Cluster, Endpoint, HeaderRule, Retry, Route, RouteTable, WeightedBackend
@@ -310,9 +311,7 @@ def _cost_shares(states: list[BackendState], slo) -> tuple[list[float], dict[str
     utilization: dict[str, float | None] = {}
     at_target: dict[str, float | None] = {}  # tokens/s of one replica at its target
     for s in states:
-        value = _per_replica(s, s.metric)
-        if value is not None and s.metric == "runningRequests":
-            value += _per_replica(s, "queueDepth") or 0.0  # in flight, as the scaler counts it
+        value = metric_value(s.load or {}, s.metric)  # as the scaler reads it
         util = value / s.target if value is not None and s.target else None
         utilization[s.name] = util
         known = util is not None and util >= UTILIZATION_FLOOR and tps[s.name] > 0
