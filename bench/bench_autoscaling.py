@@ -318,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="llmfleet's scaleDownStabilizationSeconds (the CRD default is 300, the HPA's)")
     s.add_argument("--autoscale-interval", type=float, default=5.0,
                    help="operator --autoscale-interval (its default)")
-    s.add_argument("--trend-window", type=float, default=60.0, help="operator --trend-window (its default)")
+    s.add_argument("--trend-window", type=float, default=ScalingPolicy.trend_window,
+                   help="operator --trend-window (its default)")
     s.add_argument("--slo-ms", type=float, default=1000.0, help="TTFT SLO per request (real ms)")
     p.add_argument("--output", type=Path, default=REPO / "bench/results/autoscaling.json")
     a = p.parse_args(argv)
@@ -340,7 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     loadavg_start = os.getloadavg()
     t_start = time.monotonic()
     # The scaler's operator-wide periods, compressed like everything else.
-    operator_args = ["--scale-up-period", str(15.0 * S), "--max-signal-age", str(60.0 * S),
+    operator_args = ["--scale-up-period", str(ScalingPolicy.scale_up_period * S),
+                     "--max-signal-age", str(ScalingPolicy.max_signal_age * S),
                      "--trend-window", str(a.trend_window * S)]
     with Stack("autoscaling", autoscale_interval=a.autoscale_interval * S, operator_args=operator_args) as stack:
         print(f"stack up (logs: {stack.logdir})", flush=True)
@@ -418,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
         "llmfleet": {"metric": a.metric, "target": a.target, "min": 1, "max": peak_replicas,
                      "scale_down_window_s": a.scale_down_window, "autoscale_interval_s": a.autoscale_interval,
                      "trend_window_s": a.trend_window,
-                     "operator_flags": "--scale-up-period 15, --max-signal-age 60 (their defaults), compressed"},
+                     "scale_up_period_s": ScalingPolicy.scale_up_period,
+                     "max_signal_age_s": ScalingPolicy.max_signal_age},
         "naive": {"threshold": 5, "polling_interval_s": 15, "scale_down_window_s": 300, "min": 1,
                   "max": peak_replicas, "signal": "status.load (queueDepth x sampledReplicas)"},
         "goal": goal,

@@ -23,6 +23,7 @@ from .modeldeployment import ModelDeploymentReconciler
 from .routepolicy import ROUTES, NoDataPlane, RoutePolicyReconciler, XdsPublisher
 from .activator import Activator, ReadyEndpoints
 from .autoscaler import Autoscaler
+from ..autoscale.scaler import ScalingPolicy
 from .waker import Waker
 from ..envoy.xds import XdsServer
 from ..routing.table import Endpoint
@@ -51,9 +52,9 @@ class OperatorOptions:
     activator_timeout: float = 600.0
     autoscale_interval: float = 5.0
     # The scaler's own knobs (autoscale.scaler.ScalingPolicy), the same for every model.
-    scale_up_period: float = 15.0
-    max_signal_age: float = 60.0
-    trend_window: float = 60.0
+    scale_up_period: float = ScalingPolicy.scale_up_period
+    max_signal_age: float = ScalingPolicy.max_signal_age
+    trend_window: float = ScalingPolicy.trend_window
 
 
 OPTIONS = OperatorOptions()
