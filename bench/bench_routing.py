@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 
 from fleet import (  # noqa: E402 - sets sys.path for llmfleet
-    GROUP, REPO, VERSION, Request, Stack, open_loop, pair, percentile, route_policy, sim_md, summarize,
+    GROUP, REPO, VERSION, Request, Stack, Watcher, open_loop, pair, percentile, route_policy, sim_md, summarize,
 )
 from kubernetes import client
 
@@ -78,20 +78,15 @@ def make_trace(a: argparse.Namespace, seconds: float, seed: int) -> list[Request
         out.append(Request(t * a.time_scale, rng.randint(*a.prompt_tokens), rng.randint(*a.output_tokens)))
 
 
-class WeightWatcher(threading.Thread):
+class WeightWatcher(Watcher):
     """Polls the RoutePolicy's effective weights and the backends' status.load every 0.2 s."""
 
     def __init__(self, stack: Stack) -> None:
-        super().__init__(daemon=True, name="weights")
+        super().__init__("weights")
         self.stack = stack
         self.changes: list[dict] = []  # every change of weights or of a backend's load
         self.current: dict[str, int] = {}
         self.last_change = time.monotonic()
-        self._stop_event = threading.Event()
-
-    def stop(self) -> None:
-        self._stop_event.set()
-        self.join(timeout=10)
 
     def run(self) -> None:
         api = self.stack.new_api()

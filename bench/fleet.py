@@ -220,21 +220,28 @@ class Sample:
     reason: str | None = None
 
 
-class Sampler(threading.Thread):
-    """Polls a namespace's sim pods (and one ModelDeployment) every `period` seconds."""
+class Watcher(threading.Thread):
+    """A daemon thread that polls until `stop()`; `run()` loops on `self._stop_event`."""
 
-    def __init__(self, stack: Stack, namespace: str, md_name: str | None = None, *, period: float = 0.25,
-                 on_sample: Callable[[Sample, dict | None], None] | None = None) -> None:
-        super().__init__(daemon=True, name=f"sampler-{namespace}")
-        self.stack, self.namespace, self.md_name, self.period = stack, namespace, md_name, period
-        self.on_sample = on_sample
-        self.samples: list[Sample] = []
-        self.errors: list[str] = []
+    def __init__(self, name: str) -> None:
+        super().__init__(daemon=True, name=name)
         self._stop_event = threading.Event()
 
     def stop(self) -> None:
         self._stop_event.set()
         self.join(timeout=10)
+
+
+class Sampler(Watcher):
+    """Polls a namespace's sim pods (and one ModelDeployment) every `period` seconds."""
+
+    def __init__(self, stack: Stack, namespace: str, md_name: str | None = None, *, period: float = 0.25,
+                 on_sample: Callable[[Sample, dict | None], None] | None = None) -> None:
+        super().__init__(f"sampler-{namespace}")
+        self.stack, self.namespace, self.md_name, self.period = stack, namespace, md_name, period
+        self.on_sample = on_sample
+        self.samples: list[Sample] = []
+        self.errors: list[str] = []
 
     def run(self) -> None:
         api = self.stack.new_api()
