@@ -22,7 +22,7 @@ from ..api.models import SpecError, parse_model_deployment_spec
 from ..autoscale.scaler import Observation, ScalerState, ScalingPolicy, decide
 from ..metrics.scrape import Scraper, ScrapeTarget
 from ..render.deployment import SELECTOR_LABEL
-from ..routing.policy import SERVER_PORT_NAME, DEFAULT_SERVER_PORT
+from ..routing.policy import server_port
 from ..status.conditions import Condition, merge_conditions, now_rfc3339, parse_rfc3339
 from ..status.modeldeployment import load_patch
 
@@ -81,14 +81,6 @@ class StartupTimes:
         self._seen.pop(key, None)
 
 
-def _port(pod: dict) -> int:
-    for container in pod.get("spec", {}).get("containers") or []:
-        for port in container.get("ports") or []:
-            if port.get("name") == SERVER_PORT_NAME:
-                return int(port["containerPort"])
-    return DEFAULT_SERVER_PORT
-
-
 class Autoscaler:
     def __init__(self, kube: Kube, *, interval: float = 2.0, waker=None, scrape_timeout: float = 1.0,
                  knobs: dict[str, float] | None = None) -> None:
@@ -138,7 +130,7 @@ class Autoscaler:
             key = (md["metadata"]["namespace"], md["metadata"]["name"])
             kind = ((md.get("spec") or {}).get("engine") or {}).get("kind", "vllm")
             targets[key] = [
-                ScrapeTarget.for_pod((key, p["metadata"]["name"]), p["status"]["podIP"], kind, _port(p))
+                ScrapeTarget.for_pod((key, p["metadata"]["name"]), p["status"]["podIP"], kind, server_port(p))
                 for p in by_md.get(key, []) if _pod_state(p) == "ready"
             ]
         loads = await self.scraper.round(targets)

@@ -85,11 +85,12 @@ def ready_endpoints(pods: list[dict]) -> dict[tuple[str, str], tuple[Endpoint, .
             continue
         if not any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []):
             continue
-        out.setdefault((meta["namespace"], owner), []).append(Endpoint(ip, _server_port(pod)))
+        out.setdefault((meta["namespace"], owner), []).append(Endpoint(ip, server_port(pod)))
     return {key: tuple(sorted(eps)) for key, eps in out.items()}
 
 
-def _server_port(pod: dict) -> int:
+def server_port(pod: dict) -> int:
+    """The model server's port in a pod: its container port named `http`, else 8000."""
     for container in pod.get("spec", {}).get("containers") or []:
         for port in container.get("ports") or []:
             if port.get("name") == SERVER_PORT_NAME:
