@@ -42,7 +42,7 @@ def gpu_deployment(name: str, gpus: int, product: str | None = None) -> dict:
 
 
 def test_gpu_nodes_are_registered_and_ready(dev_cluster, k8s):
-    nodes = client.CoreV1Api(k8s).list_node(label_selector="type=kwok").items
+    nodes = client.CoreV1Api(k8s).list_node(label_selector="type=kwok,llmfleet.io/dev-cluster-node!=system").items
     by_product: dict[str, list] = {}
     for node in nodes:
         assert any(c.type == "Ready" and c.status == "True" for c in node.status.conditions), node.metadata.name

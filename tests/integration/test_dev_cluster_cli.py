@@ -26,7 +26,7 @@ def test_up_gives_usable_cluster_and_down_stops_every_process(tmp_path):
     state = ClusterState.load(state_dir / "state.json")
     try:
         assert {c.name for c in state.components} == {
-            "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "simfleet"
+            "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok", "simfleet", "kubelet"
         }
         nodes = subprocess.run(
             [str(require_tools().path("kubectl")), "get", "nodes", "-o", "json"],
@@ -34,7 +34,10 @@ def test_up_gives_usable_cluster_and_down_stops_every_process(tmp_path):
         )
         items = json.loads(nodes.stdout)["items"]
         gpus = sorted(n["status"]["allocatable"].get("nvidia.com/gpu", "0") for n in items)
-        assert gpus == ["0", "8", "8"]
+        assert gpus == ["0", "0", "8", "8"]  # the system node has none
+        system = [n for n in items if n["metadata"]["labels"].get("llmfleet.io/dev-cluster-node") == "system"]
+        assert len(system) == 1 and system[0]["spec"]["taints"][0]["key"] == "CriticalAddonsOnly"
+        network = json.loads((state_dir / "cluster" / "logs" / "kubelet-network.json").read_text())
         assert all(
             any(c["type"] == "Ready" and c["status"] == "True" for c in n["status"]["conditions"]) for n in items
         )
@@ -47,3 +50,5 @@ def test_up_gives_usable_cluster_and_down_stops_every_process(tmp_path):
     assert not (state_dir / "state.json").exists()
     assert (state_dir / "cluster" / "logs" / "kube-apiserver.log").exists()
     assert not (state_dir / "cluster" / "etcd").exists()
+    links = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True, check=True).stdout
+    assert network["bridge"] not in {link["ifname"] for link in json.loads(links)}, "the pod bridge outlived the cluster"

@@ -9,6 +9,16 @@ Kubernetes refuses loopback addresses in Endpoints and EndpointSlices and as the
 server's advertised endpoint, so the API server's endpoint reconciler is off and
 anything that needs pod addresses reads them from the pods themselves.
 
+One more node, `system`, is not KWOK's to run: its kubelet (kubelet.py) runs the
+pods scheduled there (what the Helm chart installs: the operator, the Envoy ingress)
+as real processes from their pod specs, each in its own network namespace, and
+forwards every Service from a loopback address that stands for its ClusterIP
+(serviceproxy.py). It is tainted `CriticalAddonsOnly`, as system node pools are, so
+only pods that tolerate it land there. It needs root.
+
+The API server writes an audit log of every request made with a ServiceAccount's
+token (`<logdir>/audit.log`): what the operator, running under its own RBAC, asked.
+
 The same object also attaches to an existing cluster (`LLMFLEET_TEST_KUBECONFIG`):
 then only KWOK runs locally, managing the fake GPU nodes it adds to that cluster.
 """
@@ -42,6 +52,16 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 SERVICE_CIDR = "10.96.0.0/16"
 SERVICE_IP = "10.96.0.1"
 POD_CIDR_SECOND_OCTETS = range(1, 255)  # pod IPs come from 127.X.0.0/16
+SYSTEM_NODE_LABEL_VALUE = "system"
+SYSTEM_TAINT = {"key": "CriticalAddonsOnly", "value": "true", "effect": "NoSchedule"}
+AUDIT_POLICY = {
+    "apiVersion": "audit.k8s.io/v1",
+    "kind": "Policy",
+    "omitStages": ["RequestReceived"],
+    # Every request made with a ServiceAccount's token, and nothing else: the
+    # control plane's own traffic and the tests' admin requests would drown it.
+    "rules": [{"level": "Metadata", "userGroups": ["system:serviceaccounts"]}, {"level": "None"}],
+}
 
 
 class ClusterError(RuntimeError):
@@ -58,7 +78,9 @@ class NodePool:
     gpu_product: str | None = None
     cpu: str = "64"
     memory: str = "512Gi"
+    ephemeral_storage: str = "500Gi"
     pods: int = 110
+    taints: tuple[dict, ...] = ()
 
     @classmethod
     def parse(cls, text: str) -> "NodePool":
@@ -78,7 +100,8 @@ class NodePool:
         return [self._node(f"{self.name}-{i}") for i in range(self.count)]
 
     def _node(self, name: str) -> dict:
-        resources = {"cpu": self.cpu, "memory": self.memory, "pods": str(self.pods)}
+        resources = {"cpu": self.cpu, "memory": self.memory, "ephemeral-storage": self.ephemeral_storage,
+                     "pods": str(self.pods)}
         labels = {
             "kubernetes.io/hostname": name,
             "kubernetes.io/os": "linux",
@@ -100,7 +123,7 @@ class NodePool:
                 "labels": labels,
                 "annotations": {KWOK_ANNOTATION: "fake", "node.alpha.kubernetes.io/ttl": "0"},
             },
-            "spec": {},
+            "spec": {"taints": [dict(t) for t in self.taints]} if self.taints else {},
             "status": {
                 "capacity": resources,
                 "allocatable": resources,
@@ -119,6 +142,8 @@ DEFAULT_NODE_POOLS = (
     NodePool("gpu-h100", 4, 8, "NVIDIA-H100-80GB-HBM3", cpu="96", memory="1024Gi"),
     NodePool("gpu-l4", 2, 1, "NVIDIA-L4", cpu="16", memory="64Gi"),
 )
+# Where the chart's pods run for real (kubelet.py), whatever the GPU pools are.
+SYSTEM_NODE_POOL = NodePool(SYSTEM_NODE_LABEL_VALUE, 1, 0, cpu="8", memory="32Gi", taints=(SYSTEM_TAINT,))
 
 
 def node_pools_from_env() -> tuple[NodePool, ...]:
@@ -161,6 +186,35 @@ def with_sim_readiness(stages: list[dict]) -> list[dict]:
         sim["spec"]["next"]["statusTemplate"] = template.replace("ready: true", "ready: false", 1)
         out += [others, sim]
     return out
+
+
+def without_system_nodes(stages: list[dict], nodes: list[str]) -> list[dict]:
+    """KWOK's stages, except that KWOK leaves the pods of ``nodes`` to their own kubelet."""
+    if not nodes:
+        return stages
+    out = copy.deepcopy(stages)
+    for stage in out:
+        if stage["spec"]["resourceRef"]["kind"] == "Pod":
+            stage["spec"]["selector"].setdefault("matchExpressions", []).append(
+                {"key": ".spec.nodeName", "operator": "NotIn", "values": list(nodes)})
+    return out
+
+
+def pick_loopback_octet(exclude: set[int], port: int = 443) -> int:
+    """An X for 127.X.0.0/16 that no other dev cluster on the machine uses (its
+    first address and ``port`` are free)."""
+    import random
+
+    candidates = [x for x in POD_CIDR_SECOND_OCTETS if x not in exclude]
+    random.shuffle(candidates)
+    for x in candidates:
+        with socket.socket() as s:
+            try:
+                s.bind((f"127.{x}.0.1", port))
+            except OSError:
+                continue
+        return x
+    raise ClusterError("no free 127.X.0.0/16 range for Service addresses")
 
 
 def pick_pod_cidr(port: int = 8000) -> str:
@@ -210,6 +264,7 @@ class ClusterState:
     external: bool
     components: list[Component] = field(default_factory=list)
     nodes: list[str] = field(default_factory=list)
+    service_octet: int | None = None
 
     def save(self, path: Path) -> None:
         path.write_text(json.dumps(asdict(self), indent=2))
@@ -250,6 +305,17 @@ def stop_pid(component: Component, timeout: float = 10.0) -> None:
     _reap(component.pid)
 
 
+def remove_pod_network(logdir: Path) -> None:
+    """The system node's bridge and pod namespaces, if its kubelet was killed before
+    it could remove them."""
+    record = logdir / "kubelet-network.json"
+    if record.exists() and os.geteuid() == 0:
+        from .podnet import remove_leftovers
+
+        remove_leftovers(json.loads(record.read_text())["index"])
+        record.unlink()
+
+
 def _reap(pid: int) -> None:
     try:
         os.waitpid(pid, os.WNOHANG)
@@ -273,9 +339,14 @@ class DevCluster:
         pod_cidr: str | None = None,
         detach: bool = False,
         tools: Tools | None = None,
+        system_node: bool = True,
     ) -> None:
         self.node_pools = node_pools
         self.pod_cidr = pod_cidr or pick_pod_cidr()
+        pod_octet = int(self.pod_cidr.split(".")[1])
+        self.service_octet = pick_loopback_octet({pod_octet})
+        # The chart's pods need a kubelet that runs them; against another cluster, its own does.
+        self.system_pools = (SYSTEM_NODE_POOL,) if system_node and external_kubeconfig is None else ()
         self.detach = detach
         self.tools = tools or require_tools()
         self.external = external_kubeconfig is not None
@@ -301,6 +372,7 @@ class DevCluster:
             self._start_kwok()
             self._start_sim_fleet()
             self._create_nodes()
+            self._start_kubelet()
             self._wait_nodes_ready(t0 + timeout)
             if not self.external:
                 self._wait_default_service_account(t0 + timeout)
@@ -315,10 +387,11 @@ class DevCluster:
         if self.external and self.nodes:
             self.kubectl("delete", "node", "--ignore-not-found", "--wait=false", *self.nodes, check=False)
         for comp in reversed(self.components):
-            stop_pid(comp)
+            stop_pid(comp, timeout=20 if comp.name == "kubelet" else 10)
             if proc := self._popen.pop(comp.pid, None):
                 proc.wait(timeout=5)
         self.components.clear()
+        remove_pod_network(self.logdir)
         if remove_workdir:
             for child in self.workdir.iterdir():
                 if child != self.logdir:
@@ -332,6 +405,7 @@ class DevCluster:
             external=self.external,
             components=list(self.components),
             nodes=list(self.nodes),
+            service_octet=self.service_octet,
         )
 
     # ---- helpers for tests and the CLI ---------------------------------------
@@ -355,16 +429,37 @@ class DevCluster:
             raise ClusterError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc
 
+    @property
+    def system_nodes(self) -> list[str]:
+        return [m["metadata"]["name"] for pool in self.system_pools for m in pool.manifests()]
+
+    def service_address(self, namespace: str, name: str) -> str:
+        """The loopback address that stands for a Service's ClusterIP here (the
+        Service's ports are served there; see serviceproxy.py)."""
+        from .serviceproxy import service_vip
+
+        cluster_ip = self.kubectl("get", "service", name, "-n", namespace, "-o",
+                                  "jsonpath={.spec.clusterIP}").stdout.strip()
+        return service_vip(cluster_ip, self.service_octet)
+
+    @property
+    def audit_log(self) -> Path:
+        return self.logdir / "audit.log"
+
     def log_tails(self, lines: int = 30) -> dict[str, str]:
-        """The last lines of every component log, for test failure reports (without the
-        expected complaints about loopback pod IPs in EndpointSlices)."""
+        """The last lines of every component log and of the system node's containers,
+        for test failure reports (without the expected complaints about loopback pod
+        IPs in EndpointSlices)."""
         tails = {}
-        for log in sorted(self.logdir.glob("*.log")):
+        for log in sorted(self.logdir.glob("*.log")) + sorted(self.logdir.glob("pods/*/*.log")):
+            if log.name == "audit.log":
+                continue
             text = [
                 line for line in log.read_text(errors="replace").splitlines()
                 if "may not be in the loopback range" not in line
             ]
-            tails[log.stem] = "\n".join(text[-lines:])
+            name = log.stem if log.parent == self.logdir else f"{log.parent.name}/{log.stem}"
+            tails[name] = "\n".join(text[-lines:])
         return tails
 
     # ---- internals -------------------------------------------------------------
@@ -408,8 +503,13 @@ class DevCluster:
     def _start_control_plane(self, timeout: float) -> None:
         from .pki import generate_pki
 
+        from .serviceproxy import service_vip
+
         deadline = time.monotonic() + timeout
-        pki = generate_pki(self.workdir / "pki", SERVICE_IP)
+        # Pods reach the API server at the `kubernetes` Service's address (serviceproxy.py).
+        pki = generate_pki(self.workdir / "pki", SERVICE_IP, (service_vip(SERVICE_IP, self.service_octet),))
+        audit_policy = self.workdir / "audit-policy.yaml"
+        audit_policy.write_text(yaml.safe_dump(AUDIT_POLICY, sort_keys=False))
         etcd_port, etcd_peer, api_port = free_port(), free_port(), free_port()
         etcd = self._spawn(
             "etcd",
@@ -459,6 +559,12 @@ class DevCluster:
                 f"--kubelet-client-key={pki.admin_key}",
                 "--kubelet-preferred-address-types=InternalIP",
                 "--authorization-mode=Node,RBAC",
+                # Setting blockOwnerDeletion needs update on the owner's finalizers
+                # (as on OpenShift): the operator's RBAC is checked for it here.
+                "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
+                f"--audit-policy-file={audit_policy}",
+                f"--audit-log-path={self.audit_log}",
+                "--audit-log-maxbackup=0",
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--v=1",
@@ -544,7 +650,8 @@ class DevCluster:
             }
         ]
         stages = [yaml.safe_load(p.read_text()) for p in sorted(self.tools.kwok_stages.glob("*.yaml"))]
-        config.write_text(yaml.safe_dump_all(docs + with_sim_readiness(stages), sort_keys=False))
+        stages = without_system_nodes(with_sim_readiness(stages), self.system_nodes)
+        config.write_text(yaml.safe_dump_all(docs + stages, sort_keys=False))
         port = free_port()
         self._spawn(
             "kwok",
@@ -570,8 +677,26 @@ class DevCluster:
              f"--kubeconfig={self.kubeconfig}", f"--logdir={self.logdir}"],
         )
 
+    def _start_kubelet(self) -> None:
+        if not self.system_pools:
+            return
+        if os.geteuid() != 0:
+            raise ClusterError(
+                "the dev cluster's system node runs the chart's pods in network and mount namespaces, "
+                "which needs root; run as root, or start the cluster without it (--no-system-node)")
+        api = ["--api-server", self.api_server_url.removeprefix("https://")] if self.api_server_url else []
+        kubelet = self._spawn(
+            "kubelet",
+            [sys.executable, "-m", "llmfleet.devcluster.kubelet", f"--kubeconfig={self.kubeconfig}",
+             f"--workdir={self.workdir / 'kubelet'}", f"--logdir={self.logdir}",
+             *(f"--node={n}" for n in self.system_nodes), f"--service-octet={self.service_octet}", *api],
+        )
+        # It records its pod network once the bridge is up: then it can run pods.
+        self._wait("the system node's kubelet", (self.logdir / "kubelet-network.json").exists,
+                   time.monotonic() + 30, [kubelet])
+
     def _create_nodes(self) -> None:
-        manifests = [m for pool in self.node_pools for m in pool.manifests()]
+        manifests = [m for pool in (*self.node_pools, *self.system_pools) for m in pool.manifests()]
         self.nodes = [m["metadata"]["name"] for m in manifests]
         body = yaml.safe_dump_all(manifests, sort_keys=False)
         self.kubectl("apply", "--server-side", "--field-manager=llmfleet-dev-cluster", "-f", "-", input=body)

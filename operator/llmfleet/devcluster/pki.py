@@ -77,8 +77,9 @@ def _issue(subject, public_key, issuer, issuer_key, *, ca=False, usages=(), sans
     return builder.sign(issuer_key, hashes.SHA256())
 
 
-def generate_pki(directory: Path, service_ip: str) -> Pki:
-    """Write every key and certificate the control plane needs into `directory`."""
+def generate_pki(directory: Path, service_ip: str, extra_ips: tuple[str, ...] = ()) -> Pki:
+    """Write every key and certificate the control plane needs into `directory`;
+    the API server's certificate also names `extra_ips` (where pods reach it)."""
     directory.mkdir(parents=True, exist_ok=True)
     p = Pki(
         ca_cert=directory / "ca.crt",
@@ -106,6 +107,7 @@ def generate_pki(directory: Path, service_ip: str) -> Pki:
         x509.DNSName("kubernetes.default.svc.cluster.local"),
         x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
         x509.IPAddress(ipaddress.ip_address(service_ip)),
+        *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in extra_ips),
     ]
     serving = _issue(
         _name("kube-apiserver"),
