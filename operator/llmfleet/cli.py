@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="seconds of load history whose rise the scaler projects one replica startup time ahead")
     run.add_argument("--activator-timeout", type=float, default=600.0,
                      help="seconds a request waits for a scaled-to-zero model to get a ready replica")
+    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
+                     help="level of the operator's (and kopf's) logs; kopf's per-object lines need debug")
     run.set_defaults(func=_run_operator)
 
     # Commands whose modules take their own argv are dispatched without importing them here.
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("sim", "run the simulated OpenAI-compatible model server"),
         ("crds", "write the CRD YAML generated from the API models"),
         ("envoy-bootstrap", "print the Envoy bootstrap that points Envoy at the operator's xDS server"),
+        ("models", "list the models an OpenAI-compatible endpoint serves (the chart's helm test)"),
     ):
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -80,6 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         from .envoy.bootstrap import main as bootstrap_main
 
         return bootstrap_main(argv[1:])
+    if argv and argv[0] == "models":
+        from .openai_endpoint import main as models_main
+
+        return models_main(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -11,7 +11,10 @@ import yaml
 from llmfleet.api import crd as crdgen
 from llmfleet.api import models as m
 
-CRDS_DIR = Path(__file__).resolve().parents[2] / "crds"
+REPO = Path(__file__).resolve().parents[2]
+CRDS_DIR = REPO / "crds"
+# The Helm chart's copy: `helm install` creates the CRDs from it.
+CHART_CRDS_DIR = REPO / "charts" / "llmfleet" / "crds"
 REGENERATE = "python -m llmfleet.api.crd"
 
 
@@ -38,18 +41,39 @@ def _walk(node: Any, path: str = ""):
         yield from _walk(node["additionalProperties"], f"{path}.*")
 
 
-def test_crds_dir_is_up_to_date():
-    report = crdgen.stale_report(CRDS_DIR)
-    assert report == "", f"crds/ is stale; run `{REGENERATE}`:\n{report}"
+@pytest.mark.parametrize("directory", [CRDS_DIR, CHART_CRDS_DIR], ids=["crds", "chart"])
+def test_crds_dir_is_up_to_date(directory):
+    report = crdgen.stale_report(directory)
+    assert report == "", f"{directory.relative_to(REPO)}/ is stale; run `{REGENERATE}`:\n{report}"
 
 
-def test_crd_files_are_exactly_the_generated_ones():
-    assert sorted(p.name for p in CRDS_DIR.glob("*.yaml")) == [
+@pytest.mark.parametrize("directory", [CRDS_DIR, CHART_CRDS_DIR], ids=["crds", "chart"])
+def test_crd_files_are_exactly_the_generated_ones(directory):
+    assert sorted(p.name for p in directory.iterdir()) == [
         "modeldeployments.llmfleet.io.yaml",
         "routepolicies.llmfleet.io.yaml",
     ]
-    for path in CRDS_DIR.glob("*.yaml"):
+    for path in directory.glob("*.yaml"):
         assert yaml.safe_load(path.read_text()) in crdgen.build_crds()
+
+
+def test_default_output_dirs_are_both_copies():
+    assert [REPO / d for d in crdgen.OUTPUT_DIRS] == [CRDS_DIR, CHART_CRDS_DIR]
+
+
+def test_one_command_writes_and_checks_both_copies(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the defaults are relative to the repository root
+    assert crdgen.main([]) == 0
+    for directory in crdgen.OUTPUT_DIRS:
+        assert crdgen.stale_report(tmp_path / directory) == ""
+    assert crdgen.main(["--check"]) == 0
+    chart_copy = tmp_path / "charts/llmfleet/crds/routepolicies.llmfleet.io.yaml"
+    chart_copy.write_text(chart_copy.read_text().replace("maxItems: 16", "maxItems: 17", 1))
+    capsys.readouterr()
+    assert crdgen.main(["--check"]) == 1
+    err = capsys.readouterr().err
+    assert "charts/llmfleet/crds/ are stale" in err and "crds/, " not in err
+    assert "`python -m llmfleet.api.crd`" in err
 
 
 def test_check_flags_stale_and_missing_files(tmp_path, capsys):

@@ -7,7 +7,7 @@ import json
 import pytest
 import yaml
 
-from llmfleet.envoy.bootstrap import XDS_CLUSTER, bootstrap, main, render
+from llmfleet.envoy.bootstrap import ADMIN_CLUSTER, READY_LISTENER, XDS_CLUSTER, bootstrap, main, render
 
 
 def test_bootstrap_points_envoy_at_ads_with_admin_on_loopback() -> None:
@@ -66,3 +66,55 @@ def test_yaml_keeps_ambiguous_strings_strings(node_id: str) -> None:
     text = render(bootstrap("x", 18000, node_id, 9901), "yaml")
     assert yaml.safe_load(text)["node"]["id"] == node_id
     assert f'id: "{node_id}"' in text or f"id: '{node_id}'" in text
+
+
+def test_no_ready_listener_unless_asked() -> None:
+    config = bootstrap("x", 18000, "n", 9901)
+    assert "listeners" not in config["static_resources"]
+    assert [c["name"] for c in config["static_resources"]["clusters"]] == [XDS_CLUSTER]
+
+
+def test_ready_listener_exposes_only_ready_and_stats_from_admin() -> None:
+    config = bootstrap("x", 18000, "n", 19000, ready_port=19001)
+    (listener,) = config["static_resources"]["listeners"]
+    assert listener["name"] == READY_LISTENER
+    assert listener["address"]["socket_address"] == {"address": "0.0.0.0", "port_value": 19001}
+    assert listener["ignore_global_conn_limit"] is True  # probes pass even at the connection limit
+    (chain,) = listener["filter_chains"]
+    (hcm,) = chain["filters"]
+    manager = hcm["typed_config"]
+    assert manager["normalize_path"] is True and manager["merge_slashes"] is True
+    (vhost,) = manager["route_config"]["virtual_hosts"]
+    assert [(r["match"], r.get("route"), r.get("direct_response")) for r in vhost["routes"]] == [
+        ({"path": "/ready"}, {"cluster": ADMIN_CLUSTER}, None),
+        ({"prefix": "/stats/prometheus"}, {"cluster": ADMIN_CLUSTER}, None),
+        ({"prefix": "/"}, None, {"status": 404}),
+    ]
+    admin = config["static_resources"]["clusters"][1]
+    assert admin["name"] == ADMIN_CLUSTER and admin["type"] == "STATIC"
+    endpoint = admin["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
+    # The cluster reaches admin where admin listens: loopback, never the pod address.
+    assert endpoint["address"]["socket_address"] == config["admin"]["address"]["socket_address"] == {
+        "address": "127.0.0.1", "port_value": 19000}
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"ready_port": 0}, "ready_port must be within"),
+    ({"ready_port": 65536}, "ready_port must be within"),
+    ({"ready_port": 9901}, "must differ"),
+    ({"ready_port": 9902, "admin_port": 0}, "fixed admin_port"),
+])
+def test_bad_ready_ports_are_refused(kwargs: dict, message: str) -> None:
+    args = {"xds_address": "x", "xds_port": 18000, "node_id": "n", "admin_port": 9901, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        bootstrap(**args)
+
+
+def test_cli_ready_port(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--xds-address", "llmfleet-operator.ns.svc", "--node-id", "pod-1", "--admin-port", "19000",
+            "--node-cluster", "llmfleet-ingress", "--ready-port", "19001"]
+    assert main(argv) == 0
+    assert yaml.safe_load(capsys.readouterr().out) == bootstrap(
+        "llmfleet-operator.ns.svc", 18000, "pod-1", 19000, node_cluster="llmfleet-ingress", ready_port=19001)
+    assert main([*argv[:-1], "19000"]) == 2
+    assert "must differ" in capsys.readouterr().err

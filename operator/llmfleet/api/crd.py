@@ -1,7 +1,8 @@
 """Generate the llmfleet CRDs from the pydantic models.
 
-``python -m llmfleet.api.crd`` writes ``crds/*.yaml``; ``--check`` exits 1 when
-the files there differ from what the models generate (CI runs it, and a unit
+``python -m llmfleet.api.crd`` (or ``llmfleet crds``), run from the repository root,
+writes ``crds/*.yaml`` and the Helm chart's copy in ``charts/llmfleet/crds/``;
+``--check`` exits 1 when the files there differ from what the models generate (a unit
 test does the same comparison).
 
 The OpenAPI schema is made structural the way the API server requires: every
@@ -392,30 +393,45 @@ def stale_report(directory: str | Path) -> str:
     return "".join(chunks)
 
 
+# Where the CRDs live, relative to the repository root: the top-level copy (kubectl
+# apply, tests) and the Helm chart's (installed by `helm install`, never upgraded).
+OUTPUT_DIRS = ("crds", "charts/llmfleet/crds")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="llmfleet crds", description="Generate the llmfleet CRDs from the API models."
     )
-    parser.add_argument("--output-dir", default="crds", help="directory for the CRD YAML files (default: crds)")
+    parser.add_argument(
+        "--output-dir", action="append", dest="output_dirs", metavar="DIR",
+        help=f"directory for the CRD YAML files (repeatable; default: {' and '.join(OUTPUT_DIRS)})",
+    )
     parser.add_argument(
         "--check",
         action="store_true",
-        help="write nothing; exit 1 with a diff if the files in --output-dir are stale",
+        help="write nothing; exit 1 with a diff if the files in any output directory are stale",
     )
     args = parser.parse_args(argv)
+    directories = args.output_dirs or list(OUTPUT_DIRS)
     if args.check:
-        report = stale_report(args.output_dir)
-        if report:
-            sys.stderr.write(report)
-            sys.stderr.write(
-                f"\nCRDs in {args.output_dir}/ are stale; regenerate them with "
-                f"`python -m llmfleet.api.crd --output-dir {args.output_dir}`.\n"
-            )
+        stale = []
+        for directory in directories:
+            report = stale_report(directory)
+            if report:
+                sys.stderr.write(report)
+                stale.append(directory)
+            else:
+                print(f"CRDs in {directory}/ are up to date.")
+        if stale:
+            flags = " ".join(f"--output-dir {d}" for d in directories)
+            command = "python -m llmfleet.api.crd" + ("" if directories == list(OUTPUT_DIRS) else f" {flags}")
+            sys.stderr.write(f"\nCRDs in {', '.join(d + '/' for d in stale)} are stale; "
+                             f"regenerate them with `{command}`.\n")
             return 1
-        print(f"CRDs in {args.output_dir}/ are up to date.")
         return 0
-    for path in write_crds(args.output_dir):
-        print(f"wrote {path}")
+    for directory in directories:
+        for path in write_crds(directory):
+            print(f"wrote {path}")
     return 0
 
 

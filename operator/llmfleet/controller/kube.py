@@ -11,6 +11,7 @@ import json
 import logging
 import threading
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from kubernetes import client, config, dynamic
@@ -64,21 +65,24 @@ class Ref:
 class Kube:
     """A thin, typed facade over the dynamic client."""
 
-    def __init__(self, api_client: client.ApiClient, request_timeout: float = 30.0) -> None:
+    def __init__(self, api_client: client.ApiClient, request_timeout: float = 30.0,
+                 namespaces: Sequence[str] = ()) -> None:
         self.api = api_client
         self.dynamic = dynamic.DynamicClient(api_client)
         self.timeout = request_timeout
+        # The namespaces the operator serves (`llmfleet run --namespace`); empty: all.
+        self.namespaces = tuple(namespaces)
         self._resources: dict[tuple[str, str], object] = {}
         self._lock = threading.Lock()
 
     @classmethod
-    def from_environment(cls, kubeconfig: str | None = None) -> "Kube":
+    def from_environment(cls, kubeconfig: str | None = None, namespaces: Sequence[str] = ()) -> "Kube":
         try:
             config.load_incluster_config()
             api_client = client.ApiClient()
         except config.ConfigException:
             api_client = config.new_client_from_config(config_file=kubeconfig)
-        return cls(api_client)
+        return cls(api_client, namespaces=namespaces)
 
     def resource(self, api_version: str, kind: str):
         key = (api_version, kind)
@@ -97,13 +101,24 @@ class Kube:
         return obj.to_dict()
 
     def list(self, api_version: str, kind: str, namespace: str | None = None, label_selector: str = "") -> list[dict]:
-        try:
-            objs = self.resource(api_version, kind).get(
-                namespace=namespace, label_selector=label_selector, _request_timeout=self.timeout
-            )
-        except ApiException as exc:
-            raise _map(exc) from exc
-        return [o.to_dict() for o in objs.items]
+        """Objects in ``namespace``; without one, in every namespace the operator serves.
+
+        Serving a list of namespaces, the operator may only read those (one Role each),
+        so that is one LIST per namespace instead of one across the cluster.
+        """
+        res = self.resource(api_version, kind)
+        if namespace or not self.namespaces or not res.namespaced:
+            scopes: Sequence[str | None] = [namespace]
+        else:
+            scopes = self.namespaces
+        items = []
+        for scope in scopes:
+            try:
+                objs = res.get(namespace=scope, label_selector=label_selector, _request_timeout=self.timeout)
+            except ApiException as exc:
+                raise _map(exc) from exc
+            items += [o.to_dict() for o in objs.items]
+        return items
 
     def apply(self, body: dict) -> dict:
         """Server-side apply with our field manager, taking ownership of what we set."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import socket
 from dataclasses import dataclass
 
 import kopf
@@ -55,9 +56,29 @@ class OperatorOptions:
     scale_up_period: float = ScalingPolicy.scale_up_period
     max_signal_age: float = ScalingPolicy.max_signal_age
     trend_window: float = ScalingPolicy.trend_window
+    log_level: str = "info"
 
 
 OPTIONS = OperatorOptions()
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def configure_logging(level: str) -> None:
+    """Set the llmfleet and kopf loggers to ``level`` (one of LOG_LEVELS).
+
+    kopf.objects logs one INFO line per watch event, which drowns everything else, so
+    it stays at WARNING (or quieter) unless the level is debug. kopf.configure() has
+    already installed the handler on the root logger; records below the root's level
+    still reach it from loggers set lower.
+    """
+    if level not in LOG_LEVELS:
+        raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}, not {level!r}")
+    number = getattr(logging, level.upper())
+    for name in ("llmfleet", "kopf"):
+        logging.getLogger(name).setLevel(number)
+    quiet = number if level == "debug" else max(number, logging.WARNING)
+    logging.getLogger("kopf.objects").setLevel(quiet)
+    logging.getLogger("aiohttp.access").setLevel(quiet)
 
 
 @kopf.on.login()
@@ -80,7 +101,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_) -> None
     settings.watching.label_selectors[("v1", "pods")] = MD_LABEL
     settings.watching.label_selectors[("apps", "v1", "deployments")] = MD_LABEL
 
-    kube = await asyncio.to_thread(Kube.from_environment, OPTIONS.kubeconfig)
+    kube = await asyncio.to_thread(Kube.from_environment, OPTIONS.kubeconfig, OPTIONS.namespaces or ())
     memo.kube = kube
     memo.md_queue = WorkQueue(ModelDeploymentReconciler(kube).reconcile, workers=OPTIONS.workers)
     publisher = NoDataPlane()
@@ -168,13 +189,14 @@ def run(options: OperatorOptions) -> None:
         except OSError as exc:
             raise SystemExit(f"llmfleet run: cannot serve metrics on {options.bind}:{options.metrics_port}: {exc}") from exc
     kopf.configure(verbose=False)
-    # One INFO line per watch event drowns everything else; our own logs say what matters.
-    logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    configure_logging(options.log_level)
     kopf.run(
         standalone=True,  # one replica; see the chart's Recreate strategy
         clusterwide=not options.namespaces,
         namespaces=options.namespaces or (),
         liveness_endpoint=f"http://{options.bind}:{options.health_port}/healthz" if options.health_port else None,
         memo=kopf.Memo(),
+        # kopf would derive it from the user name, which a non-root uid without a
+        # passwd entry (the image's 65532) does not have: getpwuid() fails at start-up.
+        identity=os.environ.get("POD_NAME") or socket.gethostname(),
     )

@@ -1,7 +1,8 @@
 """Envoy's bootstrap: who it is, where the operator's xDS server is, admin on loopback.
 
-Everything else (listener, routes, clusters, endpoints) comes over ADS. Printed by
-``llmfleet envoy-bootstrap`` (the Helm chart renders the same into a ConfigMap).
+Everything else (the OpenAI listener, routes, clusters, endpoints) comes over ADS.
+Printed by ``llmfleet envoy-bootstrap``; the Helm chart renders the same into its
+``<release>-ingress-bootstrap`` ConfigMap (tests/unit/test_chart.py compares the two).
 """
 
 from __future__ import annotations
@@ -15,6 +16,12 @@ from collections.abc import Sequence
 from typing import Any
 
 XDS_CLUSTER = "llmfleet_xds"
+# The optional static listener that exposes admin's /ready and /stats/prometheus, and the
+# cluster through which it reaches the admin interface on loopback.
+READY_LISTENER = "ready"
+ADMIN_CLUSTER = "envoy_admin"
+READY_PATH = "/ready"
+STATS_PREFIX = "/stats/prometheus"
 
 
 def _duration(seconds: float) -> str:
@@ -41,20 +48,31 @@ def bootstrap(
     xds_retry_max_seconds: float = 10.0,
     xds_keepalive_seconds: float = 10.0,
     max_downstream_connections: int = 50_000,
+    ready_port: int | None = None,
 ) -> dict[str, Any]:
     """The bootstrap dict (Envoy's JSON/YAML shape).
 
     The admin interface can change Envoy's state (``/quitquitquit``, log levels), so it
-    listens on loopback only. Envoy re-dials the xDS server with exponential back-off
-    between ``xds_retry_base_seconds`` and ``xds_retry_max_seconds`` and keeps its last
-    good configuration meanwhile.
+    listens on loopback only. With ``ready_port``, a static listener on
+    ``0.0.0.0:ready_port`` forwards exactly ``/ready`` (the kubelet's probe) and
+    ``/stats/prometheus`` (scrapes) to the admin interface and answers 404 to anything
+    else, as Envoy Gateway does. Envoy re-dials the xDS server with exponential
+    back-off between ``xds_retry_base_seconds`` and ``xds_retry_max_seconds`` and keeps
+    its last good configuration meanwhile.
     """
     if not 0 < xds_port < 65536 or not 0 <= admin_port < 65536:
         raise ValueError("ports must be within 1..65535 (admin may be 0)")
+    if ready_port is not None:
+        if not 0 < ready_port < 65536:
+            raise ValueError("ready_port must be within 1..65535")
+        if admin_port == 0:
+            raise ValueError("the ready listener needs a fixed admin_port (not 0)")
+        if ready_port == admin_port:
+            raise ValueError("ready_port and admin_port must differ")
     if not node_id:
         raise ValueError("node_id must not be empty")
     ads = {"ads": {}, "resource_api_version": "V3"}
-    return {
+    config: dict[str, Any] = {
         "node": {"id": node_id, "cluster": node_cluster},
         "admin": {"address": {"socket_address": {"address": admin_address, "port_value": admin_port}}},
         "dynamic_resources": {
@@ -109,6 +127,63 @@ def bootstrap(
             }],
         },
     }
+    if ready_port is not None:
+        static = config["static_resources"]
+        static["listeners"] = [_ready_listener(ready_port)]
+        static["clusters"].append(_admin_cluster(admin_address, admin_port))
+    return config
+
+
+def _ready_listener(port: int) -> dict[str, Any]:
+    """Admin's /ready and /stats/prometheus on every address, and nothing else of admin's."""
+    to_admin = {"cluster": ADMIN_CLUSTER}
+    return {
+        "name": READY_LISTENER,
+        "address": {"socket_address": {"address": "0.0.0.0", "port_value": port}},
+        # Probes and scrapes get through even when clients hold every allowed connection.
+        "ignore_global_conn_limit": True,
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                         "http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": READY_LISTENER,
+                # "/stats/prometheus/../quitquitquit" becomes "/quitquitquit" before routing.
+                "normalize_path": True,
+                "merge_slashes": True,
+                "route_config": {
+                    "name": READY_LISTENER,
+                    "virtual_hosts": [{
+                        "name": READY_LISTENER,
+                        "domains": ["*"],
+                        "routes": [
+                            {"match": {"path": READY_PATH}, "route": to_admin},
+                            {"match": {"prefix": STATS_PREFIX}, "route": to_admin},
+                            {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+                        ],
+                    }],
+                },
+                "http_filters": [{
+                    "name": "envoy.filters.http.router",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                }],
+            },
+        }]}],
+    }
+
+
+def _admin_cluster(admin_address: str, admin_port: int) -> dict[str, Any]:
+    return {
+        "name": ADMIN_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": ADMIN_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {
+                "socket_address": {"address": admin_address, "port_value": admin_port}}}}]}],
+        },
+    }
 
 
 _YAML_WORDS = {"y", "n", "yes", "no", "on", "off", "true", "false", "null", "~", ""}
@@ -155,6 +230,9 @@ def build_parser(prog: str = "llmfleet envoy-bootstrap") -> argparse.ArgumentPar
     p.add_argument("--node-id", required=True, help="this Envoy's node id (e.g. the pod name)")
     p.add_argument("--node-cluster", default="llmfleet-ingress", help="node cluster (default llmfleet-ingress)")
     p.add_argument("--admin-port", type=int, default=9901, help="admin port, on 127.0.0.1 (default 9901)")
+    p.add_argument("--ready-port", type=int,
+                   help="also serve admin's /ready and /stats/prometheus (only those) on 0.0.0.0 at this port, "
+                        "for kubelet probes and Prometheus")
     p.add_argument("--format", choices=("yaml", "json"), default="yaml")
     p.add_argument("--output", "-o", help="write to this file instead of stdout")
     return p
@@ -164,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         config = bootstrap(args.xds_address, args.xds_port, args.node_id, args.admin_port,
-                           node_cluster=args.node_cluster)
+                           node_cluster=args.node_cluster, ready_port=args.ready_port)
     except ValueError as exc:
         print(f"envoy-bootstrap: {exc}", file=sys.stderr)
         return 2
