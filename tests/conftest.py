@@ -11,7 +11,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
-CLUSTER_FIXTURES = {"dev_cluster", "k8s", "namespace"}
+CLUSTER_FIXTURES = {"dev_cluster", "k8s", "namespace", "release", "operator"}
 
 
 @pytest.fixture(scope="session")
@@ -75,13 +75,19 @@ def crds(dev_cluster):
 
 
 @pytest.fixture(scope="session")
-def operator(dev_cluster, crds):
-    from llmfleet.devcluster.operator_process import OperatorProcess
+def release(dev_cluster, crds):
+    """llmfleet installed with its own Helm chart: the operator and the Envoy ingress run
+    on the dev cluster's system node from the chart's pod specs, under the chart's RBAC.
+    Only the autoscaling interval is shortened, so tests see decisions sooner."""
+    from llmfleet.devcluster.release import Release
 
-    op = OperatorProcess(dev_cluster.kubeconfig, dev_cluster.logdir)
-    op.start()
-    yield op
-    op.stop()
+    yield Release(dev_cluster, values={"operator.autoscaleInterval": "1"}).install()
+
+
+@pytest.fixture(scope="session")
+def operator(release):
+    """The chart's operator: start/stop/restart act on its Deployment."""
+    return release.operator
 
 
 @pytest.hookimpl(hookwrapper=True)

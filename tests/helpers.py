@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import json
+import threading
 import time
+
+import httpx
 
 
 def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
@@ -20,3 +25,52 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = 
 
 def kubectl_json(cluster, *args: str):
     return json.loads(cluster.kubectl(*args, "-o", "json").stdout)
+
+
+class Load:
+    """Closed-loop non-streaming chat requests through an OpenAI endpoint, in a thread,
+    bounded in count and time: ``concurrency`` requests in flight until stopped.
+    ``outcomes`` counts status codes, and the names of errors that got no response."""
+
+    def __init__(self, url: str, model: str, *, concurrency: int = 4, max_tokens: int = 4,
+                 max_requests: int = 20_000, max_seconds: float = 120) -> None:
+        self.url, self.model, self.concurrency, self.max_tokens = url, model, concurrency, max_tokens
+        self.max_requests, self.max_seconds = max_requests, max_seconds
+        self.outcomes: collections.Counter = collections.Counter()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
+
+    def __enter__(self) -> "Load":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=60)
+
+    @property
+    def sent(self) -> int:
+        return sum(self.outcomes.values())
+
+    @property
+    def ok(self) -> int:
+        return self.outcomes[200]
+
+    @property
+    def failed(self) -> int:
+        return self.sent - self.ok
+
+    async def _run(self) -> None:
+        deadline = time.monotonic() + self.max_seconds
+        async with httpx.AsyncClient(base_url=self.url, timeout=60) as client:
+            async def worker() -> None:
+                while not self._stop.is_set() and time.monotonic() < deadline and self.sent < self.max_requests:
+                    try:
+                        r = await client.post("/v1/chat/completions", json={
+                            "model": self.model, "max_tokens": self.max_tokens,
+                            "messages": [{"role": "user", "content": "hi"}]})
+                        self.outcomes[r.status_code] += 1
+                    except httpx.HTTPError as exc:
+                        self.outcomes[type(exc).__name__] += 1
+
+            await asyncio.gather(*(worker() for _ in range(self.concurrency)))

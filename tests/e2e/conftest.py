@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
+from types import SimpleNamespace
 
-from llmfleet.devcluster.cluster import free_port
+import pytest
 
 
 def pytest_collection_modifyitems(items):
@@ -23,16 +23,6 @@ def fleet(dev_cluster):
 
 
 @pytest.fixture(scope="session")
-def envoy(dev_cluster, operator, tmp_path_factory):
-    """Envoy, bootstrapped to the operator's xDS server; `.url` is its OpenAI endpoint."""
-    from llmfleet.envoy.bootstrap import bootstrap
-    from llmfleet.envoy.process import EnvoyProcess
-
-    admin_port = free_port()
-    config = bootstrap("127.0.0.1", operator.xds_port, "ingress-e2e", admin_port)
-    proc = EnvoyProcess(config, tmp_path_factory.mktemp("envoy"))
-    proc.start()
-    proc.wait_ready(timeout=60)
-    proc.url = f"http://127.0.0.1:{operator.envoy_listener_port}"
-    yield proc
-    proc.stop()
+def envoy(release):
+    """The chart's Envoy ingress; `.url` is its OpenAI endpoint (the ingress Service)."""
+    return SimpleNamespace(url=release.ingress_url)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import copy
-import threading
 import time
 
 import httpx
 
-from tests.helpers import kubectl_json, wait_for
+from tests.helpers import Load, kubectl_json, wait_for
 from tests.integration.test_modeldeployment import EXAMPLES, apply, load_md
 
 
@@ -22,37 +20,6 @@ def autoscaled_md(name: str, **autoscaling) -> dict:
     md["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 4, "metric": "queueDepth", "target": 2,
                                  "scaleDownStabilizationSeconds": 6, **autoscaling}
     return md
-
-
-class Load:
-    """Bounded background load through Envoy: `concurrency` requests in flight until stopped."""
-
-    def __init__(self, url: str, model: str, concurrency: int, max_seconds: float = 60) -> None:
-        self.url, self.model, self.concurrency, self.max_seconds = url, model, concurrency, max_seconds
-        self.ok = self.failed = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
-
-    def __enter__(self) -> "Load":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-
-    async def _run(self) -> None:
-        deadline = time.monotonic() + self.max_seconds
-        async with httpx.AsyncClient(base_url=self.url, timeout=60) as client:
-            async def worker():
-                while not self._stop.is_set() and time.monotonic() < deadline:
-                    r = await client.post("/v1/chat/completions", json={
-                        "model": self.model, "max_tokens": 40, "messages": [{"role": "user", "content": "go"}]})
-                    if r.status_code == 200:
-                        self.ok += 1
-                    else:
-                        self.failed += 1
-            await asyncio.gather(*(worker() for _ in range(self.concurrency)))
 
 
 def md_of(cluster, ns, name) -> dict:
@@ -69,7 +36,7 @@ def test_load_step_scales_up_routes_follow_and_scales_down_after_the_window(dev_
     wait_for(lambda: (kubectl_json(dev_cluster, "get", "rp", "busy", "-n", ns).get("status", {}).get("backends")
                       or [{}])[0].get("weight") == 100, what="route programmed")
 
-    with Load(envoy.url, "busy-e2e", concurrency=16) as load:
+    with Load(envoy.url, "busy-e2e", concurrency=16, max_tokens=40, max_seconds=60) as load:
         wait_for(lambda: md_of(dev_cluster, ns, "busy")["spec"]["replicas"] >= 3,
                  timeout=45, what="replicas to rise under load")
         # status.load and scaleReason follow within a round or two (a status write that

@@ -325,7 +325,7 @@ def _successful_reconciles(operator) -> float:
 def test_operator_exposes_liveness_and_metrics(operator, sim_md):
     import httpx
 
-    assert httpx.get(f"http://127.0.0.1:{operator.health_port}/healthz", timeout=5).status_code == 200
+    assert httpx.get(operator.health_url, timeout=5, trust_env=False).status_code == 200
     text = operator.metrics()
     assert "llmfleet_reconcile_duration_seconds_bucket" in text
     assert _successful_reconciles(operator) > 0

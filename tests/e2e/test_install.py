@@ -1,0 +1,160 @@
+"""llmfleet installed the way platform teams install it: `helm install` of its chart.
+
+The session's `release` fixture installed charts/llmfleet with the real helm binary;
+the operator and the Envoy ingress run on the dev cluster's system node from the
+chart's own pod specs (non-root, read-only root, their own ServiceAccount token and
+RBAC), and every e2e test goes through them.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from llmfleet.devcluster.kubelet import NodeView
+from llmfleet.devcluster.release import CHART, DEV_VALUES, Release
+from tests.e2e.test_rbac import refused_by_rbac
+from tests.helpers import Load, kubectl_json, wait_for
+from tests.integration.test_modeldeployment import EXAMPLES
+
+QUICKSTART = EXAMPLES / "sim-quickstart.yaml"
+
+
+def programmed(cluster, namespace: str, name: str) -> bool:
+    status = kubectl_json(cluster, "get", "rp", name, "-n", namespace).get("status", {})
+    return any(c["type"] == "Programmed" and c["status"] == "True" for c in status.get("conditions", []))
+
+
+def apply_quickstart(cluster, namespace: str) -> None:
+    """The quickstart example as a user applies it, and its route served."""
+    cluster.kubectl("apply", "-n", namespace, "-f", str(QUICKSTART))
+    cluster.kubectl("wait", "-n", namespace, "--for=condition=Ready", "md/quickstart-sim", "--timeout=90s",
+                    timeout=100)
+    # Another test's namespace may still hold the older claim on "quickstart" while it is deleted.
+    wait_for(lambda: programmed(cluster, namespace, "quickstart"), timeout=90, what="rp/quickstart Programmed")
+
+
+def test_the_charts_pods_run_from_their_specs_under_their_own_identity(dev_cluster, release):
+    node = NodeView(dev_cluster.logdir).pods()
+    for component in ("operator", "ingress"):
+        pods = release.pods(component)
+        assert pods and all(p["spec"]["nodeName"] == "system-0" for p in pods)
+        for pod in pods:
+            key = f"{release.namespace}/{pod['metadata']['name']}"
+            for name, container in node[key]["containers"].items():
+                status = open(f"/proc/{container['pid']}/status").read()
+                uid = next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:"))
+                assert uid == "65532", f"{key}/{name} runs as uid {uid}"
+    # Envoy: ready through its ready port; its admin interface only on its own loopback.
+    for pod in release.pods("ingress"):
+        ip = pod["status"]["podIP"]
+        assert httpx.get(f"http://{ip}:19001/ready", timeout=5).status_code == 200
+        assert httpx.get(f"http://{ip}:19001/config_dump", timeout=5).status_code == 404
+        with pytest.raises(OSError):
+            socket.create_connection((ip, 19000), timeout=2).close()
+    # The operator authenticated with its ServiceAccount's token (audited as that user).
+    user = f"system:serviceaccount:{release.namespace}:{release.fullname}-operator"
+    users = {json.loads(line)["user"]["username"] for line in dev_cluster.audit_log.read_text().splitlines()}
+    assert user in users
+
+
+def test_the_official_openai_client_gets_an_answer_through_the_charts_envoy(dev_cluster, release, namespace):
+    apply_quickstart(dev_cluster, namespace)
+    client = openai.OpenAI(base_url=f"{release.ingress_url}/v1", api_key="unused", max_retries=0, timeout=30)
+    assert "quickstart" in {m.id for m in client.models.list()}
+    response = client.chat.completions.with_raw_response.create(
+        model="quickstart", max_tokens=8, messages=[{"role": "user", "content": "Hello!"}])
+    assert response.status_code == 200
+    completion = response.parse()
+    assert completion.choices[0].message.content and completion.usage.completion_tokens == 8
+
+
+def test_helm_test_asks_the_ingress_for_its_models(release):
+    result = release.helm("test", release.name, "-n", release.namespace, "--timeout=90s", check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Succeeded" in result.stdout
+
+
+def test_helm_upgrade_rolls_the_operator_under_load_without_failing_requests(dev_cluster, release, namespace):
+    apply_quickstart(dev_cluster, namespace)
+    old = {p["metadata"]["uid"] for p in release.pods("operator")}
+    with Load(release.ingress_url, "quickstart") as load:
+        wait_for(lambda: load.outcomes[200] >= 50, timeout=30, what="the load to run")
+        start = time.monotonic()
+        release.upgrade({"operator.logLevel": "debug"})  # a changed flag: a new operator pod
+        rolled = time.monotonic() - start
+        new = release.pods("operator")
+        assert len(new) == 1 and new[0]["metadata"]["uid"] not in old
+        assert "--log-level=debug" in new[0]["spec"]["containers"][0]["args"]
+        # The new operator serves Envoy the same routes: the policy is Programmed again.
+        wait_for(lambda: programmed(dev_cluster, namespace, "quickstart"), timeout=60, what="Programmed again")
+        before = load.sent
+        wait_for(lambda: load.sent >= before + 50, timeout=30, what="requests after the roll")
+    release.upgrade({"operator.logLevel": "info"})
+    print(f"\nhelm upgrade rolled the operator in {rolled:.1f} s under load: {load.sent} requests, "
+          f"{load.failed} failed ({dict(load.outcomes)})")
+    assert load.failed == 0, dict(load.outcomes)
+
+
+def test_a_namespaced_install_runs_under_roles_and_uninstall_leaves_only_crds_and_user_objects(dev_cluster, crds):
+    """A second release that watches only its own namespace (Role per namespace), then
+    `helm uninstall`: nothing of it stays but the CRDs and the user's own objects."""
+    ns = "lf-scoped"
+    scoped = Release(dev_cluster, name="scoped", namespace=ns,
+                     values={"watchNamespaces[0]": ns, "ingress.replicas": "1", "operator.autoscaleInterval": "1"})
+    scoped.install()
+    try:
+        doc = [d for d in yaml.safe_load_all(QUICKSTART.read_text()) if d]
+        md = next(d for d in doc if d["kind"] == "ModelDeployment")
+        md["metadata"]["name"] = "scoped-sim"
+        md["spec"]["model"]["servedName"] = "scoped-sim"
+        dev_cluster.kubectl("apply", "-n", ns, "-f", "-", input=yaml.safe_dump(md))
+        dev_cluster.kubectl("wait", "-n", ns, "--for=condition=Ready", "md/scoped-sim", "--timeout=90s", timeout=100)
+
+        def reconciled() -> bool:
+            text = scoped.operator.metrics()
+            return any(line.startswith('llmfleet_modeldeployment_replicas{') and 'name="scoped-sim"' in line
+                       and 'state="ready"' in line and line.endswith(" 1.0") for line in text.splitlines())
+
+        wait_for(reconciled, timeout=60, what="the scoped operator to reconcile its namespace")
+        roles = kubectl_json(dev_cluster, "get", "roles", "-n", ns, "-l", "app.kubernetes.io/instance=scoped")
+        assert [r["metadata"]["name"] for r in roles["items"]] == ["scoped-llmfleet-operator"]
+        user = f"system:serviceaccount:{ns}:scoped-llmfleet-operator"
+        refused = [e["requestURI"] for line in dev_cluster.audit_log.read_text().splitlines()
+                   if (e := json.loads(line))["user"]["username"] == user and refused_by_rbac(e)]
+        assert not refused, f"the namespaced operator was refused: {refused}"
+    finally:
+        scoped.uninstall()
+
+    def leftovers() -> list[str]:
+        left = []
+        for kind in ("deployments", "replicasets", "pods", "services", "configmaps", "serviceaccounts", "roles",
+                     "rolebindings", "poddisruptionbudgets", "networkpolicies", "secrets"):
+            items = kubectl_json(dev_cluster, "get", kind, "-n", ns, "-l", "app.kubernetes.io/instance=scoped")
+            left += [f"{kind}/{i['metadata']['name']}" for i in items["items"]]
+        for kind in ("clusterroles", "clusterrolebindings"):
+            items = kubectl_json(dev_cluster, "get", kind, "-l", "app.kubernetes.io/instance=scoped")["items"]
+            left += [f"{kind}/{i['metadata']['name']}" for i in items]
+        secrets = kubectl_json(dev_cluster, "get", "secrets", "-n", ns)["items"]
+        return left + [s["metadata"]["name"] for s in secrets
+                       if s["metadata"]["name"].startswith("sh.helm.release.v1.scoped.")]
+
+    # Pods go through their termination (preStop, grace period) after helm returns.
+    deadline = time.monotonic() + 90
+    while (left := leftovers()) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert not left, f"helm uninstall left {left}"
+    # What stays: the CRDs, and the user's ModelDeployment (with the children it owns).
+    dev_cluster.kubectl("get", "crd", "modeldeployments.llmfleet.io", "routepolicies.llmfleet.io")
+    assert kubectl_json(dev_cluster, "get", "md", "scoped-sim", "-n", ns)["metadata"]["name"] == "scoped-sim"
+    dev_cluster.kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def test_the_chart_installs_from_its_own_directory_and_values():
+    assert (CHART / "Chart.yaml").exists() and DEV_VALUES.exists()
