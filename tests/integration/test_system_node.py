@@ -12,14 +12,19 @@ import json
 import socket
 import textwrap
 import time
+from pathlib import Path
 
 import httpx
 import pytest
 
+import llmfleet
 from llmfleet.devcluster.images import llmfleet_image
 from tests.helpers import kubectl_json, wait_for
 
 IMAGE = f"ghcr.io/llmfleet/llmfleet:{llmfleet_image().version}"
+# The image's files are this checkout's: a volume over a directory above them (the
+# chart's emptyDir at /tmp, with the checkout under /tmp) must not hide them.
+ABOVE_THE_IMAGE = str(Path(llmfleet.__file__).resolve().parents[2].parent)
 SYSTEM = {"nodeSelector": {"llmfleet.io/dev-cluster-node": "system"},
           "tolerations": [{"key": "CriticalAddonsOnly", "operator": "Exists"}]}
 RESTRICTED = {"runAsNonRoot": True, "runAsUser": 65532, "runAsGroup": 65532, "fsGroup": 65532,
@@ -81,11 +86,12 @@ def test_a_pod_runs_from_its_spec_with_its_own_identity(dev_cluster, namespace):
               "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
                       {"name": "ARG", "value": "ip=$(POD_IP)"}],
               "volumeMounts": [{"name": "cfg", "mountPath": "/config"}, {"name": "sec", "mountPath": "/secret"},
-                               {"name": "scratch", "mountPath": "/scratch"}],
+                               {"name": "scratch", "mountPath": "/scratch"},
+                               {"name": "above", "mountPath": ABOVE_THE_IMAGE}],
               "securityContext": LOCKED}],
               serviceAccountName="reporter", restartPolicy="Never",
               volumes=[{"name": "cfg", "configMap": {"name": "cfg"}}, {"name": "sec", "secret": {"secretName": "sec"}},
-                       {"name": "scratch", "emptyDir": {}}]))
+                       {"name": "scratch", "emptyDir": {}}, {"name": "above", "emptyDir": {}}]))
     done = wait_for(lambda: status_of(dev_cluster, namespace, "reporter").get("phase") in ("Succeeded", "Failed")
                     and status_of(dev_cluster, namespace, "reporter"), timeout=60, what="the pod to finish")
     log = container_log(dev_cluster, namespace, "reporter", "main")

@@ -45,7 +45,8 @@ class KubeApi:
 
         ctx = ssl.create_default_context(cafile=self._ca)
         ctx.load_cert_chain(*self._cert)
-        return httpx.Client(base_url=self.server, verify=ctx, timeout=timeout, trust_env=False)
+        return httpx.Client(base_url=self.server, verify=ctx, timeout=httpx.Timeout(timeout, connect=5.0),
+                            trust_env=False)
 
     def request(self, method: str, path: str, *, body=None, params=None,
                 content_type: str = "application/json") -> dict:

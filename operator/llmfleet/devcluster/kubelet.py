@@ -704,6 +704,8 @@ class PodWorker(threading.Thread):
     # -- status
 
     def _write_status(self) -> None:
+        if self.kubelet.stopping.is_set():
+            return  # the node goes away with the cluster: nobody reads it, and the API server may be gone
         status = self._status()
         if status == self._written:
             return

@@ -73,15 +73,13 @@ def _mountpoint(root: str, target: str, like: str | None) -> str:
     return path
 
 
+def _depth(target: str) -> int:
+    return target.rstrip("/").count("/")
+
+
 def build_root(plan: dict) -> None:
     root = plan["rootfs"]
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=755")
-    for layer in sorted(plan["image"], key=lambda item: item["target"]):
-        if "symlink" in layer:
-            os.makedirs(os.path.dirname(root + layer["target"]), exist_ok=True)
-            os.symlink(layer["symlink"], root + layer["target"])
-        else:
-            _bind(layer["source"], _mountpoint(root, layer["target"], layer["source"]), read_only=True)
     _mount("proc", _mountpoint(root, "/proc", None), "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     _mount("sysfs", _mountpoint(root, "/sys", None), "sysfs", MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_RDONLY)
     dev = _mountpoint(root, "/dev", None)
@@ -93,13 +91,24 @@ def build_root(plan: dict) -> None:
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                          ("stderr", "/proc/self/fd/2")):
         os.symlink(target, f"{dev}/{name}")
-    for mount in sorted(plan["mounts"], key=lambda item: item["target"]):
-        if mount.get("tmpfs"):
-            _mount("tmpfs", _mountpoint(root, mount["target"], None), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
-            continue
-        if not os.path.exists(mount["source"]):
-            raise SetupError(f"volume source {mount['source']} for {mount['target']} does not exist")
-        _bind(mount["source"], _mountpoint(root, mount["target"], mount["source"]), mount.get("readOnly", False))
+    # Image layers and volumes, the shallower first: a volume over a directory that
+    # also holds image files (an emptyDir at /tmp, with this checkout under /tmp)
+    # must not hide them; at the same path the volume wins, as over an image's file.
+    entries = [(False, layer) for layer in plan["image"]] + [(True, mount) for mount in plan["mounts"]]
+    for is_volume, entry in sorted(entries, key=lambda e: (_depth(e[1]["target"]), e[0], e[1]["target"])):
+        target = entry["target"]
+        if not is_volume:
+            if "symlink" in entry:
+                os.makedirs(os.path.dirname(root + target), exist_ok=True)
+                os.symlink(entry["symlink"], root + target)
+            else:
+                _bind(entry["source"], _mountpoint(root, target, entry["source"]), read_only=True)
+        elif entry.get("tmpfs"):
+            _mount("tmpfs", _mountpoint(root, target, None), "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777")
+        elif not os.path.exists(entry["source"]):
+            raise SetupError(f"volume source {entry['source']} for {target} does not exist")
+        else:
+            _bind(entry["source"], _mountpoint(root, target, entry["source"]), entry.get("readOnly", False))
     os.makedirs(root + plan.get("workingDir", "/"), exist_ok=True)
 
 
