@@ -642,7 +642,9 @@ def test_helm_test_pod_lists_the_models_through_the_ingress_service() -> None:
                      "test.tolerations[0].operator=Exists", namespace="ai")
     pod = find(objects, "Pod", "llmfleet-test")
     assert pod["metadata"]["annotations"] == {"helm.sh/hook": "test",
-                                              "helm.sh/hook-delete-policy": "before-hook-creation"}
+                                              "helm.sh/hook-delete-policy": "before-hook-creation",
+                                              "kube-score/ignore": "pod-networkpolicy"}
+    assert [h["kind"] for h in render() if "helm.sh/hook" in h["metadata"].get("annotations", {})] == ["Pod"]
     spec = pod["spec"]
     assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
     assert spec["nodeSelector"] == {"pool": "system"} and spec["tolerations"] == [{"operator": "Exists"}]
@@ -683,10 +685,9 @@ def _policies(*sets: str) -> dict[str, dict[str, Any]]:
 def test_network_policies_admit_only_what_each_pod_serves() -> None:
     objects = render()
     policies = {p["metadata"]["name"]: p for p in select(objects, "NetworkPolicy")}
-    assert set(policies) == {"llmfleet-operator", "llmfleet-ingress", "llmfleet-test"}
+    assert set(policies) == {"llmfleet-operator", "llmfleet-ingress"}
     pods = {name: find(objects, "Deployment", name)["spec"]["template"]["metadata"]["labels"]
             for name in ("llmfleet-operator", "llmfleet-ingress")}
-    pods["llmfleet-test"] = find(objects, "Pod", "llmfleet-test")["metadata"]["labels"]
     for name, policy in policies.items():
         assert policy["spec"]["policyTypes"] == ["Ingress"]
         assert policy["spec"]["podSelector"]["matchLabels"].items() <= pods[name].items(), name
@@ -697,8 +698,6 @@ def test_network_policies_admit_only_what_each_pod_serves() -> None:
     assert [p["port"] for p in open_ports["ports"]] == ["metrics", "health"] and "from" not in open_ports
     (envoy,) = policies["llmfleet-ingress"]["spec"]["ingress"]
     assert [p["port"] for p in envoy["ports"]] == ["http", "ready"] and "from" not in envoy
-    assert "ingress" not in policies["llmfleet-test"]["spec"]  # nothing may reach the test pod
-    assert policies["llmfleet-test"]["metadata"]["annotations"]["helm.sh/hook"] == "test"
 
 
 def test_network_policy_for_envoys_outside_the_release() -> None:
