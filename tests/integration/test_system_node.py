@@ -179,3 +179,15 @@ def test_deletion_runs_pre_stop_then_sigterm_then_removes_the_pod(dev_cluster, n
             if line.startswith("SIGTERM")]
     assert term, "the process never saw SIGTERM"
     assert float(term[0].split()[1]) - start >= 1.8, "SIGTERM came before the preStop sleep ended"
+
+
+def test_an_exec_probe_runs_in_the_containers_view(dev_cluster, namespace):
+    script = "import time, pathlib\ntime.sleep(1)\npathlib.Path('/scratch/ready').touch()\ntime.sleep(3600)\n"
+    apply(dev_cluster, namespace, pod("waiter", [{
+        "name": "main", "image": IMAGE, "command": ["python3", "-c", script],
+        "volumeMounts": [{"name": "scratch", "mountPath": "/scratch"}],
+        "readinessProbe": {"exec": {"command": ["python3", "-c", "import os; os.stat('/scratch/ready')"]},
+                           "periodSeconds": 1, "timeoutSeconds": 5}}],
+        volumes=[{"name": "scratch", "emptyDir": {}}]))
+    assert not status_of(dev_cluster, namespace, "waiter").get("containerStatuses", [{}])[0].get("ready")
+    dev_cluster.kubectl("wait", "--for=condition=Ready", "pod/waiter", "-n", namespace, "--timeout=30s")

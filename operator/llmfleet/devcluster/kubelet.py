@@ -528,10 +528,12 @@ class PodWorker(threading.Thread):
             "env": env, "argv": argv,
         }
 
-    def _spawn(self, plan: dict, *, stdout, timeout_argv: list[str] | None = None) -> subprocess.Popen:
+    def _spawn(self, plan: dict, *, stdout, argv: list[str] | None = None) -> subprocess.Popen:
+        """The container of ``plan``, or, with ``argv``, that command in a container like it
+        (exec probes and hooks)."""
         path = self.dir / f"plan-{next(self._plans)}.json"
-        if timeout_argv is not None:
-            plan = {**plan, "argv": timeout_argv, "rootfs": plan["rootfs"] + "-exec"}
+        if argv is not None:
+            plan = {**plan, "argv": argv, "rootfs": plan["rootfs"] + "-exec"}
         Path(plan["rootfs"]).mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(plan))
         return subprocess.Popen([sys.executable, "-m", "llmfleet.devcluster.sandbox", str(path)],
@@ -633,7 +635,7 @@ class PodWorker(threading.Thread):
         return False  # grpc probes are not supported here
 
     def _exec(self, c: Container, command: list[str], timeout: float) -> int | None:
-        proc = self._spawn(c.plan, stdout=subprocess.DEVNULL, timeout_argv=command)
+        proc = self._spawn(c.plan, stdout=subprocess.DEVNULL, argv=command)
         try:
             return proc.wait(timeout)
         except subprocess.TimeoutExpired:
