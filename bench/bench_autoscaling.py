@@ -36,7 +36,7 @@ from pathlib import Path
 
 from fleet import (  # noqa: E402 - sets sys.path for llmfleet
     GROUP, REPO, VERSION, Request, Sampler, Stack, open_loop, pair, percentile, replica_seconds, route_policy, sim_md,
-    summarize,
+    summarize, write_result,
 )
 from kubernetes import client
 
@@ -427,10 +427,7 @@ def main(argv: list[str] | None = None) -> int:
         "goal": goal,
         "runs": runs,
     }
-    a.output.parent.mkdir(parents=True, exist_ok=True)
-    a.output.write_text(json.dumps(result, indent=1))
-    print(f"JSON: {a.output}  (wall {wall:.0f} s)")
-    return 0
+    return write_result(a.output, result, f"  (wall {wall:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -29,7 +29,6 @@ Prints a table and writes bench/results/routing.json.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
@@ -40,6 +39,7 @@ from pathlib import Path
 
 from fleet import (  # noqa: E402 - sets sys.path for llmfleet
     GROUP, REPO, VERSION, Request, Stack, Watcher, open_loop, pair, percentile, route_policy, sim_md, summarize,
+    write_result,
 )
 from kubernetes import client
 
@@ -316,10 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         "damping_check": damping,
         "weights_timeline": timeline,
     }
-    a.output.parent.mkdir(parents=True, exist_ok=True)
-    a.output.write_text(json.dumps(result, indent=1))
-    print(f"JSON: {a.output}  (wall {wall:.0f} s)")
-    return 0
+    return write_result(a.output, result, f"  (wall {wall:.0f} s)")
 
 
 if __name__ == "__main__":

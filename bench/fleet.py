@@ -50,6 +50,14 @@ def pair(text: str) -> tuple[int, int]:
     return lo, hi
 
 
+def write_result(path: Path, result: dict, note: str = "") -> int:
+    """Write a bench's JSON next to its printed table; the exit code of a finished run."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=1) + "\n")
+    print(f"JSON: {path}{note}")
+    return 0
+
+
 def percentile(values: list[float], p: float) -> float | None:
     """Nearest-rank percentile (None for no values)."""
     if not values:

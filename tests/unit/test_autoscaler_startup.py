@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from llmfleet.controller.autoscaler import StartupTimes, _startup_seconds
+from llmfleet.controller.autoscaler import StartupTimes
+from llmfleet.kube.views import PodView
 
 KEY = ("ai", "llm")
 
@@ -12,15 +13,22 @@ def pod(uid, created, ready_at=None, ready=True):
     if ready_at is not None:
         conditions.append({"type": "Ready", "status": "True" if ready else "False",
                            "lastTransitionTime": f"2026-11-22T10:{ready_at // 60:02d}:{ready_at % 60:02d}Z"})
-    return {"metadata": {"uid": uid, "creationTimestamp": f"2026-11-22T10:{created // 60:02d}:{created % 60:02d}Z"},
-            "status": {"conditions": conditions}}
+    return PodView.from_body({
+        "metadata": {"name": uid, "namespace": "ai", "uid": uid,
+                     "creationTimestamp": f"2026-11-22T10:{created // 60:02d}:{created % 60:02d}Z"},
+        "status": {"conditions": conditions}})
+
+
+def _startup_seconds(pod):
+    return pod.startup_seconds
 
 
 def test_a_ready_pod_is_measured_from_creation_to_ready():
     assert _startup_seconds(pod("a", 10, 52)) == 42
     assert _startup_seconds(pod("a", 10, 52, ready=False)) is None
     assert _startup_seconds(pod("a", 10)) is None
-    assert _startup_seconds({"metadata": {}, "status": {"conditions": [{"type": "Ready", "status": "True"}]}}) is None
+    assert _startup_seconds(PodView.from_body({"metadata": {"name": "x", "namespace": "ai"},
+                                               "status": {"conditions": [{"type": "Ready", "status": "True"}]}})) is None
 
 
 def test_the_typical_startup_is_the_median_of_pods_each_measured_once():

@@ -237,7 +237,7 @@ def _rules(role: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
 
 
 NAMESPACED_RULES = {
-    ("llmfleet.io", "modeldeployments"): ["get", "list", "watch"],
+    ("llmfleet.io", "modeldeployments"): ["list", "watch"],
     ("llmfleet.io", "modeldeployments/status"): ["patch"],
     ("llmfleet.io", "modeldeployments/scale"): ["patch"],
     ("llmfleet.io", "modeldeployments/finalizers"): ["update"],
@@ -245,13 +245,12 @@ NAMESPACED_RULES = {
     ("llmfleet.io", "routepolicies/status"): ["patch"],
     # Server-side apply creates with PATCH, which the API server also authorizes as create.
     ("apps", "deployments"): ["create", "list", "patch", "watch"],
-    ("", "services"): ["create", "patch"],
+    ("", "services"): ["create", "list", "patch", "watch"],
     ("", "pods"): ["list", "watch"],
     ("", "events"): ["create"],
 }
 CLUSTER_RULES = {
-    ("", "nodes"): ["list"],
-    ("apiextensions.k8s.io", "customresourcedefinitions"): ["list", "watch"],
+    ("", "nodes"): ["list", "watch"],
 }
 
 
@@ -285,8 +284,7 @@ def test_namespaced_rbac_is_a_role_per_namespace() -> None:
         assert binding["roleRef"]["kind"] == "Role" and binding["roleRef"]["name"] == "llmfleet-operator"
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "llmfleet-operator",
                                         "namespace": NAMESPACE}]
-    assert _rules(find(objects, "ClusterRole", "llmfleet-operator")) == CLUSTER_RULES | {
-        ("", "namespaces"): ["list", "watch"]}
+    assert _rules(find(objects, "ClusterRole", "llmfleet-operator")) == CLUSTER_RULES
     assert find(objects, "ClusterRoleBinding", "llmfleet-operator")["roleRef"]["kind"] == "ClusterRole"
 
 

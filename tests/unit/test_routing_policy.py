@@ -5,8 +5,21 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmfleet.routing.policy import _percentages, compute_routing, ready_endpoints
+from llmfleet.kube.views import ModelDeploymentView, PodView, RoutePolicyView
+from llmfleet.routing import policy as routing
+from llmfleet.routing.policy import _percentages
 from llmfleet.routing.table import Endpoint, WeightedBackend
+
+
+def ready_endpoints(pods):
+    return routing.ready_endpoints(PodView.from_body(p) for p in pods)
+
+
+def compute_routing(policies, mds, pods, activator=None, previous_loads=None):
+    """The pure function, fed the views the store would hold for these objects."""
+    return routing.compute_routing([RoutePolicyView.from_body(p) for p in policies],
+                                   [ModelDeploymentView.from_body(m) for m in mds], ready_endpoints(pods),
+                                   activator, previous_loads)
 
 
 def md(name, served=None, ns="ai"):

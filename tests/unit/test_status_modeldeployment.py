@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from llmfleet.kube.views import DeploymentView, NodeView, PodView
+from llmfleet.status import modeldeployment
 from llmfleet.status.conditions import find
-from llmfleet.status.modeldeployment import GpuNeed, capacity_problem, model_deployment_status, status_patch
+from llmfleet.status.modeldeployment import GpuNeed, changed_fields
 
 H100 = "NVIDIA-H100-80GB-HBM3"
 
@@ -12,9 +14,22 @@ def md(status=None, generation=2):
     return {"metadata": {"name": "llama", "namespace": "ai", "generation": generation}, "status": status or {}}
 
 
+def model_deployment_status(md, *, deployment, pods, nodes, **kwargs):
+    """The pure function, fed the views the store would hold for these objects."""
+    meta = md["metadata"]
+    return modeldeployment.model_deployment_status(
+        meta["name"], meta.get("generation"), md.get("status") or {},
+        deployment=DeploymentView.from_body(deployment) if deployment else None,
+        pods=[PodView.from_body(p) for p in pods], nodes=[NodeView.from_body(n) for n in nodes], **kwargs)
+
+
+def capacity_problem(need, nodes):
+    return modeldeployment.capacity_problem(need, [NodeView.from_body(n) for n in nodes])
+
+
 def deployment(replicas=1, ready=1, updated=None, generation=1, observed=1, conditions=()):
     return {
-        "metadata": {"generation": generation},
+        "metadata": {"name": "llama", "namespace": "ai", "generation": generation},
         "status": {
             "replicas": replicas,
             "readyReplicas": ready,
@@ -29,10 +44,11 @@ def pod(name, ready=True, scheduled=True, message="", waiting=None):
     conds = [{"type": "Ready", "status": "True" if ready else "False"}]
     if not scheduled:
         conds.append({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message})
-    status = {"conditions": conds}
+    status = {"phase": "Running" if scheduled else "Pending", "podIP": "127.0.0.9" if scheduled else None,
+              "conditions": conds}
     if waiting:
         status["containerStatuses"] = [{"name": "server", "state": {"waiting": {"reason": waiting, "message": "boom"}}}]
-    return {"metadata": {"name": name}, "status": status}
+    return {"metadata": {"name": name, "namespace": "ai"}, "status": status}
 
 
 def node(name, gpus, product):
@@ -71,12 +87,16 @@ def test_same_state_again_changes_nothing_and_emits_nothing():
     first = model_deployment_status(md(), now="T1", **args)
     second = model_deployment_status(md(first.status), now="T2", **args)
     assert second.events == []
-    assert status_patch(first.status, second.status) is None
+    assert changed_fields(first.status, second.status) == []
     assert find(second.status["conditions"], "Ready")["lastTransitionTime"] == "T1"
 
 
-def test_status_patch_removes_fields_we_no_longer_write():
-    assert status_patch({"old": 1, "replicas": 1}, {"replicas": 1}) == {"old": None, "replicas": 1}
+def test_changed_fields_compare_only_the_writers_own_fields_and_conditions():
+    current = {"replicas": 1, "load": {"queueDepth": 2},
+               "conditions": [{"type": "Ready", "status": "True"}, {"type": "ScalingLimited", "status": "False"}]}
+    assert changed_fields(current, {"replicas": 1, "conditions": [{"type": "Ready", "status": "True"}]}) == []
+    assert changed_fields(current, {"replicas": 2}) == ["replicas"]
+    assert changed_fields(current, {"conditions": [{"type": "Ready", "status": "False"}]}) == ["conditions"]
 
 
 def test_more_gpus_than_any_matching_node_is_reported_with_numbers():
@@ -169,16 +189,22 @@ def test_scaled_to_zero():
     assert r.status["readyText"] == "0/0"
 
 
-def test_autoscaler_fields_are_kept():
-    old = {"load": {"queueDepth": 3.0}, "lastScaleTime": "T0", "scaleReason": "queue"}
+def test_the_reconciler_writes_only_its_own_fields():
+    """The autoscaler's fields and condition are its own (another field manager): the
+    reconciler's status neither carries nor drops them."""
+    old = {"load": {"queueDepth": 3.0}, "lastScaleTime": "T0", "scaleReason": "queue",
+           "conditions": [{"type": "ScalingLimited", "status": "False", "reason": "DesiredWithinRange"}]}
     r = model_deployment_status(md(old), desired=1, deployment=deployment(), pods=[pod("a")], nodes=[], gpu_need=None)
-    assert r.status["load"] == {"queueDepth": 3.0} and r.status["scaleReason"] == "queue"
+    assert set(r.status) == {"observedGeneration", "replicas", "readyReplicas", "selector", "desiredReplicas",
+                             "readyText", "conditions"}
+    assert {c["type"] for c in r.status["conditions"]} == {"Ready", "Progressing", "Degraded"}
 
 
-def test_load_patch_clears_signals_that_are_gone_and_skips_unchanged_loads():
-    from llmfleet.status.modeldeployment import load_patch
-
-    old = {"queueDepth": 0, "ttftP95Seconds": 2.1}
-    assert load_patch(old, {"queueDepth": 0}) == {"queueDepth": 0, "ttftP95Seconds": None}
-    assert load_patch({"queueDepth": 0}, {"queueDepth": 0}) is None
-    assert load_patch(None, {"queueDepth": 1}) == {"queueDepth": 1}
+def test_a_terminating_or_addressless_pod_is_not_ready():
+    leaving = pod("a")
+    leaving["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    no_ip = pod("b")
+    no_ip["status"]["podIP"] = None
+    r = model_deployment_status(md(), desired=2, deployment=deployment(2, 2), pods=[leaving, no_ip], nodes=[],
+                                gpu_need=None)
+    assert r.status["readyReplicas"] == 0

@@ -135,7 +135,7 @@ def _ordered(node: Any) -> Any:
     if not isinstance(node, dict):
         return node
     keys = sorted(node, key=lambda k: (_KEY_ORDER.index(k) if k in _KEY_ORDER else len(_KEY_ORDER), k))
-    out = {}
+    out: dict[str, Any] = {}
     for key in keys:
         value = node[key]
         if key == "properties":
@@ -144,7 +144,7 @@ def _ordered(node: Any) -> Any:
             out[key] = value
         elif key == _VALIDATIONS:
             out[key] = [
-                {k: rule[k] for k in sorted(rule, key=lambda k: (_RULE_KEY_ORDER + [k]).index(k))}
+                {k: rule[k] for k in sorted(rule, key=lambda k: ([*_RULE_KEY_ORDER, k]).index(k))}
                 for rule in value
             ]
         else:
@@ -277,7 +277,7 @@ def model_deployment_crd() -> dict[str, Any]:
         models.ModelDeploymentStatus,
         name_rule=True,
     )
-    columns = [
+    columns: list[dict[str, Any]] = [
         {"name": "Engine", "type": "string", "jsonPath": ".spec.engine.kind"},
         {"name": "Model", "type": "string", "jsonPath": ".spec.model.uri"},
         {"name": "Ready", "type": "string", "jsonPath": ".status.readyText"},
@@ -377,7 +377,7 @@ def write_crds(directory: str | Path) -> list[Path]:
 def stale_report(directory: str | Path) -> str:
     """A unified diff of ``directory`` against the generated CRDs; empty when up to date."""
     out = Path(directory)
-    chunks = []
+    chunks: list[str] = []
     for name, expected in expected_files().items():
         path = out / name
         actual = path.read_text(encoding="utf-8") if path.exists() else ""

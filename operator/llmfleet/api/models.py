@@ -12,7 +12,7 @@ statuses ignore them, so an older operator can read a newer status.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -27,6 +27,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 from llmfleet.api.cel import RULE_ERROR_TYPE, CelRule, cel_list, cel_string, rule_error, x_validations
 from llmfleet.api.uri import URI_FORMS, URI_PATTERNS, is_valid_model_uri, parse_model_uri, uri_refusal
@@ -72,10 +73,12 @@ class EngineKind(StrEnum):
     SIM = support.SIM
 
 
-Quantization = StrEnum("Quantization", {q.upper().replace("-", "_"): q for q in support.QUANTIZATIONS})
+# Members come from engines.support (one home for what engines accept); mypy cannot see
+# members of an enum built from a mapping, so code names them by value: Quantization("none").
+Quantization = StrEnum("Quantization", {q.upper().replace("-", "_"): q for q in support.QUANTIZATIONS})  # type: ignore[misc]
 Quantization.__doc__ = "How the weights are quantized."
 
-DType = StrEnum("DType", {d.upper(): d for d in support.DTYPES})
+DType = StrEnum("DType", {d.upper(): d for d in support.DTYPES})  # type: ignore[misc]
 DType.__doc__ = "Data type of weights and activations."
 
 
@@ -351,7 +354,7 @@ class EngineSpec(_Spec):
         ),
     )
     quantization: Quantization = Field(
-        Quantization.NONE,
+        Quantization("none"),
         description=(
             "How the weights are quantized; which values an engine accepts is checked on admission. "
             "vllm and sglang quantize a 16-bit checkpoint while loading for fp8 and bitsandbytes "
@@ -362,7 +365,7 @@ class EngineSpec(_Spec):
         ),
     )
     dtype: DType = Field(
-        DType.AUTO,
+        DType("auto"),
         description=(
             "Data type of weights and activations; auto follows the checkpoint. tensorrt-llm accepts only auto."
         ),
@@ -622,7 +625,7 @@ class Condition(_Status):
     message: str = Field("", max_length=32768, description="Human-readable details.")
 
 
-_CONDITIONS_SCHEMA = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
+_CONDITIONS_SCHEMA: JsonDict = {"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]}
 
 
 class LoadStatus(_Status):
@@ -776,7 +779,8 @@ class RoutePolicySpec(_Spec):
         description=(
             "weighted: split by backend weight, renormalised over backends with ready replicas. "
             "failover: all traffic to the lowest priority with ready replicas. "
-            "cost: cheapest cost per token first (cost.perReplicaHour over the tokens/s a replica serves at its target), "
+            "cost: cheapest cost per token first (cost.perReplicaHour over the tokens/s a replica serves at "
+            "its target), "
             "each backend filled up to its autoscaling target, the rest shed to the next cheapest. "
             "latency: shares follow measured TTFT p95 and queue depth, away from backends over the SLO."
         ),
@@ -886,7 +890,7 @@ class RoutePolicy(_Object):
 class SpecError(ValueError):
     """A spec failed validation. ``str()`` is one readable line naming every field."""
 
-    def __init__(self, message: str, errors: list[dict[str, Any]]):
+    def __init__(self, message: str, errors: Sequence[Mapping[str, Any]]):
         super().__init__(message)
         self.errors = errors
 

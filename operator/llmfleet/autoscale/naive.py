@@ -136,7 +136,7 @@ def naive_decide(policy: NaivePolicy, obs: Observation, state: NaiveState | None
     existing = max(1, obs.ready_replicas + obs.starting_replicas)  # the scale subresource's status.replicas
     ratio = waiting / (policy.threshold * existing)
     rec = existing if abs(ratio - 1) <= policy.tolerance else math.ceil(waiting / policy.threshold - 1e-9)
-    recs = tuple((t, r) for t, r in state.recommendations if t > now - policy.scale_down_window) + ((now, rec),)
+    recs = (*tuple((t, r) for t, r in state.recommendations if t > now - policy.scale_down_window), (now, rec))
     down_rec = max(r for _, r in recs)
     candidate = current
     if rec > current:

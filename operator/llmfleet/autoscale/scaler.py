@@ -56,7 +56,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field, replace
-from typing import Generic, TypeVar
+from typing import Generic, TypedDict, TypeVar
+
+from typing_extensions import Unpack
 
 from llmfleet.api.models import Autoscaling
 from llmfleet.autoscale.signals import ModelLoad
@@ -69,6 +71,19 @@ SCALED_DOWN = "ScaledDown"
 TOO_MANY_REPLICAS = "TooManyReplicas"
 TOO_FEW_REPLICAS = "TooFewReplicas"
 SCALE_UP_LIMIT = "ScaleUpLimit"
+
+
+class Knobs(TypedDict, total=False):
+    """The ScalingPolicy fields that are not in the CRD (operator flags, tests)."""
+
+    tolerance: float
+    scale_up_factor: float
+    scale_up_pods: int
+    scale_up_period: float
+    max_signal_age: float
+    trend_window: float
+    trend_significance: float
+    max_lookahead: float
 
 
 @dataclass(frozen=True)
@@ -116,9 +131,9 @@ class ScalingPolicy:
             raise ValueError("windows and periods must be >= 0")
 
     @classmethod
-    def from_autoscaling(cls, autoscaling: Autoscaling, **knobs: float) -> ScalingPolicy:
+    def from_autoscaling(cls, autoscaling: Autoscaling, **knobs: Unpack[Knobs]) -> ScalingPolicy:
         """The policy for a parsed ``spec.autoscaling``; ``knobs`` override our own defaults."""
-        return cls(
+        policy = cls(
             min_replicas=autoscaling.min_replicas,
             max_replicas=autoscaling.max_replicas,
             metric=autoscaling.metric.value,
@@ -126,8 +141,8 @@ class ScalingPolicy:
             scale_up_window=float(autoscaling.scale_up_stabilization_seconds),
             scale_down_window=float(autoscaling.scale_down_stabilization_seconds),
             idle_seconds=float(autoscaling.scale_to_zero.idle_seconds),
-            **knobs,
         )
+        return replace(policy, **knobs) if knobs else policy
 
     @property
     def scale_to_zero(self) -> bool:
@@ -252,7 +267,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
 
     # 3. Stabilization windows over the remembered recommendations.
     horizon = max(policy.scale_up_window, policy.scale_down_window)
-    recs = tuple((t, r) for t, r in state.recommendations if t > now - horizon) + ((now, rec),)
+    recs = (*tuple((t, r) for t, r in state.recommendations if t > now - horizon), (now, rec))
     up_rec = min(r for t, r in recs if t > now - policy.scale_up_window or t == now)
     down_rec = max(r for t, r in recs if t > now - policy.scale_down_window or t == now)
     window_covered = now - since >= policy.scale_down_window
@@ -264,7 +279,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         candidate = current
 
     # 4. Rate of growth, from the smallest count asked for within the period.
-    seen = tuple((t, n) for t, n in state.replicas_seen if t > now - policy.scale_up_period) + ((now, current),)
+    seen = (*tuple((t, n) for t, n in state.replicas_seen if t > now - policy.scale_up_period), (now, current))
     base = min(n for _, n in seen)
     cap = policy.scale_up_limit(base)
     limited = limited_reason = None
@@ -340,7 +355,7 @@ def _read(policy: ScalingPolicy, obs: Observation, state: ScalerState) -> _Readi
     elif not load.fresh:
         why = f"{load.failed_replicas} of {n + load.failed_replicas} ready replicas not scraped"
     else:
-        history = history + ((load.time, total),)
+        history = (*history, (load.time, total))
         trend = _rising(history, policy)
         slope = ahead = horizon = None
         if trend is not None and obs.startup_seconds:

@@ -1,10 +1,16 @@
-"""The autoscaling loop: scrape every ready replica, write status.load, decide, scale.
+"""The autoscaling loop: scrape every serving replica, decide, scale, write status.
 
-Each interval: list ModelDeployments and their pods, scrape the ready replicas'
-/metrics (metrics/scrape.py), and for every ModelDeployment write its load to
-status.load; for those with spec.autoscaling, ask the pure scaler (autoscale/scaler.py)
-for the replica count and write it through the scale subresource, with the reason in
-status.scaleReason, lastScaleTime, the ScalingLimited condition and an Event per change.
+Each interval it reads the ModelDeployments and their pods from the store, scrapes the
+serving replicas' /metrics (metrics/scrape.py) and, for each ModelDeployment, writes
+its part of the status with server-side apply under its own field manager
+(``llmfleet-autoscaler``): ``load``, and with spec.autoscaling the pure scaler's
+decision (autoscale/scaler.py) as ``scaleReason``, ``lastScaleTime`` and the
+ScalingLimited condition; a changed count goes through the replica writer.
+
+``status.load`` is for people and for load-aware routing, not a live feed: it is
+written when a signal moves by more than LOAD_CHANGE (or appears or goes), and
+otherwise refreshed at most every LOAD_REFRESH_SECONDS, so hundreds of models under
+steady load do not turn into a stream of status writes and recomputes.
 """
 
 from __future__ import annotations
@@ -13,46 +19,45 @@ import asyncio
 import logging
 import statistics
 import time
+from collections.abc import Hashable, Sequence
+from typing import Any
 
 import httpx
 
-from . import metrics
-from .kube import GROUP, VERSION, Conflict, Kube, NotFound, Ref
-from ..api.models import SpecError, parse_model_deployment_spec
-from ..autoscale.scaler import Observation, ScalerState, ScalingPolicy, decide
+from ..autoscale.scaler import Knobs, Observation, ScalerState, ScalingPolicy, decide
+from ..kube.client import KubeClient, NotFound
+from ..kube.store import Store
+from ..kube.views import ModelDeploymentView, PodView, Ref
 from ..metrics.scrape import Scraper, ScrapeTarget
-from ..render.deployment import SELECTOR_LABEL
-from ..routing.policy import server_port
-from ..status.conditions import Condition, merge_conditions, now_rfc3339, parse_rfc3339
-from ..status.modeldeployment import load_patch
+from ..status.conditions import Condition, merge_conditions, now_rfc3339
+from . import metrics
+from .replicas import FIELD_MANAGER, ReplicaWriter
+from .statuswriter import StatusWriter
+from .waker import Waker
 
 log = logging.getLogger(__name__)
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "ModelDeployment"
 WAKE_GRACE_SECONDS = 30.0  # a wake counts as activity this long
+LOAD_CHANGE = 0.10  # a relative change of a load signal worth writing at once
+LOAD_FLOOR = 0.05  # changes smaller than this (near zero) never count
+LOAD_REFRESH_SECONDS = 60.0  # smaller changes are written at most this often
+OWNED_FIELDS = ("load", "scaleReason", "lastScaleTime")
+OWNED_CONDITIONS = ("ScalingLimited",)
 
 
-def _pod_state(pod: dict) -> str:
-    """ready | starting | gone"""
-    meta, status = pod.get("metadata", {}), pod.get("status", {})
-    if meta.get("deletionTimestamp") or status.get("phase") in ("Succeeded", "Failed"):
-        return "gone"
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-    return "ready" if ready and status.get("podIP") else "starting"
-
-
-def _startup_seconds(pod: dict) -> float | None:
-    """Creation to the first Ready of a ready pod (None if it is not ready or has no times)."""
-    meta, status = pod.get("metadata", {}), pod.get("status", {})
-    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
-    if not ready or ready.get("status") != "True" or not ready.get("lastTransitionTime"):
-        return None
-    try:
-        created = parse_rfc3339(meta["creationTimestamp"])
-        became = parse_rfc3339(ready["lastTransitionTime"])
-    except (KeyError, ValueError):
-        return None
-    return max(0.0, became - created)
+def load_moved(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
+    """Whether status.load ``new`` says something ``old`` does not (sampleTime aside)."""
+    if not old:
+        return True
+    keys = (set(old) | set(new)) - {"sampleTime"}
+    for key in keys:
+        a, b = old.get(key), new.get(key)
+        if (a is None) != (b is None):
+            return True
+        if a is None or b is None:
+            continue
+        if abs(float(b) - float(a)) > max(LOAD_CHANGE * abs(float(a)), LOAD_FLOOR):
+            return True
+    return False
 
 
 class StartupTimes:
@@ -65,35 +70,38 @@ class StartupTimes:
 
     def __init__(self, keep: int = 10) -> None:
         self.keep = keep
-        self._seen: dict[tuple[str, str], dict[str, float]] = {}
+        self._seen: dict[Ref, dict[str, float]] = {}
 
-    def observe(self, key: tuple[str, str], pods: list[dict]) -> float | None:
+    def observe(self, key: Ref, pods: Sequence[PodView]) -> float | None:
         seen = self._seen.setdefault(key, {})
         for pod in pods:
-            uid = pod["metadata"].get("uid")
-            if uid and uid not in seen and (seconds := _startup_seconds(pod)) is not None:
-                seen[uid] = seconds
+            if pod.uid and pod.uid not in seen and (seconds := pod.startup_seconds) is not None:
+                seen[pod.uid] = seconds
                 while len(seen) > self.keep:
                     del seen[next(iter(seen))]
         return statistics.median(seen.values()) if seen else None
 
-    def forget(self, key: tuple[str, str]) -> None:
+    def forget(self, key: Ref) -> None:
         self._seen.pop(key, None)
 
 
 class Autoscaler:
-    def __init__(self, kube: Kube, *, interval: float = 2.0, waker=None, scrape_timeout: float = 1.0,
-                 knobs: dict[str, float] | None = None) -> None:
-        self.kube = kube
+    def __init__(self, client: KubeClient, store: Store, replicas: ReplicaWriter, *, interval: float = 2.0,
+                 waker: Waker | None = None, scrape_timeout: float = 1.0,
+                 knobs: Knobs | None = None) -> None:
+        self.store = store
+        self.replicas = replicas
+        self.status = StatusWriter(client, FIELD_MANAGER)
         self.interval = interval
-        self.knobs = knobs or {}  # ScalingPolicy fields that are not in the CRD (operator flags)
+        self.knobs: Knobs = knobs or {}  # ScalingPolicy fields that are not in the CRD (operator flags)
         self.startups = StartupTimes()
         self.waker = waker
         # trust_env=False: pod IPs are scraped directly, never through an environment proxy.
-        self.client = httpx.AsyncClient(limits=httpx.Limits(max_connections=64), trust_env=False)
-        self.scraper = Scraper(self.client, timeout=scrape_timeout)
-        self.states: dict[tuple[str, str], ScalerState] = {}
-        self._task: asyncio.Task | None = None
+        self.http = httpx.AsyncClient(limits=httpx.Limits(max_connections=64), trust_env=False)
+        self.scraper = Scraper(self.http, timeout=scrape_timeout)
+        self.states: dict[Ref, ScalerState] = {}
+        self.load_written_at: dict[Ref, float] = {}
+        self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="autoscaler")
@@ -102,7 +110,7 @@ class Autoscaler:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self.client.aclose()
+        await self.http.aclose()
 
     async def _run(self) -> None:
         while True:
@@ -111,28 +119,18 @@ class Autoscaler:
                 await self.round()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - one bad round must not stop autoscaling
+            except Exception:
                 log.exception("autoscaling round failed")
             await asyncio.sleep(max(0.0, self.interval - (time.monotonic() - start)))
 
     async def round(self) -> None:
-        mds, pods = await asyncio.gather(
-            asyncio.to_thread(self.kube.list, API_VERSION, KIND),
-            asyncio.to_thread(self.kube.list, "v1", "Pod", None, SELECTOR_LABEL),
-        )
-        by_md: dict[tuple[str, str], list[dict]] = {}
-        for pod in pods:
-            owner = (pod["metadata"].get("labels") or {}).get(SELECTOR_LABEL)
-            by_md.setdefault((pod["metadata"]["namespace"], owner), []).append(pod)
-
-        targets: dict[tuple[str, str], list[ScrapeTarget]] = {}
-        for md in mds:
-            key = (md["metadata"]["namespace"], md["metadata"]["name"])
-            kind = ((md.get("spec") or {}).get("engine") or {}).get("kind", "vllm")
-            targets[key] = [
-                ScrapeTarget.for_pod((key, p["metadata"]["name"]), p["status"]["podIP"], kind, server_port(p))
-                for p in by_md.get(key, []) if _pod_state(p) == "ready"
-            ]
+        mds = [md for md in self.store.model_deployments.values() if md.spec is not None and not md.deleting]
+        pods = {md.ref: self.store.pods_of(md.ref) for md in mds}
+        targets: dict[Hashable, list[ScrapeTarget]] = {
+            md.ref: [ScrapeTarget.for_pod((md.ref, p.name), p.ip, md.spec.engine.kind.value, p.port)
+                     for p in pods[md.ref] if p.serving and p.ip]
+            for md in mds if md.spec is not None
+        }
         loads = await self.scraper.round(targets)
         for error in self.scraper.errors.values():
             metrics.SCRAPE_ERRORS.labels(error.reason).inc()
@@ -140,73 +138,77 @@ class Autoscaler:
         for key in set(self.states) - set(targets):
             del self.states[key]
             self.startups.forget(key)
-        await asyncio.gather(*(
-            asyncio.to_thread(self._one, md, by_md.get((md["metadata"]["namespace"], md["metadata"]["name"]), []),
-                              loads.get((md["metadata"]["namespace"], md["metadata"]["name"])), now)
-            for md in mds
-        ))
+            self.load_written_at.pop(key, None)
+            self.status.forget(key)
+        await asyncio.gather(*(self._one(md, pods[md.ref], loads.get(md.ref), now) for md in mds))
 
-    def _one(self, md: dict, pods: list[dict], load, now: float) -> None:
-        meta = md["metadata"]
-        ref, key = Ref(meta["namespace"], meta["name"]), (meta["namespace"], meta["name"])
-        if meta.get("deletionTimestamp"):
-            return
-        try:
-            spec = parse_model_deployment_spec(md.get("spec") or {})
-        except SpecError:
-            return  # the ModelDeployment reconciler reports it
-        old = md.get("status") or {}
-        owned: dict = {}
+    async def _one(self, md: ModelDeploymentView, pods: list[PodView], load: Any, now: float) -> None:
+        assert md.spec is not None
+        current = self.status.current(md.ref, md.status)
+        owned: dict[str, Any] = {}
+        news = False  # whether this round's load is worth writing
         if load is not None and load.sampled_replicas:
-            if (value := load_patch(old.get("load"), load.status())) is not None:
-                owned["load"] = value
-        elif old.get("load") and not any(_pod_state(p) == "ready" for p in pods):
-            owned["load"] = None  # nothing serves: no load to show
-        decision = None
-        if spec.autoscaling is not None:
-            states = [_pod_state(p) for p in pods]
-            woken = self.waker.woken_at.get(key) if self.waker else None
-            obs = Observation(
-                now=now,
-                replicas=spec.replicas,
-                ready_replicas=states.count("ready"),
-                starting_replicas=states.count("starting"),
-                load=load,
-                wake=woken is not None and now - woken < WAKE_GRACE_SECONDS,
-                startup_seconds=self.startups.observe(key, pods),
-            )
-            policy = ScalingPolicy.from_autoscaling(spec.autoscaling, **self.knobs)
-            decision = decide(policy, obs, self.states.get(key))
-            self.states[key] = decision.state
-            metrics.DESIRED_REPLICAS.labels(ref.namespace, ref.name).set(decision.desired)
-            if not decision.changed and (load is None or not load.fresh) and old.get("scaleReason"):
-                # Without a fresh signal nothing new is known (e.g. the first round after an
-                # operator restart): keep what status says instead of rewriting it twice.
-                decision = None
-        if decision is not None:
-            owned["scaleReason"] = decision.reason
-            limited = (
-                Condition("ScalingLimited", True, decision.limited_reason or "Limited", decision.limited)
-                if decision.limited else
-                Condition("ScalingLimited", False, "DesiredWithinRange", "the desired count is within the bounds")
-            )
-            if decision.changed:
+            new = load.status()
+            written = self.load_written_at.get(md.ref)
+            news = load_moved(current.get("load"), new) or written is None or now - written >= LOAD_REFRESH_SECONDS
+            if news:
+                owned["load"] = new
+                self.load_written_at[md.ref] = now
+            else:
+                owned["load"] = current.get("load")
+        elif any(p.serving for p in pods) and current.get("load"):
+            owned["load"] = current["load"]  # nothing scraped this round: keep what was seen
+        # else: nothing serves, so there is no load to show (the field goes)
+
+        if md.spec.autoscaling is not None:
+            self._decide(md, pods, load, now, current, owned, news)
+            if "pending_scale" in owned:
+                desired, event = owned.pop("pending_scale")
                 try:
-                    self.kube.scale(API_VERSION, KIND, ref, decision.desired)
-                    md = self.kube.get(API_VERSION, KIND, ref)  # the scale bumped resourceVersion
+                    await self.replicas.scale(md, desired, event.reason, event.message)
                 except NotFound:
                     return
-                meta, old = md["metadata"], md.get("status") or {}
                 owned["lastScaleTime"] = now_rfc3339()
-                event = decision.event
-                self.kube.event(md, event.type, event.reason, event.message)
-                log.info("%s: %s", ref, event.text)
-            others = [c for c in old.get("conditions") or [] if c.get("type") != "ScalingLimited"]
-            owned["conditions"] = others + merge_conditions(old.get("conditions"), [limited], meta.get("generation"))
-        patch = {k: v for k, v in owned.items() if old.get(k) != v}
-        if patch:
-            try:
-                self.kube.patch_status(API_VERSION, KIND, ref, patch, meta["resourceVersion"])
-            except (Conflict, NotFound):
-                pass  # changed meanwhile (the scale itself bumps it); the next round writes it
+        owned = {k: v for k, v in owned.items() if v is not None}
+        await self.status.write(md.involved(), md.status, owned, fields=OWNED_FIELDS,
+                                condition_types=OWNED_CONDITIONS)
 
+    def _decide(self, md: ModelDeploymentView, pods: list[PodView], load: Any, now: float,
+                current: dict[str, Any], owned: dict[str, Any], news: bool) -> None:
+        assert md.spec is not None and md.spec.autoscaling is not None
+        woken = self.waker.woken_at.get(md.ref) if self.waker else None
+        obs = Observation(
+            now=now,
+            replicas=md.spec.replicas,
+            ready_replicas=sum(1 for p in pods if p.serving),
+            starting_replicas=sum(1 for p in pods if p.starting),
+            load=load,
+            wake=woken is not None and now - woken < WAKE_GRACE_SECONDS,
+            startup_seconds=self.startups.observe(md.ref, pods),
+        )
+        policy = ScalingPolicy.from_autoscaling(md.spec.autoscaling, **self.knobs)
+        decision = decide(policy, obs, self.states.get(md.ref))
+        self.states[md.ref] = decision.state
+        metrics.DESIRED_REPLICAS.labels(*md.ref).set(decision.desired)
+        owned["lastScaleTime"] = current.get("lastScaleTime")
+        kept = {c.get("type"): c for c in current.get("conditions") or []}.get("ScalingLimited")
+        limited = (
+            Condition("ScalingLimited", True, decision.limited_reason or "Limited", decision.limited)
+            if decision.limited else
+            Condition("ScalingLimited", False, "DesiredWithinRange", "the desired count is within the bounds")
+        )
+        same_limit = kept is not None and kept.get("status") == limited.status_text \
+            and kept.get("reason") == limited.reason
+        stale = load is None or not load.fresh
+        if not decision.changed and current.get("scaleReason") and (stale or (not news and same_limit)):
+            # Nothing new to say: without a fresh signal (e.g. the first round after an
+            # operator restart), or with a load too close to the last one written (the
+            # reason quotes it). Keep what status says.
+            owned["scaleReason"] = current.get("scaleReason")
+            if kept:
+                owned["conditions"] = [kept]
+            return
+        owned["scaleReason"] = decision.reason
+        owned["conditions"] = merge_conditions(current.get("conditions"), [limited], md.generation)
+        if decision.changed and (event := decision.event) is not None:
+            owned["pending_scale"] = (decision.desired, event)

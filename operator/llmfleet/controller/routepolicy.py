@@ -1,8 +1,15 @@
-"""RoutePolicy reconciler: the whole route table, recomputed from the whole state.
+"""RoutePolicy reconciler: the whole route table, recomputed from the store.
 
 The route table is global (one Envoy ingress serves every public model name, and two
-policies may not claim the same one), so every relevant watch event enqueues one key,
-ROUTES; the work queue collapses bursts of events into one recompute.
+policies may not claim the same one), so every relevant change enqueues one key,
+ROUTES; the work queue collapses bursts of changes into one recompute, and recomputes
+are at least MIN_INTERVAL apart. Each policy's status is its reconciler-owned part
+(observedGeneration, backends and conditions), applied only when it changes.
+
+Programmed says whether every connected Envoy serves the policy's current route: a
+policy whose route did not change in a new table version stays Programmed while
+Envoy takes the new version, so one replica becoming ready does not flip every
+policy's status.
 """
 
 from __future__ import annotations
@@ -11,20 +18,23 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from . import metrics
-from .kube import GROUP, VERSION, Conflict, Kube, NotFound, Ref
-from ..render.deployment import SELECTOR_LABEL
+from ..kube.client import KubeClient
+from ..kube.store import Store
+from ..kube.views import Ref
 from ..routing.policy import PolicyResult, compute_routing, ready_endpoints
-from ..routing.table import Endpoint, RouteTable
+from ..routing.table import Endpoint, Route, RouteTable
 from ..status.conditions import Condition, find, merge_conditions
-from ..status.modeldeployment import status_patch
+from . import metrics
+from .activator import ReadyEndpoints
+from .statuswriter import StatusWriter
 
 log = logging.getLogger(__name__)
-API_VERSION = f"{GROUP}/{VERSION}"
+FIELD_MANAGER = "llmfleet"
 KIND = "RoutePolicy"
 ROUTES = "routes"  # the work-queue key of the route table
+MIN_INTERVAL = 0.05  # seconds between recomputes: a burst of changes becomes one table
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,7 @@ class NoDataPlane:
     """Used when the operator runs without its xDS server (--xds-port 0)."""
 
     def publish(self, table: RouteTable) -> str:
-        return "none"
+        return "0"
 
     def state(self, version: str) -> DataPlaneState:
         return DataPlaneState(False, "NoDataPlane", "the operator runs without its xDS server (--xds-port 0)")
@@ -59,11 +69,11 @@ class NoDataPlane:
 class XdsPublisher:
     """Route tables go to Envoy through the operator's xDS server."""
 
-    def __init__(self, server) -> None:
+    def __init__(self, server: Any) -> None:
         self.server = server
 
     def publish(self, table: RouteTable) -> str:
-        return self.server.update(table)
+        return str(self.server.update(table))
 
     def state(self, version: str) -> DataPlaneState:
         nack = self.server.last_nack
@@ -75,72 +85,97 @@ class XdsPublisher:
         if not envoys:
             return DataPlaneState(False, "Pending", "no Envoy is connected to the xDS server yet")
         if self.server.synced(version):
-            return DataPlaneState(True, "Programmed", f"route version {version} served by {len(envoys)} Envoy(s)")
-        return DataPlaneState(False, "Pending", f"waiting for {len(envoys)} Envoy(s) to apply route version {version}")
+            return DataPlaneState(True, "Programmed", f"served by {len(envoys)} Envoy(s)")
+        return DataPlaneState(False, "Pending", f"waiting for {len(envoys)} Envoy(s) to take the route")
+
+
+def route_facts(route: Route, table: RouteTable) -> tuple[Any, ...]:
+    """What Envoy must serve for one policy: its route and the models its clusters serve
+    (endpoints come and go through EDS without reprogramming the route)."""
+    names = {b.cluster for b in route.backends} | {b.cluster for r in route.rules for b in r.backends}
+    served = {n: c.served_model for n in names if (c := table.cluster(n)) is not None}
+    return (route, tuple(sorted(served.items())))
 
 
 class RoutePolicyReconciler:
-    def __init__(self, kube: Kube, publisher: Publisher, *, activator: Endpoint | None = None,
-                 ready=None) -> None:
-        self.kube = kube
+    def __init__(self, client: KubeClient, store: Store, publisher: Publisher, *,
+                 activator: Endpoint | None = None, ready: ReadyEndpoints | None = None) -> None:
+        self.client = client
+        self.store = store
         self.publisher = publisher
         self.activator = activator  # where scaled-to-zero backends are reached
         self.ready = ready  # ReadyEndpoints the activator waits on
+        self.status = StatusWriter(client, FIELD_MANAGER)
         self._weights: dict[tuple[str, str], float] = {}
         self._loads: dict | None = None  # the backends' loads at the previous recompute
+        self._facts: dict[str, tuple[tuple[Any, ...], str]] = {}  # model → (route facts, version they came in)
+        self._policies: set[Ref] = set()
+        self._last = 0.0
 
     async def reconcile(self, key: str) -> float | None:
+        await asyncio.sleep(max(0.0, self._last + MIN_INTERVAL - time.monotonic()))
+        self._last = time.monotonic()
         start = time.perf_counter()
         result = "error"
         try:
-            after, result = await asyncio.to_thread(self._reconcile)
+            after, result = await self._reconcile()
             return after
         finally:
             metrics.RECONCILES.labels(KIND, result).inc()
             metrics.RECONCILE_SECONDS.labels(KIND).observe(time.perf_counter() - start)
 
-    def _reconcile(self) -> tuple[float | None, str]:
-        policies = self.kube.list(API_VERSION, KIND)
-        model_deployments = self.kube.list(API_VERSION, "ModelDeployment")
-        pods = self.kube.list("v1", "Pod", label_selector=SELECTOR_LABEL)
-        routing = compute_routing(policies, model_deployments, pods, self.activator, self._loads)
+    async def _reconcile(self) -> tuple[float | None, str]:
+        if not self.store.synced:
+            return None, "waiting"  # never publish a table from half the cluster
+        # Snapshots taken on the event loop; the computation runs in a thread.
+        policies = self.store.route_policies.values()
+        mds = self.store.model_deployments.values()
+        endpoints = ready_endpoints(self.store.pods.values())
+        routing = await asyncio.to_thread(compute_routing, policies, mds, endpoints, self.activator, self._loads)
         self._loads = routing.loads
         if self.ready is not None:
-            self.ready.update(ready_endpoints(pods))
-        version = self.publisher.publish(routing.table)
-        plane = self.publisher.state(version)
+            self.ready.update(endpoints)
+        version = await asyncio.to_thread(self.publisher.publish, routing.table)
+        self._remember(routing.table, version)
         self._export_weights(routing.table)
 
-        by_ref = {(p["metadata"]["namespace"], p["metadata"]["name"]): p for p in policies}
+        by_ref = {p.ref: p for p in policies}
         retry = None
         for result in routing.policies:
             policy = by_ref[(result.namespace, result.name)]
-            try:
-                self._write_status(policy, result, plane)
-            except (Conflict, NotFound):
-                retry = 0.2  # changed or gone while we computed; recompute
-        if not plane.programmed and plane.reason == "Pending":
-            retry = retry or 5.0  # look again even if the ACK notification is missed
+            plane = self._plane(result, version)
+            owned = self._owned(policy.status, result, plane)
+            current = self.status.current(policy.ref, policy.status)
+            if await self.status.write(policy.involved(), policy.status, owned):
+                for type_, reason, message in _events(current, owned):
+                    await self.client.event(policy.involved(), type_, reason, message, FIELD_MANAGER)
+            if result.accepted and not plane.programmed and plane.reason == "Pending":
+                retry = 5.0  # look again even if the ACK notification is missed
+        for ref in self._policies - set(by_ref):
+            self.status.forget(ref)
+        self._policies = set(by_ref)
         return retry, "success"
 
-    def _write_status(self, policy: dict, result: PolicyResult, plane: DataPlaneState) -> None:
-        old = policy.get("status") or {}
+    def _remember(self, table: RouteTable, version: str) -> None:
+        facts = {route.model: route_facts(route, table) for route in table.routes}
+        self._facts = {model: (f, self._facts[model][1] if model in self._facts and self._facts[model][0] == f
+                               else version) for model, f in facts.items()}
+
+    def _plane(self, result: PolicyResult, version: str) -> DataPlaneState:
+        """Whether Envoy serves the version in which this policy's route last changed."""
+        facts = self._facts.get(result.model or "")
+        return self.publisher.state(facts[1] if facts is not None else version)
+
+    def _owned(self, old: dict[str, Any], result: PolicyResult, plane: DataPlaneState) -> dict[str, Any]:
         if result.accepted:
             programmed = Condition("Programmed", plane.programmed, plane.reason, plane.message)
         else:
             programmed = Condition("Programmed", False, "NotAccepted", "the policy is not accepted")
-        status = {
+        return {
             "observedGeneration": result.generation,
             "backends": result.backends,
             "conditions": merge_conditions(old.get("conditions"), [*result.conditions, programmed], result.generation),
         }
-        patch = status_patch(old, status)
-        if patch is None:
-            return
-        ref = Ref(result.namespace, result.name)
-        self.kube.patch_status(API_VERSION, KIND, ref, patch, policy["metadata"]["resourceVersion"])
-        for type_, reason, message in _events(old, status):
-            self.kube.event(policy, type_, reason, message)
 
     def _export_weights(self, table: RouteTable) -> None:
         current = {(r.model, b.cluster): float(b.weight) for r in table.routes for b in r.backends}
@@ -151,13 +186,14 @@ class RoutePolicyReconciler:
         self._weights = current
 
 
-def _events(old: dict, new: dict) -> list[tuple[str, str, str]]:
+def _events(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, str]]:
     """Events for what a user would want to know: conditions turning bad or good,
     backends losing or regaining all their traffic."""
     events = []
     for type_ in ("Accepted", "ResolvedRefs", "Programmed"):
         before, after = find(old.get("conditions"), type_), find(new["conditions"], type_)
-        if before and before.get("status") == after["status"] and before.get("reason") == after["reason"]:
+        if after is None or (before and before.get("status") == after["status"]
+                             and before.get("reason") == after["reason"]):
             continue
         if after["status"] == "False" and after["reason"] not in ("Pending", "NotAccepted"):
             events.append(("Warning", after["reason"], after["message"]))

@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
+K = TypeVar("K", bound=Hashable)
 
 
 class Requeue(Exception):
@@ -22,28 +24,29 @@ class Requeue(Exception):
         self.after = after
 
 
-class WorkQueue:
+class WorkQueue(Generic[K]):
     def __init__(
         self,
-        reconcile: Callable[[Hashable], Awaitable[float | None]],
+        reconcile: Callable[[K], Awaitable[float | None]],
         *,
         workers: int = 4,
         base_delay: float = 0.5,
         max_delay: float = 60.0,
     ) -> None:
         self._reconcile = reconcile
-        self._queue: asyncio.Queue[Hashable] = asyncio.Queue()
-        self._queued: set[Hashable] = set()
-        self._active: set[Hashable] = set()
-        self._dirty: set[Hashable] = set()
-        self._failures: dict[Hashable, int] = {}
-        self._timers: dict[Hashable, asyncio.TimerHandle] = {}
+        self._queue: asyncio.Queue[K] = asyncio.Queue()
+        self._queued: set[K] = set()
+        self._active: set[K] = set()
+        self._dirty: set[K] = set()
+        self._failures: dict[K, int] = {}
+        self._timers: dict[K, asyncio.TimerHandle] = {}
         self._workers_n = workers
         self._base, self._max = base_delay, max_delay
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
-        self._tasks = [asyncio.create_task(self._worker(), name=f"reconcile-worker-{i}") for i in range(self._workers_n)]
+        self._tasks = [asyncio.create_task(self._worker(), name=f"reconcile-worker-{i}")
+                       for i in range(self._workers_n)]
 
     async def stop(self) -> None:
         for timer in self._timers.values():
@@ -52,14 +55,14 @@ class WorkQueue:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    def add(self, key: Hashable) -> None:
+    def add(self, key: K) -> None:
         if key in self._active:
             self._dirty.add(key)  # reconcile again when the running one ends
         elif key not in self._queued:
             self._queued.add(key)
             self._queue.put_nowait(key)
 
-    def add_after(self, key: Hashable, delay: float) -> None:
+    def add_after(self, key: K, delay: float) -> None:
         old = self._timers.pop(key, None)
         if old is not None:
             if old.when() <= asyncio.get_running_loop().time() + delay:
@@ -68,7 +71,7 @@ class WorkQueue:
             old.cancel()
         self._timers[key] = asyncio.get_running_loop().call_later(delay, self._fire, key)
 
-    def _fire(self, key: Hashable) -> None:
+    def _fire(self, key: K) -> None:
         self._timers.pop(key, None)
         self.add(key)
 
@@ -89,7 +92,7 @@ class WorkQueue:
                 self.add_after(key, rq.after)
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - one object's failure must not stop the others
+            except Exception:
                 n = self._failures.get(key, 0) + 1
                 self._failures[key] = n
                 delay = min(self._max, self._base * 2 ** (n - 1))

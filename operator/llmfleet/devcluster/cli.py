@@ -8,8 +8,16 @@ import shutil
 import sys
 from pathlib import Path
 
-from .cluster import (ClusterError, ClusterState, DevCluster, NodePool, node_pools_from_env, pid_runs,
-                      remove_pod_network, stop_pid)
+from .cluster import (
+    ClusterError,
+    ClusterState,
+    DevCluster,
+    NodePool,
+    node_pools_from_env,
+    pid_runs,
+    remove_pod_network,
+    stop_pid,
+)
 from .tools import ToolsMissing, build_tools, locate_tools
 
 

@@ -25,6 +25,7 @@ then only KWOK runs locally, managing the fake GPU nodes it adds to that cluster
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import ctypes
 import json
@@ -83,7 +84,7 @@ class NodePool:
     taints: tuple[dict, ...] = ()
 
     @classmethod
-    def parse(cls, text: str) -> "NodePool":
+    def parse(cls, text: str) -> NodePool:
         """`NAME=COUNTxGPUS[:PRODUCT]`, e.g. `gpu-h100=4x8:NVIDIA-H100-80GB-HBM3`."""
         try:
             name, _, rest = text.partition("=")
@@ -270,7 +271,7 @@ class ClusterState:
         path.write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
-    def load(cls, path: Path) -> "ClusterState":
+    def load(cls, path: Path) -> ClusterState:
         data = json.loads(path.read_text())
         data["components"] = [Component(**c) for c in data["components"]]
         return cls(**data)
@@ -298,10 +299,8 @@ def stop_pid(component: Component, timeout: float = 10.0) -> None:
             return
         _reap(component.pid)
         time.sleep(0.05)
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(component.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     _reap(component.pid)
 
 
@@ -317,10 +316,8 @@ def remove_pod_network(logdir: Path) -> None:
 
 
 def _reap(pid: int) -> None:
-    try:
+    with contextlib.suppress(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 class DevCluster:
@@ -363,7 +360,7 @@ class DevCluster:
 
     # ---- lifecycle -------------------------------------------------------------
 
-    def start(self, timeout: float = 90.0) -> "DevCluster":
+    def start(self, timeout: float = 90.0) -> DevCluster:
         t0 = time.monotonic()
         try:
             if not self.external:
@@ -502,7 +499,6 @@ class DevCluster:
 
     def _start_control_plane(self, timeout: float) -> None:
         from .pki import generate_pki
-
         from .serviceproxy import service_vip
 
         deadline = time.monotonic() + timeout

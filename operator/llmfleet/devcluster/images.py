@@ -50,7 +50,7 @@ class ImageRef:
     digest: str | None
 
     @classmethod
-    def parse(cls, ref: str) -> "ImageRef":
+    def parse(cls, ref: str) -> ImageRef:
         name, _, digest = ref.partition("@")
         slash = name.rfind("/")
         colon = name.rfind(":")
@@ -102,9 +102,17 @@ def _system_layers(dirs: tuple[str, ...]) -> list[Layer]:
     return layers
 
 
-def dockerfile_config(path: Path) -> dict:
+@dataclass(frozen=True)
+class ImageConfig:
+    env: dict[str, str] = field(default_factory=dict)
+    user: tuple[int, int] | None = None
+    entrypoint: tuple[str, ...] = ()
+    cmd: tuple[str, ...] = ()
+    workdir: str = "/"
+
+
+def dockerfile_config(path: Path) -> ImageConfig:
     """ENV, USER, ENTRYPOINT, CMD and WORKDIR of a Dockerfile's final stage."""
-    config: dict = {"env": {}, "user": None, "entrypoint": [], "cmd": [], "workdir": "/"}
     lines, current = [], ""
     for raw in path.read_text().splitlines():
         if raw.strip().startswith("#") and not current:
@@ -113,38 +121,42 @@ def dockerfile_config(path: Path) -> dict:
         if not raw.rstrip().endswith("\\"):
             lines.append(current.strip())
             current = ""
+    env: dict[str, str] = {}
+    user: tuple[int, int] | None = None
+    commands: dict[str, tuple[str, ...]] = {"ENTRYPOINT": (), "CMD": ()}
+    workdir = "/"
     for line in lines:
         word, _, rest = line.partition(" ")
         word = word.upper()
-        if word == "FROM":
-            config = {"env": {}, "user": None, "entrypoint": [], "cmd": [], "workdir": "/"}
+        if word == "FROM":  # a new stage: only the final one's config counts
+            env, user, commands, workdir = {}, None, {"ENTRYPOINT": (), "CMD": ()}, "/"
         elif word == "ENV":
             for item in shlex.split(rest):
                 key, _, value = item.partition("=")
-                config["env"][key] = value
+                env[key] = value
         elif word == "USER":
             uid, _, gid = rest.strip().partition(":")
-            config["user"] = (int(uid), int(gid or uid))
-        elif word in ("ENTRYPOINT", "CMD"):
-            config[word.lower()] = json.loads(rest) if rest.strip().startswith("[") else ["/bin/sh", "-c", rest]
+            user = (int(uid), int(gid or uid))
+        elif word in commands:
+            commands[word] = tuple(json.loads(rest) if rest.strip().startswith("[") else ["/bin/sh", "-c", rest])
         elif word == "WORKDIR":
-            config["workdir"] = rest.strip()
-    return config
+            workdir = rest.strip()
+    return ImageConfig(env, user, commands["ENTRYPOINT"], commands["CMD"], workdir)
 
 
 @cache
 def llmfleet_image() -> Image:
     source_root = Path(llmfleet.__file__).resolve().parents[1]  # the directory holding the package
-    config = dockerfile_config(source_root.parent / "Dockerfile") if (source_root.parent / "Dockerfile").exists() \
-        else {"env": {}, "user": (DISTROLESS_NONROOT, DISTROLESS_NONROOT), "entrypoint": [], "cmd": [], "workdir": "/"}
+    dockerfile = source_root.parent / "Dockerfile"
+    config = dockerfile_config(dockerfile) if dockerfile.exists() \
+        else ImageConfig(user=(DISTROLESS_NONROOT, DISTROLESS_NONROOT))
     venv_bin = str(Path(sys.executable).parent)
     layers = _system_layers(("/usr", "/bin", "/sbin", "/lib", "/lib64"))
     for path in {sys.base_prefix, sys.prefix, str(source_root)}:
         layers.append(Layer(path, path))
-    env = {"PATH": f"{venv_bin}:{SYSTEM_PATH}", **config["env"]}
+    env = {"PATH": f"{venv_bin}:{SYSTEM_PATH}", **config.env}
     return Image(LLMFLEET_REPOSITORY, llmfleet.__version__, (llmfleet.__version__, f"v{llmfleet.__version__}"),
-                 tuple(layers), env, config["user"], tuple(config["entrypoint"]), tuple(config["cmd"]),
-                 config["workdir"])
+                 tuple(layers), env, config.user, config.entrypoint, config.cmd, config.workdir)
 
 
 @cache

@@ -93,7 +93,7 @@ class Informer:
         self._thread = threading.Thread(target=self._run, name=f"informer {path}", daemon=True)
         self._client: httpx.Client | None = None
 
-    def start(self) -> "Informer":
+    def start(self) -> Informer:
         self._thread.start()
         return self
 

@@ -32,10 +32,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import copy
 import ctypes
-import itertools
 import datetime as dt
+import itertools
 import json
 import logging
 import math
@@ -75,7 +76,7 @@ class PodSetupError(Exception):
 
 
 def now_rfc3339() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ---- pure helpers: env, expansion, field paths ---------------------------------------
@@ -239,7 +240,7 @@ class Container:
 class PodWorker(threading.Thread):
     """Everything about one pod, from sandbox to removal, in its own thread."""
 
-    def __init__(self, kubelet: "Kubelet", pod: dict) -> None:
+    def __init__(self, kubelet: Kubelet, pod: dict) -> None:
         super().__init__(name=f"pod {pod['metadata']['namespace']}/{pod['metadata']['name']}", daemon=True)
         self.kubelet = kubelet
         self.pod = pod
@@ -293,7 +294,7 @@ class PodWorker(threading.Thread):
                 self._run()
             except PodSetupError as exc:
                 self._fail(exc.reason, str(exc))
-            except Exception as exc:  # noqa: BLE001 - a kubelet bug must not take the other pods with it
+            except Exception as exc:
                 log.exception("%s: pod worker failed", self.key)
                 self._fail("RunContainerError", f"dev kubelet: {exc}")
         finally:
@@ -365,8 +366,8 @@ class PodWorker(threading.Thread):
                 os.chmod(path, 0o777)
                 out[name] = (path, False)
             elif "configMap" in vol or "secret" in vol or "downwardAPI" in vol:
-                write_atomic(path, self._source_files(vol, vol.get("configMap") and "configMap" or
-                                                      vol.get("secret") and "secret" or "downwardAPI"))
+                write_atomic(path, self._source_files(vol, (vol.get("configMap") and "configMap") or
+                                                      (vol.get("secret") and "secret") or "downwardAPI"))
                 out[name] = (path, True)
             elif "projected" in vol:
                 files: dict[str, tuple[bytes, int]] = {}
@@ -471,7 +472,8 @@ class PodWorker(threading.Thread):
                 except ApiError as exc:
                     if exc.status == 404 and ref.get("optional"):
                         continue
-                    raise PodSetupError("CreateContainerConfigError", f"{var['name']}: {kind} {ref['name']}: {exc}")
+                    raise PodSetupError("CreateContainerConfigError",
+                                        f"{var['name']}: {kind} {ref['name']}: {exc}") from exc
                 if ref["key"] not in data:
                     if ref.get("optional"):
                         continue
@@ -579,7 +581,8 @@ class PodWorker(threading.Thread):
 
     def _probe(self, c: Container, now: float) -> None:
         for kind, probe in c.probes.items():
-            if now < probe.next_at or (kind != "startupProbe" and not c.started) or (kind == "startupProbe" and c.started):
+            due = now >= probe.next_at
+            if not due or (kind == "startupProbe") == c.started:  # startup runs until started, the others after
                 continue
             probe.next_at = now + probe.period()
             ok = self._run_probe(c, probe.spec)
@@ -758,7 +761,7 @@ class PodWorker(threading.Thread):
         image = c.spec["image"]
         status = {"name": c.name, "image": image, "imageID": f"dev-cluster://{image}", "ready": c.ready,
                   "started": c.running() and c.started, "restartCount": c.restarts}
-        if c.running():
+        if c.running() and c.proc is not None:
             status["state"] = {"running": {"startedAt": c.started_at}}
             status["containerID"] = f"dev-cluster://{c.proc.pid}"
         elif c.waiting is not None and (c.terminated is None or c.restart_at is not None):
@@ -818,16 +821,14 @@ class Kubelet:
         self.pods_informer, self.services_informer = informers
         try:
             for node in self.nodes:
-                try:
+                with contextlib.suppress(ApiError):
                     self.allocatable = self.api.get(f"/api/v1/nodes/{node}").get("status", {}).get("allocatable", {})
-                except ApiError:
-                    pass
             while not self.stopping.is_set():
                 self.changed.wait(1.0)
                 self.changed.clear()
                 try:
                     self.sync()
-                except Exception:  # noqa: BLE001 - keep the node alive through API hiccups
+                except Exception:
                     log.exception("sync failed")
         finally:
             for informer in informers:
@@ -861,16 +862,16 @@ class Kubelet:
                 worker.update_hosts(names)
         mine = {p["metadata"]["uid"]: p for p in pods if (p.get("spec") or {}).get("nodeName") in self.nodes}
         for uid, pod in mine.items():
-            worker = self.workers.get(uid)
+            running = self.workers.get(uid)
             if pod["metadata"].get("deletionTimestamp"):
-                if worker is not None:
-                    worker.request_termination(pod)
+                if running is not None:
+                    running.request_termination(pod)
                 else:
                     self._remove(pod)  # nothing runs for it
-            elif worker is None and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
-                worker = PodWorker(self, copy.deepcopy(pod))
-                self.workers[uid] = worker
-                worker.start()
+            elif running is None and (pod.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+                started = PodWorker(self, copy.deepcopy(pod))
+                self.workers[uid] = started
+                started.start()
         for uid, worker in list(self.workers.items()):
             if uid not in mine:
                 worker.request_termination(None)  # force-deleted: nothing to wait for

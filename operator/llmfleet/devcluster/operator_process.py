@@ -30,8 +30,18 @@ class OperatorProcess:
         self.starts = 0
 
     def start(self) -> None:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
+        with open(self.log_path, "ab") as log:
+            self.proc = self._spawn(log)
+        self.starts += 1
+        try:
+            wait_until_serving(self.proc, f"http://127.0.0.1:{self.health_port}/healthz", what="the operator",
+                               log_tail=self.log_tail)
+        except BaseException:
+            self.stop()  # a failed start must not leave the process behind
+            raise
+
+    def _spawn(self, log) -> subprocess.Popen:
+        return subprocess.Popen(
             [sys.executable, "-m", "llmfleet.cli", "run", "--kubeconfig", str(self.kubeconfig),
              "--metrics-port", str(self.metrics_port), "--health-port", str(self.health_port), "--bind", "127.0.0.1",
              "--xds-address", "127.0.0.1", "--xds-port", str(self.xds_port),
@@ -41,14 +51,6 @@ class OperatorProcess:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
-        log.close()
-        self.starts += 1
-        try:
-            wait_until_serving(self.proc, f"http://127.0.0.1:{self.health_port}/healthz", what="the operator",
-                               log_tail=self.log_tail)
-        except BaseException:
-            self.stop()  # a failed start must not leave the process behind
-            raise
 
     def stop(self) -> None:
         stop_process(self.proc, timeout=15)

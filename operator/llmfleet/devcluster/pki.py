@@ -49,7 +49,7 @@ def _name(cn: str, org: str | None = None) -> x509.Name:
 
 
 def _issue(subject, public_key, issuer, issuer_key, *, ca=False, usages=(), sans=()):
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     builder = (
         x509.CertificateBuilder()
         .subject_name(subject)

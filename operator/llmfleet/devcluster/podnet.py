@@ -22,6 +22,7 @@ Everything here needs root (CAP_NET_ADMIN); it shells out to iproute2's ``ip``.
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import logging
@@ -32,7 +33,7 @@ import threading
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
-POD_RANGE = ipaddress.ip_network("198.18.0.0/15")
+POD_RANGE = ipaddress.IPv4Network("198.18.0.0/15")
 BLACKHOLE_METRIC = 4000  # above the bridge's own route, which wins while the bridge exists
 
 
@@ -66,10 +67,8 @@ def _used_networks() -> list[ipaddress.IPv4Network]:
     for entry in json.loads(_ip("-j", "-4", "route", "show", "table", "all").stdout or "[]"):
         dst = entry.get("dst", "")
         if dst and dst != "default":
-            try:
-                used.append(ipaddress.ip_network(dst, strict=False))
-            except ValueError:
-                pass
+            with contextlib.suppress(ValueError):
+                used.append(ipaddress.IPv4Network(dst, strict=False))
     return used
 
 
@@ -86,7 +85,7 @@ class PodNetwork:
 
     def __init__(self, index: int) -> None:
         self.index = index
-        self.subnet = list(POD_RANGE.subnets(new_prefix=24))[index]
+        self.subnet: ipaddress.IPv4Network = list(POD_RANGE.subnets(new_prefix=24))[index]
         hosts = list(self.subnet.hosts())
         self.gateway = str(hosts[0])
         self._free = [str(h) for h in hosts[1:]]
@@ -100,7 +99,7 @@ class PodNetwork:
         self.pods: dict[str, PodInterface] = {}  # netns name → interface
 
     @classmethod
-    def create(cls) -> "PodNetwork":
+    def create(cls) -> PodNetwork:
         """Pick a /24 nothing on this machine uses and bring its bridge up."""
         used = _used_networks()
         existing = {link["ifname"] for link in json.loads(_ip("-j", "link", "show").stdout or "[]")}

@@ -53,7 +53,7 @@ class Release:
             args += ["--set", f"{key}={value}"]
         return args
 
-    def install(self, timeout: str = "180s") -> "Release":
+    def install(self, timeout: str = "180s") -> Release:
         """`helm upgrade --install --wait`: returns once the operator and Envoy are Ready."""
         self.helm("upgrade", "--install", self.name, str(CHART), "-n", self.namespace, "--create-namespace",
                   *self._value_args(), "--wait", f"--timeout={timeout}")
@@ -163,8 +163,8 @@ class InstalledOperator:
 
     def log_tail(self, lines: int = 60) -> str:
         """The newest operator pod's log (the dev cluster's kubelet writes it)."""
-        logs = sorted((self.release.cluster.logdir / "pods").glob(f"{self.release.namespace}_{self.deployment}-*/*.log"),
-                      key=lambda p: p.stat().st_mtime)
+        pattern = f"{self.release.namespace}_{self.deployment}-*/*.log"
+        logs = sorted((self.release.cluster.logdir / "pods").glob(pattern), key=lambda p: p.stat().st_mtime)
         if not logs:
             return ""
         return "\n".join(logs[-1].read_text(errors="replace").splitlines()[-lines:])

@@ -129,7 +129,8 @@ def pivot(root: str, read_only: bool) -> None:
 def drop_privileges(plan: dict) -> None:
     user = plan["user"]
     drop = set(plan.get("dropCapabilities") or [])
-    last = int(open("/proc/sys/kernel/cap_last_cap").read())
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
     if "ALL" in drop or user["uid"] != 0:
         # A non-root process ends with no capabilities anyway (setuid clears them);
         # dropping the bounding set keeps it so across exec.

@@ -14,10 +14,12 @@ node's pods resolve Service names to these addresses through their /etc/hosts
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import itertools
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ def service_names(services: list[dict], octet: int) -> dict[str, list[tuple[str,
 
 
 def hosts_file(pod_ip: str, hostname: str, namespace: str, names: dict[str, list[tuple[str, str]]],
-               aliases: list[dict] = ()) -> str:
+               aliases: Sequence[dict] = ()) -> str:
     """A pod's /etc/hosts: the kubelet's usual lines, plus every Service (the cluster's DNS here)."""
     lines = ["# Kubernetes-managed hosts file (the llmfleet dev cluster's kubelet).",
              "127.0.0.1\tlocalhost", "::1\tlocalhost ip6-localhost ip6-loopback",
@@ -134,7 +136,7 @@ class ServiceProxy:
         self._endpoints: dict[tuple[str, int], tuple[tuple[str, int], ...]] = {}
         self._turn = itertools.count()
 
-    def start(self) -> "ServiceProxy":
+    def start(self) -> ServiceProxy:
         self._thread.start()
         return self
 
@@ -156,7 +158,7 @@ class ServiceProxy:
         for key in set(wanted) - set(self._servers):
             try:
                 self._servers[key] = await asyncio.start_server(
-                    lambda r, w, key=key: self._forward(key, r, w), host=key[0], port=key[1], reuse_address=True)
+                    functools.partial(self._forward, key), host=key[0], port=key[1], reuse_address=True)
             except OSError as exc:
                 log.warning("service proxy: cannot listen on %s:%s: %s", *key, exc)
 
@@ -170,7 +172,7 @@ class ServiceProxy:
             try:
                 upstream = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
                 break
-            except (OSError, asyncio.TimeoutError):
+            except (TimeoutError, OSError):
                 continue
         if upstream is None:
             writer.close()

@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,7 @@ class EnvoyProcess:
     def admin(self, path: str, timeout: float = 2.0) -> tuple[int, str]:
         """GET an admin path; (status, body)."""
         try:
-            with urllib.request.urlopen(self.admin_url + path, timeout=timeout) as resp:  # noqa: S310
+            with urllib.request.urlopen(self.admin_url + path, timeout=timeout) as resp:
                 return resp.status, resp.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
@@ -94,7 +95,7 @@ class EnvoyProcess:
 
     def stats(self, filter_regex: str = "") -> dict[str, int]:
         """Counters and gauges from admin ``/stats`` (optionally filtered)."""
-        path = "/stats" + (f"?filter={urllib.request.quote(filter_regex)}" if filter_regex else "")
+        path = "/stats" + (f"?filter={urllib.parse.quote(filter_regex)}" if filter_regex else "")
         _, body = self.admin(path)
         out: dict[str, int] = {}
         for line in body.splitlines():

@@ -20,6 +20,7 @@ diff and golden-test), then converted to xds-protos messages.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -35,16 +36,16 @@ from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_p
 from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2  # noqa: F401
-from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
     http_connection_manager_pb2,
 )
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from llmfleet.envoy.lua import model_rewrite_source
-from llmfleet.routing.table import Cluster, Route, RouteTable, WeightedBackend
+from llmfleet.routing.table import Cluster, Endpoint, Route, RouteTable, WeightedBackend
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -490,16 +491,20 @@ def load_assignment(c: Cluster) -> dict[str, Any]:
 # --------------------------------------------------------------------------- all
 
 
-def build_config(table: RouteTable, *, listener_port: int, listener_address: str = "0.0.0.0",
-                 settings: DataPlaneSettings | None = None) -> dict[str, list[dict[str, Any]]]:
-    """Every resource as a plain dict, by type URL."""
-    settings = settings or DataPlaneSettings()
+def _check(table: RouteTable) -> None:
     names = [c.name for c in table.clusters]
     if len(set(names)) != len(names):
         raise ValueError(f"duplicate cluster names in route table: {sorted(names)}")
     models = [r.model for r in table.routes]
     if len(set(models)) != len(models):
         raise ValueError(f"duplicate public model names in route table: {sorted(models)}")
+
+
+def build_config(table: RouteTable, *, listener_port: int, listener_address: str = "0.0.0.0",
+                 settings: DataPlaneSettings | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Every resource as a plain dict, by type URL."""
+    settings = settings or DataPlaneSettings()
+    _check(table)
     clusters = sorted(table.clusters, key=lambda c: c.name)
     return {
         CLUSTER_TYPE: [cluster(c, settings) for c in clusters],
@@ -520,22 +525,50 @@ def to_protos(config: Mapping[str, Iterable[Mapping[str, Any]]]) -> Resources:
 
 def build_resources(table: RouteTable, *, listener_port: int, listener_address: str = "0.0.0.0",
                     settings: DataPlaneSettings | None = None) -> Resources:
-    """Every resource as an xds-protos message, by type URL (what the xDS server sends)."""
-    return to_protos(build_config(table, listener_port=listener_port,
-                                  listener_address=listener_address, settings=settings))
+    """Every resource as an xds-protos message, by type URL (what the xDS server sends).
+
+    The same as ``to_protos(build_config(...))``, but a cluster and a load assignment are
+    converted once per distinct value and reused: with a thousand models a route change
+    would otherwise convert every cluster again (most of a recompute's time).
+    """
+    settings = settings or DataPlaneSettings()
+    _check(table)
+    clusters = sorted(table.clusters, key=lambda c: c.name)
+    return {
+        CLUSTER_TYPE: [_cluster_proto(c.name, c.served_model, settings) for c in clusters],
+        ENDPOINT_TYPE: [_assignment_proto(c.name, c.endpoints) for c in clusters],
+        LISTENER_TYPE: [_listener_proto(listener_port, listener_address, settings)],
+        ROUTE_TYPE: [to_proto(ROUTE_TYPE, route_configuration(table, settings))],
+    }
+
+
+# The messages are shared between builds: nothing may modify them after conversion.
+@functools.lru_cache(maxsize=16384)
+def _cluster_proto(name: str, served_model: str, settings: DataPlaneSettings) -> Message:
+    return to_proto(CLUSTER_TYPE, cluster(Cluster(name, served_model), settings))
+
+
+@functools.lru_cache(maxsize=16384)
+def _assignment_proto(name: str, endpoints: tuple[Endpoint, ...]) -> Message:
+    return to_proto(ENDPOINT_TYPE, load_assignment(Cluster(name, "", endpoints)))
+
+
+@functools.lru_cache(maxsize=16)
+def _listener_proto(port: int, address: str, settings: DataPlaneSettings) -> Message:
+    return to_proto(LISTENER_TYPE, listener(port, address, settings))
 
 
 def resource_name(resource: Message) -> str:
     """The xDS name of a resource (ClusterLoadAssignment names itself by cluster_name)."""
     if isinstance(resource, endpoint_pb2.ClusterLoadAssignment):
         return resource.cluster_name
-    return resource.name  # type: ignore[attr-defined]
+    return resource.name
 
 
 def referenced_clusters(route_config: Message) -> set[str]:
     """Cluster names a RouteConfiguration sends traffic to."""
     out: set[str] = set()
-    for vh in route_config.virtual_hosts:  # type: ignore[attr-defined]
+    for vh in route_config.virtual_hosts:
         for r in vh.routes:
             if r.HasField("route"):
                 if r.route.cluster:

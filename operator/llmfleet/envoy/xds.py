@@ -266,8 +266,8 @@ class _Stream:
         names = set()
         for name, res in self.types[CLUSTER_TYPE].sent.items():
             c = res.msg
-            if c.type == c.EDS:  # type: ignore[attr-defined]
-                names.add(c.eds_cluster_config.service_name or name)  # type: ignore[attr-defined]
+            if c.type == c.EDS:
+                names.add(c.eds_cluster_config.service_name or name)
         return names
 
     # -- sending ------------------------------------------------------------
@@ -350,10 +350,10 @@ class _Servicer(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
     def __init__(self, server: XdsServer) -> None:
         self._server = server
 
-    async def StreamAggregatedResources(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+    async def StreamAggregatedResources(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         await self._server._serve_stream(request_iterator, context)
 
-    async def DeltaAggregatedResources(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:  # noqa: N802
+    async def DeltaAggregatedResources(self, request_iterator: Any, context: grpc.aio.ServicerContext) -> None:
         await context.abort(grpc.StatusCode.UNIMPLEMENTED,
                             "llmfleet serves state-of-the-world ADS only (api_type: GRPC)")
 
@@ -388,6 +388,7 @@ class XdsServer:
         self._streams: set[_Stream] = set()
         self._nodes: dict[str, _NodeStatus] = {}
         self._changed: asyncio.Condition | None = None
+        self._wakes: set[asyncio.Future[None]] = set()
         self.last_nack: Nack | None = None
         self.nacks: collections.deque[Nack] = collections.deque(maxlen=32)
         self.port: int | None = None
@@ -537,7 +538,9 @@ class XdsServer:
             async with cond:
                 cond.notify_all()
 
-        asyncio.ensure_future(_wake())
+        task = asyncio.ensure_future(_wake())
+        self._wakes.add(task)  # a reference, so the task is not collected before it runs
+        task.add_done_callback(self._wakes.discard)
 
     def _node(self, node_id: str) -> _NodeStatus:
         node = self._nodes.get(node_id)

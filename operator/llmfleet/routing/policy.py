@@ -1,8 +1,9 @@
 """RoutePolicies + ModelDeployments + their ready pods → route table and policy status.
 
-Pure: takes the objects as read from the API server (plain dicts) and returns the
-route table for Envoy and, per policy, the status to write. The same inputs always
-give the same outputs, so the controller can recompute everything on any change.
+Pure: takes the objects as the store holds them (typed views) and returns the route
+table for Envoy and, per policy, the status to write. The same inputs always give the
+same outputs, so the controller can recompute everything on any change, and every
+operator replica computes the same table from the same cluster state.
 
 Strategies:
 - weighted: the weights as written, renormalised over backends with ready replicas.
@@ -19,17 +20,16 @@ loop: the loads they read respond to the weights they set).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..api.models import DEFAULT_TARGETS, Backend, RoutePolicySpec, RouteStrategy, SpecError, parse_route_policy_spec
+from ..api.models import Backend, RoutePolicySpec, RouteStrategy
 from ..autoscale.signals import metric_value
-from ..render.deployment import SELECTOR_LABEL
+from ..kube.views import ModelDeploymentView, PodView, Ref, RoutePolicyView
 from ..status.conditions import Condition
 from .table import Cluster, Endpoint, HeaderRule, Retry, Route, RouteTable, WeightedBackend
 
-SERVER_PORT_NAME = "http"
 HOLD = object()  # marks `previous` weights to keep: no new load sample since they were set
-DEFAULT_SERVER_PORT = 8000
 
 
 @dataclass(frozen=True)
@@ -61,6 +61,7 @@ class PolicyResult:
     conditions: list[Condition]
     backends: list[dict] = field(default_factory=list)
     accepted: bool = True
+    model: str | None = None  # the public model name it routes, once accepted
 
 
 @dataclass
@@ -70,62 +71,37 @@ class RoutingResult:
     loads: dict[tuple[str, str], dict | None] = field(default_factory=dict)  # status.load used, per backend
 
 
-def ready_endpoints(pods: list[dict]) -> dict[tuple[str, str], tuple[Endpoint, ...]]:
-    """(namespace, ModelDeployment) → its ready, not-terminating pods as endpoints.
+def ready_endpoints(pods: Iterable[PodView]) -> dict[Ref, tuple[Endpoint, ...]]:
+    """(namespace, ModelDeployment) → the endpoints of its serving replicas.
 
     Read from the pods themselves: EndpointSlices refuse loopback addresses, and a
     pod's readiness is what the model server's probe says.
     """
-    out: dict[tuple[str, str], list[Endpoint]] = {}
+    out: dict[Ref, list[Endpoint]] = {}
     for pod in pods:
-        meta, status = pod.get("metadata", {}), pod.get("status", {})
-        owner = (meta.get("labels") or {}).get(SELECTOR_LABEL)
-        ip = status.get("podIP")
-        if not owner or not ip or meta.get("deletionTimestamp") or status.get("phase") != "Running":
-            continue
-        if not any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or []):
-            continue
-        out.setdefault((meta["namespace"], owner), []).append(Endpoint(ip, server_port(pod)))
+        if pod.model_deployment and (endpoint := pod.endpoint) is not None:
+            out.setdefault((pod.namespace, pod.model_deployment), []).append(endpoint)
     return {key: tuple(sorted(eps)) for key, eps in out.items()}
 
 
-def server_port(pod: dict) -> int:
-    """The model server's port in a pod: its container port named `http`, else 8000."""
-    for container in pod.get("spec", {}).get("containers") or []:
-        for port in container.get("ports") or []:
-            if port.get("name") == SERVER_PORT_NAME:
-                return int(port["containerPort"])
-    return DEFAULT_SERVER_PORT
+def backend_states(model_deployments: Iterable[ModelDeploymentView],
+                   endpoints: Mapping[Ref, tuple[Endpoint, ...]]) -> dict[Ref, BackendState]:
+    return {
+        md.ref: BackendState(md.namespace, md.name, md.served_model, endpoints.get(md.ref, ()),
+                             cost_per_replica_hour=md.cost_per_replica_hour, load=md.load, metric=md.metric,
+                             target=md.target, scale_to_zero=md.scale_to_zero)
+        for md in model_deployments
+    }
 
 
-def backend_states(model_deployments: list[dict], pods: list[dict]) -> dict[tuple[str, str], BackendState]:
-    endpoints = ready_endpoints(pods)
-    states = {}
-    for md in model_deployments:
-        meta, spec = md["metadata"], md.get("spec") or {}
-        key = (meta["namespace"], meta["name"])
-        served = (spec.get("model") or {}).get("servedName") or meta["name"]
-        autoscaling = spec.get("autoscaling") or {}
-        metric = autoscaling.get("metric", "queueDepth")
-        states[key] = BackendState(
-            meta["namespace"], meta["name"], served, endpoints.get(key, ()),
-            cost_per_replica_hour=(spec.get("cost") or {}).get("perReplicaHour"),
-            load=(md.get("status") or {}).get("load"),
-            metric=metric,
-            target=autoscaling.get("target", DEFAULT_TARGETS.get(metric)),
-            scale_to_zero=bool((autoscaling.get("scaleToZero") or {}).get("idleSeconds")),
-        )
-    return states
-
-
-def _age_key(policy: dict) -> tuple[str, str, str]:
-    meta = policy["metadata"]
-    return (meta.get("creationTimestamp") or "", meta.get("namespace", ""), meta["name"])
+def _age_key(policy: RoutePolicyView) -> tuple[str, str, str]:
+    return (policy.created, policy.namespace, policy.name)
 
 
 def compute_routing(
-    policies: list[dict], model_deployments: list[dict], pods: list[dict], activator: Endpoint | None = None,
-    previous_loads: dict[tuple[str, str], dict | None] | None = None,
+    policies: Sequence[RoutePolicyView], model_deployments: Sequence[ModelDeploymentView],
+    endpoints: Mapping[Ref, tuple[Endpoint, ...]], activator: Endpoint | None = None,
+    previous_loads: dict[Ref, dict | None] | None = None,
 ) -> RoutingResult:
     """The route table and every policy's status.
 
@@ -137,58 +113,58 @@ def compute_routing(
     cost and latency take one damped step per new load sample, and hold their weights
     when recomputed for another reason (a pod event, their own status write).
     """
-    states = backend_states(model_deployments, pods)
+    states = backend_states(model_deployments, endpoints)
     routes: list[Route] = []
     used_clusters: dict[str, Cluster] = {}
-    claimed: dict[str, dict] = {}  # public model name → the policy that owns it
+    claimed: dict[str, RoutePolicyView] = {}  # public model name → the policy that owns it
     results = []
     for policy in sorted(policies, key=_age_key):
-        meta = policy["metadata"]
-        result = PolicyResult(meta["namespace"], meta["name"], meta.get("generation"), [])
+        namespace = policy.namespace
+        result = PolicyResult(namespace, policy.name, policy.generation, [])
         results.append(result)
-        try:
-            spec = parse_route_policy_spec(policy.get("spec") or {})
-        except SpecError as exc:
+        spec = policy.spec
+        if spec is None:
             result.accepted = False
             result.conditions = [
-                Condition("Accepted", False, "InvalidSpec", str(exc)),
+                Condition("Accepted", False, "InvalidSpec", policy.invalid or "the spec is refused"),
                 Condition("ResolvedRefs", False, "InvalidSpec", "the spec is refused"),
             ]
             continue
         owner = claimed.get(spec.model)
         if owner is not None:
-            om = owner["metadata"]
             result.accepted = False
             result.conditions = [
                 Condition(
                     "Accepted", False, "ModelNameConflict",
-                    f'model name "{spec.model}" is already routed by RoutePolicy {om["namespace"]}/{om["name"]}, '
+                    f'model name "{spec.model}" is already routed by RoutePolicy {owner.namespace}/{owner.name}, '
                     "which is older; rename one of them",
                 ),
                 Condition("ResolvedRefs", True, "NotEvaluated", "the policy is not accepted"),
             ]
             continue
         claimed[spec.model] = policy
-        previous = {b.get("modelDeployment"): b.get("weight") for b in (policy.get("status") or {}).get("backends") or []}
+        result.model = spec.model
+        previous: dict = {b.get("modelDeployment"): b.get("weight") for b in policy.status.get("backends") or []}
         if previous_loads is not None and all(
-            (st := states.get((meta["namespace"], b.model_deployment))) is None
-            or st.load == previous_loads.get((meta["namespace"], b.model_deployment))
+            (st := states.get((namespace, b.model_deployment))) is None
+            or st.load == previous_loads.get((namespace, b.model_deployment))
             for b in spec.backends
         ):
             previous = {**previous, HOLD: True}
-        route, result.backends, missing = _route(spec, meta["namespace"], states, used_clusters, previous, activator)
+        route, result.backends, missing = _route(spec, namespace, states, used_clusters, previous, activator)
         routes.append(route)
         result.conditions = [
             Condition("Accepted", True, "Accepted", f'routes model "{spec.model}" with strategy {spec.strategy.value}'),
             Condition("ResolvedRefs", False, "BackendNotFound",
-                      f"ModelDeployment {', '.join(missing)} not found in namespace {meta['namespace']}")
+                      f"ModelDeployment {', '.join(missing)} not found in namespace {namespace}")
             if missing else Condition("ResolvedRefs", True, "ResolvedRefs", "all backends exist"),
         ]
     table = RouteTable(
         routes=tuple(sorted(routes, key=lambda r: r.model)),
         clusters=tuple(sorted(used_clusters.values(), key=lambda c: c.name)),
     )
-    return RoutingResult(table, results, {key: dict(state.load) if state.load else None for key, state in states.items()})
+    loads = {key: dict(state.load) if state.load else None for key, state in states.items()}
+    return RoutingResult(table, results, loads)
 
 
 def _route(spec: RoutePolicySpec, namespace: str, states, used_clusters, previous, activator
@@ -214,7 +190,7 @@ def _route(spec: RoutePolicySpec, namespace: str, states, used_clusters, previou
 def _split(strategy, backends: list[Backend], namespace, states, used_clusters, missing, slo=None, previous=None,
            activator=None):
     """Effective weights (percent, summing to 100 when anything is ready) and status rows."""
-    rows = []
+    rows: list[tuple[Backend, int, int | None, str]] = []
     candidates: list[tuple[Backend, BackendState]] = []
     for b in backends:
         state = states.get((namespace, b.model_deployment))
@@ -253,7 +229,7 @@ def _split(strategy, backends: list[Backend], namespace, states, used_clusters, 
             percents = _percentages(_damp(names, targets, previous or {}))
     else:
         percents = _percentages([b.weight for b, _ in active])
-    share = {b.model_deployment: p for (b, _), p in zip(active, percents)}
+    share = {b.model_deployment: p for (b, _), p in zip(active, percents, strict=False)}
 
     for b, s in candidates:
         n = len(s.endpoints)
@@ -313,10 +289,11 @@ def _cost_shares(states: list[BackendState], slo) -> tuple[list[float], dict[str
     at_target: dict[str, float | None] = {}  # tokens/s of one replica at its target
     for s in states:
         value = metric_value(s.load or {}, s.metric)  # as the scaler reads it
-        util = value / s.target if value is not None and s.target else None
+        target = s.target
+        util = value / target if value is not None and target else None
         utilization[s.name] = util
         known = util is not None and util >= UTILIZATION_FLOOR and tps[s.name] > 0
-        at_target[s.name] = tps[s.name] / util if known else None
+        at_target[s.name] = tps[s.name] / util if util is not None and known else None
     known_rates = [r for r in at_target.values() if r]
     typical = sum(known_rates) / len(known_rates) if known_rates else 1.0
     per_hour = {s.name: s.cost_per_replica_hour or 0.0 for s in states}
@@ -326,8 +303,9 @@ def _cost_shares(states: list[BackendState], slo) -> tuple[list[float], dict[str
     capacity: dict[str, float] = {}
     for s in states:
         served = tps[s.name] * len(s.endpoints)
-        if at_target[s.name] is not None:
-            capacity[s.name] = at_target[s.name] * len(s.endpoints)
+        rate = at_target[s.name]
+        if rate is not None:
+            capacity[s.name] = rate * len(s.endpoints)
         elif served > 0:
             # Far under target the signal says little (a queue is 0 until saturation):
             # let the share grow step by step instead of sending everything at once.
@@ -375,7 +353,8 @@ def _latency_shares(states: list[BackendState], slo: float | None) -> tuple[list
             score /= 4
         scores.append(score)
         seen = f"TTFT p95 {observed * 1000:.0f} ms" if observed is not None else "no TTFT measured yet"
-        reasons[s.name] = f"{seen}, queue {queue:.1f}" + (f", over the {slo * 1000:.0f} ms SLO" if over else "")
+        beyond = f", over the {slo * 1000:.0f} ms SLO" if over and slo is not None else ""
+        reasons[s.name] = f"{seen}, queue {queue:.1f}{beyond}"
     return scores, reasons
 
 
@@ -387,10 +366,10 @@ def _damp(names: list[str], targets: list[float], previous: dict[str, int]) -> l
     goal = [t * 100 / total for t in targets]
     if not any(previous.get(n) for n in names):
         return goal
-    return [(previous.get(n) or 0) / 2 + g / 2 for n, g in zip(names, goal)]
+    return [(previous.get(n) or 0) / 2 + g / 2 for n, g in zip(names, goal, strict=False)]
 
 
-def _percentages(weights: list[int]) -> list[int]:
+def _percentages(weights: Sequence[float]) -> list[int]:
     """Integer percentages proportional to `weights`, summing to exactly 100
     (largest remainder), so status and Envoy agree to the point."""
     total = sum(weights)

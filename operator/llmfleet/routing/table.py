@@ -7,6 +7,7 @@ Envoy, so both sides are tested without either.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 
 
@@ -65,4 +66,8 @@ class RouteTable:
     clusters: tuple[Cluster, ...] = ()
 
     def cluster(self, name: str) -> Cluster | None:
-        return next((c for c in self.clusters if c.name == name), None)
+        return self._by_name.get(name)
+
+    @functools.cached_property
+    def _by_name(self) -> dict[str, Cluster]:
+        return {c.name: c for c in self.clusters}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import random
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 OutputLengthKind = Literal["fixed", "uniform", "normal"]
 
@@ -55,7 +55,7 @@ class OutputLength:
                 raise ValueError(f"uniform needs integers 1 <= LOW <= HIGH, got {text!r}")
         elif a < 1 or b < 0 or not math.isfinite(a + b):
             raise ValueError(f"normal needs MEAN >= 1 and STD >= 0, got {text!r}")
-        return cls(kind, a, b)
+        return cls(cast(OutputLengthKind, kind), a, b)
 
     @classmethod
     def _fixed(cls, n: int) -> OutputLength:
@@ -130,18 +130,19 @@ class SimConfig:
             )
         if not self.prefill_tokens_per_second > 0:
             raise ValueError("--prefill-tokens-per-second must be positive")
-        for flag, value in (
+        durations: tuple[tuple[str, float], ...] = (
             ("--decode-step-ms", self.decode_step_ms),
             ("--decode-step-ms-per-seq", self.decode_step_ms_per_seq),
             ("--time-scale", self.time_scale),
             ("--load-seconds", self.load_seconds),
             ("--shutdown-timeout", self.shutdown_timeout),
-        ):
-            if not (value >= 0 and math.isfinite(value)):
-                raise ValueError(f"{flag} must be a finite number >= 0, got {value}")
-        for flag, value in (("--error-rate", self.error_rate), ("--hang-rate", self.hang_rate)):
-            if not 0 <= value <= 1:
-                raise ValueError(f"{flag} must be within 0..1, got {value}")
+        )
+        for flag, seconds in durations:
+            if not (seconds >= 0 and math.isfinite(seconds)):
+                raise ValueError(f"{flag} must be a finite number >= 0, got {seconds}")
+        for flag, rate in (("--error-rate", self.error_rate), ("--hang-rate", self.hang_rate)):
+            if not 0 <= rate <= 1:
+                raise ValueError(f"{flag} must be within 0..1, got {rate}")
         if self.error_rate + self.hang_rate > 1:
             raise ValueError("--error-rate plus --hang-rate must not exceed 1")
         if self.crash_after is not None and self.crash_after < 1:

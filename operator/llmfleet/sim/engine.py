@@ -46,9 +46,21 @@ _MAX_CATCH_UP = 0.005
 class Sequence:
     """One request inside the engine."""
 
-    __slots__ = ("prompt_tokens", "target_tokens", "target_reason", "stream", "arrival",
-                 "scheduled", "first_token_time", "last_token_time", "generated", "kv_held",
-                 "state", "finish_reason", "waiter")
+    __slots__ = (
+        "arrival",
+        "finish_reason",
+        "first_token_time",
+        "generated",
+        "kv_held",
+        "last_token_time",
+        "prompt_tokens",
+        "scheduled",
+        "state",
+        "stream",
+        "target_reason",
+        "target_tokens",
+        "waiter",
+    )
 
     def __init__(self, prompt_tokens: int, target_tokens: int, target_reason: str,
                  stream: bool, arrival: float) -> None:

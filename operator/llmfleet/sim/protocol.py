@@ -63,7 +63,7 @@ def count_text_tokens(text: str) -> int:
 
 # Every word is at most four characters, so counting the generated text with
 # count_text_tokens gives back exactly completion_tokens.
-_FILLER_WORDS = ("Sim", "says", "this", "is", "a", "fake", "but", "well", "paced",
+_FILLER_WORDS: tuple[str, ...] = ("Sim", "says", "this", "is", "a", "fake", "but", "well", "paced",
                  "stub", "of", "text", "from", "an", "LLM", "that", "has", "no",
                  "GPU", "at", "all", "so", "read", "it", "as", "mere", "load")
 _FILLER_WORDS = tuple(w[:4] for w in _FILLER_WORDS)
@@ -314,7 +314,7 @@ class StreamEncoder:
     the hot path when many streams run at once.
     """
 
-    __slots__ = ("kind", "rid", "created", "model", "_head", "_obj")
+    __slots__ = ("_head", "_obj", "created", "kind", "model", "rid")
 
     def __init__(self, kind: RequestKind, rid: str, created: int, model: str) -> None:
         self.kind = kind

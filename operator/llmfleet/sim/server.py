@@ -50,8 +50,8 @@ from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
 from llmfleet.sim.config import OutputLength, SimConfig
-from llmfleet.sim.engine import SimEngine
 from llmfleet.sim.engine import Sequence as EngineSequence
+from llmfleet.sim.engine import SimEngine
 from llmfleet.sim.protocol import (
     GenerationRequest,
     RequestError,

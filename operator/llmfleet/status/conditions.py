@@ -19,7 +19,7 @@ class Condition:
 
 
 def now_rfc3339() -> str:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_rfc3339(text: str) -> float:
@@ -37,6 +37,7 @@ def merge_conditions(
     for cond in wanted:
         old = by_type.get(cond.type)
         changed = old is None or old.get("status") != cond.status_text
+        since = old.get("lastTransitionTime") if old is not None else None
         out.append(
             {
                 "type": cond.type,
@@ -44,7 +45,7 @@ def merge_conditions(
                 "reason": cond.reason,
                 "message": cond.message,
                 "observedGeneration": generation,
-                "lastTransitionTime": (now or now_rfc3339()) if changed else old.get("lastTransitionTime"),
+                "lastTransitionTime": (now or now_rfc3339()) if changed else since,
             }
         )
     return out

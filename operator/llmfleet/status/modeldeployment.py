@@ -1,5 +1,9 @@
 """ModelDeployment status: a pure function of the spec, its Deployment, pods and nodes.
 
+These are the fields the ModelDeployment reconciler owns (server-side apply, field
+manager ``llmfleet``); the autoscaler owns load, scaleReason, lastScaleTime and the
+ScalingLimited condition under its own manager, so neither writes the other's.
+
 Conditions:
 - Ready: at least one replica serves (AllReplicasReady or PartiallyReady); False when
   none does, with the reason.
@@ -10,20 +14,17 @@ Conditions:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..engines.base import GPU_PRODUCT_LABEL
+from ..kube.views import DeploymentView, NodeView, PodView
 from ..render.deployment import selector_string
 from .conditions import Condition, find, merge_conditions
-# Container waiting reasons that will not clear by themselves.
-STUCK_WAITING_REASONS = {
-    "CrashLoopBackOff",
-    "ImagePullBackOff",
-    "ErrImagePull",
-    "InvalidImageName",
-    "CreateContainerConfigError",
-    "CreateContainerError",
-}
+
+# The conditions this status owns (the autoscaler owns ScalingLimited).
+CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
 
 
 @dataclass(frozen=True)
@@ -48,19 +49,15 @@ class GpuNeed:
     product: str | None
 
 
-def capacity_problem(need: GpuNeed | None, nodes: list[dict]) -> str | None:
+def capacity_problem(need: GpuNeed | None, nodes: Sequence[NodeView]) -> str | None:
     """Why no node can ever hold a replica, or None when some node can (or we can't tell)."""
     if need is None or need.count == 0 or not nodes:
         return None
-    matching = [
-        n
-        for n in nodes
-        if need.product is None or n.get("metadata", {}).get("labels", {}).get(GPU_PRODUCT_LABEL) == need.product
-    ]
+    matching = [n for n in nodes if need.product is None or n.label(GPU_PRODUCT_LABEL) == need.product]
     where = f"nodes labelled {GPU_PRODUCT_LABEL}={need.product}" if need.product else "nodes"
     if not matching:
         return f"each replica needs {need.count} {need.resource} on {where}, and there are no such nodes"
-    largest = max(_quantity(n.get("status", {}).get("allocatable", {}).get(need.resource)) for n in matching)
+    largest = max(n.allocatable_count(need.resource) for n in matching)
     if largest >= need.count:
         return None
     return (
@@ -69,92 +66,35 @@ def capacity_problem(need: GpuNeed | None, nodes: list[dict]) -> str | None:
     )
 
 
-def _quantity(value) -> int:
-    try:
-        return int(str(value or "0"))
-    except ValueError:
-        return 0
-
-
-def _pod_ready(pod: dict) -> bool:
-    return any(
-        c.get("type") == "Ready" and c.get("status") == "True" for c in pod.get("status", {}).get("conditions") or []
-    )
-
-
-def _unschedulable(pods: list[dict]) -> list[tuple[str, str]]:
-    out = []
-    for pod in pods:
-        if pod.get("metadata", {}).get("deletionTimestamp"):
-            continue
-        cond = next(
-            (c for c in pod.get("status", {}).get("conditions") or [] if c.get("type") == "PodScheduled"), None
-        )
-        if cond and cond.get("status") == "False" and cond.get("reason") == "Unschedulable":
-            out.append((pod["metadata"]["name"], cond.get("message", "")))
-    return out
-
-
-def _stuck_containers(pods: list[dict]) -> list[tuple[str, str, str]]:
-    out = []
-    for pod in pods:
-        for cs in pod.get("status", {}).get("containerStatuses") or []:
-            waiting = (cs.get("state") or {}).get("waiting") or {}
-            if waiting.get("reason") in STUCK_WAITING_REASONS:
-                out.append((pod["metadata"]["name"], waiting["reason"], waiting.get("message", "")))
-    return out
-
-
-def _deployment_numbers(deployment: dict | None) -> tuple[int, int, int, bool]:
-    """(replicas, ready, updated, observed) of the Deployment's status."""
-    if not deployment:
-        return 0, 0, 0, False
-    st = deployment.get("status") or {}
-    observed = st.get("observedGeneration", 0) >= deployment.get("metadata", {}).get("generation", 0)
-    return st.get("replicas", 0) or 0, st.get("readyReplicas", 0) or 0, st.get("updatedReplicas", 0) or 0, observed
-
-
-def _deadline_exceeded(deployment: dict | None) -> str | None:
-    for c in (deployment or {}).get("status", {}).get("conditions") or []:
-        if c.get("type") == "Progressing" and c.get("reason") == "ProgressDeadlineExceeded":
-            return c.get("message", "")
-    return None
-
-
 def model_deployment_status(
-    md: dict,
+    name: str,
+    generation: int | None,
+    old: dict[str, Any],
     *,
     desired: int | None,
-    deployment: dict | None,
-    pods: list[dict],
-    nodes: list[dict],
+    deployment: DeploymentView | None,
+    pods: Sequence[PodView],
+    nodes: Sequence[NodeView],
     gpu_need: GpuNeed | None,
     invalid: str | None = None,
     now: str | None = None,
 ) -> StatusResult:
-    """The whole status for `md`, plus the Events its transitions deserve.
+    """The reconciler's part of ModelDeployment ``name``'s status (``old`` is the status
+    as it stands), plus the Events its transitions deserve.
 
-    `desired` is the replica count asked for (spec.replicas, later the autoscaler's);
-    `invalid` is the refusal message when the spec could not be parsed.
+    `desired` is the replica count asked for (spec.replicas, which the autoscaler may
+    write); `invalid` is the refusal message when the spec could not be parsed.
     """
-    meta = md["metadata"]
-    old = md.get("status") or {}
-    generation = meta.get("generation")
-    replicas, ready, updated, observed = _deployment_numbers(deployment)
-    # Count only pods of the current template as ready when the Deployment lags.
-    ready_pods = sum(1 for p in pods if _pod_ready(p) and not p["metadata"].get("deletionTimestamp"))
-    ready = min(ready, ready_pods) if deployment else 0
-
-    status: dict = {
+    ready_pods = sum(1 for p in pods if p.serving)
+    # Count only replicas the Deployment says are ready and that serve right now.
+    ready = min(deployment.ready_replicas, ready_pods) if deployment else 0
+    replicas = deployment.replicas if deployment else 0
+    status: dict[str, Any] = {
         "observedGeneration": generation,
         "replicas": replicas,
         "readyReplicas": ready,
-        "selector": selector_string(meta["name"]),
+        "selector": selector_string(name),
     }
-    for key in ("load", "lastScaleTime", "scaleReason"):  # owned by the autoscaler; keep
-        if key in old:
-            status[key] = old[key]
-
     if invalid is not None:
         status["desiredReplicas"] = old.get("desiredReplicas", 0)
         status["readyText"] = f"{ready}/-"
@@ -167,19 +107,20 @@ def model_deployment_status(
         assert desired is not None
         status["desiredReplicas"] = desired
         status["readyText"] = f"{ready}/{desired}"
-        wanted = _conditions(desired, replicas, ready, updated, observed, deployment, pods, nodes, gpu_need)
-
-    ours = {c.type for c in wanted}
-    kept = [c for c in old.get("conditions") or [] if c.get("type") not in ours]  # e.g. the autoscaler's
-    status["conditions"] = merge_conditions(old.get("conditions"), wanted, generation, now) + kept
-    return StatusResult(status, _transition_events(old.get("conditions"), status["conditions"], ready, desired))
+        wanted = _conditions(desired, ready, deployment, pods, nodes, gpu_need)
+    status["conditions"] = merge_conditions(old.get("conditions"), wanted, generation, now)
+    return StatusResult(status, _transition_events(old.get("conditions"), status["conditions"]))
 
 
-def _conditions(desired, replicas, ready, updated, observed, deployment, pods, nodes, gpu_need) -> list[Condition]:
+def _conditions(desired: int, ready: int, deployment: DeploymentView | None, pods: Sequence[PodView],
+                nodes: Sequence[NodeView], gpu_need: GpuNeed | None) -> list[Condition]:
+    replicas = deployment.replicas if deployment else 0
+    updated = deployment.updated_replicas if deployment else 0
+    observed = deployment.observed if deployment else False
     capacity = capacity_problem(gpu_need, nodes) if desired > 0 else None
-    unschedulable = _unschedulable(pods)
-    stuck = _stuck_containers(pods)
-    deadline = _deadline_exceeded(deployment)
+    unschedulable = [(p.name, p.unschedulable) for p in pods if p.unschedulable is not None and not p.deleting]
+    stuck = [(p.name, reason, message) for p in pods for reason, message in p.stuck]
+    deadline = deployment.deadline_exceeded if deployment else None
 
     problem: tuple[str, str] | None = None
     if capacity:
@@ -225,10 +166,11 @@ def _conditions(desired, replicas, ready, updated, observed, deployment, pods, n
     return [ready_cond, progressing, degraded]
 
 
-def _transition_events(old: list[dict] | None, new: list[dict], ready: int, desired: int | None) -> list[Event]:
+def _transition_events(old: list[dict] | None, new: list[dict]) -> list[Event]:
     events = []
     old_ready, new_ready = find(old, "Ready"), find(new, "Ready")
     old_degraded, new_degraded = find(old, "Degraded"), find(new, "Degraded")
+    assert new_ready is not None and new_degraded is not None  # the reconciler always writes both
     if new_ready["status"] == "True" and (old_ready is None or old_ready.get("status") != "True"):
         events.append(Event("Normal", "Ready", new_ready["message"]))
     elif old_ready and old_ready.get("status") == "True" and new_ready["status"] != "True":
@@ -245,18 +187,16 @@ def _transition_events(old: list[dict] | None, new: list[dict], ready: int, desi
     return events
 
 
-def load_patch(old: dict | None, new: dict) -> dict | None:
-    """The merge patch value for status.load, or None when unchanged. A merge patch merges
-    nested keys, so a signal that is gone (no TTFT sample this interval) is sent as null."""
-    if (old or {}) == new:
-        return None
-    return {**{k: None for k in old or {} if k not in new}, **new}
-
-
-def status_patch(old: dict | None, new: dict) -> dict | None:
-    """The merge patch that turns status `old` into `new`, or None when they are equal
-    (so an idle object is never written)."""
-    old = old or {}
-    if old == new:
-        return None
-    return {**{k: None for k in old if k not in new}, **new}
+def changed_fields(current: dict[str, Any], owned: dict[str, Any]) -> list[str]:
+    """The fields of ``owned`` (one writer's part of a status) that differ from the
+    object's ``current`` status; conditions are compared by type, since other writers
+    own the other types. Empty: nothing to write."""
+    changed = []
+    for key, value in owned.items():
+        if key == "conditions":
+            have = {c.get("type"): c for c in current.get("conditions") or []}
+            if any(have.get(c["type"]) != c for c in value):
+                changed.append(key)
+        elif current.get(key) != value:
+            changed.append(key)
+    return changed

@@ -1,0 +1,260 @@
+"""The controller glue against a store filled with test objects, not a cluster.
+
+A fake client records every request; the tests check what a reconcile, an autoscaling
+round and a route recompute write, and that an unchanged world writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+
+import pytest
+
+from llmfleet.autoscale.signals import ModelLoad
+from llmfleet.controller.autoscaler import Autoscaler, load_moved
+from llmfleet.controller.modeldeployment import ModelDeploymentReconciler
+from llmfleet.controller.replicas import ReplicaWriter
+from llmfleet.controller.routepolicy import DataPlaneState, RoutePolicyReconciler
+from llmfleet.kube.store import Store
+from llmfleet.kube.views import APPLIED_ANNOTATION
+from llmfleet.routing.table import RouteTable
+
+NS = "ai"
+
+
+class FakeClient:
+    """Records requests; an apply answers with the object, generation 1."""
+
+    def __init__(self) -> None:
+        self.requests: list[tuple] = []
+
+    async def apply(self, body, field_manager, *, subresource=None):
+        self.requests.append(("apply", body["kind"], body["metadata"]["name"], subresource, field_manager,
+                              copy.deepcopy(body)))
+        return {**body, "metadata": {**body["metadata"], "generation": 1}}
+
+    async def scale(self, resource, namespace, name, replicas, field_manager):
+        self.requests.append(("scale", name, replicas, field_manager))
+
+    async def event(self, involved, type_, reason, message, component):
+        self.requests.append(("event", involved["metadata"]["name"], reason, message))
+
+    def take(self) -> list[tuple]:
+        out, self.requests = self.requests, []
+        return out
+
+
+def md_body(name="llm", replicas=1, autoscaling=None, status=None, generation=1):
+    spec = {"model": {"uri": "hf://x/y"}, "engine": {"kind": "sim"}, "replicas": replicas}
+    if autoscaling:
+        spec["autoscaling"] = autoscaling
+    return {"apiVersion": "llmfleet.io/v1alpha1", "kind": "ModelDeployment",
+            "metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": generation,
+                         "resourceVersion": "1"},
+            "spec": spec, "status": status or {}}
+
+
+def pod_body(md, index, ready=True):
+    return {"metadata": {"name": f"{md}-{index}", "namespace": NS, "uid": f"{md}-{index}",
+                         "labels": {"llmfleet.io/model-deployment": md},
+                         "creationTimestamp": "2026-11-22T10:00:00Z"},
+            "spec": {"containers": [{"name": "model-server", "ports": [{"name": "http", "containerPort": 8000}]}]},
+            "status": {"phase": "Running", "podIP": f"127.9.0.{index + 1}",
+                       "conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                                       "lastTransitionTime": "2026-11-22T10:00:30Z"}]}}
+
+
+def deployment_body(applied, replicas=1, ready=1, generation=1):
+    return {"metadata": {"name": "llm", "namespace": NS, "generation": generation,
+                         "annotations": {APPLIED_ANNOTATION: applied}},
+            "status": {"replicas": replicas, "readyReplicas": ready, "updatedReplicas": replicas,
+                       "observedGeneration": generation}}
+
+
+def store_with(client, *, mds=(), pods=(), deployments=(), services=(), policies=()):
+    store = Store(client)
+    for informer, bodies in ((store.model_deployments, mds), (store.pods, pods), (store.deployments, deployments),
+                             (store.services, services), (store.route_policies, policies)):
+        for body in bodies:
+            informer.put(body)
+    for informer in store.informers:
+        informer.synced.set()
+    return store
+
+
+def written_status(request):
+    return request[5]["status"]
+
+
+def test_a_reconcile_applies_the_children_and_the_reconcilers_status_then_an_unchanged_world_writes_nothing():
+    client = FakeClient()
+    store = store_with(client, mds=[md_body()], pods=[pod_body("llm", 0)])
+    reconciler = ModelDeploymentReconciler(client, store)
+    asyncio.run(reconciler.reconcile((NS, "llm")))
+    first = client.take()
+    applies = [(r[1], r[3], r[4]) for r in first if r[0] == "apply"]
+    assert applies == [("Deployment", None, "llmfleet"), ("Service", None, "llmfleet"),
+                       ("ModelDeployment", "status", "llmfleet")]
+    deployment, service, status = (r[5] for r in first if r[0] == "apply")
+    assert set(written_status(next(r for r in first if r[3] == "status"))) == {
+        "observedGeneration", "replicas", "readyReplicas", "selector", "desiredReplicas", "readyText",
+        "conditions"}
+    # The store catches up: the children as applied, the status as written.
+    store.deployments.put(deployment_body(deployment["metadata"]["annotations"][APPLIED_ANNOTATION]))
+    store.services.put({"metadata": {"name": "llm", "namespace": NS, "annotations":
+                                     {APPLIED_ANNOTATION: service["metadata"]["annotations"][APPLIED_ANNOTATION]}}})
+    asyncio.run(reconciler.reconcile((NS, "llm")))
+    status_now = written_status(next(r for r in client.take() if r[3] == "status"))  # 1/1 ready now
+    assert status_now["readyReplicas"] == 1
+    store.model_deployments.put(md_body(status=status_now))
+    asyncio.run(reconciler.reconcile((NS, "llm")))
+    assert client.take() == []
+
+
+def test_someone_elses_change_to_the_deployment_is_applied_over():
+    client = FakeClient()
+    store = store_with(client, mds=[md_body()])
+    reconciler = ModelDeploymentReconciler(client, store)
+    asyncio.run(reconciler.reconcile((NS, "llm")))
+    first = client.take()
+    applied = next(r[5] for r in first if r[1] == "Deployment")["metadata"]["annotations"][APPLIED_ANNOTATION]
+    service = next(r[5] for r in first if r[1] == "Service")
+    store.services.put({"metadata": {"name": "llm", "namespace": NS, "annotations": service["metadata"]["annotations"]}})
+    store.deployments.put(deployment_body(applied, generation=1))
+    asyncio.run(reconciler.reconcile((NS, "llm")))
+    assert not [r for r in client.take() if r[1] == "Deployment"]
+    store.deployments.put(deployment_body(applied, generation=2))  # e.g. `kubectl scale deploy/llm`
+    asyncio.run(reconciler.reconcile((NS, "llm")))
+    assert [r[1] for r in client.take() if r[0] == "apply" and r[3] is None] == ["Deployment"]
+
+
+def test_a_status_written_but_not_yet_seen_is_not_written_again():
+    client = FakeClient()
+    store = store_with(client, mds=[md_body()], pods=[pod_body("llm", 0, ready=False)])
+    reconciler = ModelDeploymentReconciler(client, store)
+    asyncio.run(reconciler.reconcile((NS, "llm")))
+    assert [r for r in client.take() if r[3] == "status"]
+    asyncio.run(reconciler.reconcile((NS, "llm")))  # a pod event before our write came back
+    assert not [r for r in client.take() if r[3] == "status" or r[0] == "event"]
+
+
+AUTOSCALING = {"minReplicas": 1, "maxReplicas": 4, "metric": "queueDepth", "target": 2}
+
+
+def load(queue, replicas=1):
+    return ModelLoad(time=0.0, sampled_replicas=replicas, failed_replicas=0, queue_depth=queue,
+                     running_requests=2.0, kv_cache_utilization=0.5, tokens_per_second=100.0,
+                     requests_per_second=1.0)
+
+
+def autoscaler(client, store, loads):
+    scaler = Autoscaler(client, store, ReplicaWriter(client), interval=1.0)
+
+    async def scrape(targets):
+        return {key: loads[key] for key in targets if key in loads}
+
+    scaler.scraper.round = scrape  # no HTTP: the loads as if scraped
+    return scaler
+
+
+def test_an_autoscaling_round_scales_through_the_one_writer_and_applies_its_own_status_fields():
+    client = FakeClient()
+    store = store_with(client, mds=[md_body(autoscaling=AUTOSCALING)], pods=[pod_body("llm", 0)])
+    scaler = autoscaler(client, store, {(NS, "llm"): load(queue=8.0)})
+    asyncio.run(scaler.round())
+    requests = client.take()
+    assert ("scale", "llm", 4, "llmfleet-autoscaler") in requests
+    assert any(r[0] == "event" and r[2] == "ScaledUp" for r in requests)
+    (status,) = [r for r in requests if r[3] == "status"]
+    assert status[4] == "llmfleet-autoscaler"
+    owned = written_status(status)
+    assert set(owned) == {"load", "scaleReason", "lastScaleTime", "conditions"}
+    assert [c["type"] for c in owned["conditions"]] == ["ScalingLimited"]
+    assert owned["load"]["queueDepth"] == 8.0
+
+
+def test_a_steady_load_is_not_rewritten_every_round():
+    client = FakeClient()
+    store = store_with(client, mds=[md_body(autoscaling={**AUTOSCALING, "target": 100})],
+                       pods=[pod_body("llm", 0)])
+    loads = {(NS, "llm"): load(queue=10.0)}
+    scaler = autoscaler(client, store, loads)
+    asyncio.run(scaler.round())
+    (first,) = [r for r in client.take() if r[3] == "status"]
+    store.model_deployments.put(md_body(autoscaling={**AUTOSCALING, "target": 100}, status=written_status(first)))
+    loads[(NS, "llm")] = load(queue=10.4)  # a 4 % wobble
+    asyncio.run(scaler.round())
+    assert not [r for r in client.take() if r[3] == "status"]
+    loads[(NS, "llm")] = load(queue=14.0)  # a real move
+    asyncio.run(scaler.round())
+    assert [written_status(r)["load"]["queueDepth"] for r in client.take() if r[3] == "status"] == [14.0]
+
+
+def test_load_moves_by_relative_change_ignoring_sample_time():
+    old = {"queueDepth": 10.0, "sampleTime": "T1", "sampledReplicas": 2}
+    assert not load_moved(old, {"queueDepth": 10.9, "sampleTime": "T2", "sampledReplicas": 2})
+    assert load_moved(old, {"queueDepth": 11.5, "sampleTime": "T2", "sampledReplicas": 2})
+    assert load_moved(old, {"queueDepth": 10.0, "sampledReplicas": 3})
+    assert load_moved(old, {"queueDepth": 10.0, "sampledReplicas": 2, "ttftP95Seconds": 0.2})
+    assert not load_moved({"queueDepth": 0.0}, {"queueDepth": 0.02})
+    assert load_moved(None, {"queueDepth": 0.0})
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.tables: list[RouteTable] = []
+        self.synced = True
+
+    def publish(self, table):
+        if not self.tables or self.tables[-1] != table:
+            self.tables.append(table)
+        return str(len(self.tables))
+
+    def state(self, version):
+        if self.synced or int(version) < len(self.tables):
+            return DataPlaneState(True, "Programmed", "served by 1 Envoy(s)")
+        return DataPlaneState(False, "Pending", "waiting for 1 Envoy(s) to take the route")
+
+
+def policy_body(name, model, backends):
+    return {"metadata": {"name": name, "namespace": NS, "uid": f"uid-{name}", "generation": 1,
+                         "creationTimestamp": "2026-11-22T10:00:00Z"},
+            "spec": {"model": model, "backends": [{"modelDeployment": b} for b in backends]}}
+
+
+def route_reconciler(client, store, publisher):
+    return RoutePolicyReconciler(client, store, publisher)
+
+
+def test_a_route_recompute_publishes_the_table_and_writes_each_changed_policy_once():
+    client = FakeClient()
+    store = store_with(client, mds=[md_body("a"), md_body("b")], pods=[pod_body("a", 0)],
+                       policies=[policy_body("pa", "model-a", ["a"]), policy_body("pb", "model-b", ["b"])])
+    publisher = FakePublisher()
+    reconciler = route_reconciler(client, store, publisher)
+    asyncio.run(reconciler.reconcile("routes"))
+    assert {r.model for r in publisher.tables[-1].routes} == {"model-a", "model-b"}
+    writes = {r[2]: written_status(r) for r in client.take() if r[3] == "status"}
+    assert set(writes) == {"pa", "pb"}
+    for name, status in writes.items():
+        store.route_policies.put({**policy_body(name, f"model-{name[1]}", [name[1]]), "status": status})
+    # b's replica becomes ready while Envoy has not yet taken the new table:
+    # only pb's status changes, and pa stays Programmed.
+    publisher.synced = False
+    store.pods.put(pod_body("b", 0))
+    asyncio.run(reconciler.reconcile("routes"))
+    rewritten = {r[2]: written_status(r) for r in client.take() if r[3] == "status"}
+    assert set(rewritten) == {"pb"}
+    assert rewritten["pb"]["backends"][0]["readyReplicas"] == 1
+
+
+@pytest.mark.parametrize("synced", [False, True])
+def test_routes_are_never_published_from_a_store_that_has_not_listed_everything(synced):
+    client = FakeClient()
+    store = store_with(client, mds=[md_body("a")], policies=[policy_body("pa", "model-a", ["a"])])
+    if not synced:
+        store.pods.synced.clear()
+    publisher = FakePublisher()
+    asyncio.run(route_reconciler(client, store, publisher).reconcile("routes"))
+    assert bool(publisher.tables) is synced
