@@ -7,7 +7,7 @@ ModelDeployment on the dev cluster, once per strategy, each in its own namespace
   fixed     replicas = the peak count, no autoscaling (peak provisioning)
   llmfleet  spec.autoscaling (queueDepth target) driven by the operator's autoscaler
   naive     vLLM production-stack KEDA baseline: no spec.autoscaling; this bench runs
-            llmfleet.autoscale.naive.naive_decide on the ModelDeployment's status.load
+            naive.naive_decide (bench/naive.py) on the ModelDeployment's status.load
             and writes the result through the scale subresource, as KEDA + HPA would
 
 Time is compressed by --time-scale S: the sims run with `--time-scale S`, and every
@@ -40,9 +40,9 @@ from fleet import (  # noqa: E402 - sets sys.path for llmfleet
 )
 from kubernetes import client
 
-from llmfleet.autoscale.naive import NaivePolicy, NaiveState, naive_decide  # noqa: E402
+from naive import NaivePolicy, NaiveState, naive_decide  # noqa: E402 - bench/naive.py
 from llmfleet.autoscale.scaler import Observation, ScalingPolicy  # noqa: E402
-from llmfleet.autoscale.signals import ModelLoad  # noqa: E402
+from llmfleet.signals.values import ModelLoad  # noqa: E402
 
 STRATEGIES = ("fixed", "llmfleet", "naive")
 

@@ -68,12 +68,13 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+from llmfleet_devcluster.envoy import EnvoyProcess, find_envoy
+from llmfleet_devcluster.waiting import stop_process
+from llmfleet_devcluster.xds import BackgroundXdsServer
 from prometheus_client import CollectorRegistry
 
 from bench_sim import _cpu_seconds, _percentile, _self_cpu, start_server
-from llmfleet.devcluster.waiting import stop_process
 from llmfleet.envoy.bootstrap import bootstrap
-from llmfleet.envoy.process import EnvoyProcess, find_envoy
 from llmfleet.envoy.resources import (
     CLUSTER_TYPE,
     LISTENER_TYPE,
@@ -83,7 +84,6 @@ from llmfleet.envoy.resources import (
     stat_name,
     to_protos,
 )
-from llmfleet.envoy.xds import BackgroundXdsServer
 from llmfleet.routing.table import Cluster, Endpoint, Route, RouteTable, WeightedBackend
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dataplane.json"

@@ -34,11 +34,11 @@ import httpx
 import yaml
 
 from fleet import REPO, percentile, route_policy, sim_md, write_result  # noqa: E402 - sets sys.path for llmfleet
-from llmfleet.devcluster.cluster import DevCluster, NodePool, free_port  # noqa: E402
-from llmfleet.devcluster.operator_process import OperatorProcess  # noqa: E402
-from llmfleet.devcluster.simfleet import FleetView  # noqa: E402
+from llmfleet_devcluster.cluster import DevCluster, NodePool, free_port  # noqa: E402
+from llmfleet_devcluster.operator_process import OperatorProcess  # noqa: E402
+from llmfleet_devcluster.simfleet import FleetView  # noqa: E402
 from llmfleet.envoy.bootstrap import bootstrap  # noqa: E402
-from llmfleet.envoy.process import EnvoyProcess  # noqa: E402
+from llmfleet_devcluster.envoy import EnvoyProcess  # noqa: E402
 
 NS = "scale"
 SA = "llmfleet-bench"

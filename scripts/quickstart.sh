@@ -17,7 +17,7 @@ fi
 
 bash scripts/setup.sh
 kubeconfig=$("$llmfleet" dev-cluster up)
-tools=$(bash operator/llmfleet/devcluster/build-tools.sh 2>/dev/null)
+tools=$(bash tools/devcluster/llmfleet_devcluster/build-tools.sh 2>/dev/null)
 export KUBECONFIG=$kubeconfig PATH=$tools:$PATH
 
 # The chart: CRDs, the operator and the Envoy ingress. The dev cluster's values file

@@ -11,7 +11,7 @@ Two variants, each a llmfleet.yaml plus a kustomization.yaml:
 - manifests/install/namespaced/: the same with watchNamespaces=[llmfleet-system]: the
   operator, Envoy and the models all live in llmfleet-system.
 
-Uses the helm binary pinned in operator/llmfleet/devcluster/versions.env (`llmfleet
+Uses the helm binary pinned in tools/devcluster/llmfleet_devcluster/versions.env (`llmfleet
 dev-cluster build-tools` builds it). tests/unit/test_install_manifests.py fails when
 the committed files differ from a fresh render.
 """
@@ -76,7 +76,7 @@ VARIANTS = (
 
 
 def helm_binary() -> Path:
-    from llmfleet.devcluster.tools import require_tools
+    from llmfleet_devcluster.tools import require_tools
 
     return require_tools().path("helm")
 

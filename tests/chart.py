@@ -1,6 +1,6 @@
 """Render charts/llmfleet with the pinned helm binary, for the chart tests of every tier.
 
-The binary comes from ``llmfleet.devcluster.tools.require_tools()``; without it the
+The binary comes from ``llmfleet_devcluster.tools.require_tools()``; without it the
 tests fail (never skip) and say how to build it.
 """
 
@@ -38,7 +38,7 @@ def load_script(name: str) -> ModuleType:
 
 @functools.cache
 def helm_binary() -> Path:
-    from llmfleet.devcluster.tools import ToolsMissing, require_tools
+    from llmfleet_devcluster.tools import ToolsMissing, require_tools
 
     try:
         return require_tools().path("helm")

@@ -21,7 +21,7 @@ def dev_cluster():
     The real control plane built from upstream (see README), or, when
     LLMFLEET_TEST_KUBECONFIG is set, that cluster plus fake GPU nodes run by a local KWOK.
     """
-    from llmfleet.devcluster.cluster import DevCluster, node_pools_from_env
+    from llmfleet_devcluster.cluster import DevCluster, node_pools_from_env
 
     cluster = DevCluster(node_pools_from_env(), external_kubeconfig=os.environ.get("LLMFLEET_TEST_KUBECONFIG"))
     cluster.start()
@@ -79,7 +79,7 @@ def release(dev_cluster, crds):
     """llmfleet installed with its own Helm chart: the operator and the Envoy ingress run
     on the dev cluster's system node from the chart's pod specs, under the chart's RBAC.
     Only the autoscaling interval is shortened, so tests see decisions sooner."""
-    from llmfleet.devcluster.release import Release
+    from llmfleet_devcluster.release import Release
 
     yield Release(dev_cluster, values={"operator.autoscaleInterval": "1"}).install()
 

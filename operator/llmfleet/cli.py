@@ -4,48 +4,18 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmfleet", description="Kubernetes operator for LLM inference fleets")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from .devcluster.cli import add_parser as add_dev_cluster
-
-    add_dev_cluster(sub)
+    from .config import add_arguments
 
     run = sub.add_parser("run", help="run the operator")
-    run.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster, then $KUBECONFIG)")
-    run.add_argument(
-        "--namespace", "-n", action="append", dest="namespaces",
-        help="watch only this namespace (repeatable); default: all namespaces",
-    )
-    run.add_argument("--metrics-port", type=int, default=8080, help="Prometheus metrics port (0 = off)")
-    run.add_argument("--health-port", type=int, default=8081, help="liveness endpoint port, /healthz (0 = off)")
-    run.add_argument("--bind", default="0.0.0.0", help="address the metrics and health ports listen on")
-    run.add_argument("--workers", type=int, default=4, help="objects reconciled concurrently")
-    run.add_argument("--xds-address", default="0.0.0.0", help="address the xDS (ADS) server listens on")
-    run.add_argument("--xds-port", type=int, default=18000, help="xDS (ADS) port Envoy connects to (0 = off)")
-    run.add_argument("--envoy-listener-address", default="0.0.0.0",
-                     help="address of the listener the operator configures in Envoy")
-    run.add_argument("--envoy-listener-port", type=int, default=8080,
-                     help="port of the listener the operator configures in Envoy (the OpenAI endpoint)")
-    run.add_argument("--activator-address",
-                     help="IP at which Envoy reaches this operator's activator (in a pod: its pod IP); "
-                          "without it, models scaled to zero answer 503 until scaled up")
-    run.add_argument("--activator-port", type=int, default=18001, help="activator port")
-    run.add_argument("--autoscale-interval", type=float, default=5.0,
-                     help="seconds between scrapes of the replicas' /metrics and autoscaling decisions (0 = off)")
-    run.add_argument("--scale-up-period", type=float, default=15.0,
-                     help="seconds over which replicas grow at most to max(2 x n, n + 4) (the HPA's default policy)")
-    run.add_argument("--max-signal-age", type=float, default=60.0,
-                     help="seconds after which a load sample is stale: it may raise replicas, never lower them")
-    run.add_argument("--trend-window", type=float, default=60.0,
-                     help="seconds of load history whose rise the scaler projects one replica startup time ahead")
-    run.add_argument("--activator-timeout", type=float, default=600.0,
-                     help="seconds a request waits for a scaled-to-zero model to get a ready replica")
-    run.add_argument("--log-level", choices=("debug", "info", "warning", "error"), default="info",
-                     help="level of the operator's (and kopf's) logs; kopf's per-object lines need debug")
+    add_arguments(run)
     run.set_defaults(func=_run_operator)
 
     # Commands whose modules take their own argv are dispatched without importing them here.
@@ -57,15 +27,23 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
+    for name, entry in _plugin_commands().items():
+        p = sub.add_parser(name, help=f"(from {entry.dist.name if entry.dist else entry.value})", add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
+def _plugin_commands() -> dict[str, EntryPoint]:
+    """Commands other distributions add (`llmfleet.commands` entry points: name -> main(argv) -> int),
+    such as `dev-cluster` from tools/devcluster. Loaded only when called: the operator's image lacks them."""
+    return {entry.name: entry for entry in entry_points(group="llmfleet.commands")}
+
+
 def _run_operator(args: argparse.Namespace) -> int:
-    from dataclasses import fields
+    from .config import OperatorOptions
+    from .controller.operator import run
 
-    from .controller.operator import OperatorOptions, run
-
-    run(OperatorOptions(**{f.name: getattr(args, f.name) for f in fields(OperatorOptions)}))
+    run(OperatorOptions.from_args(args))
     return 0
 
 
@@ -87,6 +65,10 @@ def main(argv: list[str] | None = None) -> int:
         from .openai_endpoint import main as models_main
 
         return models_main(argv[1:])
+    plugins = _plugin_commands()
+    if argv and argv[0] in plugins:
+        command: Callable[[list[str]], int] = plugins[argv[0]].load()
+        return command(argv[1:])
     args = build_parser().parse_args(argv)
     return args.func(args)
 

@@ -22,12 +22,13 @@ from typing import Any
 
 import httpx
 import pytest
+from llmfleet_devcluster.envoy import EnvoyProcess, find_envoy
+from llmfleet_devcluster.waiting import wait_until_serving
+from llmfleet_devcluster.xds import BackgroundXdsServer
 from prometheus_client import CollectorRegistry
 
-from llmfleet.devcluster.waiting import wait_until_serving
 from llmfleet.envoy.bootstrap import bootstrap
-from llmfleet.envoy.process import EnvoyProcess, find_envoy
-from llmfleet.envoy.xds import BackgroundXdsServer, Nack
+from llmfleet.envoy.xds import Nack
 from llmfleet.routing.table import Cluster, Endpoint, Retry, Route, RouteTable, WeightedBackend
 
 try:

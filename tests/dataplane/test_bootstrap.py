@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import subprocess
 
+from llmfleet_devcluster.envoy import find_envoy
+
 from llmfleet.envoy.bootstrap import main
-from llmfleet.envoy.process import find_envoy
 
 
 def test_envoy_validates_the_printed_bootstrap(tmp_path) -> None:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 import yaml
+from llmfleet_devcluster.envoy import EnvoyProcess, find_envoy
 from prometheus_client import CollectorRegistry
 
 from llmfleet.envoy.bootstrap import bootstrap
-from llmfleet.envoy.process import EnvoyProcess, find_envoy
 from llmfleet.routing.table import RouteTable
 from tests.chart import render
 from tests.dataplane.conftest import LOCALHOST, _xds_server, free_port

@@ -17,7 +17,7 @@ def pytest_collection_modifyitems(items):
 def fleet(dev_cluster):
     """The dev cluster's sim fleet: a real `llmfleet sim` process behind every Running
     sim pod, which makes the pod Ready when it answers its health check."""
-    from llmfleet.devcluster.simfleet import FleetView
+    from llmfleet_devcluster.simfleet import FleetView
 
     return FleetView(dev_cluster.logdir)
 

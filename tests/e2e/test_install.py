@@ -17,8 +17,8 @@ import openai
 import pytest
 import yaml
 
-from llmfleet.devcluster.kubelet import NodeView
-from llmfleet.devcluster.release import CHART, DEV_VALUES, Release
+from llmfleet_devcluster.kubelet import NodeView
+from llmfleet_devcluster.release import CHART, DEV_VALUES, Release
 from tests.e2e.test_rbac import refused_by_rbac
 from tests.helpers import Load, kubectl_json, wait_for
 from tests.integration.test_modeldeployment import EXAMPLES

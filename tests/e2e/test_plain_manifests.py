@@ -21,8 +21,8 @@ import openai
 import pytest
 import yaml
 
-from llmfleet.devcluster.cluster import DevCluster, node_pools_from_env
-from llmfleet.devcluster.release import DEV_VALUES, REPO
+from llmfleet_devcluster.cluster import DevCluster, node_pools_from_env
+from llmfleet_devcluster.release import DEV_VALUES, REPO
 from tests.helpers import kubectl_json, wait_for
 
 INSTALL = REPO / "manifests" / "install"

@@ -7,8 +7,8 @@ import os
 import subprocess
 import sys
 
-from llmfleet.devcluster.cluster import ClusterState, pid_runs
-from llmfleet.devcluster.tools import require_tools
+from llmfleet_devcluster.cluster import ClusterState, pid_runs
+from llmfleet_devcluster.tools import require_tools
 
 
 def llmfleet(*args: str, **kw) -> subprocess.CompletedProcess:

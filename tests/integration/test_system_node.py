@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 import llmfleet
-from llmfleet.devcluster.images import llmfleet_image
+from llmfleet_devcluster.images import llmfleet_image
 from tests.helpers import kubectl_json, wait_for
 
 IMAGE = f"ghcr.io/llmfleet/llmfleet:{llmfleet_image().version}"

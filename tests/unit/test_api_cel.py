@@ -22,7 +22,7 @@ from pydantic import BaseModel, ValidationError
 from llmfleet.api import models as m
 from llmfleet.api.cel import RULE_ERROR_TYPE
 from llmfleet.api.crd import build_crds
-from llmfleet.engines import support
+from llmfleet.api import support
 
 celpy = pytest.importorskip("celpy", reason="cel-python evaluates the CRDs' CEL rules")
 from celpy import celtypes  # noqa: E402

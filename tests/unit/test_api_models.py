@@ -21,7 +21,7 @@ from llmfleet.api.models import (
     parse_route_policy_spec,
 )
 from llmfleet.api.uri import parse_model_uri
-from llmfleet.engines import support
+from llmfleet.api import support
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
 

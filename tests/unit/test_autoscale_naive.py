@@ -1,13 +1,18 @@
-"""The benchmark's baseline (llmfleet.autoscale.naive): production-stack KEDA + HPA defaults."""
+"""The autoscaling bench's baseline (bench/naive.py): production-stack KEDA + HPA defaults."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from llmfleet.autoscale.naive import NaivePolicy, NaiveState, naive_decide
 from llmfleet.autoscale.scaler import SCALE_UP_LIMIT, TOO_MANY_REPLICAS, Decision, Observation, ScalingPolicy
-from llmfleet.autoscale.signals import ModelLoad
+from llmfleet.signals.values import ModelLoad
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # the baseline lives with its bench
+from naive import NaivePolicy, NaiveState, naive_decide
 
 
 def load(t, waiting, n, failed=0, rps=None, last_activity=None):

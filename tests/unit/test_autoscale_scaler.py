@@ -21,7 +21,7 @@ from llmfleet.autoscale.scaler import (
     ScalingPolicy,
     decide,
 )
-from llmfleet.autoscale.signals import ModelLoad
+from llmfleet.signals.values import ModelLoad
 
 FIELDS = {
     "queueDepth": "queue_depth",

@@ -11,7 +11,7 @@ import copy
 
 import pytest
 
-from llmfleet.autoscale.signals import ModelLoad
+from llmfleet.signals.values import ModelLoad
 from llmfleet.controller.autoscaler import Autoscaler, load_moved
 from llmfleet.controller.modeldeployment import ModelDeploymentReconciler
 from llmfleet.controller.replicas import ReplicaWriter

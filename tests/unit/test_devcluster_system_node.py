@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from llmfleet.devcluster import images
-from llmfleet.devcluster.cluster import SYSTEM_NODE_POOL, without_system_nodes
-from llmfleet.devcluster.kubelet import PodSetupError, expand, field_value, resource_value, service_env
-from llmfleet.devcluster.serviceproxy import hosts_file, resolv_conf, service_names, service_table, service_vip
+from llmfleet_devcluster import images
+from llmfleet_devcluster.cluster import SYSTEM_NODE_POOL, without_system_nodes
+from llmfleet_devcluster.kubelet import PodSetupError, expand, field_value, resource_value, service_env
+from llmfleet_devcluster.serviceproxy import hosts_file, resolv_conf, service_names, service_table, service_vip
 
 POD = {
     "metadata": {"name": "op-1", "namespace": "llmfleet-system", "uid": "u-1",

@@ -23,7 +23,7 @@ def rendered() -> dict[str, str]:
 
 
 def _kubectl():
-    from llmfleet.devcluster.tools import ToolsMissing, require_tools
+    from llmfleet_devcluster.tools import ToolsMissing, require_tools
 
     try:
         return require_tools().path("kubectl")

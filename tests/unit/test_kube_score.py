@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from llmfleet.devcluster.tools import ToolsMissing, read_versions, require_tools
+from llmfleet_devcluster.tools import ToolsMissing, read_versions, require_tools
 from tests.chart import CHART, render_text
 
 _KUBERNETES_MINOR = ".".join(read_versions()["KUBERNETES_VERSION"].split(".")[:2])

@@ -8,8 +8,9 @@ from collections.abc import Iterator
 import pytest
 
 from llmfleet.cli import build_parser, main
+from llmfleet.config import LOG_LEVELS, OperatorOptions
 from llmfleet.controller import operator
-from llmfleet.controller.operator import LOG_LEVELS, OperatorOptions, configure_logging
+from llmfleet.controller.operator import configure_logging
 
 LOGGERS = ("llmfleet", "kopf", "kopf.objects", "aiohttp.access")
 

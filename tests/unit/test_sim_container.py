@@ -13,7 +13,7 @@ import httpx
 import yaml
 from openai import OpenAI
 
-from llmfleet.devcluster.cluster import free_port
+from llmfleet_devcluster.cluster import free_port
 from llmfleet.render.deployment import render_deployment
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "sim-quickstart.yaml"

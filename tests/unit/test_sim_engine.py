@@ -8,14 +8,14 @@ import asyncio
 import pytest
 
 from llmfleet.sim.config import OutputLength, SimConfig
-from llmfleet.sim.engine import SimEngine
+from llmfleet.sim.engine import Simulator
 
 
-def _engine(**changes: object) -> SimEngine:
-    return SimEngine(SimConfig(seed=0, **changes))  # type: ignore[arg-type]
+def _engine(**changes: object) -> Simulator:
+    return Simulator(SimConfig(seed=0, **changes))  # type: ignore[arg-type]
 
 
-def _drain(engine: SimEngine, max_steps: int = 10_000) -> int:
+def _drain(engine: Simulator, max_steps: int = 10_000) -> int:
     """Run steps until nothing is left; return how many it took."""
     for step in range(max_steps):
         if not engine.num_running and not engine.num_waiting:

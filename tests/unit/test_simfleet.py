@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from llmfleet.api.models import parse_model_deployment_spec
-from llmfleet.devcluster.cluster import SIM_SELECTOR, with_sim_readiness
-from llmfleet.devcluster.simfleet import (
+from llmfleet_devcluster.cluster import SIM_SELECTOR, with_sim_readiness
+from llmfleet_devcluster.simfleet import (
     KUBELET_MIN_GRACE_SECONDS, STATE_FILE, FleetView, Termination, sim_command, sim_time_scale, terminate,
 )
 from llmfleet.engines import get_engine

@@ -31,7 +31,8 @@ from pydantic.config import JsonDict
 
 from llmfleet.api.cel import RULE_ERROR_TYPE, CelRule, cel_list, cel_string, rule_error, x_validations
 from llmfleet.api.uri import URI_FORMS, URI_PATTERNS, is_valid_model_uri, parse_model_uri, uri_refusal
-from llmfleet.engines import support
+
+from . import support
 
 GROUP = "llmfleet.io"
 VERSION = "v1alpha1"

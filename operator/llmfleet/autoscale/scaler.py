@@ -61,7 +61,7 @@ from typing import Generic, TypedDict, TypeVar
 from typing_extensions import Unpack
 
 from llmfleet.api.models import Autoscaling
-from llmfleet.autoscale.signals import ModelLoad
+from llmfleet.signals.values import ModelLoad
 
 # Event reasons (constant, as Kubernetes events want them).
 SCALED_UP = "ScaledUp"

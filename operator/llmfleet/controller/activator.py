@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import aiohttp
 from aiohttp import web
 
+from ..api import openai
 from ..routing.table import Endpoint
 
 log = logging.getLogger(__name__)
@@ -57,8 +58,8 @@ class ReadyEndpoints:
 
 
 def _error(status: int, message: str, err_type: str = "server_error") -> web.Response:
-    body = {"error": {"message": message, "type": err_type, "param": None, "code": None}}
-    return web.Response(status=status, text=json.dumps(body), content_type="application/json")
+    return web.Response(status=status, text=json.dumps(openai.error_body(message, err_type)),
+                        content_type="application/json")
 
 
 class Activator:

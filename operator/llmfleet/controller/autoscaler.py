@@ -24,14 +24,15 @@ from typing import Any
 
 import httpx
 
+from .. import telemetry
 from ..autoscale.scaler import Knobs, Observation, ScalerState, ScalingPolicy, decide
 from ..kube.client import KubeClient, NotFound
 from ..kube.store import Store
 from ..kube.views import ModelDeploymentView, PodView, Ref
-from ..metrics.scrape import Scraper, ScrapeTarget
-from ..status.conditions import Condition, merge_conditions, now_rfc3339
-from . import metrics
-from .replicas import FIELD_MANAGER, ReplicaWriter
+from ..signals.scrape import Scraper, ScrapeTarget
+from ..status.conditions import WantedCondition, merge_conditions, now_rfc3339
+from .replicas import ReplicaWriter
+from .statuswriter import AUTOSCALER as FIELD_MANAGER
 from .statuswriter import StatusWriter
 from .waker import Waker
 
@@ -133,7 +134,7 @@ class Autoscaler:
         }
         loads = await self.scraper.round(targets)
         for error in self.scraper.errors.values():
-            metrics.SCRAPE_ERRORS.labels(error.reason).inc()
+            telemetry.SCRAPE_ERRORS.labels(error.reason).inc()
         now = time.monotonic()
         for key in set(self.states) - set(targets):
             del self.states[key]
@@ -189,13 +190,13 @@ class Autoscaler:
         policy = ScalingPolicy.from_autoscaling(md.spec.autoscaling, **self.knobs)
         decision = decide(policy, obs, self.states.get(md.ref))
         self.states[md.ref] = decision.state
-        metrics.DESIRED_REPLICAS.labels(*md.ref).set(decision.desired)
+        telemetry.DESIRED_REPLICAS.labels(*md.ref).set(decision.desired)
         owned["lastScaleTime"] = current.get("lastScaleTime")
         kept = {c.get("type"): c for c in current.get("conditions") or []}.get("ScalingLimited")
         limited = (
-            Condition("ScalingLimited", True, decision.limited_reason or "Limited", decision.limited)
+            WantedCondition("ScalingLimited", True, decision.limited_reason or "Limited", decision.limited)
             if decision.limited else
-            Condition("ScalingLimited", False, "DesiredWithinRange", "the desired count is within the bounds")
+            WantedCondition("ScalingLimited", False, "DesiredWithinRange", "the desired count is within the bounds")
         )
         same_limit = kept is not None and kept.get("status") == limited.status_text \
             and kept.get("reason") == limited.reason

@@ -16,6 +16,7 @@ import logging
 import time
 from typing import Any
 
+from .. import telemetry
 from ..api.models import ModelDeploymentSpec
 from ..kube.client import Invalid, KubeClient, NotFound
 from ..kube.resources import DEPLOYMENTS
@@ -23,11 +24,10 @@ from ..kube.store import Store
 from ..kube.views import APPLIED_ANNOTATION, DeploymentView, ModelDeploymentView, Ref, ServiceView
 from ..render.deployment import render_deployment, render_service
 from ..status.modeldeployment import GpuNeed, StatusResult, model_deployment_status
-from . import metrics
+from .statuswriter import RECONCILER as FIELD_MANAGER
 from .statuswriter import StatusWriter
 
 log = logging.getLogger(__name__)
-FIELD_MANAGER = "llmfleet"
 KIND = "ModelDeployment"
 # Look again this often while replicas are not all ready (node capacity may change,
 # and a stuck rollout deserves a fresh look even without watch events).
@@ -61,15 +61,15 @@ class ModelDeploymentReconciler:
             after, result = await self._reconcile(ref)
             return after
         finally:
-            metrics.RECONCILES.labels(KIND, result).inc()
-            metrics.RECONCILE_SECONDS.labels(KIND).observe(time.perf_counter() - start)
+            telemetry.RECONCILES.labels(KIND, result).inc()
+            telemetry.RECONCILE_SECONDS.labels(KIND).observe(time.perf_counter() - start)
 
     async def _reconcile(self, ref: Ref) -> tuple[float | None, str]:
         md = self.store.model_deployments.get(ref)
         if md is None:
             for state in ("desired", "ready"):
                 with contextlib.suppress(KeyError):
-                    metrics.REPLICAS.remove(ref[0], ref[1], state)
+                    telemetry.REPLICAS.remove(ref[0], ref[1], state)
             for kind in ("Deployment", "Service"):
                 self._applied_generation.pop((kind, *ref), None)
             self.status.forget(ref)
@@ -99,8 +99,8 @@ class ModelDeploymentReconciler:
             nodes=self.store.nodes.values() if need else [], gpu_need=need,
         )
         await self._write_status(md, result)
-        metrics.REPLICAS.labels(*ref, "desired").set(md.spec.replicas)
-        metrics.REPLICAS.labels(*ref, "ready").set(result.status["readyReplicas"])
+        telemetry.REPLICAS.labels(*ref, "desired").set(md.spec.replicas)
+        telemetry.REPLICAS.labels(*ref, "ready").set(result.status["readyReplicas"])
         ready = result.status["readyReplicas"] >= md.spec.replicas
         return (None if ready else NOT_READY_RESYNC_SECONDS), "success"
 

@@ -17,19 +17,19 @@ import asyncio
 import logging
 import os
 import socket
-from dataclasses import dataclass
 from typing import Any, cast
 
 import kopf
 from prometheus_client import start_http_server
 
-from ..autoscale.scaler import Knobs, ScalingPolicy
+from .. import telemetry
+from ..autoscale.scaler import Knobs
+from ..config import LOG_LEVELS, OperatorOptions
 from ..envoy.xds import XdsServer
 from ..kube.client import KubeClient
 from ..kube.store import Store
 from ..kube.views import DeploymentView, ModelDeploymentView, PodView, RoutePolicyView, ServiceView
 from ..routing.table import Endpoint
-from . import metrics
 from .activator import Activator, ReadyEndpoints
 from .autoscaler import Autoscaler
 from .modeldeployment import ModelDeploymentReconciler
@@ -39,33 +39,7 @@ from .waker import Waker
 from .workqueue import WorkQueue
 
 log = logging.getLogger("llmfleet")
-LOG_LEVELS = ("debug", "info", "warning", "error")
 SYNC_LOG_SECONDS = 30.0  # say what the operator waits for when listing takes this long
-
-
-@dataclass
-class OperatorOptions:
-    """`llmfleet run`'s flags (see cli.py for what each one means)."""
-
-    kubeconfig: str | None = None
-    namespaces: list[str] | None = None
-    bind: str = "0.0.0.0"
-    metrics_port: int = 8080
-    health_port: int = 8081
-    workers: int = 4
-    xds_address: str = "0.0.0.0"
-    xds_port: int = 18000
-    envoy_listener_address: str = "0.0.0.0"
-    envoy_listener_port: int = 8080
-    activator_address: str | None = None  # how Envoy reaches the operator (an IP)
-    activator_port: int = 18001
-    activator_timeout: float = 600.0
-    autoscale_interval: float = 5.0
-    # The scaler's own knobs (autoscale.scaler.ScalingPolicy), the same for every model.
-    scale_up_period: float = ScalingPolicy.scale_up_period
-    max_signal_age: float = ScalingPolicy.max_signal_age
-    trend_window: float = ScalingPolicy.trend_window
-    log_level: str = "info"
 
 
 class Operator:
@@ -229,7 +203,7 @@ def run(options: OperatorOptions) -> None:
         # Bound before kopf starts, so a taken port stops the process at once with a
         # clear error instead of leaving a live-looking operator that does nothing.
         try:
-            start_http_server(options.metrics_port, addr=options.bind, registry=metrics.REGISTRY)
+            start_http_server(options.metrics_port, addr=options.bind, registry=telemetry.REGISTRY)
         except OSError as exc:
             where = f"{options.bind}:{options.metrics_port}"
             raise SystemExit(f"llmfleet run: cannot serve metrics on {where}: {exc}") from exc

@@ -11,9 +11,9 @@ import logging
 from ..kube.client import KubeClient
 from ..kube.resources import MODEL_DEPLOYMENTS
 from ..kube.views import ModelDeploymentView
+from .statuswriter import AUTOSCALER as FIELD_MANAGER
 
 log = logging.getLogger(__name__)
-FIELD_MANAGER = "llmfleet-autoscaler"
 
 
 class ReplicaWriter:

@@ -20,18 +20,18 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .. import telemetry
 from ..kube.client import KubeClient
 from ..kube.store import Store
 from ..kube.views import Ref
 from ..routing.policy import PolicyResult, compute_routing, ready_endpoints
 from ..routing.table import Endpoint, Route, RouteTable
-from ..status.conditions import Condition, find, merge_conditions
-from . import metrics
+from ..status.conditions import WantedCondition, find, merge_conditions
 from .activator import ReadyEndpoints
+from .statuswriter import RECONCILER as FIELD_MANAGER
 from .statuswriter import StatusWriter
 
 log = logging.getLogger(__name__)
-FIELD_MANAGER = "llmfleet"
 KIND = "RoutePolicy"
 ROUTES = "routes"  # the work-queue key of the route table
 MIN_INTERVAL = 0.05  # seconds between recomputes: a burst of changes becomes one table
@@ -121,8 +121,8 @@ class RoutePolicyReconciler:
             after, result = await self._reconcile()
             return after
         finally:
-            metrics.RECONCILES.labels(KIND, result).inc()
-            metrics.RECONCILE_SECONDS.labels(KIND).observe(time.perf_counter() - start)
+            telemetry.RECONCILES.labels(KIND, result).inc()
+            telemetry.RECONCILE_SECONDS.labels(KIND).observe(time.perf_counter() - start)
 
     async def _reconcile(self) -> tuple[float | None, str]:
         if not self.store.synced:
@@ -168,9 +168,9 @@ class RoutePolicyReconciler:
 
     def _owned(self, old: dict[str, Any], result: PolicyResult, plane: DataPlaneState) -> dict[str, Any]:
         if result.accepted:
-            programmed = Condition("Programmed", plane.programmed, plane.reason, plane.message)
+            programmed = WantedCondition("Programmed", plane.programmed, plane.reason, plane.message)
         else:
-            programmed = Condition("Programmed", False, "NotAccepted", "the policy is not accepted")
+            programmed = WantedCondition("Programmed", False, "NotAccepted", "the policy is not accepted")
         return {
             "observedGeneration": result.generation,
             "backends": result.backends,
@@ -180,9 +180,9 @@ class RoutePolicyReconciler:
     def _export_weights(self, table: RouteTable) -> None:
         current = {(r.model, b.cluster): float(b.weight) for r in table.routes for b in r.backends}
         for key in set(self._weights) - set(current):
-            metrics.ROUTE_WEIGHT.remove(*key)
+            telemetry.ROUTE_WEIGHT.remove(*key)
         for (model, cluster), weight in current.items():
-            metrics.ROUTE_WEIGHT.labels(model, cluster).set(weight)
+            telemetry.ROUTE_WEIGHT.labels(model, cluster).set(weight)
         self._weights = current
 
 

@@ -16,6 +16,11 @@ from ..kube.client import KubeClient, NotFound
 from ..kube.views import Ref
 from ..status.modeldeployment import changed_fields
 
+# The operator's field managers: what `kubectl get -o yaml --show-managed-fields` names
+# as the owner of each field it writes.
+RECONCILER = "llmfleet"  # children, ModelDeployment and RoutePolicy status, their Events
+AUTOSCALER = "llmfleet-autoscaler"  # spec.replicas (scale), status.load and the scaling fields
+
 
 def overlay(status: dict[str, Any], written: dict[str, Any], dropped: Iterable[str] = ()) -> dict[str, Any]:
     """``status`` with the fields of ``written`` (conditions merged by type), without the

@@ -2,7 +2,7 @@
 
 ``get_engine(kind)`` returns the :class:`~llmfleet.engines.base.Engine` that
 builds the pod spec for that engine kind. What each kind accepts (quantizations,
-dtypes, model URI schemes) is in :mod:`llmfleet.engines.support`.
+dtypes, model URI schemes) is in :mod:`llmfleet.api.support`.
 """
 
 from __future__ import annotations

@@ -13,8 +13,8 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from llmfleet.api import support
 from llmfleet.api.uri import parse_model_uri
-from llmfleet.engines import support
 
 if TYPE_CHECKING:
     from llmfleet.api.models import ModelDeploymentSpec
@@ -37,7 +37,7 @@ class MetricNames:
     Counters (full sample names, with ``_total``): generated tokens, finished requests,
     prompt tokens. ``ttft_seconds_histogram`` is a histogram's base name.
     ``kv_cache_utilization_fallbacks`` are older names tried when the first is absent.
-    :mod:`llmfleet.metrics` reads them.
+    :mod:`llmfleet.signals` reads them.
     """
 
     queue_depth: str

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from llmfleet.engines import support
+from llmfleet.api import support
 from llmfleet.engines.base import PORT, Engine, MetricNames, ModelMount, parallel_args
 
 if TYPE_CHECKING:
@@ -22,7 +22,7 @@ class SGLangEngine(Engine):
     default_image = IMAGE
     # SGLang adds a request's generated tokens to its counter only when the request
     # finishes, so the counter lags by whole requests; the scheduler's gen_throughput
-    # gauge is the live decode rate and is preferred (see llmfleet.metrics.load).
+    # gauge is the live decode rate and is preferred (see llmfleet.signals.load).
     # num_requests_total counts finished requests.
     metric_names: ClassVar[MetricNames] = MetricNames(
         queue_depth="sglang:num_queue_reqs",

@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from llmfleet import __version__
-from llmfleet.engines import support
+from llmfleet.api import support
 from llmfleet.engines.base import PORT, Engine, MetricNames, ModelMount
 from llmfleet.engines.vllm import VllmEngine
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
-from llmfleet.engines import support
+from llmfleet.api import support
 from llmfleet.engines.base import PORT, Engine, MetricNames, ModelMount, parallel_args
 
 if TYPE_CHECKING:

@@ -2,7 +2,6 @@
 
 - :mod:`llmfleet.envoy.resources` — ``build_resources(table, listener_port=...)``
 - :mod:`llmfleet.envoy.lua` — the upstream filter that rewrites ``model`` per backend
-- :mod:`llmfleet.envoy.xds` — ``XdsServer`` (asyncio) and ``BackgroundXdsServer`` (own thread)
+- :mod:`llmfleet.envoy.xds` — ``XdsServer`` (asyncio)
 - :mod:`llmfleet.envoy.bootstrap` — ``bootstrap(...)`` and ``llmfleet envoy-bootstrap``
-- :mod:`llmfleet.envoy.process` — ``find_envoy()`` and ``EnvoyProcess`` for local runs and tests
 """

@@ -44,6 +44,7 @@ from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
+from llmfleet.api import openai
 from llmfleet.envoy.lua import model_rewrite_source
 from llmfleet.routing.table import Cluster, Endpoint, Route, RouteTable, WeightedBackend
 
@@ -111,8 +112,8 @@ class DataPlaneSettings:
 
 def openai_error(message: str, err_type: str = "invalid_request_error", param: str | None = "model",
                  code: str | None = None) -> dict[str, Any]:
-    """OpenAI's error body: ``{"error": {message, type, param, code}}``."""
-    return {"error": {"message": message, "type": err_type, "param": param, "code": code}}
+    """OpenAI's error body, with the defaults of a refused ``model``."""
+    return openai.error_body(message, err_type, param=param, code=code)
 
 
 def _json_response(status: int, body: Any) -> dict[str, Any]:

@@ -27,7 +27,6 @@ from ..api.models import (
 )
 from ..engines.base import PORT, PORT_NAME
 from ..render.deployment import SELECTOR_LABEL
-from ..routing.table import Endpoint
 
 APPLIED_ANNOTATION = "llmfleet.io/applied"  # hash of what the operator last applied to a child
 # Container waiting reasons that will not clear by themselves.
@@ -114,8 +113,9 @@ class PodView:
         return not self.gone and not self.serving
 
     @property
-    def endpoint(self) -> Endpoint | None:
-        return Endpoint(self.ip, self.port) if self.serving and self.ip else None
+    def endpoint(self) -> tuple[str, int] | None:
+        """(address, port) where a serving replica answers; None for one that does not serve."""
+        return (self.ip, self.port) if self.serving and self.ip else None
 
     @property
     def startup_seconds(self) -> float | None:

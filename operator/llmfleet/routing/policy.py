@@ -24,9 +24,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..api.models import Backend, RoutePolicySpec, RouteStrategy
-from ..autoscale.signals import metric_value
 from ..kube.views import ModelDeploymentView, PodView, Ref, RoutePolicyView
-from ..status.conditions import Condition
+from ..signals.values import metric_value
+from ..status.conditions import WantedCondition
 from .table import Cluster, Endpoint, HeaderRule, Retry, Route, RouteTable, WeightedBackend
 
 HOLD = object()  # marks `previous` weights to keep: no new load sample since they were set
@@ -58,7 +58,7 @@ class PolicyResult:
     namespace: str
     name: str
     generation: int | None
-    conditions: list[Condition]
+    conditions: list[WantedCondition]
     backends: list[dict] = field(default_factory=list)
     accepted: bool = True
     model: str | None = None  # the public model name it routes, once accepted
@@ -80,7 +80,7 @@ def ready_endpoints(pods: Iterable[PodView]) -> dict[Ref, tuple[Endpoint, ...]]:
     out: dict[Ref, list[Endpoint]] = {}
     for pod in pods:
         if pod.model_deployment and (endpoint := pod.endpoint) is not None:
-            out.setdefault((pod.namespace, pod.model_deployment), []).append(endpoint)
+            out.setdefault((pod.namespace, pod.model_deployment), []).append(Endpoint(*endpoint))
     return {key: tuple(sorted(eps)) for key, eps in out.items()}
 
 
@@ -126,20 +126,20 @@ def compute_routing(
         if spec is None:
             result.accepted = False
             result.conditions = [
-                Condition("Accepted", False, "InvalidSpec", policy.invalid or "the spec is refused"),
-                Condition("ResolvedRefs", False, "InvalidSpec", "the spec is refused"),
+                WantedCondition("Accepted", False, "InvalidSpec", policy.invalid or "the spec is refused"),
+                WantedCondition("ResolvedRefs", False, "InvalidSpec", "the spec is refused"),
             ]
             continue
         owner = claimed.get(spec.model)
         if owner is not None:
             result.accepted = False
             result.conditions = [
-                Condition(
+                WantedCondition(
                     "Accepted", False, "ModelNameConflict",
                     f'model name "{spec.model}" is already routed by RoutePolicy {owner.namespace}/{owner.name}, '
                     "which is older; rename one of them",
                 ),
-                Condition("ResolvedRefs", True, "NotEvaluated", "the policy is not accepted"),
+                WantedCondition("ResolvedRefs", True, "NotEvaluated", "the policy is not accepted"),
             ]
             continue
         claimed[spec.model] = policy
@@ -154,10 +154,11 @@ def compute_routing(
         route, result.backends, missing = _route(spec, namespace, states, used_clusters, previous, activator)
         routes.append(route)
         result.conditions = [
-            Condition("Accepted", True, "Accepted", f'routes model "{spec.model}" with strategy {spec.strategy.value}'),
-            Condition("ResolvedRefs", False, "BackendNotFound",
-                      f"ModelDeployment {', '.join(missing)} not found in namespace {namespace}")
-            if missing else Condition("ResolvedRefs", True, "ResolvedRefs", "all backends exist"),
+            WantedCondition("Accepted", True, "Accepted",
+                            f'routes model "{spec.model}" with strategy {spec.strategy.value}'),
+            WantedCondition("ResolvedRefs", False, "BackendNotFound",
+                            f"ModelDeployment {', '.join(missing)} not found in namespace {namespace}")
+            if missing else WantedCondition("ResolvedRefs", True, "ResolvedRefs", "all backends exist"),
         ]
     table = RouteTable(
         routes=tuple(sorted(routes, key=lambda r: r.model)),

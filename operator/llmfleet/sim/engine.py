@@ -84,7 +84,7 @@ class Sequence:
         return self.state is FINISHED
 
 
-class SimEngine:
+class Simulator:
     """Scheduler, KV-cache accounting and token emission for one replica."""
 
     def __init__(self, config: SimConfig) -> None:

@@ -42,7 +42,7 @@ REQUEST_LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 2
 FINISH_REASONS = ("stop", "length", "abort")
 
 
-class Histogram:
+class LatencyRecorder:
     """A lock-free histogram: the engine is single-threaded (one asyncio loop)."""
 
     __slots__ = ("bounds", "counts", "sum")
@@ -97,10 +97,10 @@ class SimMetrics(Collector):
         self.generation_tokens = 0
         self.num_preemptions = 0
         self.request_success = dict.fromkeys(FINISH_REASONS, 0)
-        self.time_to_first_token = Histogram(TTFT_BUCKETS)
-        self.inter_token_latency = Histogram(INTER_TOKEN_BUCKETS)
-        self.e2e_request_latency = Histogram(REQUEST_LATENCY_BUCKETS)
-        self.request_queue_time = Histogram(REQUEST_LATENCY_BUCKETS)
+        self.time_to_first_token = LatencyRecorder(TTFT_BUCKETS)
+        self.inter_token_latency = LatencyRecorder(INTER_TOKEN_BUCKETS)
+        self.e2e_request_latency = LatencyRecorder(REQUEST_LATENCY_BUCKETS)
+        self.request_queue_time = LatencyRecorder(REQUEST_LATENCY_BUCKETS)
         # A private registry: several sim servers can live in one process (tests)
         # and nothing else in llmfleet leaks into a replica's /metrics.
         self.registry = CollectorRegistry(auto_describe=False)
@@ -122,7 +122,7 @@ class SimMetrics(Collector):
             c.add_metric(labels, value)
             return c
 
-        def histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
+        def histogram(name: str, doc: str, h: LatencyRecorder) -> HistogramMetricFamily:
             m = HistogramMetricFamily(name, doc, labels=names)
             m.add_metric(labels, h.cumulative(), h.sum)
             return m

@@ -17,6 +17,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from llmfleet.api import openai
+
 _TOKEN_RE = re.compile(r"\S{1,4}")
 
 TOKENS_PER_MESSAGE = 3
@@ -46,10 +48,9 @@ class RequestError(Exception):
 
 def error_body(status: int, message: str, *, param: str | None = None,
                err_type: str | None = None) -> dict[str, Any]:
-    """``{"error": {message, type, param, code}}`` as vLLM's ErrorResponse."""
-    return {"error": {"message": message,
-                      "type": err_type or _ERROR_TYPES.get(status, "BadRequestError"),
-                      "param": param, "code": status}}
+    """OpenAI's error body as vLLM's ErrorResponse fills it (the HTTP status as ``code``)."""
+    return openai.error_body(message, err_type or _ERROR_TYPES.get(status, "BadRequestError"),
+                             param=param, code=status)
 
 
 def count_text_tokens(text: str) -> int:

@@ -51,7 +51,7 @@ from prometheus_client.exposition import choose_encoder
 
 from llmfleet.sim.config import OutputLength, SimConfig
 from llmfleet.sim.engine import Sequence as EngineSequence
-from llmfleet.sim.engine import SimEngine
+from llmfleet.sim.engine import Simulator
 from llmfleet.sim.protocol import (
     GenerationRequest,
     RequestError,
@@ -86,7 +86,7 @@ class SimServer:
 
     def __init__(self, config: SimConfig, *, exit_fn: Callable[[int], Any] = os._exit) -> None:
         self.config = config
-        self.engine = SimEngine(config)
+        self.engine = Simulator(config)
         self.port: int = config.port
         self.crashed = False
         self._exit_fn = exit_fn

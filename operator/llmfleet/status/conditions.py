@@ -7,7 +7,10 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
-class Condition:
+class WantedCondition:
+    """What a controller wants one condition to say; :func:`merge_conditions` turns it
+    into the stored form (``api.models.Condition``) with its transition time."""
+
     type: str
     status: bool
     reason: str
@@ -28,7 +31,7 @@ def parse_rfc3339(text: str) -> float:
 
 
 def merge_conditions(
-    current: list[dict] | None, wanted: list[Condition], generation: int | None, now: str | None = None
+    current: list[dict] | None, wanted: list[WantedCondition], generation: int | None, now: str | None = None
 ) -> list[dict]:
     """The new condition list: `lastTransitionTime` moves only when status flips,
     so rewriting an unchanged condition is a no-op (and so is the status patch)."""

@@ -21,7 +21,7 @@ from typing import Any
 from ..engines.base import GPU_PRODUCT_LABEL
 from ..kube.views import DeploymentView, NodeView, PodView
 from ..render.deployment import selector_string
-from .conditions import Condition, find, merge_conditions
+from .conditions import WantedCondition, find, merge_conditions
 
 # The conditions this status owns (the autoscaler owns ScalingLimited).
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded")
@@ -99,9 +99,9 @@ def model_deployment_status(
         status["desiredReplicas"] = old.get("desiredReplicas", 0)
         status["readyText"] = f"{ready}/-"
         wanted = [
-            Condition("Ready", False, "InvalidSpec", invalid),
-            Condition("Progressing", False, "InvalidSpec", "the spec is refused; fix it to continue"),
-            Condition("Degraded", True, "InvalidSpec", invalid),
+            WantedCondition("Ready", False, "InvalidSpec", invalid),
+            WantedCondition("Progressing", False, "InvalidSpec", "the spec is refused; fix it to continue"),
+            WantedCondition("Degraded", True, "InvalidSpec", invalid),
         ]
     else:
         assert desired is not None
@@ -113,7 +113,7 @@ def model_deployment_status(
 
 
 def _conditions(desired: int, ready: int, deployment: DeploymentView | None, pods: Sequence[PodView],
-                nodes: Sequence[NodeView], gpu_need: GpuNeed | None) -> list[Condition]:
+                nodes: Sequence[NodeView], gpu_need: GpuNeed | None) -> list[WantedCondition]:
     replicas = deployment.replicas if deployment else 0
     updated = deployment.updated_replicas if deployment else 0
     observed = deployment.observed if deployment else False
@@ -138,31 +138,31 @@ def _conditions(desired: int, ready: int, deployment: DeploymentView | None, pod
     # scale-up or rollout adds replicas, so autoscaling never flaps it; Degraded says
     # when some replicas cannot come up.
     if desired == 0:
-        ready_cond = Condition("Ready", False, "ScaledToZero", "0 replicas requested")
+        ready_cond = WantedCondition("Ready", False, "ScaledToZero", "0 replicas requested")
     elif ready >= desired:
-        ready_cond = Condition("Ready", True, "AllReplicasReady", f"{ready}/{desired} replicas ready")
+        ready_cond = WantedCondition("Ready", True, "AllReplicasReady", f"{ready}/{desired} replicas ready")
     elif ready > 0:
         detail = problem[1] if problem else "the others are starting"
-        ready_cond = Condition("Ready", True, "PartiallyReady", f"{ready}/{desired} replicas ready; {detail}")
+        ready_cond = WantedCondition("Ready", True, "PartiallyReady", f"{ready}/{desired} replicas ready; {detail}")
     elif problem:
-        ready_cond = Condition("Ready", False, problem[0], f"{ready}/{desired} replicas ready: {problem[1]}")
+        ready_cond = WantedCondition("Ready", False, problem[0], f"{ready}/{desired} replicas ready: {problem[1]}")
     else:
-        ready_cond = Condition("Ready", False, "ReplicasStarting", f"{ready}/{desired} replicas ready")
+        ready_cond = WantedCondition("Ready", False, "ReplicasStarting", f"{ready}/{desired} replicas ready")
 
     settled = observed and updated == desired and replicas == desired and ready == desired
     if settled:
-        progressing = Condition("Progressing", False, "Complete", f"{desired} replicas up to date and ready")
+        progressing = WantedCondition("Progressing", False, "Complete", f"{desired} replicas up to date and ready")
     elif not observed or updated < min(desired, replicas or desired):
-        progressing = Condition("Progressing", True, "RollingOut", f"{updated}/{desired} replicas updated")
+        progressing = WantedCondition("Progressing", True, "RollingOut", f"{updated}/{desired} replicas updated")
     else:
-        progressing = Condition(
+        progressing = WantedCondition(
             "Progressing", True, "Scaling", f"{replicas} replicas, {ready} ready, {desired} requested"
         )
 
     if problem:
-        degraded = Condition("Degraded", True, problem[0], problem[1])
+        degraded = WantedCondition("Degraded", True, problem[0], problem[1])
     else:
-        degraded = Condition("Degraded", False, "AsExpected", "no problems detected")
+        degraded = WantedCondition("Degraded", False, "AsExpected", "no problems detected")
     return [ready_cond, progressing, degraded]
 
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from llmfleet.metrics.parse import RawSample
-from llmfleet.metrics.scrape import ScrapeError, Scraper, ScrapeTarget, scrape
+from llmfleet.signals.parse import RawSample
+from llmfleet.signals.scrape import ScrapeError, Scraper, ScrapeTarget, scrape
 from llmfleet.sim.config import OutputLength, SimConfig
 from llmfleet.sim.server import SimServer, start_sim
 

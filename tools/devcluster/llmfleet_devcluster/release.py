@@ -4,7 +4,7 @@
 (``manifests/dev-cluster/values.yaml``: only where the pods may run), so the operator
 and Envoy run on the system node from the chart's own pod specs, under the chart's
 RBAC, as they would in production. The operator handle mirrors
-:class:`~llmfleet.devcluster.operator_process.OperatorProcess` (start, stop,
+:class:`~llmfleet_devcluster.operator_process.OperatorProcess` (start, stop,
 restart, metrics), acting on the Deployment instead of a local process.
 """
 

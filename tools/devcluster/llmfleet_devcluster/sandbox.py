@@ -1,6 +1,6 @@
-"""Start one container of a system-node pod: ``python -m llmfleet.devcluster.sandbox PLAN.json``.
+"""Start one container of a system-node pod: ``python -m llmfleet_devcluster.sandbox PLAN.json``.
 
-The kubelet (devcluster/kubelet.py) writes a plan and runs this as root; it sets up
+The kubelet (kubelet.py) writes a plan and runs this as root; it sets up
 what a container runtime would, then replaces itself with the container's process:
 
 1. joins the pod's network namespace and makes new mount, UTS and IPC namespaces

@@ -1,4 +1,9 @@
-"""`llmfleet dev-cluster up|down|status|address|build-tools`."""
+"""`llmfleet dev-cluster up|down|status|address|build-tools`.
+
+This distribution (llmfleet-devcluster) is not part of the installed operator: it
+registers the `dev-cluster` command with `llmfleet` through the `llmfleet.commands`
+entry points.
+"""
 
 from __future__ import annotations
 
@@ -26,8 +31,9 @@ def default_dir() -> Path:
     return Path(base) / "llmfleet" / "dev-cluster"
 
 
-def add_parser(sub) -> None:
-    p = sub.add_parser("dev-cluster", help="a local Kubernetes control plane with fake GPU nodes")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llmfleet dev-cluster",
+                                description="a local Kubernetes control plane with fake GPU nodes")
     p.add_argument("--dir", type=Path, default=default_dir(), help="state directory (default: %(default)s)")
     actions = p.add_subparsers(dest="action", required=True)
     up = actions.add_parser("up", help="start the cluster and print its kubeconfig path")
@@ -48,7 +54,12 @@ def add_parser(sub) -> None:
     address.add_argument("service", help="the Service's name")
     address.add_argument("--namespace", "-n", default="default")
     actions.add_parser("build-tools", help="build the pinned control-plane binaries into the cache")
-    p.set_defaults(func=run)
+    return p
+
+
+def main(argv: list[str]) -> int:
+    """`llmfleet dev-cluster ...` (registered under the `llmfleet.commands` entry points)."""
+    return run(build_parser().parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> int:

@@ -3,8 +3,8 @@
 Every ready replica's metrics endpoint is scraped (:mod:`.scrape`), parsed into the
 raw numbers of one sample (:mod:`.parse`), and successive samples are turned into
 per-replica and per-ModelDeployment load (:mod:`.load`): the
-:class:`~llmfleet.autoscale.signals.ReplicaLoad` and
-:class:`~llmfleet.autoscale.signals.ModelLoad` the scaler and load-aware routing use.
+:class:`~llmfleet.signals.values.ReplicaLoad` and
+:class:`~llmfleet.signals.values.ModelLoad` the scaler and load-aware routing use.
 
 Which series carries which signal is each engine's ``metric_names``
 (:class:`~llmfleet.engines.base.MetricNames`), one table for all of llmfleet:
@@ -25,14 +25,14 @@ Which series carries which signal is each engine's ``metric_names``
 
 from __future__ import annotations
 
-from llmfleet.metrics.load import (
+from llmfleet.signals.load import (
     LoadTracker,
     histogram_increase,
     histogram_quantile,
     merge_histograms,
 )
-from llmfleet.metrics.parse import Histogram, RawSample, metric_names, parse_sample
-from llmfleet.metrics.scrape import ScrapeError, Scraper, ScrapeTarget, scrape
+from llmfleet.signals.parse import Histogram, RawSample, metric_names, parse_sample
+from llmfleet.signals.scrape import ScrapeError, Scraper, ScrapeTarget, scrape
 
 __all__ = [
     "Histogram",

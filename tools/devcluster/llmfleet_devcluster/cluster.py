@@ -669,7 +669,7 @@ class DevCluster:
     def _start_sim_fleet(self) -> None:
         self._spawn(
             "simfleet",
-            [sys.executable, "-m", "llmfleet.devcluster.simfleet",
+            [sys.executable, "-m", "llmfleet_devcluster.simfleet",
              f"--kubeconfig={self.kubeconfig}", f"--logdir={self.logdir}"],
         )
 
@@ -683,7 +683,7 @@ class DevCluster:
         api = ["--api-server", self.api_server_url.removeprefix("https://")] if self.api_server_url else []
         kubelet = self._spawn(
             "kubelet",
-            [sys.executable, "-m", "llmfleet.devcluster.kubelet", f"--kubeconfig={self.kubeconfig}",
+            [sys.executable, "-m", "llmfleet_devcluster.kubelet", f"--kubeconfig={self.kubeconfig}",
              f"--workdir={self.workdir / 'kubelet'}", f"--logdir={self.logdir}",
              *(f"--node={n}" for n in self.system_nodes), f"--service-octet={self.service_octet}", *api],
         )

@@ -19,7 +19,7 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmfleet.engines import all_engines
-from llmfleet.metrics.parse import INF, Histogram, RawSample, metric_names, parse_sample
+from llmfleet.signals.parse import INF, Histogram, RawSample, metric_names, parse_sample
 from llmfleet.sim.config import SimConfig
 from llmfleet.sim.server import SimServer
 

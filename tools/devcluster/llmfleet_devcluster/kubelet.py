@@ -59,7 +59,7 @@ from .kubeapi import ApiError, Informer, KubeApi
 from .podnet import PodInterface, PodNetwork
 from .serviceproxy import ServiceProxy, hosts_file, resolv_conf, service_names, service_table, service_vip
 
-log = logging.getLogger("llmfleet.devcluster.kubelet")
+log = logging.getLogger("llmfleet_devcluster.kubelet")
 STATE_FILE = "kubelet.json"
 BACKOFF_START, BACKOFF_MAX = 1.0, 30.0  # the real kubelet: 10 s doubling to 5 min
 BACKOFF_RESET = 120.0  # a container that ran this long starts its back-off afresh
@@ -538,7 +538,7 @@ class PodWorker(threading.Thread):
             plan = {**plan, "argv": argv, "rootfs": plan["rootfs"] + "-exec"}
         Path(plan["rootfs"]).mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(plan))
-        return subprocess.Popen([sys.executable, "-m", "llmfleet.devcluster.sandbox", str(path)],
+        return subprocess.Popen([sys.executable, "-m", "llmfleet_devcluster.sandbox", str(path)],
                                 stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.STDOUT,
                                 start_new_session=True, preexec_fn=_die_with_parent)
 
@@ -909,7 +909,7 @@ class NodeView:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmfleet.devcluster.kubelet",
+    parser = argparse.ArgumentParser(prog="python -m llmfleet_devcluster.kubelet",
                                      description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--workdir", required=True, type=Path)

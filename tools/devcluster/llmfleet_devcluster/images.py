@@ -161,7 +161,7 @@ def llmfleet_image() -> Image:
 
 @cache
 def envoy_image() -> Image:
-    from llmfleet.envoy.process import find_envoy
+    from llmfleet_devcluster.envoy import find_envoy
 
     binary = find_envoy()
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout

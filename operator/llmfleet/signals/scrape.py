@@ -4,8 +4,8 @@
 hard per-target deadline; whatever goes wrong with a target (refused, timeout, non-200,
 oversized or unparsable body, engine series missing) comes back as a
 :class:`ScrapeError` value, never as an exception. :class:`Scraper` adds a
-:class:`~llmfleet.metrics.load.LoadTracker` and turns a round into a
-:class:`~llmfleet.autoscale.signals.ModelLoad` per ModelDeployment.
+:class:`~llmfleet.signals.load.LoadTracker` and turns a round into a
+:class:`~llmfleet.signals.values.ModelLoad` per ModelDeployment.
 
 The ``httpx.AsyncClient`` is the caller's (built once at operator startup, in kopf's
 memo); create it with ``trust_env=False`` so pod IPs never go through a proxy.
@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import httpx
 
-from llmfleet.autoscale.signals import ModelLoad
 from llmfleet.engines import get_engine
 from llmfleet.engines.base import PORT
-from llmfleet.metrics.load import LoadTracker, ModelKey, ReplicaKey
-from llmfleet.metrics.parse import RawSample, parse_sample
+from llmfleet.signals.load import LoadTracker, ModelKey, ReplicaKey
+from llmfleet.signals.parse import RawSample, parse_sample
+from llmfleet.signals.values import ModelLoad
 
 DEFAULT_CONCURRENCY = 32
 DEFAULT_TIMEOUT = 1.0

@@ -87,7 +87,7 @@ class EnvoyProcess:
 
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Wait for admin ``/ready`` (Envoy initialised: clusters, listeners, routes)."""
-        from llmfleet.devcluster.waiting import wait_until_serving
+        from llmfleet_devcluster.waiting import wait_until_serving
 
         assert self.proc is not None
         wait_until_serving(self.proc, f"{self.admin_url}/ready", what="Envoy",
@@ -113,6 +113,6 @@ class EnvoyProcess:
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout``; by PID only."""
-        from llmfleet.devcluster.waiting import stop_process
+        from llmfleet_devcluster.waiting import stop_process
 
         stop_process(self.proc, timeout)

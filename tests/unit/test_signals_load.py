@@ -10,14 +10,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from llmfleet.autoscale.signals import ReplicaLoad
-from llmfleet.metrics.load import (
+from llmfleet.signals.values import ReplicaLoad
+from llmfleet.signals.load import (
     LoadTracker,
     histogram_increase,
     histogram_quantile,
     merge_histograms,
 )
-from llmfleet.metrics.parse import INF, Histogram, RawSample, parse_sample
+from llmfleet.signals.parse import INF, Histogram, RawSample, parse_sample
 
 DATA = Path(__file__).parent.parent / "data" / "metrics"
 

@@ -24,7 +24,7 @@ engine.extraArgs shape the replica), and plays the kubelet's part for it:
   process still listens on it.
 
 It runs as one of the dev cluster's component processes (`python -m
-llmfleet.devcluster.simfleet`), and writes what it runs to `<logdir>/simfleet.json`
+llmfleet_devcluster.simfleet`), and writes what it runs to `<logdir>/simfleet.json`
 so tests can find (and kill) a replica's process. Envoy, the operator and these
 processes then form a whole fleet on one machine.
 """
@@ -363,7 +363,7 @@ class FleetView:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m llmfleet.devcluster.simfleet", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m llmfleet_devcluster.simfleet", description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--logdir", required=True, type=Path)
     parser.add_argument("--interval", type=float, default=0.2)

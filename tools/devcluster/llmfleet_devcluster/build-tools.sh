@@ -25,7 +25,7 @@ source "$here/versions.env"
 # not the ~6 min of the cluster group), a warm run only stats a few files, and a cold CI
 # machine builds each group once, as one all-in-one build would. A key per group
 # instead would need a PATH entry per group, or a bin/ of symlinks that dangle when a
-# group's directory is deleted. llmfleet.devcluster.tools.locate_tools() spells the same key.
+# group's directory is deleted. llmfleet_devcluster.tools.locate_tools() spells the same key.
 cache_root=${LLMFLEET_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llmfleet/tools}
 key="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
 key+="_kube-score-${KUBE_SCORE_VERSION}_prometheus-operator-${PROMETHEUS_OPERATOR_VERSION}"

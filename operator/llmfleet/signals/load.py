@@ -26,8 +26,8 @@ import math
 from collections.abc import Collection, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
-from llmfleet.autoscale.signals import ModelLoad, ReplicaLoad
-from llmfleet.metrics.parse import INF, Histogram, RawSample
+from llmfleet.signals.parse import INF, Histogram, RawSample
+from llmfleet.signals.values import ModelLoad, ReplicaLoad
 
 ReplicaKey = Hashable
 ModelKey = Hashable

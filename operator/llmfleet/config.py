@@ -1,0 +1,78 @@
+"""`llmfleet run`'s options: the only home of their defaults and of what each one means.
+
+The command line is derived from :class:`OperatorOptions` (see :func:`add_arguments`),
+so a flag, its default and its help text cannot drift apart from what the operator is
+built with (controller/operator.py takes an ``OperatorOptions``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import MISSING, dataclass, field, fields
+from typing import Any
+
+from .autoscale.scaler import ScalingPolicy
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _option(default: Any, help: str, *, flags: tuple[str, ...] = (), **argparse_kwargs: Any) -> Any:
+    """A dataclass field that also describes its command-line flag."""
+    return field(default=default, metadata={"help": help, "flags": flags, "argparse": argparse_kwargs})
+
+
+@dataclass(frozen=True)
+class OperatorOptions:
+    kubeconfig: str | None = _option(None, "kubeconfig file (default: in-cluster, then $KUBECONFIG)")
+    namespaces: tuple[str, ...] | None = _option(
+        None, "watch only this namespace (repeatable); default: all namespaces",
+        flags=("--namespace", "-n"), action="append")
+    bind: str = _option("0.0.0.0", "address the metrics and health ports listen on")
+    metrics_port: int = _option(8080, "Prometheus metrics port (0 = off)")
+    health_port: int = _option(8081, "liveness endpoint port, /healthz (0 = off)")
+    workers: int = _option(4, "objects reconciled concurrently")
+    xds_address: str = _option("0.0.0.0", "address the xDS (ADS) server listens on")
+    xds_port: int = _option(18000, "xDS (ADS) port Envoy connects to (0 = off)")
+    envoy_listener_address: str = _option("0.0.0.0", "address of the listener the operator configures in Envoy")
+    envoy_listener_port: int = _option(
+        8080, "port of the listener the operator configures in Envoy (the OpenAI endpoint)")
+    activator_address: str | None = _option(
+        None, "IP at which Envoy reaches this operator's activator (in a pod: its pod IP); "
+              "without it, models scaled to zero answer 503 until scaled up")
+    activator_port: int = _option(18001, "activator port")
+    activator_timeout: float = _option(
+        600.0, "seconds a request waits for a scaled-to-zero model to get a ready replica")
+    autoscale_interval: float = _option(
+        5.0, "seconds between scrapes of the replicas' /metrics and autoscaling decisions (0 = off)")
+    # The scaler's own knobs (autoscale.scaler.ScalingPolicy), the same for every model.
+    scale_up_period: float = _option(
+        ScalingPolicy.scale_up_period,
+        "seconds over which replicas grow at most to max(2 x n, n + 4) (the HPA's default policy)")
+    max_signal_age: float = _option(
+        ScalingPolicy.max_signal_age,
+        "seconds after which a load sample is stale: it may raise replicas, never lower them")
+    trend_window: float = _option(
+        ScalingPolicy.trend_window,
+        "seconds of load history whose rise the scaler projects one replica startup time ahead")
+    log_level: str = _option("info", "level of the operator's (and kopf's) logs; kopf's per-object lines need debug",
+                             choices=LOG_LEVELS)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> OperatorOptions:
+        values = {f.name: getattr(args, f.name) for f in fields(cls)}
+        if values["namespaces"] is not None:
+            values["namespaces"] = tuple(values["namespaces"])
+        return cls(**values)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per option, with the option's default and help."""
+    for option in fields(OperatorOptions):
+        assert option.default is not MISSING
+        meta = option.metadata
+        flags = meta["flags"] or ("--" + option.name.replace("_", "-"),)
+        kwargs: dict[str, Any] = {"dest": option.name, "default": option.default, "help": meta["help"],
+                                  **meta["argparse"]}
+        if "action" not in kwargs and option.default is not None:
+            kwargs["type"] = type(option.default)
+        parser.add_argument(*flags, **kwargs)
