@@ -28,7 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
     for name, entry in _plugin_commands().items():
-        p = sub.add_parser(name, help=f"(from {entry.dist.name if entry.dist else entry.value})", add_help=False)
+        origin = entry.dist.name if entry.dist else entry.value
+        p = sub.add_parser(name, help=f"added by {origin} (llmfleet {name} --help)", add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 

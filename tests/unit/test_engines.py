@@ -12,6 +12,7 @@ import itertools
 
 import pytest
 
+from llmfleet.api import support
 from llmfleet.api.models import parse_model_deployment_spec
 from llmfleet.engines import (
     SGLangEngine,
@@ -20,7 +21,6 @@ from llmfleet.engines import (
     VllmEngine,
     all_engines,
     get_engine,
-    support,
 )
 from llmfleet.engines.base import CONTAINER_NAME, PORT
 

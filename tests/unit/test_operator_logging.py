@@ -61,7 +61,16 @@ def test_the_flag_reaches_operator_options(monkeypatch: pytest.MonkeyPatch) -> N
     seen: list[OperatorOptions] = []
     monkeypatch.setattr(operator, "run", seen.append)
     assert main(["run", "--log-level", "warning", "--namespace", "a"]) == 0
-    assert seen[0].log_level == "warning" and seen[0].namespaces == ["a"]
+    assert seen[0].log_level == "warning" and seen[0].namespaces == ("a",)
+
+
+def test_no_flags_mean_the_options_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[OperatorOptions] = []
+    monkeypatch.setattr(operator, "run", seen.append)
+    assert main(["run"]) == 0
+    assert seen == [OperatorOptions()]
+    assert main(["run", "--xds-port", "0", "--scale-up-period", "3", "-n", "a", "-n", "b"]) == 0
+    assert (seen[1].xds_port, seen[1].scale_up_period, seen[1].namespaces) == (0, 3.0, ("a", "b"))
 
 
 @pytest.mark.parametrize(
