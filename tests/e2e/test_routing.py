@@ -94,6 +94,32 @@ def test_weight_change_is_served_quickly_and_survives_operator_restart(dev_clust
     wait_for(lambda: programmed(dev_cluster, ns), what="Programmed=True again")
 
 
+def test_an_operator_restart_leaves_the_route_and_its_programmed_condition_alone(
+        dev_cluster, operator, envoy, routed):
+    """Versions name content and Programmed waits for Envoys to reconnect: a restart with
+    nothing changed moves neither the condition's transition time nor the split."""
+    ns = routed
+
+    def condition() -> dict:
+        status = kubectl_json(dev_cluster, "get", "rp", "chat", "-n", ns).get("status", {})
+        return next(c for c in status["conditions"] if c["type"] == "Programmed")
+
+    def connected_envoys() -> float:
+        for line in operator.metrics().splitlines():
+            if line.startswith("llmfleet_xds_connected_envoys "):
+                return float(line.split()[1])
+        return 0.0
+
+    before = condition()
+    assert before["status"] == "True"
+    operator.restart()
+    wait_for(lambda: connected_envoys() >= 1, timeout=60, what="Envoy to reconnect to the restarted operator")
+    time.sleep(3)  # the restarted operator's route table, its push and the status it writes
+    assert condition() == before
+    counts = served_by(envoy.url, 200)
+    assert set(counts) == {"llama-8b", "llama-70b"}, counts
+
+
 def test_a_replica_killed_under_load_costs_no_request(dev_cluster, fleet, envoy, routed):
     ns = routed
     dev_cluster.kubectl("scale", "md/small", "--replicas=2", "-n", ns)

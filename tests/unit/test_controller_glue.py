@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import time
 
 import pytest
 
@@ -15,7 +16,12 @@ from llmfleet.signals.values import ModelLoad
 from llmfleet.controller.autoscaler import Autoscaler, load_moved
 from llmfleet.controller.modeldeployment import ModelDeploymentReconciler
 from llmfleet.controller.replicas import ReplicaWriter
-from llmfleet.controller.routepolicy import DataPlaneState, RoutePolicyReconciler
+from llmfleet.controller.routepolicy import (
+    RECONNECT_GRACE_SECONDS,
+    DataPlaneState,
+    RoutePolicyReconciler,
+    XdsPublisher,
+)
 from llmfleet.kube.store import Store
 from llmfleet.kube.views import APPLIED_ANNOTATION
 from llmfleet.routing.table import RouteTable
@@ -258,3 +264,63 @@ def test_routes_are_never_published_from_a_store_that_has_not_listed_everything(
     publisher = FakePublisher()
     asyncio.run(route_reconciler(client, store, publisher).reconcile("routes"))
     assert bool(publisher.tables) is synced
+
+
+class FakeXdsServer:
+    """What XdsPublisher reads of the xDS server: who is connected and what they run."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.envoys: list[str] = []
+        self.last_nack = None
+        self.version: str | None = None
+
+    def update(self, table):
+        self.version = str(hash(table))
+        return self.version
+
+    def nodes(self):
+        return self.envoys
+
+    def synced(self, version):
+        return bool(self.envoys)
+
+
+def programmed(status):
+    return next(c for c in status["conditions"] if c["type"] == "Programmed")
+
+
+def test_a_restarted_operator_keeps_programmed_until_envoys_had_time_to_reconnect():
+    client = FakeClient()
+    store = store_with(client, mds=[md_body("a")], pods=[pod_body("a", 0)],
+                       policies=[policy_body("pa", "model-a", ["a"])])
+    asyncio.run(route_reconciler(client, store, FakePublisher()).reconcile("routes"))
+    before = programmed(next(written_status(r) for r in client.take() if r[3] == "status"))
+    assert before["status"] == "True"
+    before = {**before, "lastTransitionTime": "2026-11-22T10:00:00Z"}
+    store.route_policies.put({**policy_body("pa", "model-a", ["a"]),
+                              "status": {"observedGeneration": 1, "conditions": [
+                                  {"type": "Accepted", "status": "True", "reason": "Accepted",
+                                   "message": 'routes model "model-a" with strategy weighted',
+                                   "observedGeneration": 1, "lastTransitionTime": "2026-11-22T10:00:00Z"},
+                                  before]}})
+
+    # The operator restarts: a new xDS server no Envoy has reconnected to yet.
+    server = FakeXdsServer()
+    reconciler = route_reconciler(client, store, XdsPublisher(server))
+    after = asyncio.run(reconciler.reconcile("routes"))
+    kept = [programmed(written_status(r)) for r in client.take() if r[3] == "status"]
+    assert all(c == before for c in kept)  # no write of Programmed, or the same condition
+    assert after is not None  # and it looks again
+
+    # The Envoys reconnect and take the table: still the same condition.
+    server.envoys = ["envoy-0"]
+    asyncio.run(reconciler.reconcile("routes"))
+    assert all(programmed(written_status(r))["lastTransitionTime"] == before["lastTransitionTime"]
+               for r in client.take() if r[3] == "status")
+
+    # No Envoy at all after the grace period: that is news.
+    server.envoys, server.started = [], time.monotonic() - RECONNECT_GRACE_SECONDS - 1
+    asyncio.run(reconciler.reconcile("routes"))
+    now = [programmed(written_status(r)) for r in client.take() if r[3] == "status"]
+    assert [(c["status"], c["reason"]) for c in now] == [("False", "Pending")]

@@ -169,7 +169,7 @@ async def test_initial_sync_goes_cds_eds_lds_rds_each_after_an_ack(server: XdsSe
 
 
 async def test_weight_change_pushes_routes_only(server: XdsServer, envoy: FakeEnvoy) -> None:
-    server.update(_table("ai/a", "ai/b", weights=[80, 20]))
+    first = server.update(_table("ai/a", "ai/b", weights=[80, 20]))
     await _sync(server, envoy, ["ai/a", "ai/b"])
     version = server.update(_table("ai/a", "ai/b", weights=[50, 50]))
     rds = await envoy.recv(ROUTE_TYPE)
@@ -177,7 +177,7 @@ async def test_weight_change_pushes_routes_only(server: XdsServer, envoy: FakeEn
     await envoy.ack(rds, ["llmfleet"])
     await envoy.nothing()
     await server.wait_acked(version, timeout=2)
-    assert server.acked_version(CLUSTER_TYPE) == "1"
+    assert server.acked_version(CLUSTER_TYPE) == first
 
 
 async def test_identical_table_keeps_its_version_and_pushes_nothing(server: XdsServer, envoy: FakeEnvoy) -> None:
@@ -187,16 +187,37 @@ async def test_identical_table_keeps_its_version_and_pushes_nothing(server: XdsS
     await envoy.nothing()
 
 
+async def test_a_version_names_the_content_in_every_server() -> None:
+    """Two operator replicas, or one before and after a restart, give the same table the
+    same version, so an Envoy that reconnects to either is told nothing new."""
+    one = XdsServer(listener_port=8080, registry=CollectorRegistry())
+    two = XdsServer(listener_port=8080, registry=CollectorRegistry())
+    a, b = _table("ai/a"), _table("ai/a", "ai/b")
+    assert one.update(a) == two.update(a)
+    assert one.update(b) == two.update(b) != one.update(a)
+    assert two.update(_table("ai/a", "ai/b", weights=[7, 1])) not in (one.version, two.update(a))
+    assert len(one.version or "") == 16
+
+
+async def test_synced_places_versions_by_this_servers_own_history(server: XdsServer, envoy: FakeEnvoy) -> None:
+    first = server.update(_table("ai/a"))
+    await _sync(server, envoy, ["ai/a"])
+    assert server.synced(first)
+    assert not server.synced("0123456789abcdef")  # a version this server never served
+    second = server.update(_table("ai/a", "ai/b"))
+    assert server.synced(first) and not server.synced(second)  # runs first; second is newer
+
+
 async def test_new_cluster_gets_endpoints_before_its_cds_ack_and_routes_after(
         server: XdsServer, envoy: FakeEnvoy) -> None:
-    server.update(_table("ai/a"))
+    first = server.update(_table("ai/a"))
     await _sync(server, envoy, ["ai/a"])
     version = server.update(_table("ai/a", "ai/b"))
     cds = await envoy.recv(CLUSTER_TYPE)
     assert _names(cds) == ["ai/a", "ai/b"]
     # Envoy warms ai/b and asks for its endpoints before acknowledging the clusters.
     eds_nonce = envoy.last[ENDPOINT_TYPE].nonce
-    await envoy.request(ENDPOINT_TYPE, ["ai/a", "ai/b"], nonce=eds_nonce, version="1")
+    await envoy.request(ENDPOINT_TYPE, ["ai/a", "ai/b"], nonce=eds_nonce, version=first)
     eds = await envoy.recv(ENDPOINT_TYPE)
     assert len(eds.resources) == 2
     await envoy.nothing()  # routes wait for both acks
@@ -225,7 +246,7 @@ async def test_changed_cluster_gets_its_unchanged_endpoints_again(server: XdsSer
 
 
 async def test_removed_cluster_goes_only_after_routes_stop_using_it(server: XdsServer, envoy: FakeEnvoy) -> None:
-    server.update(_table("ai/a", "ai/b"))
+    first = server.update(_table("ai/a", "ai/b"))
     await _sync(server, envoy, ["ai/a", "ai/b"])
     version = server.update(_table("ai/a"))
     rds = await envoy.recv(ROUTE_TYPE)  # first the routes move away from ai/b...
@@ -235,18 +256,18 @@ async def test_removed_cluster_goes_only_after_routes_stop_using_it(server: XdsS
     assert _names(cds) == ["ai/a"]
     await envoy.ack(cds)
     assert not server.synced(version)
-    await envoy.request(ENDPOINT_TYPE, ["ai/a"], nonce=envoy.last[ENDPOINT_TYPE].nonce, version="1")
+    await envoy.request(ENDPOINT_TYPE, ["ai/a"], nonce=envoy.last[ENDPOINT_TYPE].nonce, version=first)
     eds = await envoy.recv(ENDPOINT_TYPE)
     await envoy.ack(eds, ["ai/a"])
     await server.wait_acked(version, timeout=2)
 
 
 async def test_nack_is_reported_and_not_resent(server: XdsServer, envoy: FakeEnvoy) -> None:
-    server.update(_table("ai/a", "ai/b"))
+    first = server.update(_table("ai/a", "ai/b"))
     await _sync(server, envoy, ["ai/a", "ai/b"])
     bad = server.update(_table("ai/a", "ai/b", weights=[7, 1]))
     rds = await envoy.recv(ROUTE_TYPE)
-    await envoy.request(ROUTE_TYPE, ["llmfleet"], nonce=rds.nonce, version="1", error="route: bad weight")
+    await envoy.request(ROUTE_TYPE, ["llmfleet"], nonce=rds.nonce, version=first, error="route: bad weight")
 
     await envoy.nothing()  # the same content is not pushed again
     nack = server.last_nack
@@ -255,14 +276,14 @@ async def test_nack_is_reported_and_not_resent(server: XdsServer, envoy: FakeEnv
         "envoy-1", "route", bad, "route: bad weight", 3)
     assert server.seen_nacks == [nack]  # type: ignore[attr-defined]
     assert server._metrics.nacks.labels(type="route")._value.get() == 1
-    assert server.acked_version(ROUTE_TYPE) == "1"
-    with pytest.raises(TimeoutError, match="last NACK: Envoy envoy-1 rejected route version 2: route: bad weight"):
+    assert server.acked_version(ROUTE_TYPE) == first
+    with pytest.raises(TimeoutError, match=f"last NACK: Envoy envoy-1 rejected route version {bad}: route: bad weight"):
         await server.wait_acked(bad, timeout=0.3)
 
     # A follow-up request with the same nonce (Envoy re-subscribing) is not an ACK.
-    await envoy.request(ROUTE_TYPE, ["llmfleet"], nonce=rds.nonce, version="1")
+    await envoy.request(ROUTE_TYPE, ["llmfleet"], nonce=rds.nonce, version=first)
     await envoy.nothing()
-    assert server.acked_version(ROUTE_TYPE) == "1"
+    assert server.acked_version(ROUTE_TYPE) == first
 
     good = server.update(_table("ai/a", "ai/b", weights=[9, 1]))
     rds = await envoy.recv(ROUTE_TYPE)
@@ -272,13 +293,13 @@ async def test_nack_is_reported_and_not_resent(server: XdsServer, envoy: FakeEnv
 
 
 async def test_stale_nonce_is_ignored(server: XdsServer, envoy: FakeEnvoy) -> None:
-    server.update(_table("ai/a", "ai/b"))
+    initial = server.update(_table("ai/a", "ai/b"))
     await _sync(server, envoy, ["ai/a", "ai/b"])
     server.update(_table("ai/a", "ai/b", weights=[2, 1]))
     first = await envoy.recv(ROUTE_TYPE)
     await envoy.request(ROUTE_TYPE, ["llmfleet"], nonce="not-the-latest", version=first.version_info)
     await envoy.nothing()
-    assert server.acked_version(ROUTE_TYPE) == "1"
+    assert server.acked_version(ROUTE_TYPE) == initial
     await envoy.ack(first, ["llmfleet"])
     await server.wait_acked(timeout=2)
 

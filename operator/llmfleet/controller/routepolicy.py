@@ -34,14 +34,18 @@ from .statuswriter import StatusWriter
 log = logging.getLogger(__name__)
 KIND = "RoutePolicy"
 ROUTES = "routes"  # the work-queue key of the route table
+# How long after the xDS server starts an absent Envoy means "not reconnected yet"
+# rather than "none": Envoys retry their ADS stream with a back-off of a few seconds.
+# Meanwhile Programmed keeps what it said, so a restart does not flip it.
+RECONNECT_GRACE_SECONDS = 30.0
 MIN_INTERVAL = 0.05  # seconds between recomputes: a burst of changes becomes one table
 
 
 @dataclass(frozen=True)
 class DataPlaneState:
-    """Whether the data plane serves a given table version."""
+    """Whether the data plane serves a given table version (None: cannot tell yet)."""
 
-    programmed: bool
+    programmed: bool | None
     reason: str
     message: str
 
@@ -83,6 +87,9 @@ class XdsPublisher:
             )
         envoys = self.server.nodes()
         if not envoys:
+            started = self.server.started
+            if started is not None and time.monotonic() - started < RECONNECT_GRACE_SECONDS:
+                return DataPlaneState(None, "Pending", "waiting for Envoys to reconnect to the xDS server")
             return DataPlaneState(False, "Pending", "no Envoy is connected to the xDS server yet")
         if self.server.synced(version):
             return DataPlaneState(True, "Programmed", f"served by {len(envoys)} Envoy(s)")
@@ -167,8 +174,13 @@ class RoutePolicyReconciler:
         return self.publisher.state(facts[1] if facts is not None else version)
 
     def _owned(self, old: dict[str, Any], result: PolicyResult, plane: DataPlaneState) -> dict[str, Any]:
-        if result.accepted:
-            programmed = WantedCondition("Programmed", plane.programmed, plane.reason, plane.message)
+        kept = find(old.get("conditions"), "Programmed")
+        if result.accepted and plane.programmed is None and kept is not None:
+            # Unknown for now (Envoys reconnecting): keep what was said, transition time included.
+            programmed = WantedCondition("Programmed", kept.get("status") == "True", kept.get("reason") or "Pending",
+                                         kept.get("message") or "")
+        elif result.accepted:
+            programmed = WantedCondition("Programmed", bool(plane.programmed), plane.reason, plane.message)
         else:
             programmed = WantedCondition("Programmed", False, "NotAccepted", "the policy is not accepted")
         return {

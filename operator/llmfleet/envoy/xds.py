@@ -22,8 +22,12 @@ to a freshly restarted operator keeps serving its last config instead of being
 emptied; once a table is set, its resources are sent (Envoy leaves unchanged
 clusters and listeners alone).
 
-Versions are counters ("1", "2", ...), one per distinct table; an ``update`` with an
-identical result keeps the current version and pushes nothing.
+A version is a hash of the resources' content (16 hex digits), so the same table has
+the same version in every operator replica and across restarts: an Envoy that
+reconnects to another replica, or to a restarted one, is told nothing new. An
+``update`` with an identical result keeps the current version and pushes nothing.
+Which of two versions is newer is this server's own business (a local generation
+count, see :meth:`XdsServer.synced`).
 """
 
 from __future__ import annotations
@@ -78,7 +82,8 @@ class _Metrics:
         self.connected = Gauge("llmfleet_xds_connected_envoys",
                                "Envoy ADS streams currently connected.", registry=registry)
         self.version = Gauge("llmfleet_xds_version",
-                             "Version of the resources the xDS server is serving.", registry=registry)
+                             "Configurations this xDS server has served since it started (1, 2, ...; "
+                             "the xDS version itself is a hash of the content).", registry=registry)
 
 
 # One set of collectors per registry: a second XdsServer on the same registry reuses them.
@@ -139,6 +144,10 @@ def _set_key(resources: Mapping[str, _Res]) -> bytes:
     return h.digest()
 
 
+VERSION_HEX_DIGITS = 16  # 64 bits of the content hash: a version names one content
+GENERATIONS_KEPT = 256  # versions this server can still place in time (synced(version))
+
+
 @dataclass(frozen=True)
 class _Snapshot:
     version: str
@@ -161,7 +170,8 @@ class _Snapshot:
         for t in TYPE_ORDER:
             h.update(t.encode())
             h.update(_set_key(by_type[t]))
-        return cls(str(generation), generation, by_type, h.digest())
+        key = h.digest()
+        return cls(key.hex()[:VERSION_HEX_DIGITS], generation, by_type, key)
 
 
 @dataclass
@@ -381,6 +391,7 @@ class XdsServer:
         self.on_synced = on_synced  # (node_id, version) once an Envoy runs that version
         self._metrics = _metrics_for(registry)
         self._snapshot: _Snapshot | None = None
+        self._generations: dict[str, int] = {}  # version → the latest generation that served it
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._server: grpc.aio.Server | None = None
@@ -391,6 +402,7 @@ class XdsServer:
         self.last_nack: Nack | None = None
         self.nacks: collections.deque[Nack] = collections.deque(maxlen=32)
         self.port: int | None = None
+        self.started: float | None = None  # monotonic time start() began serving
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -414,6 +426,7 @@ class XdsServer:
             raise OSError(f"xDS server could not listen on {host}:{port}")
         await server.start()
         self._server = server
+        self.started = time.monotonic()
         log.info("xDS server listening on %s:%d", host, self.port)
         return self.port
 
@@ -449,6 +462,10 @@ class XdsServer:
             if previous is not None and previous.key == snap.key:
                 return previous.version
             self._snapshot = snap
+            self._generations.pop(snap.version, None)
+            self._generations[snap.version] = generation
+            while len(self._generations) > GENERATIONS_KEPT:
+                del self._generations[next(iter(self._generations))]
         self._metrics.version.set(snap.generation)
         log.info("xDS resources version %s: %s", snap.version,
                  ", ".join(f"{len(snap.resources[t])} {SHORT_TYPE[t]}" for t in TYPE_ORDER))
@@ -496,7 +513,9 @@ class XdsServer:
         version = version or self.version
         if version is None:
             return False
-        generation = int(version)
+        generation = self._generations.get(version)
+        if generation is None:
+            return False  # not a version this server served (or one long gone)
         if node_id is not None:
             node = self._nodes.get(node_id)
             return node is not None and node.synced_generation >= generation
