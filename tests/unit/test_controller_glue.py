@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from llmfleet.signals.values import ModelLoad
 from llmfleet.controller.autoscaler import Autoscaler, load_moved
 from llmfleet.controller.modeldeployment import ModelDeploymentReconciler
 from llmfleet.controller.replicas import ReplicaWriter
@@ -25,6 +24,7 @@ from llmfleet.controller.routepolicy import (
 from llmfleet.kube.store import Store
 from llmfleet.kube.views import APPLIED_ANNOTATION
 from llmfleet.routing.table import RouteTable
+from llmfleet.signals.values import ModelLoad
 
 NS = "ai"
 
