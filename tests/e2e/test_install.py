@@ -102,6 +102,46 @@ def test_helm_upgrade_rolls_the_operator_under_load_without_failing_requests(dev
     assert load.failed == 0, dict(load.outcomes)
 
 
+def test_an_envoy_that_starts_while_the_operator_is_away_stays_out_of_the_service(dev_cluster, release, namespace):
+    """A new Envoy pod (a rollout, a node drain, a scale-up) with no operator to program it
+    is not Ready, even after its own initial xDS fetch has timed out (30 s), so the Service
+    keeps sending clients to the Envoys that have routes; it turns Ready once the operator
+    is back."""
+    apply_quickstart(dev_cluster, namespace)
+    wait_for(lambda: programmed(dev_cluster, namespace, "quickstart"), timeout=60, what="Programmed")
+    deployment = f"{release.fullname}-ingress"
+    old = {p["metadata"]["uid"] for p in release.pods("ingress")}
+
+    def newcomer() -> dict | None:
+        return next((p for p in release.pods("ingress") if p["metadata"]["uid"] not in old), None)
+
+    def ready(pod: dict | None) -> bool:
+        return pod is not None and any(c["type"] == "Ready" and c["status"] == "True"
+                                       for c in (pod.get("status") or {}).get("conditions") or [])
+
+    with Load(release.ingress_url, "quickstart") as load:
+        wait_for(lambda: load.ok >= 20, timeout=30, what="the load to run")
+        release.operator.stop()
+        try:
+            dev_cluster.kubectl("scale", f"deployment/{deployment}", "-n", release.namespace,
+                                f"--replicas={len(old) + 1}")
+            started = wait_for(lambda: (p := newcomer()) is not None and p.get("status", {}).get("phase") == "Running"
+                               and p, timeout=60, what="the new Envoy pod to run")
+            assert started is not None
+            deadline = time.monotonic() + 40  # past Envoy's initial fetch timeouts (15 s CDS + 15 s LDS)
+            while time.monotonic() < deadline:
+                assert not ready(newcomer()), "an Envoy without routes turned Ready"
+                time.sleep(2)
+        finally:
+            release.operator.start()
+        wait_for(lambda: ready(newcomer()), timeout=90, what="the new Envoy to be Ready once programmed")
+        before = load.sent
+        wait_for(lambda: load.sent >= before + 20, timeout=30, what="requests after the operator returned")
+    dev_cluster.kubectl("scale", f"deployment/{deployment}", "-n", release.namespace, f"--replicas={len(old)}")
+    print(f"\nan Envoy started while the operator was away: {load.sent} requests, {load.failed} failed")
+    assert load.failed == 0, dict(load.outcomes)
+
+
 def test_a_namespaced_install_runs_under_roles_and_uninstall_leaves_only_crds_and_user_objects(dev_cluster, crds):
     """A second release that watches only its own namespace (Role per namespace), then
     `helm uninstall`: nothing of it stays but the CRDs and the user's own objects."""

@@ -453,7 +453,7 @@ def test_envoy_deployment() -> None:
                          "--concurrency", "2", "--log-level", "info"]
     assert c["env"] == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
     assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("http", 8080), ("ready", 19001)]
-    assert c["readinessProbe"]["httpGet"] == {"path": "/ready", "port": "ready"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/v1/models", "port": "http"}
     assert c["livenessProbe"]["tcpSocket"] == {"port": "ready"}
     assert c["startupProbe"]["tcpSocket"] == {"port": "ready"}
     assert c["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
