@@ -10,7 +10,7 @@ import time
 import httpx
 import pytest
 
-from tests.helpers import kubectl_json, wait_for
+from tests.helpers import Load, kubectl_json, wait_for
 from tests.integration.test_modeldeployment import EXAMPLES, apply, load_md, wait_ready
 
 N = 1000
@@ -143,3 +143,24 @@ def test_a_replica_killed_under_load_costs_no_request(dev_cluster, fleet, envoy,
     counts = served_by(envoy.url, 600, concurrency=8)
     killer.join()
     assert sum(v for k, v in counts.items() if isinstance(k, str)) == 600, counts
+
+
+def test_a_replica_pod_deleted_under_load_costs_no_request(dev_cluster, fleet, envoy, routed):
+    """`kubectl delete pod` of a serving replica while 8 clients keep sending through the
+    ingress: the pod leaves Envoy's endpoints, drains, and no request fails."""
+    ns = routed
+    dev_cluster.kubectl("scale", "md/small", "--replicas=2", "-n", ns)
+    wait_ready(dev_cluster, ns, "small", 2)
+    fleet.wait_ready(3, ns)
+    victim = next(p["metadata"]["name"] for p in kubectl_json(
+        dev_cluster, "get", "pods", "-n", ns, "-l", "llmfleet.io/model-deployment=small")["items"])
+    with Load(envoy.url, "chat-e2e", concurrency=8, max_tokens=100, max_seconds=90) as load:
+        wait_for(lambda: load.ok >= 100, timeout=30, what="the load to run")
+        dev_cluster.kubectl("delete", "pod", victim, "-n", ns, "--wait=false")
+        wait_for(lambda: victim not in {p["metadata"]["name"] for p in kubectl_json(
+            dev_cluster, "get", "pods", "-n", ns, "-l", "llmfleet.io/model-deployment=small")["items"]},
+            timeout=60, what="the deleted pod to be gone")
+        before = load.sent
+        wait_for(lambda: load.sent >= before + 100, timeout=30, what="requests after the pod went")
+    print(f"\nkubectl delete pod under load: {load.sent} requests, {load.failed} failed ({dict(load.outcomes)})")
+    assert load.failed == 0, dict(load.outcomes)

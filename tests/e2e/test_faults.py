@@ -1,0 +1,70 @@
+"""Faults under a steady load through the chart's Envoy: what each one costs in failed
+requests, and that the operator's routes follow the cluster again afterwards."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+from llmfleet_devcluster.kubelet import NodeView
+
+from tests.e2e.test_routing import policy, routed, served_by  # noqa: F401 - routed is a fixture
+from tests.helpers import Load, wait_for
+
+
+def test_the_api_server_paused_for_20_s_costs_no_request_and_a_later_change_reaches_envoy(
+        dev_cluster, operator, envoy, routed):  # noqa: F811
+    ns = routed
+    apiserver = next(c for c in dev_cluster.components if c.name == "kube-apiserver")
+    with Load(envoy.url, "chat-e2e", concurrency=4, max_requests=200_000, max_seconds=120) as load:
+        wait_for(lambda: load.ok >= 100, timeout=30, what="the load to run")
+        os.kill(apiserver.pid, signal.SIGSTOP)
+        try:
+            time.sleep(20)
+        finally:
+            os.kill(apiserver.pid, signal.SIGCONT)
+        during = load.sent
+        wait_for(lambda: dev_cluster.kubectl("get", "--raw", "/readyz", check=False).returncode == 0,
+                 timeout=30, what="the API server to answer again")
+        start = time.monotonic()
+        dev_cluster.kubectl("patch", "rp", "chat", "-n", ns, "--type=merge", "-p",
+                            json.dumps({"spec": policy({"small": 0, "big": 100})["spec"]}))
+        wait_for(lambda: served_by(envoy.url, 20) == {"llama-70b": 20}, timeout=30, interval=0.05,
+                 what="the change made after the pause to reach Envoy")
+        took = time.monotonic() - start
+        wait_for(lambda: load.sent >= during + 100, timeout=30, what="requests after the pause")
+    print(f"\nAPI server paused 20 s under load: {load.sent} requests ({during} until it resumed), "
+          f"{load.failed} failed; a RoutePolicy change afterwards reached Envoy in {took:.2f} s")
+    assert load.failed == 0, dict(load.outcomes)
+
+
+def test_the_operator_sigkilled_under_load_costs_no_request_and_routes_follow_its_return(
+        dev_cluster, release, operator, envoy, routed):  # noqa: F811
+    ns = routed
+    pod = operator.pod()
+    key = f"{release.namespace}/{pod['metadata']['name']}"
+
+    def container() -> dict:
+        return next(iter(NodeView(dev_cluster.logdir).pods()[key]["containers"].values()))
+
+    restarts = container()["restarts"]
+    with Load(envoy.url, "chat-e2e", concurrency=4, max_requests=200_000, max_seconds=120) as load:
+        wait_for(lambda: load.ok >= 100, timeout=30, what="the load to run")
+        killed = time.monotonic()
+        os.kill(container()["pid"], signal.SIGKILL)
+        wait_for(lambda: container()["restarts"] > restarts and container()["ready"], timeout=90,
+                 what="the kubelet to restart the operator and the new one to be ready")
+        back = time.monotonic() - killed
+        start = time.monotonic()
+        dev_cluster.kubectl("patch", "rp", "chat", "-n", ns, "--type=merge", "-p",
+                            json.dumps({"spec": policy({"small": 0, "big": 100})["spec"]}))
+        wait_for(lambda: served_by(envoy.url, 20) == {"llama-70b": 20}, timeout=60, interval=0.05,
+                 what="a change made after the restart to reach Envoy")
+        took = time.monotonic() - start
+        before = load.sent
+        wait_for(lambda: load.sent >= before + 100, timeout=30, what="requests after the change")
+    print(f"\noperator SIGKILLed under load: {load.sent} requests, {load.failed} failed; ready again after "
+          f"{back:.1f} s; a RoutePolicy change then reached Envoy in {took:.2f} s")
+    assert load.failed == 0, dict(load.outcomes)
