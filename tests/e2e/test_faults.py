@@ -11,7 +11,8 @@ import time
 from llmfleet_devcluster.kubelet import NodeView
 
 from tests.e2e.test_routing import policy, routed, served_by  # noqa: F401 - routed is a fixture
-from tests.helpers import Load, wait_for
+from tests.helpers import Load, kubectl_json, wait_for
+from tests.integration.test_modeldeployment import wait_ready
 
 
 def test_the_api_server_paused_for_20_s_costs_no_request_and_a_later_change_reaches_envoy(
@@ -67,4 +68,45 @@ def test_the_operator_sigkilled_under_load_costs_no_request_and_routes_follow_it
         wait_for(lambda: load.sent >= before + 100, timeout=30, what="requests after the change")
     print(f"\noperator SIGKILLed under load: {load.sent} requests, {load.failed} failed; ready again after "
           f"{back:.1f} s; a RoutePolicy change then reached Envoy in {took:.2f} s")
+    assert load.failed == 0, dict(load.outcomes)
+
+
+def test_a_node_removed_under_load_its_replica_reschedules_and_routes_follow(
+        dev_cluster, envoy, routed):  # noqa: F811
+    ns = routed
+    dev_cluster.kubectl("scale", "md/small", "--replicas=2", "-n", ns)
+    wait_ready(dev_cluster, ns, "small", 2)
+
+    def small_pods() -> list[dict]:
+        return kubectl_json(dev_cluster, "get", "pods", "-n", ns, "-l", "llmfleet.io/model-deployment=small")["items"]
+
+    # A node with a replica of small, while some replica (of either backend) runs elsewhere:
+    # the model keeps a place to go, as with any node of a fleet spread over several.
+    everyone = kubectl_json(dev_cluster, "get", "pods", "-n", ns, "-l", "llmfleet.io/model-deployment")["items"]
+    node_name = next(n for n in (p["spec"]["nodeName"] for p in small_pods())
+                     if any(p["spec"]["nodeName"] != n for p in everyone))
+    node = kubectl_json(dev_cluster, "get", "node", node_name)
+    with Load(envoy.url, "chat-e2e", concurrency=4, max_requests=200_000, max_seconds=240) as load:
+        wait_for(lambda: load.ok >= 100, timeout=30, what="the load to run")
+        removed = time.monotonic()
+        dev_cluster.kubectl("delete", "node", node_name)
+        try:
+            moved = wait_for(lambda: (pods := small_pods()) and all(
+                p["spec"].get("nodeName") not in (None, node_name) and any(
+                    c["type"] == "Ready" and c["status"] == "True" for c in p.get("status", {}).get("conditions", []))
+                for p in pods) and pods, timeout=150, what="the replica to run Ready on another node")
+            rescheduled = time.monotonic() - removed
+            wait_for(lambda: set(served_by(envoy.url, 100)) == {"llama-8b", "llama-70b"}, timeout=30,
+                     what="both backends served again")
+        finally:
+            meta = {k: v for k, v in node["metadata"].items() if k in ("name", "labels", "annotations")}
+            dev_cluster.kubectl("apply", "-f", "-", input=json.dumps(
+                {"apiVersion": "v1", "kind": "Node", "metadata": meta, "spec": node.get("spec", {})}))
+        before = load.sent
+        wait_for(lambda: load.sent >= before + 100, timeout=30, what="requests after the move")
+    wait_for(lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in kubectl_json(
+        dev_cluster, "get", "node", node_name).get("status", {}).get("conditions", [])), timeout=60,
+        what="the node back and Ready")
+    print(f"\nnode {node_name} removed under load: {load.sent} requests, {load.failed} failed; the replica ran "
+          f"Ready on {moved[0]['spec']['nodeName']} after {rescheduled:.1f} s")
     assert load.failed == 0, dict(load.outcomes)

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from prometheus_client import CollectorRegistry
@@ -78,6 +79,12 @@ class FakeEnvoy:
         self.call.cancel()
         self._reader.cancel()
         await self.channel.close()
+
+
+def _unpack_assignment(any_) -> endpoint_pb2.ClusterLoadAssignment:
+    assignment = endpoint_pb2.ClusterLoadAssignment()
+    any_.Unpack(assignment)
+    return assignment
 
 
 def _names(resp: discovery_pb2.DiscoveryResponse) -> list[str]:
@@ -258,6 +265,37 @@ async def test_removed_cluster_goes_only_after_routes_stop_using_it(server: XdsS
     assert not server.synced(version)
     await envoy.request(ENDPOINT_TYPE, ["ai/a"], nonce=envoy.last[ENDPOINT_TYPE].nonce, version=first)
     eds = await envoy.recv(ENDPOINT_TYPE)
+    await envoy.ack(eds, ["ai/a"])
+    await server.wait_acked(version, timeout=2)
+
+
+async def test_a_cluster_losing_its_last_endpoint_keeps_it_until_the_routes_move_away(
+        server: XdsServer, envoy: FakeEnvoy) -> None:
+    """The only replica of ai/a goes: its traffic moves to ai/b first (RDS), and only then
+    does its assignment empty (EDS); the other order answers ai/a's share with 503s."""
+    server.update(_table("ai/a", "ai/b", weights=[80, 20]))
+    await _sync(server, envoy, ["ai/a", "ai/b"])
+    gone = RouteTable(routes=(Route("chat", (WeightedBackend("ai/b", 100),)),),
+                      clusters=(Cluster("ai/a", "a", ()), Cluster("ai/b", "b", (Endpoint("10.0.0.1", 8000),))))
+    version = server.update(gone)
+    rds = await envoy.recv(ROUTE_TYPE)
+    await envoy.nothing()  # ai/a keeps its endpoint while Envoy may still send to it
+    await envoy.ack(rds, ["llmfleet"])
+    eds = await envoy.recv(ENDPOINT_TYPE)
+    emptied = {a.cluster_name: sum(len(loc.lb_endpoints) for loc in a.endpoints)
+               for a in (_unpack_assignment(r) for r in eds.resources)}
+    assert emptied == {"ai/a": 0, "ai/b": 1}
+    await envoy.ack(eds, ["ai/a", "ai/b"])
+    await server.wait_acked(version, timeout=2)
+
+
+async def test_a_cluster_losing_one_of_several_endpoints_changes_at_once(server: XdsServer, envoy: FakeEnvoy) -> None:
+    two = RouteTable(routes=_table("ai/a").routes,
+                     clusters=(Cluster("ai/a", "a", (Endpoint("10.0.0.1", 8000), Endpoint("10.0.0.2", 8000))),))
+    server.update(two)
+    await _sync(server, envoy, ["ai/a"])
+    version = server.update(_table("ai/a"))
+    eds = await envoy.recv(ENDPOINT_TYPE)  # no route changes: endpoints go straight away
     await envoy.ack(eds, ["ai/a"])
     await server.wait_acked(version, timeout=2)
 

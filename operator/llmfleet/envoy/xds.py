@@ -8,7 +8,9 @@ protocol's eventual-consistency rules ask for:
   removed, once no acknowledged route refers to them)
 
 Endpoints follow clusters without waiting for the CDS ACK (Envoy warms a new or
-changed cluster until its endpoints arrive); the listener and routes wait until
+changed cluster until its endpoints arrive), except that a cluster losing its last
+endpoint keeps the old ones until the routes that move its traffic are acknowledged
+(make before break, as for clusters); the listener and routes wait until
 clusters and endpoints are acknowledged, so no route ever points at a cluster Envoy
 does not have yet, and no cluster goes away while a route still sends to it. Only
 what changed is sent: a weight change is one RDS response, a replica change one EDS.
@@ -133,6 +135,10 @@ class _Res:
 
 def _digest(msg: Message) -> bytes:
     return hashlib.sha256(msg.SerializeToString(deterministic=True)).digest()
+
+
+def _no_endpoints(assignment: Message) -> bool:
+    return not any(locality.lb_endpoints for locality in assignment.endpoints)
 
 
 def _set_key(resources: Mapping[str, _Res]) -> bytes:
@@ -268,7 +274,18 @@ class _Stream:
             retained = self._retained_clusters(snap)
             acked = self.types[ENDPOINT_TYPE].acked
             out.update({n: acked[n] for n in names if n not in out and n in retained and n in acked})
+            if not self._routes_settled(snap):
+                # Make before break: a cluster losing its last endpoint keeps the ones
+                # Envoy has until the routes that take its traffic away are acknowledged;
+                # sent first, the empty assignment would answer that traffic with 503s.
+                out.update({n: acked[n] for n, res in out.items()
+                            if n in acked and _no_endpoints(res.msg) and not _no_endpoints(acked[n].msg)})
         return out
+
+    def _routes_settled(self, snap: _Snapshot) -> bool:
+        """Whether Envoy has acknowledged the routes it should have (or takes none yet)."""
+        st = self.types[ROUTE_TYPE]
+        return st.names is None or _set_key(self._desired(ROUTE_TYPE, snap)) == st.acked_key
 
     def _eds_names_needed(self) -> set[str]:
         """Endpoint resources Envoy needs for the clusters it has been sent."""
