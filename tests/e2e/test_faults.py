@@ -99,14 +99,41 @@ def test_a_node_removed_under_load_its_replica_reschedules_and_routes_follow(
             wait_for(lambda: set(served_by(envoy.url, 100)) == {"llama-8b", "llama-70b"}, timeout=30,
                      what="both backends served again")
         finally:
+            # The node comes back as it was, GPUs included (capacity is status: KWOK leaves it alone).
             meta = {k: v for k, v in node["metadata"].items() if k in ("name", "labels", "annotations")}
             dev_cluster.kubectl("apply", "-f", "-", input=json.dumps(
                 {"apiVersion": "v1", "kind": "Node", "metadata": meta, "spec": node.get("spec", {})}))
+            dev_cluster.kubectl("patch", "node", node_name, "--subresource=status", "--type=merge", "-p", json.dumps(
+                {"status": {k: node["status"][k] for k in ("capacity", "allocatable")}}))
         before = load.sent
         wait_for(lambda: load.sent >= before + 100, timeout=30, what="requests after the move")
-    wait_for(lambda: any(c["type"] == "Ready" and c["status"] == "True" for c in kubectl_json(
-        dev_cluster, "get", "node", node_name).get("status", {}).get("conditions", [])), timeout=60,
-        what="the node back and Ready")
+    wait_for(lambda: (back := kubectl_json(dev_cluster, "get", "node", node_name).get("status", {}))
+             and back.get("allocatable") == node["status"]["allocatable"]
+             and any(c["type"] == "Ready" and c["status"] == "True" for c in back.get("conditions", [])),
+             timeout=60, what="the node back, Ready, with its GPUs")
     print(f"\nnode {node_name} removed under load: {load.sent} requests, {load.failed} failed; the replica ran "
           f"Ready on {moved[0]['spec']['nodeName']} after {rescheduled:.1f} s")
+    assert load.failed == 0, dict(load.outcomes)
+
+
+def test_etcd_restarted_under_load_costs_no_request_and_a_later_change_reaches_envoy(
+        dev_cluster, envoy, routed):  # noqa: F811
+    ns = routed
+    with Load(envoy.url, "chat-e2e", concurrency=4, max_requests=200_000, max_seconds=120) as load:
+        wait_for(lambda: load.ok >= 100, timeout=30, what="the load to run")
+        restarted = time.monotonic()
+        etcd = dev_cluster.restart_component("etcd")
+        wait_for(lambda: dev_cluster.kubectl("get", "--raw", "/readyz", check=False).returncode == 0,
+                 timeout=60, what="the API server to be ready again")
+        ready = time.monotonic() - restarted
+        start = time.monotonic()
+        dev_cluster.kubectl("patch", "rp", "chat", "-n", ns, "--type=merge", "-p",
+                            json.dumps({"spec": policy({"small": 0, "big": 100})["spec"]}))
+        wait_for(lambda: served_by(envoy.url, 20) == {"llama-70b": 20}, timeout=60, interval=0.05,
+                 what="a change made after the restart to reach Envoy")
+        took = time.monotonic() - start
+        before = load.sent
+        wait_for(lambda: load.sent >= before + 100, timeout=30, what="requests after the change")
+    print(f"\netcd restarted (pid {etcd.pid}) under load: {load.sent} requests, {load.failed} failed; the API "
+          f"server was ready again after {ready:.1f} s; a RoutePolicy change then reached Envoy in {took:.2f} s")
     assert load.failed == 0, dict(load.outcomes)

@@ -354,6 +354,7 @@ class DevCluster:
         self.kubeconfig = Path(external_kubeconfig) if external_kubeconfig else self.workdir / "kubeconfig"
         self.components: list[Component] = []
         self._popen: dict[int, subprocess.Popen] = {}
+        self._args: dict[str, list[str]] = {}  # component name -> the command it was started with
         self.nodes: list[str] = []
         self.api_server_url: str | None = None
         self.timings: dict[str, float] = {}
@@ -476,7 +477,23 @@ class DevCluster:
         comp = Component(name=name, pid=proc.pid, log=str(log_path), binary=str(Path(args[0]).resolve()))
         self.components.append(comp)
         self._popen[proc.pid] = proc
+        self._args[name] = list(args)
         return comp
+
+    def restart_component(self, name: str, timeout: float = 10.0) -> Component:
+        """Stop one component by its PID (SIGTERM, then SIGKILL after `timeout`) and start
+        it again with the same arguments and data: what a restart of that process does to
+        the rest of the cluster (fault tests)."""
+        old = next(c for c in self.components if c.name == name)
+        stop_pid(old, timeout=timeout)
+        if proc := self._popen.pop(old.pid, None):
+            proc.wait(timeout=5)
+        index = self.components.index(old)
+        self.components.remove(old)
+        new = self._spawn(name, self._args[name])
+        self.components.remove(new)
+        self.components.insert(index, new)
+        return new
 
     def _check_alive(self, comp: Component) -> None:
         proc = self._popen.get(comp.pid)
