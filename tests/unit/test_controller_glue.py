@@ -219,8 +219,8 @@ class FakePublisher:
 
     def state(self, version):
         if self.synced or int(version) < len(self.tables):
-            return DataPlaneState(True, "Programmed", "served by 1 Envoy(s)")
-        return DataPlaneState(False, "Pending", "waiting for 1 Envoy(s) to take the route")
+            return DataPlaneState(True, "Programmed", "every connected Envoy serves the route")
+        return DataPlaneState(False, "Pending", "waiting for the connected Envoys to take the route")
 
 
 def policy_body(name, model, backends):
@@ -324,3 +324,20 @@ def test_a_restarted_operator_keeps_programmed_until_envoys_had_time_to_reconnec
     asyncio.run(reconciler.reconcile("routes"))
     now = [programmed(written_status(r)) for r in client.take() if r[3] == "status"]
     assert [(c["status"], c["reason"]) for c in now] == [("False", "Pending")]
+
+
+def test_envoys_coming_and_going_do_not_rewrite_a_programmed_policy():
+    client = FakeClient()
+    store = store_with(client, mds=[md_body("a")], pods=[pod_body("a", 0)],
+                       policies=[policy_body("pa", "model-a", ["a"])])
+    server = FakeXdsServer()
+    server.envoys = ["envoy-0"]
+    reconciler = route_reconciler(client, store, XdsPublisher(server))
+    asyncio.run(reconciler.reconcile("routes"))
+    written = [written_status(r) for r in client.take() if r[3] == "status"]
+    assert [programmed(w)["status"] for w in written] == ["True"]
+    store.route_policies.put({**policy_body("pa", "model-a", ["a"]), "status": written[0]})
+    for envoys in (["envoy-0", "envoy-1"], ["envoy-1"], ["envoy-1", "envoy-2", "envoy-3"]):
+        server.envoys = envoys
+        asyncio.run(reconciler.reconcile("routes"))
+        assert [r for r in client.take() if r[3] == "status"] == [], envoys

@@ -92,8 +92,10 @@ class XdsPublisher:
                 return DataPlaneState(None, "Pending", "waiting for Envoys to reconnect to the xDS server")
             return DataPlaneState(False, "Pending", "no Envoy is connected to the xDS server yet")
         if self.server.synced(version):
-            return DataPlaneState(True, "Programmed", f"served by {len(envoys)} Envoy(s)")
-        return DataPlaneState(False, "Pending", f"waiting for {len(envoys)} Envoy(s) to take the route")
+            # No count of Envoys here: an Envoy coming or going would rewrite every
+            # policy's status (llmfleet_xds_connected_envoys counts them).
+            return DataPlaneState(True, "Programmed", "every connected Envoy serves the route")
+        return DataPlaneState(False, "Pending", "waiting for the connected Envoys to take the route")
 
 
 def route_facts(route: Route, table: RouteTable) -> tuple[Any, ...]:
