@@ -15,27 +15,47 @@ from tests.helpers import Load, kubectl_json, wait_for
 from tests.integration.test_modeldeployment import wait_ready
 
 
+def steady_load(envoy) -> Load:
+    """The load every fault runs under: 4 clients, closed loop, bounded in count and time."""
+    return Load(envoy.url, "chat-e2e", concurrency=4, max_requests=200_000, max_seconds=240)
+
+
+def running(load: Load) -> None:
+    """Wait until the load runs, or until it has sent 100 more requests than now."""
+    before = load.sent
+    wait_for(lambda: load.ok >= 100 and load.sent >= before + 100, timeout=30, what="100 more requests")
+
+
+def api_server_ready(dev_cluster, timeout: float = 60) -> None:
+    wait_for(lambda: dev_cluster.kubectl("get", "--raw", "/readyz", check=False).returncode == 0,
+             timeout=timeout, what="the API server to answer")
+
+
+def a_change_reaches_envoy(dev_cluster, envoy, ns: str) -> float:
+    """Move all of the policy's traffic to big; seconds until Envoy serves it so."""
+    start = time.monotonic()
+    dev_cluster.kubectl("patch", "rp", "chat", "-n", ns, "--type=merge", "-p",
+                        json.dumps({"spec": policy({"small": 0, "big": 100})["spec"]}))
+    wait_for(lambda: served_by(envoy.url, 20) == {"llama-70b": 20}, timeout=60, interval=0.05,
+             what="a RoutePolicy change to reach Envoy")
+    return time.monotonic() - start
+
+
 def test_the_api_server_paused_for_20_s_costs_no_request_and_a_later_change_reaches_envoy(
         dev_cluster, operator, envoy, routed):  # noqa: F811
     ns = routed
     apiserver = next(c for c in dev_cluster.components if c.name == "kube-apiserver")
-    with Load(envoy.url, "chat-e2e", concurrency=4, max_requests=200_000, max_seconds=120) as load:
-        wait_for(lambda: load.ok >= 100, timeout=30, what="the load to run")
+    with steady_load(envoy) as load:
+        running(load)
         os.kill(apiserver.pid, signal.SIGSTOP)
         try:
             time.sleep(20)
         finally:
             os.kill(apiserver.pid, signal.SIGCONT)
         during = load.sent
-        wait_for(lambda: dev_cluster.kubectl("get", "--raw", "/readyz", check=False).returncode == 0,
-                 timeout=30, what="the API server to answer again")
-        start = time.monotonic()
-        dev_cluster.kubectl("patch", "rp", "chat", "-n", ns, "--type=merge", "-p",
-                            json.dumps({"spec": policy({"small": 0, "big": 100})["spec"]}))
-        wait_for(lambda: served_by(envoy.url, 20) == {"llama-70b": 20}, timeout=30, interval=0.05,
-                 what="the change made after the pause to reach Envoy")
-        took = time.monotonic() - start
-        wait_for(lambda: load.sent >= during + 100, timeout=30, what="requests after the pause")
+        api_server_ready(dev_cluster, timeout=30)
+        took = a_change_reaches_envoy(dev_cluster, envoy, ns)
+        running(load)
     print(f"\nAPI server paused 20 s under load: {load.sent} requests ({during} until it resumed), "
           f"{load.failed} failed; a RoutePolicy change afterwards reached Envoy in {took:.2f} s")
     assert load.failed == 0, dict(load.outcomes)
@@ -51,21 +71,15 @@ def test_the_operator_sigkilled_under_load_costs_no_request_and_routes_follow_it
         return next(iter(NodeView(dev_cluster.logdir).pods()[key]["containers"].values()))
 
     restarts = container()["restarts"]
-    with Load(envoy.url, "chat-e2e", concurrency=4, max_requests=200_000, max_seconds=120) as load:
-        wait_for(lambda: load.ok >= 100, timeout=30, what="the load to run")
+    with steady_load(envoy) as load:
+        running(load)
         killed = time.monotonic()
         os.kill(container()["pid"], signal.SIGKILL)
         wait_for(lambda: container()["restarts"] > restarts and container()["ready"], timeout=90,
                  what="the kubelet to restart the operator and the new one to be ready")
         back = time.monotonic() - killed
-        start = time.monotonic()
-        dev_cluster.kubectl("patch", "rp", "chat", "-n", ns, "--type=merge", "-p",
-                            json.dumps({"spec": policy({"small": 0, "big": 100})["spec"]}))
-        wait_for(lambda: served_by(envoy.url, 20) == {"llama-70b": 20}, timeout=60, interval=0.05,
-                 what="a change made after the restart to reach Envoy")
-        took = time.monotonic() - start
-        before = load.sent
-        wait_for(lambda: load.sent >= before + 100, timeout=30, what="requests after the change")
+        took = a_change_reaches_envoy(dev_cluster, envoy, ns)
+        running(load)
     print(f"\noperator SIGKILLed under load: {load.sent} requests, {load.failed} failed; ready again after "
           f"{back:.1f} s; a RoutePolicy change then reached Envoy in {took:.2f} s")
     assert load.failed == 0, dict(load.outcomes)
@@ -86,8 +100,8 @@ def test_a_node_removed_under_load_its_replica_reschedules_and_routes_follow(
     node_name = next(n for n in (p["spec"]["nodeName"] for p in small_pods())
                      if any(p["spec"]["nodeName"] != n for p in everyone))
     node = kubectl_json(dev_cluster, "get", "node", node_name)
-    with Load(envoy.url, "chat-e2e", concurrency=4, max_requests=200_000, max_seconds=240) as load:
-        wait_for(lambda: load.ok >= 100, timeout=30, what="the load to run")
+    with steady_load(envoy) as load:
+        running(load)
         removed = time.monotonic()
         dev_cluster.kubectl("delete", "node", node_name)
         try:
@@ -105,8 +119,7 @@ def test_a_node_removed_under_load_its_replica_reschedules_and_routes_follow(
                 {"apiVersion": "v1", "kind": "Node", "metadata": meta, "spec": node.get("spec", {})}))
             dev_cluster.kubectl("patch", "node", node_name, "--subresource=status", "--type=merge", "-p", json.dumps(
                 {"status": {k: node["status"][k] for k in ("capacity", "allocatable")}}))
-        before = load.sent
-        wait_for(lambda: load.sent >= before + 100, timeout=30, what="requests after the move")
+        running(load)
     wait_for(lambda: (back := kubectl_json(dev_cluster, "get", "node", node_name).get("status", {}))
              and back.get("allocatable") == node["status"]["allocatable"]
              and any(c["type"] == "Ready" and c["status"] == "True" for c in back.get("conditions", [])),
@@ -119,21 +132,14 @@ def test_a_node_removed_under_load_its_replica_reschedules_and_routes_follow(
 def test_etcd_restarted_under_load_costs_no_request_and_a_later_change_reaches_envoy(
         dev_cluster, envoy, routed):  # noqa: F811
     ns = routed
-    with Load(envoy.url, "chat-e2e", concurrency=4, max_requests=200_000, max_seconds=120) as load:
-        wait_for(lambda: load.ok >= 100, timeout=30, what="the load to run")
+    with steady_load(envoy) as load:
+        running(load)
         restarted = time.monotonic()
         etcd = dev_cluster.restart_component("etcd")
-        wait_for(lambda: dev_cluster.kubectl("get", "--raw", "/readyz", check=False).returncode == 0,
-                 timeout=60, what="the API server to be ready again")
+        api_server_ready(dev_cluster)
         ready = time.monotonic() - restarted
-        start = time.monotonic()
-        dev_cluster.kubectl("patch", "rp", "chat", "-n", ns, "--type=merge", "-p",
-                            json.dumps({"spec": policy({"small": 0, "big": 100})["spec"]}))
-        wait_for(lambda: served_by(envoy.url, 20) == {"llama-70b": 20}, timeout=60, interval=0.05,
-                 what="a change made after the restart to reach Envoy")
-        took = time.monotonic() - start
-        before = load.sent
-        wait_for(lambda: load.sent >= before + 100, timeout=30, what="requests after the change")
+        took = a_change_reaches_envoy(dev_cluster, envoy, ns)
+        running(load)
     print(f"\netcd restarted (pid {etcd.pid}) under load: {load.sent} requests, {load.failed} failed; the API "
           f"server was ready again after {ready:.1f} s; a RoutePolicy change then reached Envoy in {took:.2f} s")
     assert load.failed == 0, dict(load.outcomes)

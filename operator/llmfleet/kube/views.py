@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from ..api.models import (
     API_VERSION,
@@ -183,12 +183,31 @@ class NodeView:
 
 
 @dataclass(frozen=True)
-class ModelDeploymentView:
+class _ResourceView:
+    """What every view of an llmfleet resource holds: identity, generation, and the
+    reference an Event names it by."""
+
+    KIND: ClassVar[str]
     namespace: str
     name: str
     uid: str
     generation: int
     resource_version: str = field(compare=False)  # changes with every write; says nothing by itself
+
+    @property
+    def ref(self) -> Ref:
+        return (self.namespace, self.name)
+
+    def involved(self) -> dict[str, Any]:
+        """What an Event names as its object."""
+        return {"apiVersion": API_VERSION, "kind": self.KIND,
+                "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid,
+                             "resourceVersion": self.resource_version}}
+
+
+@dataclass(frozen=True)
+class ModelDeploymentView(_ResourceView):
+    KIND: ClassVar[str] = MODEL_DEPLOYMENT_KIND
     deleting: bool = False
     spec: ModelDeploymentSpec | None = None  # None when the spec is refused: see `invalid`
     invalid: str | None = None
@@ -201,16 +220,6 @@ class ModelDeploymentView:
         spec, invalid = _parsed_spec(md, previous, parse_model_deployment_spec)
         return cls(meta["namespace"], meta["name"], meta.get("uid", ""), generation, meta.get("resourceVersion", ""),
                    bool(meta.get("deletionTimestamp")), spec, invalid, md.get("status") or {})
-
-    @property
-    def ref(self) -> Ref:
-        return (self.namespace, self.name)
-
-    def involved(self) -> dict[str, Any]:
-        """What an Event names as its object."""
-        return {"apiVersion": API_VERSION, "kind": MODEL_DEPLOYMENT_KIND,
-                "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid,
-                             "resourceVersion": self.resource_version}}
 
     def manifest(self) -> dict[str, Any]:
         """The object as the renderers take it: metadata and the parsed spec."""
@@ -252,12 +261,8 @@ class ModelDeploymentView:
 
 
 @dataclass(frozen=True)
-class RoutePolicyView:
-    namespace: str
-    name: str
-    uid: str
-    generation: int
-    resource_version: str = field(compare=False)
+class RoutePolicyView(_ResourceView):
+    KIND: ClassVar[str] = ROUTE_POLICY_KIND
     created: str = ""
     spec: RoutePolicySpec | None = None
     invalid: str | None = None
@@ -272,15 +277,6 @@ class RoutePolicyView:
                    meta.get("resourceVersion", ""), meta.get("creationTimestamp") or "", spec, invalid,
                    policy.get("status") or {})
 
-    @property
-    def ref(self) -> Ref:
-        return (self.namespace, self.name)
-
     def routing_facets(self) -> tuple[Any, ...]:
         """What routing reads, but the status it writes itself (its own write needs no recompute)."""
         return (self.generation, self.uid, self.created, self.spec, self.invalid)
-
-    def involved(self) -> dict[str, Any]:
-        return {"apiVersion": API_VERSION, "kind": ROUTE_POLICY_KIND,
-                "metadata": {"name": self.name, "namespace": self.namespace, "uid": self.uid,
-                             "resourceVersion": self.resource_version}}

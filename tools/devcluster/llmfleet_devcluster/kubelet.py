@@ -58,6 +58,7 @@ from . import images
 from .kubeapi import ApiError, Informer, KubeApi
 from .podnet import PodInterface, PodNetwork
 from .serviceproxy import ServiceProxy, hosts_file, resolv_conf, service_names, service_table, service_vip
+from .statefile import read_state, write_state
 
 log = logging.getLogger("llmfleet_devcluster.kubelet")
 STATE_FILE = "kubelet.json"
@@ -890,9 +891,7 @@ class Kubelet:
 
     def _write_state(self) -> None:
         state = {w.key: w.state() for w in self.workers.values()}
-        tmp = self.logdir / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        tmp.replace(self.logdir / STATE_FILE)
+        write_state(self.logdir / STATE_FILE, state)
 
 
 class NodeView:
@@ -902,10 +901,7 @@ class NodeView:
         self.path = Path(logdir) / STATE_FILE
 
     def pods(self) -> dict[str, dict]:
-        try:
-            return json.loads(self.path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
+        return read_state(self.path)
 
 
 def main(argv: list[str] | None = None) -> int:

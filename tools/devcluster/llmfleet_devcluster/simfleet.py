@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime as dt
-import json
 import logging
 import os
 import signal
@@ -48,6 +47,7 @@ from pathlib import Path
 import httpx
 from kubernetes import client, config
 
+from .statefile import read_state, write_state
 from .waiting import stop_process
 
 log = logging.getLogger(__name__)
@@ -323,9 +323,7 @@ class SimFleet:
         state = {key: r.state() for key, r in self.replicas.items()}
         for r in self.terminating:
             state.setdefault(r.pod, r.state())  # a new pod of the same name wins
-        tmp = self.logdir / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(state, indent=1))
-        tmp.replace(self.logdir / STATE_FILE)
+        write_state(self.logdir / STATE_FILE, state)
 
 
 class FleetView:
@@ -335,10 +333,7 @@ class FleetView:
         self.path = Path(logdir) / STATE_FILE
 
     def replicas(self) -> dict[str, dict]:
-        try:
-            return json.loads(self.path.read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
-            return {}
+        return read_state(self.path)
 
     def ready(self, namespace: str | None = None) -> list[str]:
         return sorted(k for k, r in self.replicas().items()
