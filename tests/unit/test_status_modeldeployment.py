@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from llmfleet.controller.statuswriter import changed_fields
 from llmfleet.kube.views import DeploymentView, NodeView, PodView
 from llmfleet.status import modeldeployment
 from llmfleet.status.conditions import find
-from llmfleet.status.modeldeployment import GpuNeed, changed_fields
+from llmfleet.status.modeldeployment import GpuNeed
 
 H100 = "NVIDIA-H100-80GB-HBM3"
 

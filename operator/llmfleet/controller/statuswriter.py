@@ -14,7 +14,6 @@ from typing import Any
 
 from ..kube.client import KubeClient, NotFound
 from ..kube.views import Ref
-from ..status.modeldeployment import changed_fields
 
 # The operator's field managers: what `kubectl get -o yaml --show-managed-fields` names
 # as the owner of each field it writes.
@@ -33,6 +32,21 @@ def overlay(status: dict[str, Any], written: dict[str, Any], dropped: Iterable[s
     if by_type or "conditions" in status:
         out["conditions"] = list(by_type.values())
     return out
+
+
+def changed_fields(current: dict[str, Any], owned: dict[str, Any]) -> list[str]:
+    """The fields of ``owned`` (one writer's part of a status) that differ from the
+    object's ``current`` status; conditions are compared by type, since other writers
+    own the other types. Empty: nothing to write."""
+    changed = []
+    for key, value in owned.items():
+        if key == "conditions":
+            have = {c.get("type"): c for c in current.get("conditions") or []}
+            if any(have.get(c["type"]) != c for c in value):
+                changed.append(key)
+        elif current.get(key) != value:
+            changed.append(key)
+    return changed
 
 
 class StatusWriter:

@@ -185,18 +185,3 @@ def _transition_events(old: list[dict] | None, new: list[dict]) -> list[Event]:
     elif new_degraded["status"] != "True" and old_degraded and old_degraded.get("status") == "True":
         events.append(Event("Normal", "Recovered", "no longer degraded"))
     return events
-
-
-def changed_fields(current: dict[str, Any], owned: dict[str, Any]) -> list[str]:
-    """The fields of ``owned`` (one writer's part of a status) that differ from the
-    object's ``current`` status; conditions are compared by type, since other writers
-    own the other types. Empty: nothing to write."""
-    changed = []
-    for key, value in owned.items():
-        if key == "conditions":
-            have = {c.get("type"): c for c in current.get("conditions") or []}
-            if any(have.get(c["type"]) != c for c in value):
-                changed.append(key)
-        elif current.get(key) != value:
-            changed.append(key)
-    return changed
