@@ -28,19 +28,22 @@ def kubectl_json(cluster, *args: str):
 
 
 class Load:
-    """Closed-loop non-streaming chat requests through an OpenAI endpoint, in a thread,
-    bounded in count and time: ``concurrency`` requests in flight until stopped.
-    ``outcomes`` counts status codes, and the names of errors that got no response."""
+    """Closed-loop chat requests through an OpenAI endpoint, in a thread, bounded in
+    count and time: ``concurrency`` requests in flight until stopped. ``outcomes`` counts
+    status codes, and the names of errors that got no response. With ``stream``, a
+    stream that breaks after its first bytes (or ends without ``data: [DONE]``) counts
+    as ``streaming:<error>``: it failed while already streaming."""
 
     def __init__(self, url: str, model: str, *, concurrency: int = 4, max_tokens: int = 4,
-                 max_requests: int = 20_000, max_seconds: float = 120) -> None:
+                 max_requests: int = 20_000, max_seconds: float = 120, stream: bool = False) -> None:
         self.url, self.model, self.concurrency, self.max_tokens = url, model, concurrency, max_tokens
+        self.stream = stream
         self.max_requests, self.max_seconds = max_requests, max_seconds
         self.outcomes: collections.Counter = collections.Counter()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
-    def __enter__(self) -> "Load":
+    def __enter__(self) -> Load:
         self._thread.start()
         return self
 
@@ -60,16 +63,35 @@ class Load:
     def failed(self) -> int:
         return self.sent - self.ok
 
+    @property
+    def failed_while_streaming(self) -> int:
+        return sum(n for k, n in self.outcomes.items() if str(k).startswith("streaming:"))
+
+    async def _request(self, client: httpx.AsyncClient) -> int | str:
+        body = {"model": self.model, "max_tokens": self.max_tokens, "messages": [{"role": "user", "content": "hi"}]}
+        if not self.stream:
+            return (await client.post("/v1/chat/completions", json=body)).status_code
+        started = False
+        try:
+            async with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
+                if r.status_code != 200:
+                    await r.aread()
+                    return r.status_code
+                done = False
+                async for line in r.aiter_lines():
+                    started = True
+                    done = done or line.strip() == "data: [DONE]"
+                return 200 if done else "streaming:truncated"
+        except httpx.HTTPError as exc:
+            return f"streaming:{type(exc).__name__}" if started else type(exc).__name__
+
     async def _run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
         async with httpx.AsyncClient(base_url=self.url, timeout=60) as client:
             async def worker() -> None:
                 while not self._stop.is_set() and time.monotonic() < deadline and self.sent < self.max_requests:
                     try:
-                        r = await client.post("/v1/chat/completions", json={
-                            "model": self.model, "max_tokens": self.max_tokens,
-                            "messages": [{"role": "user", "content": "hi"}]})
-                        self.outcomes[r.status_code] += 1
+                        self.outcomes[await self._request(client)] += 1
                     except httpx.HTTPError as exc:
                         self.outcomes[type(exc).__name__] += 1
 

@@ -31,13 +31,14 @@ class OperatorOptions:
     metrics_port: int = _option(8080, "Prometheus metrics port (0 = off)")
     health_port: int = _option(8081, "liveness endpoint port, /healthz (0 = off)")
     workers: int = _option(4, "objects reconciled concurrently")
-    xds_address: str = _option("0.0.0.0", "address the xDS (ADS) server listens on")
+    xds_address: str = _option("0.0.0.0", "address the xDS (ADS) server and the activator listen on")
     xds_port: int = _option(18000, "xDS (ADS) port Envoy connects to (0 = off)")
     envoy_listener_address: str = _option("0.0.0.0", "address of the listener the operator configures in Envoy")
     envoy_listener_port: int = _option(
         8080, "port of the listener the operator configures in Envoy (the OpenAI endpoint)")
     activator_address: str | None = _option(
-        None, "IP at which Envoy reaches this operator's activator (in a pod: its pod IP); "
+        None, "IP or name at which Envoy reaches the activator (in a cluster: the operator Service's name, "
+              "resolved once at start, so every replica publishes the same address); "
               "without it, models scaled to zero answer 503 until scaled up")
     activator_port: int = _option(18001, "activator port")
     activator_timeout: float = _option(
@@ -54,6 +55,13 @@ class OperatorOptions:
     trend_window: float = _option(
         ScalingPolicy.trend_window,
         "seconds of load history whose rise the scaler projects one replica startup time ahead")
+    leader_elect: bool = _option(
+        False, "run as one of several replicas: a Lease elects the one that writes (children, status, scale, "
+               "Events); every replica serves xDS and the activator", action="store_true")
+    leader_election_namespace: str | None = _option(
+        None, "namespace of the Lease and of the replicas' xDS reports (default: $POD_NAMESPACE)")
+    leader_election_id: str = _option("llmfleet-operator", "name of the Lease")
+    identity: str | None = _option(None, "this replica's name in the Lease (default: $POD_NAME, else the host name)")
     log_level: str = _option("info", "level of the operator's (and kopf's) logs; kopf's per-object lines need debug",
                              choices=LOG_LEVELS)
 

@@ -49,3 +49,9 @@ SCRAPE_ERRORS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+
+LEADER = Gauge(
+    "llmfleet_leader",
+    "1 while this operator replica leads (the one that writes children, status and scale), else 0.",
+    registry=REGISTRY,
+)

@@ -3,11 +3,13 @@ requests, and that the operator's routes follow the cluster again afterwards."""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import signal
 import time
 
+import httpx
 from llmfleet_devcluster.kubelet import NodeView
 
 from tests.e2e.test_routing import policy, routed, served_by  # noqa: F401 - routed is a fixture
@@ -61,28 +63,112 @@ def test_the_api_server_paused_for_20_s_costs_no_request_and_a_later_change_reac
     assert load.failed == 0, dict(load.outcomes)
 
 
-def test_the_operator_sigkilled_under_load_costs_no_request_and_routes_follow_its_return(
+def container_of(dev_cluster, key: str) -> dict:
+    """The one container of system-node pod ``namespace/name``: pid, restarts, ready."""
+    return next(iter(NodeView(dev_cluster.logdir).pods()[key]["containers"].values()))
+
+
+def lease(dev_cluster, release) -> dict:
+    return kubectl_json(dev_cluster, "get", "lease", release.operator.deployment, "-n", release.namespace)["spec"]
+
+
+def renewed_after(spec: dict, when: float) -> bool:
+    renewed = dt.datetime.strptime(spec["renewTime"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=dt.UTC)
+    return renewed.timestamp() > when
+
+
+def llmfleet_events(dev_cluster, ns: str) -> list[tuple]:
+    """The Events llmfleet wrote in ``ns``: (object, reason, message, count)."""
+    return sorted((e["involvedObject"]["name"], e["reason"], e["message"], e.get("count", 1))
+                  for e in kubectl_json(dev_cluster, "get", "events", "-n", ns)["items"]
+                  if (e.get("source") or {}).get("component", "").startswith("llmfleet"))
+
+
+def test_the_leader_sigkilled_under_load_costs_no_request_and_a_leader_is_back_within_the_lease_duration(
         dev_cluster, release, operator, envoy, routed):  # noqa: F811
     ns = routed
-    pod = operator.pod()
-    key = f"{release.namespace}/{pod['metadata']['name']}"
-
-    def container() -> dict:
-        return next(iter(NodeView(dev_cluster.logdir).pods()[key]["containers"].values()))
-
-    restarts = container()["restarts"]
+    leader = operator.pod()["metadata"]["name"]
+    follower = next(p["metadata"]["name"] for p in operator.ready_pods() if p["metadata"]["name"] != leader)
+    key = f"{release.namespace}/{leader}"
+    events_before = llmfleet_events(dev_cluster, ns)
     with steady_load(envoy) as load:
         running(load)
-        killed = time.monotonic()
-        os.kill(container()["pid"], signal.SIGKILL)
-        wait_for(lambda: container()["restarts"] > restarts and container()["ready"], timeout=90,
-                 what="the kubelet to restart the operator and the new one to be ready")
+        killed, killed_wall = time.monotonic(), time.time()
+        os.kill(container_of(dev_cluster, key)["pid"], signal.SIGKILL)
+        # A leader again: the Lease renewed after the kill, by whichever replica won it.
+        after = wait_for(lambda: (spec := lease(dev_cluster, release)) and renewed_after(spec, killed_wall) and spec,
+                         timeout=60, interval=0.1, what="a replica to hold the Lease again")
         back = time.monotonic() - killed
+        time.sleep(5)  # the leader reconciles every ModelDeployment and RoutePolicy once
+        events_after = llmfleet_events(dev_cluster, ns)
         took = a_change_reaches_envoy(dev_cluster, envoy, ns)
         running(load)
-    print(f"\noperator SIGKILLed under load: {load.sent} requests, {load.failed} failed; ready again after "
-          f"{back:.1f} s; a RoutePolicy change then reached Envoy in {took:.2f} s")
+    who = "the restarted leader" if after["holderIdentity"] == leader else "the follower"
+    print(f"\nleader {leader} SIGKILLed under load: {load.sent} requests, {load.failed} failed; "
+          f"{after['holderIdentity']} ({who}) led after {back:.1f} s; a RoutePolicy change then reached Envoy "
+          f"in {took:.2f} s")
     assert load.failed == 0, dict(load.outcomes)
+    assert after["holderIdentity"] in (leader, follower)
+    assert back <= 15.0, f"no leader for {back:.1f} s, more than the lease duration (15 s)"
+    # Nothing changed, so the new leader has nothing to say and says nothing twice.
+    assert events_after == events_before
+
+
+def test_an_envoy_restarted_while_the_leader_is_down_serves_again_within_5_s(
+        dev_cluster, release, operator, envoy, routed):  # noqa: F811
+    leader = operator.pod()
+    leader_key = f"{release.namespace}/{leader['metadata']['name']}"
+    pod = release.pods("ingress")[0]
+    envoy_key = f"{release.namespace}/{pod['metadata']['name']}"
+    own_url = f"http://{pod['status']['podIP']}:{pod['spec']['containers'][0]['ports'][0]['containerPort']}"
+    restarts = container_of(dev_cluster, envoy_key)["restarts"]
+
+    def answers() -> bool:
+        try:
+            return httpx.post(f"{own_url}/v1/chat/completions", timeout=2, trust_env=False, json={
+                "model": "chat-e2e", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}
+            ).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    with steady_load(envoy) as load:
+        running(load)
+        os.kill(container_of(dev_cluster, leader_key)["pid"], signal.SIGKILL)
+        killed = time.monotonic()
+        os.kill(container_of(dev_cluster, envoy_key)["pid"], signal.SIGKILL)
+        started = wait_for(lambda: container_of(dev_cluster, envoy_key)["restarts"] > restarts and time.monotonic(),
+                           timeout=30, interval=0.02, what="the kubelet to restart Envoy")
+        serving = wait_for(lambda: answers() and time.monotonic(), timeout=30, interval=0.05,
+                           what="the restarted Envoy to answer")
+        leader_back = container_of(dev_cluster, leader_key)["ready"]
+        running(load)
+    took = serving - started
+    print(f"\nEnvoy restarted {started - killed:.1f} s after the leader was SIGKILLed: it answered {took:.2f} s "
+          f"after its restart (the leader {'was' if leader_back else 'was not'} back); through the Service "
+          f"{load.sent} requests, {load.failed} failed ({dict(load.outcomes)})")
+    assert not leader_back, "the leader came back before Envoy was served: this proves nothing about a follower"
+    assert took <= 5.0, f"the restarted Envoy served after {took:.1f} s"
+    # Only requests in flight on the Envoy that was killed may fail.
+    assert load.failed <= load.concurrency, dict(load.outcomes)
+
+
+def test_a_model_server_killed_mid_stream_fails_only_the_requests_it_was_streaming(
+        dev_cluster, fleet, envoy, routed):  # noqa: F811
+    ns = routed
+    dev_cluster.kubectl("scale", "md/small", "--replicas=2", "-n", ns)
+    wait_ready(dev_cluster, ns, "small", 2)
+    fleet.wait_ready(3, ns)
+    victim = kubectl_json(dev_cluster, "get", "pods", "-n", ns, "-l",
+                          "llmfleet.io/model-deployment=small")["items"][0]["metadata"]["name"]
+    with Load(envoy.url, "chat-e2e", concurrency=8, max_tokens=64, stream=True, max_seconds=120) as load:
+        wait_for(lambda: load.ok >= 50, timeout=30, what="the streams to run")
+        fleet.kill(f"{ns}/{victim}")
+        before = load.sent
+        wait_for(lambda: load.sent >= before + 100, timeout=60, what="streams after the kill")
+    early = load.failed - load.failed_while_streaming
+    print(f"\nsim process SIGKILLed under streaming load: {load.sent} streams, {load.failed_while_streaming} broke "
+          f"while streaming from it, {early} failed before their first byte ({dict(load.outcomes)})")
+    assert early == 0, dict(load.outcomes)
 
 
 def test_a_node_removed_under_load_its_replica_reschedules_and_routes_follow(

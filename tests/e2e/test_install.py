@@ -89,10 +89,10 @@ def test_helm_upgrade_rolls_the_operator_under_load_without_failing_requests(dev
         start = time.monotonic()
         release.upgrade({"operator.logLevel": "debug"})  # a changed flag: a new operator pod
         rolled = time.monotonic() - start
-        new = release.pods("operator")
-        assert len(new) == 1 and new[0]["metadata"]["uid"] not in old
-        assert "--log-level=debug" in new[0]["spec"]["containers"][0]["args"]
-        # The new operator serves Envoy the same routes: the policy is Programmed again.
+        new = [p for p in release.pods("operator") if not p["metadata"].get("deletionTimestamp")]
+        assert len(new) == 2 and not {p["metadata"]["uid"] for p in new} & old
+        assert all("--log-level=debug" in p["spec"]["containers"][0]["args"] for p in new)
+        # The new replicas serve Envoy the same routes: the policy is Programmed again.
         wait_for(lambda: programmed(dev_cluster, namespace, "quickstart"), timeout=60, what="Programmed again")
         before = load.sent
         wait_for(lambda: load.sent >= before + 50, timeout=30, what="requests after the roll")
@@ -164,7 +164,8 @@ def test_a_namespaced_install_runs_under_roles_and_uninstall_leaves_only_crds_an
 
         wait_for(reconciled, timeout=60, what="the scoped operator to reconcile its namespace")
         roles = kubectl_json(dev_cluster, "get", "roles", "-n", ns, "-l", "app.kubernetes.io/instance=scoped")
-        assert [r["metadata"]["name"] for r in roles["items"]] == ["scoped-llmfleet-operator"]
+        assert sorted(r["metadata"]["name"] for r in roles["items"]) == ["scoped-llmfleet-operator",
+                                                                        "scoped-llmfleet-operator-replicas"]
         user = f"system:serviceaccount:{ns}:scoped-llmfleet-operator"
         refused = [e["requestURI"] for line in dev_cluster.audit_log.read_text().splitlines()
                    if (e := json.loads(line))["user"]["username"] == user and refused_by_rbac(e)]
@@ -182,8 +183,13 @@ def test_a_namespaced_install_runs_under_roles_and_uninstall_leaves_only_crds_an
             items = kubectl_json(dev_cluster, "get", kind, "-l", "app.kubernetes.io/instance=scoped")["items"]
             left += [f"{kind}/{i['metadata']['name']}" for i in items]
         secrets = kubectl_json(dev_cluster, "get", "secrets", "-n", ns)["items"]
-        return left + [s["metadata"]["name"] for s in secrets
-                       if s["metadata"]["name"].startswith("sh.helm.release.v1.scoped.")]
+        left += [s["metadata"]["name"] for s in secrets
+                 if s["metadata"]["name"].startswith("sh.helm.release.v1.scoped.")]
+        # What the operator made for itself: its Lease and its replicas' xDS reports.
+        leases = kubectl_json(dev_cluster, "get", "leases", "-n", ns)["items"]
+        left += [f"leases/{i['metadata']['name']}" for i in leases]
+        reports = kubectl_json(dev_cluster, "get", "configmaps", "-n", ns, "-l", "llmfleet.io/xds-report")["items"]
+        return left + [f"configmaps/{i['metadata']['name']}" for i in reports]
 
     # Pods go through their termination (preStop, grace period) after helm returns.
     deadline = time.monotonic() + 90

@@ -105,10 +105,10 @@ def test_an_operator_restart_leaves_the_route_and_its_programmed_condition_alone
         return next(c for c in status["conditions"] if c["type"] == "Programmed")
 
     def connected_envoys() -> float:
-        for line in operator.metrics().splitlines():
-            if line.startswith("llmfleet_xds_connected_envoys "):
-                return float(line.split()[1])
-        return 0.0
+        """Envoys connected to any operator replica."""
+        return sum(float(line.split()[1]) for pod in operator.ready_pods()
+                   for line in operator.metrics(pod).splitlines()
+                   if line.startswith("llmfleet_xds_connected_envoys "))
 
     def transition() -> tuple:
         c = condition()
@@ -118,7 +118,7 @@ def test_an_operator_restart_leaves_the_route_and_its_programmed_condition_alone
     assert before[0] == "True"
     envoys = len([p for p in operator.release.pods("ingress") if not p["metadata"].get("deletionTimestamp")])
     operator.restart()
-    wait_for(lambda: connected_envoys() >= envoys, timeout=60, what="every Envoy to reconnect to the restarted operator")
+    wait_for(lambda: connected_envoys() >= envoys, timeout=60, what="every Envoy to reconnect to a restarted replica")
     time.sleep(3)  # the restarted operator's route table, its push and the status it writes
     assert transition() == before
     counts = served_by(envoy.url, 200)

@@ -112,7 +112,6 @@ def _names_field(stderr: str, path: str) -> bool:
     "setting, field, reason",
     [
         ("operator.replicas=-1", "operator.replicas", r"minimum"),
-        ("operator.replicas=2", "operator.replicas", r"maximum"),
         ("ingress.replicas=two", "ingress.replicas", r"integer"),
         ("ingress.service.type=Ingress", "ingress.service.type", r"ClusterIP.*NodePort.*LoadBalancer"),
         ("operator.logLevel=verbose", "operator.logLevel", r"debug"),
@@ -237,7 +236,7 @@ def _rules(role: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
 
 
 NAMESPACED_RULES = {
-    ("llmfleet.io", "modeldeployments"): ["list", "watch"],
+    ("llmfleet.io", "modeldeployments"): ["get", "list", "watch"],
     ("llmfleet.io", "modeldeployments/status"): ["patch"],
     ("llmfleet.io", "modeldeployments/scale"): ["patch"],
     ("llmfleet.io", "modeldeployments/finalizers"): ["update"],
@@ -252,6 +251,23 @@ NAMESPACED_RULES = {
 CLUSTER_RULES = {
     ("", "nodes"): ["list", "watch"],
 }
+# In the release namespace only: what the replicas share (the Lease, their xDS reports)
+# and each replica's read of its own pod.
+REPLICA_RULES = {
+    ("coordination.k8s.io", "leases"): ["create", "get", "update"],
+    ("", "configmaps"): ["create", "list", "patch", "watch"],
+    ("", "pods"): ["get"],
+    ("apps", "replicasets"): ["get"],
+}
+
+
+def _replica_role(objects) -> None:
+    role = find(objects, "Role", "llmfleet-operator-replicas", NAMESPACE)
+    assert _rules(role) == REPLICA_RULES
+    binding = find(objects, "RoleBinding", "llmfleet-operator-replicas", NAMESPACE)
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": "llmfleet-operator-replicas"}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "llmfleet-operator", "namespace": NAMESPACE}]
 
 
 @pytest.mark.parametrize("sets", [(), ("watchNamespaces={a,b}",)], ids=["cluster-wide", "namespaced"])
@@ -262,9 +278,10 @@ def test_rbac_has_no_wildcards(sets) -> None:
                 assert not any("*" in item for item in rule.get(field, [])), (obj["metadata"]["name"], rule)
 
 
-def test_cluster_wide_rbac_is_one_cluster_role() -> None:
+def test_cluster_wide_rbac_is_one_cluster_role_and_the_replicas_role() -> None:
     objects = render()
-    assert not list(select(objects, "Role")) and not list(select(objects, "RoleBinding"))
+    assert [r["metadata"]["name"] for r in select(objects, "Role")] == ["llmfleet-operator-replicas"]
+    _replica_role(objects)
     role = find(objects, "ClusterRole", "llmfleet-operator")
     assert _rules(role) == NAMESPACED_RULES | CLUSTER_RULES
     binding = find(objects, "ClusterRoleBinding", "llmfleet-operator")
@@ -275,7 +292,9 @@ def test_cluster_wide_rbac_is_one_cluster_role() -> None:
 
 def test_namespaced_rbac_is_a_role_per_namespace() -> None:
     objects = render("watchNamespaces={team-a,team-b}")
-    roles = {r["metadata"]["namespace"]: r for r in select(objects, "Role")}
+    _replica_role(objects)
+    roles = {r["metadata"]["namespace"]: r for r in select(objects, "Role")
+             if r["metadata"]["name"] == "llmfleet-operator"}
     assert set(roles) == {"team-a", "team-b"}
     for namespace, role in roles.items():
         assert role["metadata"]["name"] == "llmfleet-operator"
@@ -322,8 +341,10 @@ def test_operator_args_carry_the_ports_and_settings() -> None:
     args = _operator_args()
     assert args == [
         "run", "--metrics-port=8080", "--health-port=8081", "--xds-port=18000", "--activator-port=18001",
-        "--activator-address=$(POD_IP)", "--envoy-listener-port=8080", "--autoscale-interval=5",
-        "--workers=4", "--activator-timeout=600", "--log-level=info",
+        f"--activator-address=llmfleet-operator.{NAMESPACE}.svc", "--leader-elect",
+        "--leader-election-namespace=$(POD_NAMESPACE)", "--leader-election-id=llmfleet-operator",
+        "--envoy-listener-port=8080", "--autoscale-interval=5", "--workers=4", "--activator-timeout=600",
+        "--log-level=info",
     ]
 
 
@@ -337,7 +358,10 @@ def test_operator_args_follow_the_values_and_parse_as_llmfleet_run() -> None:
     parsed = build_parser().parse_args(args)
     assert (parsed.metrics_port, parsed.health_port, parsed.xds_port, parsed.activator_port) == (9090, 9091, 9092, 9093)
     assert parsed.envoy_listener_port == 8443  # the Envoy listener the operator programs = ingress.port
-    assert parsed.activator_address == "$(POD_IP)"  # expanded by the kubelet from the POD_IP env var
+    # Every replica publishes the same activator address: the operator Service's.
+    assert parsed.activator_address == f"llmfleet-operator.{NAMESPACE}.svc"
+    assert parsed.leader_elect and parsed.leader_election_id == "llmfleet-operator"
+    assert parsed.leader_election_namespace == "$(POD_NAMESPACE)"  # expanded by the kubelet
     assert (parsed.autoscale_interval, parsed.workers, parsed.activator_timeout) == (2, 8, 120)
     assert parsed.log_level == "debug"
     assert parsed.namespaces == ["team-a", "team-b"]
@@ -351,20 +375,27 @@ def test_operator_ports_probes_and_env() -> None:
         ("metrics", 8080), ("health", 8081), ("xds", 18000), ("activator", 18001)]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert c["readinessProbe"]["tcpSocket"] == {"port": "xds"}
-    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"][:3]}
-    assert env == {"POD_IP": "status.podIP", "POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in c["env"][:2]}
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
     service = find(objects, "Service", "llmfleet-operator")
     assert service["spec"]["type"] == "ClusterIP"
     assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
         ("metrics", 8080, "metrics"), ("xds", 18000, "xds"), ("activator", 18001, "activator")]
 
 
-def test_operator_deployment_is_a_single_writer() -> None:
+def test_operator_runs_two_replicas_that_roll_without_a_gap_spread_over_nodes() -> None:
     objects = render()
     deployment = find(objects, "Deployment", "llmfleet-operator")
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
-    assert deployment["spec"]["replicas"] == 1
+    # A new replica starts before an old one stops: Envoys always have one to reconnect to.
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert deployment["spec"]["replicas"] == 2
+    assert find(objects, "PodDisruptionBudget", "llmfleet-operator")["spec"]["maxUnavailable"] == 1
     spec = pod_specs(objects)["llmfleet-operator"]
+    spread = spec["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"][0]
+    assert spread["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert spread["podAffinityTerm"]["labelSelector"]["matchLabels"] == \
+        deployment["spec"]["selector"]["matchLabels"]
     assert spec["automountServiceAccountToken"] is True and spec["enableServiceLinks"] is False
     assert "annotations" not in deployment["spec"]["template"]["metadata"]  # no config, no checksum
 
@@ -378,7 +409,7 @@ def test_operator_env_and_scheduling_values() -> None:
     )
     deployment = find(objects, "Deployment", "llmfleet-operator")
     spec = deployment["spec"]["template"]["spec"]
-    assert spec["containers"][0]["env"][3] == {"name": "HTTPS_PROXY", "value": "http://proxy:3128"}
+    assert spec["containers"][0]["env"][2] == {"name": "HTTPS_PROXY", "value": "http://proxy:3128"}
     assert spec["nodeSelector"] == {"pool": "system"}
     assert spec["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
     assert spec["priorityClassName"] == "system-cluster-critical"

@@ -76,7 +76,7 @@ def test_values_table_rows() -> None:
     assert rows[0] == "| Key | Default | Description |"
     assert "| `image` |  | The llmfleet image:" in "\n".join(rows)  # a section: no default
     assert any(r.startswith('| `image.repository` | `"ghcr.io/llmfleet/llmfleet"` | ') for r in rows)
-    assert any(r.startswith("| `operator.replicas` | `1` | ") for r in rows)
+    assert any(r.startswith("| `operator.replicas` | `2` | ") for r in rows)
     assert any(r.startswith("| `ingress.service.nodePort` | `null` | ") for r in rows)
     assert any(r.startswith('| `operator.resources` | `{"requests":') for r in rows)
 

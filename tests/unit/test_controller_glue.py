@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import time
 
 import pytest
@@ -15,6 +16,8 @@ import pytest
 from llmfleet.controller.autoscaler import Autoscaler, load_moved
 from llmfleet.controller.modeldeployment import ModelDeploymentReconciler
 from llmfleet.controller.replicas import ReplicaWriter
+from llmfleet.controller.waker import Waker
+from llmfleet.kube.client import Conflict
 from llmfleet.controller.routepolicy import (
     RECONNECT_GRACE_SECONDS,
     DataPlaneState,
@@ -40,7 +43,7 @@ class FakeClient:
                               copy.deepcopy(body)))
         return {**body, "metadata": {**body["metadata"], "generation": 1}}
 
-    async def scale(self, resource, namespace, name, replicas, field_manager):
+    async def scale(self, resource, namespace, name, replicas, field_manager, *, resource_version=None):
         self.requests.append(("scale", name, replicas, field_manager))
 
     async def event(self, involved, type_, reason, message, component):
@@ -279,11 +282,11 @@ class FakeXdsServer:
         self.version = str(hash(table))
         return self.version
 
-    def nodes(self):
-        return self.envoys
+    def node_versions(self):
+        return dict.fromkeys(self.envoys, self.version)
 
-    def synced(self, version):
-        return bool(self.envoys)
+    def generation(self, version):
+        return 1 if version == self.version else None
 
 
 def programmed(status):
@@ -341,3 +344,79 @@ def test_envoys_coming_and_going_do_not_rewrite_a_programmed_policy():
         server.envoys = envoys
         asyncio.run(reconciler.reconcile("routes"))
         assert [r for r in client.take() if r[3] == "status"] == [], envoys
+
+
+def report(replica, envoys, nack=""):
+    return {"metadata": {"name": f"llmfleet-operator-xds-{replica}", "namespace": "llmfleet"},
+            "data": {"replica": replica, "envoys": json.dumps(envoys), "nack": nack}}
+
+
+def test_a_follower_serves_the_route_table_and_writes_nothing():
+    client = FakeClient()
+    store = store_with(client, mds=[md_body("a")], pods=[pod_body("a", 0)],
+                       policies=[policy_body("pa", "model-a", ["a"])])
+    publisher = FakePublisher()
+    follower = RoutePolicyReconciler(client, store, publisher, writes=False)
+    asyncio.run(follower.reconcile("routes"))
+    assert [r.model for r in publisher.tables[-1].routes] == ["model-a"]
+    assert client.take() == []
+    follower.writes = True  # it leads now
+    asyncio.run(follower.reconcile("routes"))
+    assert [(r[0], r[2], r[3]) for r in client.take() if r[0] == "apply"] == [("apply", "pa", "status")]
+
+
+def test_programmed_covers_the_envoys_of_every_replica():
+    client = FakeClient()
+    store = store_with(client, mds=[md_body("a")], pods=[pod_body("a", 0)],
+                       policies=[policy_body("pa", "model-a", ["a"])])
+    server = FakeXdsServer()
+    server.envoys = ["envoy-0"]
+    leader = RoutePolicyReconciler(client, store, XdsPublisher(server, store.xds_reports.values, "leader"))
+
+    def state():
+        asyncio.run(leader.reconcile("routes"))
+        return leader.publisher.state(server.version)
+
+    assert state().programmed
+    # An Envoy of the other replica still runs a version the leader never served.
+    store.xds_reports.put(report("follower", {"envoy-1": "00000000deadbeef"}))
+    assert (state().programmed, state().reason) == (False, "Pending")
+    store.xds_reports.put(report("follower", {"envoy-1": server.version}))
+    assert state().programmed
+    # The leader's own report is not news about anyone else.
+    store.xds_reports.put(report("leader", {"envoy-0": "00000000deadbeef"}))
+    assert state().programmed
+    store.xds_reports.put(report("follower", {"envoy-1": server.version}, nack="Envoy envoy-1 rejected CDS"))
+    assert (state().programmed, state().message) == (False, "Envoy envoy-1 rejected CDS")
+
+
+class Conflicting(FakeClient):
+    """A scale with a resourceVersion precondition conflicts until ``conflicts`` runs out;
+    a GET answers ``current``."""
+
+    def __init__(self, current, conflicts=1):
+        super().__init__()
+        self.current, self.conflicts = current, conflicts
+
+    async def scale(self, resource, namespace, name, replicas, field_manager, *, resource_version=None):
+        if resource_version is not None and self.conflicts:
+            self.conflicts -= 1
+            raise Conflict(409, "the object has been modified")
+        await super().scale(resource, namespace, name, replicas, field_manager)
+
+    async def get(self, resource, name, namespace=None):
+        return self.current
+
+
+def test_a_wake_is_conditional_so_two_replicas_waking_one_model_make_one_change():
+    sleepy = md_body("sleepy", replicas=0)
+    client = Conflicting(sleepy)  # a status write moved its resourceVersion: read again, still at 0
+    store = store_with(client, mds=[sleepy])
+    asyncio.run(Waker(store, ReplicaWriter(client)).wake(NS, "sleepy"))
+    assert [r[0] for r in client.take()] == ["scale", "event"]
+
+    # Another replica woke it first: the re-read shows 1 replica, nothing is written.
+    client = Conflicting(md_body("sleepy", replicas=1, generation=2))
+    store = store_with(client, mds=[sleepy])
+    asyncio.run(Waker(store, ReplicaWriter(client)).wake(NS, "sleepy"))
+    assert client.take() == []

@@ -357,3 +357,26 @@ async def test_every_connected_envoy_gets_updates(server: XdsServer, envoy: Fake
         assert server.synced(version, node_id="envoy-2")
     finally:
         await other.close()
+
+
+SAME_TABLE_EVERYWHERE = """
+from llmfleet.envoy.xds import XdsServer
+from llmfleet.routing.table import Cluster, Endpoint, HeaderRule, Retry, Route, RouteTable, WeightedBackend
+clusters = (Cluster("a/small", "llama-8b", (Endpoint("127.0.0.2", 8000), Endpoint("127.0.0.3", 8000))),
+            Cluster("a/big", "llama-70b", (Endpoint("10.96.0.9", 18001),)))
+backends = (WeightedBackend("a/small", 70), WeightedBackend("a/big", 30))
+routes = (Route("chat", backends, (HeaderRule((("x-tier", "gold"),), backends[1:]),), Retry(3, 60, ("reset",))),
+          Route("code", backends[:1]))
+print(XdsServer().update(RouteTable(routes, clusters)))
+"""
+
+
+def test_one_table_has_one_version_in_every_process():
+    """Operator replicas are separate processes: the same table must get the same version
+    in each (maps inside packed Any values are ordered per process)."""
+    import subprocess
+    import sys
+
+    versions = {subprocess.run([sys.executable, "-c", SAME_TABLE_EVERYWHERE], capture_output=True, text=True,
+                               check=True, env={"PYTHONHASHSEED": str(seed)}).stdout.strip() for seed in range(4)}
+    assert len(versions) == 1, versions

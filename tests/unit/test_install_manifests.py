@@ -76,8 +76,9 @@ def test_kustomize_builds_the_chart_plus_crds_and_namespace(directory, sets, enf
 
 def test_namespaced_variant_serves_only_its_namespace() -> None:
     objects = list(yaml.safe_load_all((INSTALL / "namespaced" / "llmfleet.yaml").read_text()))
-    (role,) = [o for o in objects if o["kind"] == "Role"]
-    assert role["metadata"]["namespace"] == NAMESPACE
+    roles = [o for o in objects if o["kind"] == "Role"]
+    assert {r["metadata"]["name"] for r in roles} == {"llmfleet-operator", "llmfleet-operator-replicas"}
+    assert {r["metadata"]["namespace"] for r in roles} == {NAMESPACE}
     (deployment,) = [o for o in objects if o["kind"] == "Deployment" and o["metadata"]["name"].endswith("operator")]
     assert f"--namespace={NAMESPACE}" in deployment["spec"]["template"]["spec"]["containers"][0]["args"]
     assert not [o for o in objects if o["kind"] == "Pod"]  # no helm test hook

@@ -7,6 +7,14 @@ store enqueue what they affect: a ModelDeployment, its children or its pods enqu
 that ModelDeployment; anything routing reads enqueues the route table. Reconcilers
 read the store and write only what changed.
 
+With ``--leader-elect`` the operator runs as one of several replicas. Every replica
+keeps its own store, computes the same route table from it (xDS versions are content
+hashes) and serves xDS and the activator, so an Envoy is served by whichever replica
+it reaches. Only the replica holding the Lease writes: it runs the ModelDeployment
+work queue, the autoscaler and the RoutePolicy status writes; the others compute and
+serve. Each replica reports what its Envoys run (controller/xdsreports.py), so the
+leader's ``Programmed`` covers every Envoy.
+
 kopf runs the process: login, start-up and clean-up, signals, the liveness endpoint.
 It watches nothing itself (scanning off, no resource handlers).
 """
@@ -14,6 +22,7 @@ It watches nothing itself (scanning off, no resource handlers).
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import socket
@@ -26,7 +35,9 @@ from .. import telemetry
 from ..autoscale.scaler import Knobs
 from ..config import LOG_LEVELS, OperatorOptions
 from ..envoy.xds import XdsServer
-from ..kube.client import KubeClient
+from ..kube.client import ApiError, KubeClient
+from ..kube.lease import LeaderElector
+from ..kube.resources import PODS, REPLICA_SETS
 from ..kube.store import Store
 from ..kube.views import DeploymentView, ModelDeploymentView, PodView, RoutePolicyView, ServiceView
 from ..routing.table import Endpoint
@@ -37,6 +48,7 @@ from .replicas import ReplicaWriter
 from .routepolicy import ROUTES, NoDataPlane, Publisher, RoutePolicyReconciler, XdsPublisher
 from .waker import Waker
 from .workqueue import WorkQueue
+from .xdsreports import ReportWriter
 
 log = logging.getLogger("llmfleet")
 SYNC_LOG_SECONDS = 30.0  # say what the operator waits for when listing takes this long
@@ -48,7 +60,16 @@ class Operator:
     def __init__(self, options: OperatorOptions, client: KubeClient | None = None) -> None:
         self.options = options
         self.client = client or KubeClient.from_environment(options.kubeconfig)
-        self.store = Store(self.client, options.namespaces)
+        self.identity = replica_identity(options)
+        self.elector: LeaderElector | None = None
+        self.lease_namespace = options.leader_election_namespace or os.environ.get("POD_NAMESPACE")
+        if options.leader_elect:
+            if not self.lease_namespace:
+                raise SystemExit("llmfleet run: --leader-elect needs --leader-election-namespace (or $POD_NAMESPACE)")
+            self.elector = LeaderElector(self.client, self.lease_namespace, options.leader_election_id,
+                                         self.identity, on_started=self._lead, on_stopped=self._follow)
+        self.store = Store(self.client, options.namespaces,
+                           replicas_namespace=self.lease_namespace if self.elector else None)
         self.replicas = ReplicaWriter(self.client)
         self.waker = Waker(self.store, self.replicas)
         self.xds: XdsServer | None = None
@@ -57,18 +78,22 @@ class Operator:
         self.md_queue = WorkQueue(ModelDeploymentReconciler(self.client, self.store).reconcile,
                                   workers=options.workers)
         self.route_queue: WorkQueue | None = None
+        self.routes: RoutePolicyReconciler | None = None
+        self.reports: ReportWriter | None = None
+        self._election: asyncio.Task[None] | None = None
         self._wire_store()
 
     def _wire_store(self) -> None:
         """What each change in the store puts on which queue."""
         def routes(*_: Any) -> None:
-            if self.route_queue is not None:
-                self.route_queue.add(ROUTES)
+            self._route_queue_later()
 
         def model_deployment(old: ModelDeploymentView | None, new: ModelDeploymentView | None) -> None:
             view = new or old
             assert view is not None
             self.md_queue.add(view.ref)
+            if old and new and old.spec and new.spec and old.spec.replicas == 0 < new.spec.replicas:
+                self.waker.saw_wake(new.ref)
             if old is None or new is None or old.routing_facets() != new.routing_facets():
                 routes()
 
@@ -94,6 +119,7 @@ class Operator:
         self.store.deployments.listeners.append(child)
         self.store.services.listeners.append(child)
         self.store.pods.listeners.append(pod)
+        self.store.xds_reports.listeners.append(routes)  # what other replicas' Envoys run: Programmed
 
     async def start(self) -> None:
         options = self.options
@@ -102,8 +128,6 @@ class Operator:
             await self.store.start()
         finally:
             waiting.cancel()
-        # Reconcile only once every list is in: what was enqueued while listing runs now.
-        self.md_queue.start()
         log.info("store synced: %d ModelDeployments, %d RoutePolicies, %d pods, %d nodes",
                  len(self.store.model_deployments.items), len(self.store.route_policies.items),
                  len(self.store.pods.items), len(self.store.nodes.items))
@@ -113,19 +137,20 @@ class Operator:
             # Envoy's ACKs and NACKs change what Programmed says: recompute then.
             self.xds = XdsServer(listener_address=options.envoy_listener_address,
                                  listener_port=options.envoy_listener_port,
-                                 on_nack=lambda nack: queue(), on_synced=lambda node_id, version: queue())
+                                 on_nack=lambda _: queue(), on_synced=lambda *_: queue())
             await self.xds.start(options.xds_address, options.xds_port)
-            publisher = XdsPublisher(self.xds)
+            publisher = XdsPublisher(self.xds, self.store.xds_reports.values, self.identity)
         activator_endpoint, ready = None, None
         if options.activator_address and options.activator_port:
             ready = ReadyEndpoints(asyncio.get_running_loop())
             self.activator = Activator(self.waker.wake, ready, timeout=options.activator_timeout)
-            await self.activator.start(options.activator_address, options.activator_port)
-            activator_endpoint = Endpoint(options.activator_address, options.activator_port)
-        # One key, one worker: the route table is recomputed as a whole.
-        self.route_queue = WorkQueue(RoutePolicyReconciler(self.client, self.store, publisher,
-                                                           activator=activator_endpoint, ready=ready).reconcile,
-                                     workers=1)
+            await self.activator.start(options.xds_address, options.activator_port)
+            activator_endpoint = Endpoint(await resolve(options.activator_address), options.activator_port)
+        # One key, one worker: the route table is recomputed as a whole. Every replica
+        # computes and serves it; only the leader writes the policies' status.
+        self.routes = RoutePolicyReconciler(self.client, self.store, publisher, activator=activator_endpoint,
+                                            ready=ready, writes=self.elector is None)
+        self.route_queue = WorkQueue(self.routes.reconcile, workers=1)
         self.route_queue.start()
         self.route_queue.add(ROUTES)  # publish once even if the cluster has nothing to route yet
         if options.autoscale_interval > 0:
@@ -133,8 +158,60 @@ class Operator:
                             "trend_window": options.trend_window}
             self.autoscaler = Autoscaler(self.client, self.store, self.replicas,
                                          interval=options.autoscale_interval, waker=self.waker, knobs=knobs)
-            self.autoscaler.start()
+        if self.elector is None:
+            await self._lead()
+        else:
+            assert self.lease_namespace is not None
+            pod, deployment = await self._owners()
+            self.elector.owner = deployment  # uninstalling the operator removes its Lease
+            if self.xds is not None:
+                self.reports = ReportWriter(self.client, self.xds, self.lease_namespace,
+                                            f"{options.leader_election_id}-xds-{self.identity}", self.identity,
+                                            pod)  # the report goes with the replica's pod
+                self.reports.start()
+            telemetry.LEADER.set(0)
+            self._election = asyncio.create_task(self.elector.run(), name="leader election")
         log.info("llmfleet operator started; metrics on %s:%s", options.bind, options.metrics_port)
+
+    async def _lead(self) -> None:
+        """Become the writer: reconcile every ModelDeployment, autoscale, write route status."""
+        telemetry.LEADER.set(1)
+        self.md_queue.start()
+        for md in self.store.model_deployments.values():
+            self.md_queue.add(md.ref)  # what changed while following, and everything else once
+        if self.autoscaler is not None:
+            self.autoscaler.start()
+        if self.routes is not None:
+            self.routes.writes = True
+            self._route_queue_later()
+
+    async def _follow(self) -> None:
+        """Stop writing (the Lease is lost); keep computing and serving routes."""
+        telemetry.LEADER.set(0)
+        if self.routes is not None:
+            self.routes.writes = False
+        await self.md_queue.stop()
+        if self.autoscaler is not None:
+            await self.autoscaler.stop()
+
+    async def _owners(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """This replica's pod and the operator's Deployment, as ownerReferences (None
+        outside a pod, or when they cannot be read)."""
+        name = os.environ.get("POD_NAME")
+        if not name or not self.lease_namespace:
+            return None, None
+        try:
+            pod = await self.client.get(PODS, name, self.lease_namespace)
+            replica_set = _controller(pod)
+            deployment = None
+            if replica_set is not None and replica_set["kind"] == "ReplicaSet":
+                deployment = _controller(await self.client.get(REPLICA_SETS, replica_set["name"],
+                                                               self.lease_namespace))
+        except ApiError as exc:
+            log.warning("cannot read this replica's pod or Deployment (%s): its Lease and xDS report will "
+                        "outlive them", exc)
+            return None, None
+        return _reference(pod), deployment
 
     def _route_queue_later(self) -> None:
         if self.route_queue is not None:
@@ -147,17 +224,54 @@ class Operator:
             log.warning("still listing %s (no reconcile runs before every list is complete)", ", ".join(missing))
 
     async def stop(self) -> None:
+        if self._election is not None:
+            self._election.cancel()
+            await asyncio.gather(self._election, return_exceptions=True)
         if self.autoscaler is not None:
             await self.autoscaler.stop()
         for queue in (self.md_queue, self.route_queue):
             if queue is not None:
                 await queue.stop()
+        if self.elector is not None:
+            await self.elector.release()  # writes have stopped: another replica may lead at once
+        if self.reports is not None:
+            await self.reports.stop()
         if self.xds is not None:
             await self.xds.stop()
         if self.activator is not None:
             await self.activator.stop()
         await self.store.stop()
         await self.client.close()
+
+
+def _controller(body: dict[str, Any]) -> dict[str, Any] | None:
+    """``body``'s controller as a plain ownerReference (not a controller, blocking nothing:
+    that would need more rights), or None."""
+    owner = next((o for o in body["metadata"].get("ownerReferences") or [] if o.get("controller")), None)
+    return {k: owner[k] for k in ("apiVersion", "kind", "name", "uid")} if owner else None
+
+
+def _reference(body: dict[str, Any]) -> dict[str, Any]:
+    meta = body["metadata"]
+    return {"apiVersion": body.get("apiVersion", "v1"), "kind": body.get("kind", "Pod"), "name": meta["name"],
+            "uid": meta["uid"]}
+
+
+def replica_identity(options: OperatorOptions) -> str:
+    return options.identity or os.environ.get("POD_NAME") or socket.gethostname()
+
+
+async def resolve(address: str) -> str:
+    """An IP for ``address`` (itself when it is one): Envoy's endpoints are IPs."""
+    try:
+        ipaddress.ip_address(address)
+        return address
+    except ValueError:
+        pass
+    infos = await asyncio.get_running_loop().getaddrinfo(address, None, type=socket.SOCK_STREAM)
+    if not infos:
+        raise SystemExit(f"llmfleet run: --activator-address {address!r} resolves to no address")
+    return str(infos[0][4][0])
 
 
 def configure_logging(level: str) -> None:
@@ -210,7 +324,7 @@ def run(options: OperatorOptions) -> None:
     kopf.configure(verbose=False)
     configure_logging(options.log_level)
     kopf.run(
-        standalone=True,  # one replica; see the chart's Recreate strategy
+        standalone=True,  # no kopf peering: replicas coordinate through llmfleet's own Lease
         clusterwide=not options.namespaces,
         namespaces=options.namespaces or (),
         liveness_endpoint=f"http://{options.bind}:{options.health_port}/healthz" if options.health_port else None,
@@ -218,5 +332,5 @@ def run(options: OperatorOptions) -> None:
         # kopf would derive it from the user name, which a non-root uid without a
         # passwd entry (the image's 65532) does not have: getpwuid() fails at start-up.
         # (kopf types it as a NewType of str that it does not export.)
-        identity=cast(Any, os.environ.get("POD_NAME") or socket.gethostname()),
+        identity=cast(Any, replica_identity(options)),
     )

@@ -17,13 +17,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import telemetry
+from ..envoy.xds import XdsServer
 from ..kube.client import KubeClient
 from ..kube.store import Store
-from ..kube.views import Ref
+from ..kube.views import Ref, XdsReportView
 from ..routing.policy import PolicyResult, compute_routing, ready_endpoints
 from ..routing.table import Endpoint, Route, RouteTable
 from ..status.conditions import WantedCondition, find, merge_conditions
@@ -71,27 +73,39 @@ class NoDataPlane:
 
 
 class XdsPublisher:
-    """Route tables go to Envoy through the operator's xDS server."""
+    """Route tables go to Envoy through the operator's xDS server; what Envoys run is
+    known from this server and from the other replicas' reports."""
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: XdsServer, reports: Callable[[], Iterable[XdsReportView]] = tuple,
+                 replica: str = "") -> None:
         self.server = server
+        self.reports = reports  # the replicas' reports (this one's own included, and skipped)
+        self.replica = replica
 
     def publish(self, table: RouteTable) -> str:
         return str(self.server.update(table))
 
     def state(self, version: str) -> DataPlaneState:
-        nack = self.server.last_nack
-        if nack is not None:
-            return DataPlaneState(
-                False, "Rejected", f"Envoy {nack.node_id} rejected {nack.type} version {nack.version}: {nack.error}"
-            )
-        envoys = self.server.nodes()
+        envoys = self.server.node_versions()  # this replica's are the freshest
+        nack = str(self.server.last_nack) if self.server.last_nack is not None else ""
+        for report in self.reports():
+            if report.replica != self.replica:
+                for node, running in report.envoys:
+                    envoys.setdefault(node, running)
+                nack = nack or report.nack
+        if nack:
+            return DataPlaneState(False, "Rejected", nack)
         if not envoys:
             started = self.server.started
             if started is not None and time.monotonic() - started < RECONNECT_GRACE_SECONDS:
                 return DataPlaneState(None, "Pending", "waiting for Envoys to reconnect to the xDS server")
             return DataPlaneState(False, "Pending", "no Envoy is connected to the xDS server yet")
-        if self.server.synced(version):
+        # Versions are content hashes, the same in every replica; this server's history
+        # says which is newer. A version it never served (another replica's, computed
+        # from a moment this one skipped) counts as not yet: the next table settles it.
+        needed = self.server.generation(version)
+        if needed is not None and all((g := self.server.generation(v)) is not None and g >= needed
+                                      for v in envoys.values()):
             # No count of Envoys here: an Envoy coming or going would rewrite every
             # policy's status (llmfleet_xds_connected_envoys counts them).
             return DataPlaneState(True, "Programmed", "every connected Envoy serves the route")
@@ -108,8 +122,10 @@ def route_facts(route: Route, table: RouteTable) -> tuple[Any, ...]:
 
 class RoutePolicyReconciler:
     def __init__(self, client: KubeClient, store: Store, publisher: Publisher, *,
-                 activator: Endpoint | None = None, ready: ReadyEndpoints | None = None) -> None:
+                 activator: Endpoint | None = None, ready: ReadyEndpoints | None = None,
+                 writes: bool = True) -> None:
         self.client = client
+        self.writes = writes  # whether this replica writes status and Events (it leads)
         self.store = store
         self.publisher = publisher
         self.activator = activator  # where scaled-to-zero backends are reached
@@ -147,6 +163,8 @@ class RoutePolicyReconciler:
         version = await asyncio.to_thread(self.publisher.publish, routing.table)
         self._remember(routing.table, version)
         self._export_weights(routing.table)
+        if not self.writes:
+            return None, "success"  # a follower: it serves the table; the leader says so
 
         by_ref = {p.ref: p for p in policies}
         retry = None

@@ -48,6 +48,7 @@ from typing import Any
 
 import grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from google.protobuf import json_format
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
@@ -66,6 +67,7 @@ from llmfleet.routing.table import RouteTable
 
 log = logging.getLogger("llmfleet.xds")
 
+LISTENER_MESSAGE = LISTENER_TYPE.rsplit("/", 1)[1]
 SHORT_TYPE = {CLUSTER_TYPE: "cluster", ENDPOINT_TYPE: "endpoint", LISTENER_TYPE: "listener",
               ROUTE_TYPE: "route"}
 
@@ -134,6 +136,13 @@ class _Res:
 
 
 def _digest(msg: Message) -> bytes:
+    """A hash of ``msg``'s content, the same in every process. Deterministic serialization
+    sorts maps, but not those inside an Any (packed when the message was built, in the
+    process's own map order): the listener carries one, its access log's JSON format (a
+    Struct), so it is hashed in canonical JSON. The other types hold no map in an Any
+    (tests/unit/test_envoy_xds.py builds one table in several processes to keep it so)."""
+    if msg.DESCRIPTOR.full_name == LISTENER_MESSAGE:
+        return hashlib.sha256(json_format.MessageToJson(msg, sort_keys=True, indent=None).encode()).digest()
     return hashlib.sha256(msg.SerializeToString(deterministic=True)).digest()
 
 
@@ -202,6 +211,7 @@ class _NodeStatus:
     streams: int = 0
     acked: dict[str, str] = field(default_factory=dict)  # type URL → version
     synced_generation: int = 0
+    synced_version: str = ""  # the version of synced_generation ("" before the first)
 
 
 # --------------------------------------------------------------------------- stream
@@ -512,6 +522,15 @@ class XdsServer:
         """IDs of the Envoys currently connected."""
         return sorted(n.node_id for n in self._nodes.values() if n.streams > 0)
 
+    def node_versions(self) -> dict[str, str]:
+        """Connected Envoy → the version it runs in full ("" until it has synced once)."""
+        return {n.node_id: n.synced_version for n in self._nodes.values() if n.streams > 0}
+
+    def generation(self, version: str) -> int | None:
+        """Where ``version`` stands in this server's history (higher is newer; None:
+        a version it never served, or one long gone)."""
+        return self._generations.get(version)
+
     def acked_version(self, type_url: str, node_id: str | None = None) -> str | None:
         """Version of ``type_url`` resources that Envoy ``node_id`` acknowledged.
 
@@ -588,7 +607,7 @@ class XdsServer:
         node = self._node(stream.node_id)
         node.streams += 1
         # A new stream starts from nothing: it is synced only once it has acked again.
-        node.synced_generation = 0
+        node.synced_generation, node.synced_version = 0, ""
         self._metrics.connected.inc()
         log.info("Envoy %s connected (%s)", stream.node_id, stream.peer)
         self._notify()
@@ -619,7 +638,7 @@ class XdsServer:
         node = self._node(stream.node_id)
         if node.synced_generation >= snap.generation:
             return
-        node.synced_generation = snap.generation
+        node.synced_generation, node.synced_version = snap.generation, snap.version
         log.info("Envoy %s runs version %s", stream.node_id, snap.version)
         if self.on_synced is not None:
             try:

@@ -164,6 +164,15 @@ class KubeClient:
 
     # ---- writes
 
+    async def create(self, body: dict) -> dict:
+        meta = body["metadata"]
+        return await self.request("POST", resource_of(body).path(meta.get("namespace")), body=body)
+
+    async def replace(self, body: dict) -> dict:
+        """PUT ``body`` whole; with metadata.resourceVersion, only over that version (else Conflict)."""
+        meta = body["metadata"]
+        return await self.request("PUT", resource_of(body).path(meta.get("namespace"), meta["name"]), body=body)
+
     async def apply(self, body: dict, field_manager: str, *, subresource: str | None = None) -> dict:
         """Server-side apply of ``body`` (or of its status, with subresource="status"),
         taking ownership of every field it sets; fields this manager set before and
@@ -174,10 +183,15 @@ class KubeClient:
                                   params={"fieldManager": field_manager, "force": "true"}, body=body,
                                   content_type=APPLY)
 
-    async def scale(self, resource: Resource, namespace: str, name: str, replicas: int, field_manager: str) -> None:
-        """Set spec.replicas through the scale subresource, as `kubectl scale` or an HPA would."""
+    async def scale(self, resource: Resource, namespace: str, name: str, replicas: int, field_manager: str, *,
+                    resource_version: str | None = None) -> None:
+        """Set spec.replicas through the scale subresource, as `kubectl scale` or an HPA would;
+        with ``resource_version``, only if the object is still at that version (else Conflict)."""
+        body: dict[str, Any] = {"spec": {"replicas": replicas}}
+        if resource_version:
+            body["metadata"] = {"resourceVersion": resource_version}
         await self.request("PATCH", resource.path(namespace, name, "scale"), params={"fieldManager": field_manager},
-                           body={"spec": {"replicas": replicas}}, content_type=MERGE)
+                           body=body, content_type=MERGE)
 
     async def event(self, involved: dict, type_: str, reason: str, message: str, component: str) -> None:
         """A core/v1 Event on ``involved`` ({apiVersion, kind, metadata}); best effort: never raises."""

@@ -36,13 +36,16 @@ class Resource:
 MODEL_DEPLOYMENTS = Resource(GROUP, VERSION, "modeldeployments", MODEL_DEPLOYMENT_KIND)
 ROUTE_POLICIES = Resource(GROUP, VERSION, "routepolicies", ROUTE_POLICY_KIND)
 DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
+REPLICA_SETS = Resource("apps", "v1", "replicasets", "ReplicaSet")
 SERVICES = Resource("", "v1", "services", "Service")
 PODS = Resource("", "v1", "pods", "Pod")
 NODES = Resource("", "v1", "nodes", "Node", namespaced=False)
 EVENTS = Resource("", "v1", "events", "Event")
+CONFIG_MAPS = Resource("", "v1", "configmaps", "ConfigMap")
+LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 
 BY_KIND = {(r.api_version, r.kind): r for r in (MODEL_DEPLOYMENTS, ROUTE_POLICIES, DEPLOYMENTS, SERVICES, PODS,
-                                                 NODES, EVENTS)}
+                                                 NODES, EVENTS, CONFIG_MAPS, LEASES)}
 
 
 def resource_of(body: dict) -> Resource:

@@ -17,8 +17,18 @@ from typing import Any, Generic, TypeVar
 
 from ..render.deployment import SELECTOR_LABEL
 from .client import Gone, KubeClient
-from .resources import DEPLOYMENTS, MODEL_DEPLOYMENTS, NODES, PODS, ROUTE_POLICIES, SERVICES, Resource
-from .views import DeploymentView, ModelDeploymentView, NodeView, PodView, Ref, RoutePolicyView, ServiceView
+from .resources import CONFIG_MAPS, DEPLOYMENTS, MODEL_DEPLOYMENTS, NODES, PODS, ROUTE_POLICIES, SERVICES, Resource
+from .views import (
+    XDS_REPORT_LABEL,
+    DeploymentView,
+    ModelDeploymentView,
+    NodeView,
+    PodView,
+    Ref,
+    RoutePolicyView,
+    ServiceView,
+    XdsReportView,
+)
 
 log = logging.getLogger(__name__)
 V = TypeVar("V")
@@ -136,7 +146,10 @@ class Informer(Generic[V]):
 class Store:
     """Everything the operator reads about the cluster, kept current by watches."""
 
-    def __init__(self, client: KubeClient, namespaces: Sequence[str] | None = None) -> None:
+    def __init__(self, client: KubeClient, namespaces: Sequence[str] | None = None, *,
+                 replicas_namespace: str | None = None) -> None:
+        """``replicas_namespace``: where the operator's replicas keep their xDS reports
+        (with leader election; None: a single replica, no reports)."""
         namespaces = list(namespaces or [])
         self.model_deployments: Informer[ModelDeploymentView] = Informer(
             client, MODEL_DEPLOYMENTS, ModelDeploymentView.from_body, namespaces=namespaces)
@@ -155,6 +168,11 @@ class Store:
         self.nodes: Informer[NodeView] = Informer(client, NODES, lambda body, _: NodeView.from_body(body))
         self.informers: list[Informer[Any]] = [self.model_deployments, self.route_policies, self.deployments,
                                                self.services, self.pods, self.nodes]
+        self.xds_reports: Informer[XdsReportView] = Informer(
+            client, CONFIG_MAPS, lambda body, _: XdsReportView.from_body(body),
+            namespaces=[replicas_namespace] if replicas_namespace else None, label_selector=XDS_REPORT_LABEL)
+        if replicas_namespace:
+            self.informers.append(self.xds_reports)
         self._tasks: list[asyncio.Task[None]] = []
 
     def pods_of(self, ref: Ref) -> list[PodView]:

@@ -9,6 +9,7 @@ and the status, the autoscaler and the routes all use it.
 from __future__ import annotations
 
 import datetime as dt
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -280,3 +281,26 @@ class RoutePolicyView(_ResourceView):
     def routing_facets(self) -> tuple[Any, ...]:
         """What routing reads, but the status it writes itself (its own write needs no recompute)."""
         return (self.generation, self.uid, self.created, self.spec, self.invalid)
+
+
+XDS_REPORT_LABEL = "llmfleet.io/xds-report"  # on each operator replica's report ConfigMap
+
+
+@dataclass(frozen=True)
+class XdsReportView:
+    """What one operator replica says its connected Envoys run (its report ConfigMap)."""
+
+    replica: str
+    envoys: tuple[tuple[str, str], ...]  # (Envoy node ID, the version it runs in full, "" before its first)
+    nack: str  # the last rejection an Envoy of that replica has not got past ("" when none)
+
+    @classmethod
+    def from_body(cls, body: dict[str, Any]) -> XdsReportView:
+        data = body.get("data") or {}
+        try:
+            envoys = json.loads(data.get("envoys") or "{}")
+        except ValueError:
+            envoys = {}
+        return cls(data.get("replica") or body["metadata"]["name"],
+                   tuple(sorted((str(k), str(v)) for k, v in envoys.items())) if isinstance(envoys, dict) else (),
+                   data.get("nack") or "")

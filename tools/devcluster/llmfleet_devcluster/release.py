@@ -94,23 +94,45 @@ def _ready(pod: dict) -> bool:
 
 
 class InstalledOperator:
-    """The chart's operator Deployment, driven like a local operator process."""
+    """The chart's operator Deployment (one or more replicas, one leading), driven like a
+    local operator process."""
 
     def __init__(self, release: Release) -> None:
         self.release = release
+        self._wanted = int(release.values.get("operator.replicas", 2))  # what start() scales to
 
     @property
     def deployment(self) -> str:
         return f"{self.release.fullname}-operator"
 
-    def pod(self) -> dict:
-        ready = [p for p in self.release.pods("operator") if _ready(p)]
-        if len(ready) != 1:
-            raise ClusterError(f"expected one ready operator pod, found {len(ready)}")
-        return ready[0]
+    def _spec_replicas(self) -> int:
+        deployment = json.loads(self.release.cluster.kubectl(
+            "get", "deployment", self.deployment, "-n", self.release.namespace, "-o", "json").stdout)
+        return int(deployment["spec"].get("replicas", 1))
 
-    def _url(self, port_name: str, path: str) -> str:
-        pod = self.pod()
+    def leader_name(self) -> str | None:
+        """The pod that holds the Lease, as the Lease says (None: nobody yet)."""
+        done = self.release.cluster.kubectl("get", "lease", self.deployment, "-n", self.release.namespace,
+                                            "-o", "json", check=False)
+        if done.returncode != 0:
+            return None
+        return (json.loads(done.stdout).get("spec") or {}).get("holderIdentity") or None
+
+    def ready_pods(self) -> list[dict]:
+        return [p for p in self.release.pods("operator") if _ready(p)]
+
+    def pod(self) -> dict:
+        """The leader's pod: it reconciles, autoscales and writes status."""
+        ready = self.ready_pods()
+        leader = self.leader_name()
+        for p in ready:
+            if p["metadata"]["name"] == leader:
+                return p
+        raise ClusterError(f"no ready operator pod leads (Lease holder {leader!r}, "
+                           f"ready: {[p['metadata']['name'] for p in ready]})")
+
+    def _url(self, port_name: str, path: str, pod: dict | None = None) -> str:
+        pod = pod or self.pod()
         ports = {p["name"]: p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports") or []}
         return f"http://{pod['status']['podIP']}:{ports[port_name]}{path}"
 
@@ -118,41 +140,48 @@ class InstalledOperator:
     def health_url(self) -> str:
         return self._url("health", "/healthz")
 
-    def metrics(self) -> str:
-        return httpx.get(self._url("metrics", "/metrics"), timeout=5, trust_env=False).text
+    def metrics(self, pod: dict | None = None) -> str:
+        """The leader's metrics (or ``pod``'s)."""
+        return httpx.get(self._url("metrics", "/metrics", pod), timeout=5, trust_env=False).text
 
     def _scale(self, replicas: int) -> None:
         self.release.cluster.kubectl("scale", f"deployment/{self.deployment}", "-n", self.release.namespace,
                                      f"--replicas={replicas}")
 
     def stop(self, timeout: float = 60) -> None:
-        """No operator pod left (scaled to 0, its process ended)."""
+        """No operator pod left (scaled to 0, its processes ended)."""
+        self._wanted = self._spec_replicas() or self._wanted
         self._scale(0)
         self._wait(lambda pods: not pods, "the operator pods to be gone", timeout)
 
     def start(self, timeout: float = 120) -> None:
-        self._scale(1)
-        self._wait(lambda pods: len(pods) == 1 and _ready(pods[0]), "a ready operator pod", timeout)
+        wanted = self._wanted
+        self._scale(wanted)
+        self._wait(lambda pods: len(pods) == wanted and all(_ready(p) for p in pods),
+                   f"{wanted} ready operator pods", timeout)
 
     def restart(self, timeout: float = 120) -> None:
-        """A new operator pod (the Deployment's Recreate strategy stops the old one first)."""
+        """New operator pods (a rolling update: one new before one old goes)."""
         old = {p["metadata"]["uid"] for p in self.release.pods("operator")}
+        wanted = self._spec_replicas()
         self.release.cluster.kubectl("rollout", "restart", f"deployment/{self.deployment}", "-n",
                                      self.release.namespace)
-        self._wait(lambda pods: len(pods) == 1 and pods[0]["metadata"]["uid"] not in old and _ready(pods[0]),
-                   "a new ready operator pod", timeout)
+        self._wait(lambda pods: len(pods) == wanted and all(p["metadata"]["uid"] not in old and _ready(p)
+                                                            for p in pods),
+                   f"{wanted} new ready operator pods", timeout)
 
     def _wait(self, done, what: str, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if done(self.release.pods("operator")):
-                if any(_ready(p) for p in self.release.pods("operator")):
+                if self.ready_pods():
                     self._wait_serving(deadline)
                 return
             time.sleep(0.2)
         raise TimeoutError(f"timed out after {timeout} s waiting for {what}; log:\n{self.log_tail()}")
 
     def _wait_serving(self, deadline: float) -> None:
+        """Until a ready replica leads and serves its metrics."""
         while time.monotonic() < deadline:
             try:
                 if httpx.get(self._url("metrics", "/metrics"), timeout=2, trust_env=False).status_code == 200:
@@ -160,6 +189,7 @@ class InstalledOperator:
             except (httpx.HTTPError, ClusterError):
                 pass
             time.sleep(0.1)
+        raise TimeoutError(f"no operator replica leads; log:\n{self.log_tail()}")
 
     def log_tail(self, lines: int = 60) -> str:
         """The newest operator pod's log (the dev cluster's kubelet writes it)."""
