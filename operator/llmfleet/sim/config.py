@@ -106,6 +106,10 @@ class SimConfig:
     hang_rate: float = 0.0
     crash_after: int | None = None
     seed: int | None = None
+    # Answer quality (sim/quality.py): off unless an accuracy is given.
+    accuracy: float | None = None
+    confidence_noise: float = 1.5
+    prompt_dataset: str | None = None
 
     def __post_init__(self) -> None:
         # Validate here rather than in argparse so in-process users (tests, bench)
@@ -145,6 +149,12 @@ class SimConfig:
                 raise ValueError(f"{flag} must be within 0..1, got {rate}")
         if self.error_rate + self.hang_rate > 1:
             raise ValueError("--error-rate plus --hang-rate must not exceed 1")
+        if self.accuracy is not None and not 0 < self.accuracy < 1:
+            raise ValueError(f"--accuracy must be within (0, 1), got {self.accuracy}")
+        if not (self.confidence_noise >= 0 and math.isfinite(self.confidence_noise)):
+            raise ValueError(f"--confidence-noise must be a finite number >= 0, got {self.confidence_noise}")
+        if self.prompt_dataset is not None and self.accuracy is None:
+            raise ValueError("--prompt-dataset needs --accuracy (answer quality is off without it)")
         if self.crash_after is not None and self.crash_after < 1:
             raise ValueError(f"--crash-after must be at least 1, got {self.crash_after}")
 

@@ -13,7 +13,9 @@ to prime the reply) to stand in for the chat template.
 from __future__ import annotations
 
 import json
+import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -115,6 +117,8 @@ class GenerationRequest:
     max_tokens: int | None
     stream: bool
     include_usage: bool
+    prompt_text: str = ""  # what answer quality keys on: the last user message, or the prompt
+    logprobs: int | None = None  # None: not asked for; k: with k top alternatives per token
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -226,7 +230,34 @@ def parse_chat_request(body: dict[str, Any]) -> GenerationRequest:
             tokens += TOKENS_PER_NAME
         if msg.get("tool_calls"):
             tokens += count_text_tokens(json.dumps(msg["tool_calls"]))
-    return GenerationRequest("chat", model, tokens, max_tokens, stream, include_usage)
+    user = [m for m in messages if m.get("role") == "user"]
+    return GenerationRequest("chat", model, tokens, max_tokens, stream, include_usage,
+                             _text(user[-1].get("content")) if user else "", _chat_logprobs(body))
+
+
+def _text(content: object) -> str:
+    if isinstance(content, list):
+        return "".join(p.get("text") or "" for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return content if isinstance(content, str) else ""
+
+
+MAX_LOGPROBS = 20  # vLLM's default --max-logprobs
+
+
+def _top(value: object, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_LOGPROBS:
+        raise RequestError(400, f"{field}: must be an integer within 0..{MAX_LOGPROBS}, got {value!r}", param=field)
+    return value
+
+
+def _chat_logprobs(body: dict[str, Any]) -> int | None:
+    """Chat: ``logprobs: true``, with ``top_logprobs`` alternatives per token."""
+    wanted, top = body.get("logprobs"), body.get("top_logprobs")
+    if wanted is not None and not isinstance(wanted, bool):
+        raise RequestError(400, f"logprobs: must be a boolean, got {wanted!r}", param="logprobs")
+    if top is not None and not wanted:
+        raise RequestError(400, "top_logprobs: needs logprobs set to true", param="top_logprobs")
+    return (_top(top, "top_logprobs") if top is not None else 0) if wanted else None
 
 
 def parse_completion_request(body: dict[str, Any]) -> GenerationRequest:
@@ -250,7 +281,10 @@ def parse_completion_request(body: dict[str, Any]) -> GenerationRequest:
         raise RequestError(400, "prompt: must be a string or a list of token ids", param="prompt")
     if tokens == 0:
         raise RequestError(400, "prompt: must not be empty", param="prompt")
-    return GenerationRequest("completion", model, tokens, max_tokens, stream, include_usage)
+    wanted = body.get("logprobs")
+    return GenerationRequest("completion", model, tokens, max_tokens, stream, include_usage,
+                             prompt if isinstance(prompt, str) else "",
+                             None if wanted is None else _top(wanted, "logprobs"))
 
 
 def check_context_length(req: GenerationRequest, max_model_len: int) -> None:
@@ -276,6 +310,37 @@ def check_context_length(req: GenerationRequest, max_model_len: int) -> None:
 # Responses
 # ---------------------------------------------------------------------------
 
+def _alternatives(token: str, logprob: float, k: int) -> list[tuple[str, float]]:
+    """The sampled token and k - 1 less likely ones sharing what probability is left."""
+    rest = max(1e-9, 1.0 - math.exp(logprob))
+    others = [w for w in (" " + w for w in _FILLER_WORDS) if w != token][:max(0, k - 1)]
+    return [(token, logprob)] + [(w, math.log(rest / (j + 2))) for j, w in enumerate(others)]
+
+
+def chat_logprobs(tokens: Sequence[str], logprobs: Sequence[float], top: int) -> dict[str, Any]:
+    """``choices[].logprobs`` of a chat completion (or of one stream chunk)."""
+    def entry(token: str, logprob: float) -> dict[str, Any]:
+        return {"token": token, "logprob": logprob, "bytes": list(token.encode())}
+
+    return {"content": [{**entry(t, lp), "top_logprobs": [entry(a, alp) for a, alp in _alternatives(t, lp, top)]
+                                                         if top else []}
+                        for t, lp in zip(tokens, logprobs, strict=True)]}
+
+
+def completion_logprobs(tokens: Sequence[str], logprobs: Sequence[float], top: int,
+                        offset: int = 0) -> dict[str, Any]:
+    """``choices[].logprobs`` of a text completion (or of one stream chunk); ``offset``
+    is where the first token starts in the whole text."""
+    offsets = []
+    for t in tokens:
+        offsets.append(offset)
+        offset += len(t)
+    return {"tokens": list(tokens), "token_logprobs": list(logprobs),
+            "top_logprobs": [dict(_alternatives(t, lp, top)) for t, lp in zip(tokens, logprobs, strict=True)]
+            if top else None,
+            "text_offset": offsets}
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     """OpenAI usage object."""
     return {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens + completion_tokens,
@@ -283,23 +348,24 @@ def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
 
 
 def chat_response(rid: str, created: int, model: str, text: str, finish_reason: str,
-                  prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+                  prompt_tokens: int, completion_tokens: int, logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Non-streaming ``chat.completion`` object."""
     return {
         "id": rid, "object": "chat.completion", "created": created, "model": model,
         "choices": [{"index": 0,
                      "message": {"role": "assistant", "content": text, "tool_calls": []},
-                     "logprobs": None, "finish_reason": finish_reason, "stop_reason": None}],
+                     "logprobs": logprobs, "finish_reason": finish_reason, "stop_reason": None}],
         "usage": usage(prompt_tokens, completion_tokens),
     }
 
 
 def completion_response(rid: str, created: int, model: str, text: str, finish_reason: str,
-                        prompt_tokens: int, completion_tokens: int) -> dict[str, Any]:
+                        prompt_tokens: int, completion_tokens: int,
+                        logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
     """Non-streaming ``text_completion`` object."""
     return {
         "id": rid, "object": "text_completion", "created": created, "model": model,
-        "choices": [{"index": 0, "text": text, "logprobs": None,
+        "choices": [{"index": 0, "text": text, "logprobs": logprobs,
                      "finish_reason": finish_reason, "stop_reason": None}],
         "usage": usage(prompt_tokens, completion_tokens),
     }
@@ -343,6 +409,19 @@ class StreamEncoder:
                     '"finish_reason":' + fr + ',"stop_reason":null}]}\n\n')
         return (self._head + '"text":' + tok + ',"logprobs":null,"finish_reason":' + fr
                 + ',"stop_reason":null}]}\n\n')
+
+    def token_chunk_with(self, token: str, logprobs: dict[str, Any] | None, finish_reason: str | None) -> str:
+        """A token chunk with any text and its logprobs (the slower path: answer quality or
+        logprobs asked for)."""
+        choice: dict[str, Any] = {"index": 0}
+        if self.kind == "chat":
+            choice["delta"] = {"content": token}
+        else:
+            choice["text"] = token
+        choice.update(logprobs=logprobs, finish_reason=finish_reason, stop_reason=None)
+        chunk = {"id": self.rid, "object": self._obj, "created": self.created, "model": self.model,
+                 "choices": [choice]}
+        return "data: " + json.dumps(chunk, separators=(",", ":")) + "\n\n"
 
     def usage_chunk(self, prompt_tokens: int, completion_tokens: int) -> str:
         """The ``include_usage`` chunk: empty choices plus usage."""

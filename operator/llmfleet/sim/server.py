@@ -38,6 +38,7 @@ import asyncio
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -56,15 +57,19 @@ from llmfleet.sim.protocol import (
     GenerationRequest,
     RequestError,
     StreamEncoder,
+    chat_logprobs,
     chat_response,
     check_context_length,
+    completion_logprobs,
     completion_response,
     error_body,
     filler_text,
+    filler_token,
     parse_chat_request,
     parse_completion_request,
     parse_json_body,
 )
+from llmfleet.sim.quality import ANSWER_TOKENS, QualityModel, load_dataset
 
 log = logging.getLogger("llmfleet.sim")
 
@@ -105,6 +110,9 @@ class SimServer:
         self._runner: web.AppRunner | None = None
         self._created = int(time.time())
         self._loaded_at = 0.0  # monotonic time the simulated model load ends (set by start)
+        self.quality = None if config.accuracy is None else QualityModel(
+            config.accuracy, config.confidence_noise, seed=config.model_name,
+            dataset=load_dataset(config.prompt_dataset) if config.prompt_dataset else None)
         self.app = self._build_app()
 
     @property
@@ -268,14 +276,14 @@ class SimServer:
         except RequestError as exc:
             return await self._answer(request, _json_response(exc.body(), exc.status))
 
-        target, reason = self.engine.plan_output(req.prompt_tokens, req.max_tokens)
-        seq = self.engine.submit(req.prompt_tokens, target, reason, stream=req.stream)
+        output = self._plan(req)
+        seq = self.engine.submit(req.prompt_tokens, output.tokens, output.reason, stream=req.stream)
         try:
             if req.stream:
-                resp = await self._stream(request, req, seq)
+                resp = await self._stream(request, req, seq, output)
             else:
                 await self.engine.wait(seq)
-                resp = self._full_response(req, seq)
+                resp = self._full_response(req, seq, output)
         finally:
             # Reached with an unfinished sequence only when the client went away
             # (handler cancelled, write failed): free its slot.
@@ -287,16 +295,34 @@ class SimServer:
         prefix = "chatcmpl-" if kind == "chat" else "cmpl-"
         return f"{prefix}{self._id_prefix}{next(self._ids):010x}"
 
-    def _full_response(self, req: GenerationRequest, seq: EngineSequence) -> web.Response:
+    def _plan(self, req: GenerationRequest) -> Output:
+        """How long the answer is, how it ends, and (with answer quality) what it says."""
+        if self.quality is None:
+            return Output(*self.engine.plan_output(req.prompt_tokens, req.max_tokens), req)
+        # A model answers at its own length (reasoning, then "Ans: ...") and is cut
+        # short only when max_tokens or the context window is smaller.
+        tokens, reason = self.engine.plan_output(req.prompt_tokens, None)
+        tokens = max(tokens, ANSWER_TOKENS) if reason == "stop" else tokens
+        if req.max_tokens is not None and req.max_tokens < tokens:
+            tokens, reason = req.max_tokens, "length"
+        return Output(tokens, reason, req, self.quality)
+
+    def _full_response(self, req: GenerationRequest, seq: EngineSequence, output: Output) -> web.Response:
         if seq.finish_reason == "abort":
             return _json_response(error_body(503, "The server is shutting down."), 503)
         build = chat_response if req.kind == "chat" else completion_response
-        return _json_response(build(self._new_id(req.kind), int(time.time()), req.model,
-                                    filler_text(seq.generated), seq.finish_reason or "stop",
-                                    seq.prompt_tokens, seq.generated))
+        n = seq.generated
+        logprobs = None
+        if req.logprobs is not None:
+            tokens = [output.token(i) for i in range(n)]
+            values = [output.logprob(i) for i in range(n)]
+            logprobs = (chat_logprobs(tokens, values, req.logprobs) if req.kind == "chat"
+                        else completion_logprobs(tokens, values, req.logprobs))
+        return _json_response(build(self._new_id(req.kind), int(time.time()), req.model, output.text(n),
+                                    seq.finish_reason or "stop", seq.prompt_tokens, n, logprobs))
 
     async def _stream(self, request: web.Request, req: GenerationRequest,
-                      seq: EngineSequence) -> web.StreamResponse:
+                      seq: EngineSequence, output: Output) -> web.StreamResponse:
         enc = StreamEncoder(req.kind, self._new_id(req.kind), int(time.time()), req.model)
         resp = web.StreamResponse(status=200, headers=_SSE_HEADERS)
         await resp.prepare(request)
@@ -310,10 +336,13 @@ class SimServer:
                 if n > sent and not aborted:
                     if sent == 0:
                         parts.append(enc.role_chunk())
-                    for i in range(sent, n - 1):
-                        parts.append(enc.token_chunk(i))
                     # vLLM puts finish_reason on the chunk of the last token.
-                    parts.append(enc.token_chunk(n - 1, seq.finish_reason if seq.finished else None))
+                    last = seq.finish_reason if seq.finished else None
+                    if output.plain:
+                        parts.extend(enc.token_chunk(i) for i in range(sent, n - 1))
+                        parts.append(enc.token_chunk(n - 1, last))
+                    else:
+                        parts.extend(output.chunk(enc, i, last if i == n - 1 else None) for i in range(sent, n))
                     sent = n
                 if seq.finished:
                     if aborted:
@@ -352,6 +381,48 @@ class SimServer:
                 stream.flush()
             self._exit_fn(1)
         return resp
+
+
+class Output:
+    """One request's generated tokens: filler, or with answer quality, filler reasoning
+    that ends in the answer (when the model got to finish), and each token's logprob."""
+
+    def __init__(self, tokens: int, reason: str, req: GenerationRequest,
+                 quality: QualityModel | None = None) -> None:
+        self.tokens, self.reason, self.req, self.quality = tokens, reason, req, quality
+        self.answer = quality.answer(req.prompt_text) if quality is not None else None
+        # Where the answer starts: only a completion that was not cut short carries one.
+        self._answer_at = tokens - ANSWER_TOKENS if self.answer is not None and reason == "stop" else tokens
+        self.plain = quality is None and req.logprobs is None  # the fast path of filler chunks
+        self._offset = 0  # characters streamed so far (completions' text_offset)
+
+    def token(self, i: int) -> str:
+        if self.answer is not None and i >= self._answer_at:
+            return self.answer.text_tokens[i - self._answer_at]
+        return filler_token(i)
+
+    def text(self, n: int) -> str:
+        if self.answer is None or n <= self._answer_at:
+            return filler_text(n)
+        return filler_text(self._answer_at) + "".join(self.answer.text_tokens[:n - self._answer_at])
+
+    def logprob(self, i: int) -> float:
+        if self.quality is None or self.answer is None:
+            return DEFAULT_LOGPROB
+        return self.quality.token_logprob(self.req.prompt_text, self.answer, i)
+
+    def chunk(self, enc: StreamEncoder, i: int, finish_reason: str | None) -> str:
+        token = self.token(i)
+        logprobs = None
+        if self.req.logprobs is not None:
+            value = self.logprob(i)
+            logprobs = (chat_logprobs([token], [value], self.req.logprobs) if self.req.kind == "chat"
+                        else completion_logprobs([token], [value], self.req.logprobs, self._offset))
+        self._offset += len(token)
+        return enc.token_chunk_with(token, logprobs, finish_reason)
+
+
+DEFAULT_LOGPROB = math.log(0.98)  # without answer quality: a model sure of every token
 
 
 async def start_sim(config: SimConfig, *, exit_fn: Callable[[int], Any] = os._exit) -> SimServer:
@@ -422,6 +493,16 @@ def build_parser(prog: str = "llmfleet sim") -> argparse.ArgumentParser:
                    help="exit the process hard (status 1) after answering N requests")
     f.add_argument("--seed", type=int, default=None,
                    help="seed for output lengths and failure injection (default: random)")
+    q = p.add_argument_group("answer quality (off unless --accuracy is given)")
+    q.add_argument("--accuracy", type=float, default=None,
+                   help="share of prompts answered correctly, on prompts of the default difficulty spread; "
+                        "answers end in 'Ans: NNNN.' and logprobs carry the model's confidence")
+    q.add_argument("--confidence-noise", type=float, default=d.confidence_noise,
+                   help="how loosely confidence (mean token logprob) follows correctness, in logit units "
+                        "(default %(default)s)")
+    q.add_argument("--prompt-dataset", default=None, metavar="FILE",
+                   help="JSON Lines of {prompt, answer, difficulty}: the gold answer and difficulty of the "
+                        "prompts it lists (others get both from a hash of their text)")
     p.add_argument("--log-level", default="info",
                    choices=["debug", "info", "warning", "error"], help="(default %(default)s)")
     return p
@@ -438,7 +519,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         max_model_len=args.max_model_len, output_tokens=args.output_tokens,
         time_scale=args.time_scale, load_seconds=args.load_seconds,
         shutdown_timeout=args.shutdown_timeout, error_rate=args.error_rate,
-        hang_rate=args.hang_rate, crash_after=args.crash_after, seed=args.seed)
+        hang_rate=args.hang_rate, crash_after=args.crash_after, seed=args.seed, accuracy=args.accuracy,
+        confidence_noise=args.confidence_noise, prompt_dataset=args.prompt_dataset)
 
 
 async def serve(config: SimConfig) -> None:
