@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from llmfleet.envoy.resources import CLUSTER_TYPE
-from llmfleet.routing.table import Cluster, Endpoint, HeaderRule, Route, RouteTable, WeightedBackend
+from llmfleet.routing.table import Cluster, Endpoint, Route, RouteTable, Rule, RuleMatch, WeightedBackend
 from tests.dataplane.conftest import (
     CHAT,
     FAST_RETRY,
@@ -99,9 +99,9 @@ async def test_weight_change_touches_only_routes(dataplane: DataPlane, ab: tuple
 
 async def test_header_rules_come_first_and_first_match_wins(dataplane: DataPlane, ab: tuple[Sim, Sim]) -> None:
     rules = (
-        HeaderRule((("x-tenant", "premium"),), (WeightedBackend("ai/b", 1),)),
+        Rule(RuleMatch(headers=(("x-tenant", "premium"),)), (WeightedBackend("ai/b", 1),)),
         # Never reached for premium tenants: the rule above matches first.
-        HeaderRule((("x-tenant", "premium"), ("x-debug", "1")), (WeightedBackend("ai/a", 1),)),
+        Rule(RuleMatch(headers=(("x-tenant", "premium"), ("x-debug", "1"))), (WeightedBackend("ai/a", 1),)),
     )
     table = table_for([Route("chat", split(("ai/a", 1)), rules=rules)], {"ai/a": [ab[0]], "ai/b": [ab[1]]})
     await asyncio.to_thread(dataplane.apply, table)
@@ -115,6 +115,71 @@ async def test_header_rules_come_first_and_first_match_wins(dataplane: DataPlane
     assert both.models == {"model-b": 30}
     assert other.models == {"model-a": 30}
     assert plain.models == {"model-a": 30}
+
+
+async def _served_by(dataplane: DataPlane, path: str = "/v1/chat/completions", body: dict | None = None,
+                     headers: dict[str, str] | None = None) -> str:
+    """Which backend's model answered one request (or "HTTP <status>")."""
+    payload = body if body is not None else {"model": "chat", **CHAT}
+    async with httpx.AsyncClient(base_url=dataplane.url, timeout=30) as client:
+        r = await client.post(path, json=payload, headers=headers)
+    return r.json().get("model", "?") if r.status_code == 200 else f"HTTP {r.status_code}"
+
+
+async def test_each_rule_condition_routes_as_documented(dataplane: DataPlane, ab: tuple[Sim, Sim]) -> None:
+    """Every rule sends to b; what matches none goes to a. Each condition is checked
+    on a request that carries it and one that misses it by one detail."""
+    to_b = (WeightedBackend("ai/b", 1),)
+    rules = (
+        Rule(RuleMatch(header_patterns=(("x-user", "^vip-[0-9]+$"),)), to_b),
+        Rule(RuleMatch(headers_present=("x-debug",)), to_b),
+        Rule(RuleMatch(endpoint="completions"), to_b),
+        Rule(RuleMatch(body=(("user", "ana"),)), to_b),
+        Rule(RuleMatch(body=(("metadata.tier", "gold"),)), to_b),
+        Rule(RuleMatch(prompt_bytes=(2000, None)), to_b),
+    )
+    table = table_for([Route("chat", split(("ai/a", 1)), rules=rules)], {"ai/a": [ab[0]], "ai/b": [ab[1]]})
+    await asyncio.to_thread(dataplane.apply, table)
+    chat = {"model": "chat", **CHAT}
+    cases = {
+        "pattern": ({"headers": {"x-user": "vip-42"}}, {"headers": {"x-user": "vip-42x"}}),
+        "present": ({"headers": {"x-debug": ""}}, {"headers": {"x-debugging": "1"}}),
+        "endpoint": ({"path": "/v1/completions", "body": {"model": "chat", "prompt": "hi", "max_tokens": 2}},
+                     {"path": "/v1/chat/completions"}),
+        "user": ({"body": {**chat, "user": "ana"}}, {"body": {**chat, "user": "anna"}}),
+        "metadata": ({"body": {**chat, "metadata": {"tier": "gold", "team": "x"}}},
+                     {"body": {**chat, "metadata": {"tier": "silver"}}}),
+        "size": ({"body": {**chat, "messages": [{"role": "user", "content": "x" * 2500}]}},
+                 {"body": {**chat, "messages": [{"role": "user", "content": "x" * 100}]}}),
+    }
+    for name, (hit, miss) in cases.items():
+        assert await _served_by(dataplane, **hit) == "model-b", name
+        assert await _served_by(dataplane, **miss) == "model-a", name
+
+
+async def test_a_rules_max_tokens_cap_is_enforced(dataplane: DataPlane, ab: tuple[Sim, Sim]) -> None:
+    """The sim generates exactly max_tokens, so usage shows what reached it."""
+    rules = (Rule(RuleMatch(headers=(("x-tier", "free"),)), (WeightedBackend("ai/a", 1),), max_tokens=5),)
+    table = table_for([Route("chat", split(("ai/a", 1)), rules=rules)], {"ai/a": [ab[0]]})
+    await asyncio.to_thread(dataplane.apply, table)
+    free = {"x-tier": "free"}
+
+    async def completion_tokens(body: dict, headers: dict[str, str] | None = None) -> int:
+        async with httpx.AsyncClient(base_url=dataplane.url, timeout=30) as client:
+            r = await client.post("/v1/chat/completions", json={"model": "chat", "messages": CHAT["messages"],
+                                                                   **body}, headers=headers)
+        assert r.status_code == 200, r.text
+        return r.json()["usage"]["completion_tokens"]
+
+    assert await completion_tokens({"max_tokens": 50}, free) == 5  # lowered
+    assert await completion_tokens({"max_tokens": 3}, free) == 3  # already below: kept
+    assert await completion_tokens({"max_completion_tokens": 40}, free) == 5
+    assert await completion_tokens({"max_tokens": None}, free) == 5  # null: capped
+    assert await completion_tokens({}, free) == 5  # neither: added
+    assert await completion_tokens({"max_tokens": 50}) == 50  # no rule, no cap
+    # A client cannot smuggle the cap header in to cap... anyone but itself, and the
+    # default route removes it.
+    assert await completion_tokens({"max_tokens": 50}, {"x-llmfleet-max-tokens": "2"}) == 50
 
 
 async def test_only_the_top_level_model_is_rewritten(dataplane: DataPlane) -> None:

@@ -356,11 +356,38 @@ def test_retry_conditions_are_unique():
     assert msg == "spec.retry.retryOn: Value error, each retry condition may appear only once"
 
 
-def test_route_match_needs_a_header():
+def test_route_match_needs_a_condition():
     spec = {**MINIMAL_RP, "rules": [{"match": {"headers": {}}, "backends": [{"modelDeployment": "a"}]}]}
-    assert "spec.rules[0].match.headers: Dictionary should have at least 1 item" in refusal(
-        spec, parse_route_policy_spec
-    )
+    assert refusal(spec, parse_route_policy_spec) == (
+        "spec.rules[0].match: a rule needs at least one condition: headers, headerPatterns, headersPresent, "
+        "endpoint, body or promptBytes")
+
+
+@pytest.mark.parametrize("match, refused", [
+    ({"headerPatterns": {"x-user": "(?=a)b"}},
+     "spec.rules[0].match.headerPatterns: Value error, x-user: lookarounds and backreferences are not RE2 syntax"),
+    ({"headerPatterns": {"x-user": "(unclosed"}}, "spec.rules[0].match.headerPatterns: Value error, x-user: not a "
+                                                  "regular expression (missing ), unterminated subpattern at "
+                                                  "position 0)"),
+    ({"body": {"temperature": "0"}}, 'spec.rules[0].match.body: body fields are "user" or "metadata.<key>"'),
+    ({"endpoint": "images"}, "spec.rules[0].match.endpoint: Input should be 'chat', 'completions' or 'embeddings'"),
+    ({"headers": {"bad header": "x"}}, "spec.rules[0].match.headers: header names must be HTTP tokens"),
+])
+def test_bad_rule_conditions_are_refused_naming_the_field(match, refused):
+    spec = {**MINIMAL_RP, "rules": [{"match": match, "backends": [{"modelDeployment": "a"}]}]}
+    assert refusal(spec, parse_route_policy_spec).startswith(refused)
+
+
+def test_every_rule_condition_and_action_parses():
+    spec = parse_route_policy_spec({**MINIMAL_RP, "rules": [{
+        "match": {"headers": {"x-a": "1"}, "headerPatterns": {"x-b": "^v[0-9]+$"}, "headersPresent": ["x-c"],
+                  "endpoint": "completions", "body": {"user": "ana", "metadata.tier": "gold"},
+                  "promptBytes": {"min": 10, "max": 4096}},
+        "backends": [{"modelDeployment": "a"}], "strategy": "failover", "maxTokens": 256}]})
+    rule = spec.rules[0]
+    assert rule.strategy == "failover" and rule.max_tokens == 256
+    assert rule.match.prompt_bytes is not None and (rule.match.prompt_bytes.min, rule.match.prompt_bytes.max) == (
+        10, 4096)
 
 
 def test_model_deployment_name_must_be_a_dns_label():

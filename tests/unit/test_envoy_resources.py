@@ -6,6 +6,7 @@ import json
 from dataclasses import replace
 
 import pytest
+from google.protobuf import json_format
 
 from llmfleet.envoy.lua import lua_long_string, model_rewrite_source
 from llmfleet.envoy.resources import (
@@ -20,11 +21,11 @@ from llmfleet.envoy.resources import (
     resource_name,
     retry_policy,
 )
-from llmfleet.routing.table import Cluster, Endpoint, HeaderRule, Retry, Route, RouteTable, WeightedBackend
+from llmfleet.routing.table import Cluster, Endpoint, Retry, Route, RouteTable, Rule, RuleMatch, WeightedBackend
 
 
 def _table(weights: tuple[int, int] = (80, 20), *, a_endpoints: int = 2, served_a: str = "llama-8b",
-           rules: tuple[HeaderRule, ...] = (), retry: Retry | None = None) -> RouteTable:
+           rules: tuple[Rule, ...] = (), retry: Retry | None = None) -> RouteTable:
     return RouteTable(
         routes=(Route("chat", (WeightedBackend("ai/llama-8b", weights[0]), WeightedBackend("ai/llama-70b", weights[1])),
                       rules=rules, retry=retry or Retry()),),
@@ -105,8 +106,8 @@ def test_single_backend_routes_straight_to_its_cluster() -> None:
 
 
 def test_header_rules_precede_the_split_in_order() -> None:
-    rules = (HeaderRule((("x-tenant", "premium"),), (WeightedBackend("ai/llama-70b", 1),)),
-             HeaderRule((("x-tenant", "free"), ("x-region", "eu")), (WeightedBackend("ai/llama-8b", 1),)))
+    rules = (Rule(RuleMatch(headers=(("x-tenant", "premium"),)), (WeightedBackend("ai/llama-70b", 1),)),
+             Rule(RuleMatch(headers=(("x-tenant", "free"), ("x-region", "eu"))), (WeightedBackend("ai/llama-8b", 1),)))
     names = [r["name"] for r in _routes(_table(rules=rules))]
     assert names.index("chat/rule-0") < names.index("chat/rule-1") < names.index("chat")
     second = _route(_table(rules=rules), "chat/rule-1")
@@ -115,6 +116,34 @@ def test_header_rules_precede_the_split_in_order() -> None:
         {"name": "x-region", "string_match": {"exact": "eu"}},
     ]
     assert second["route"]["cluster"] == "ai/llama-8b"
+
+
+def test_a_rule_becomes_envoy_matchers_its_body_fields_reach_the_listener_and_its_cap_a_header() -> None:
+    match = RuleMatch(header_patterns=(("x-user", "^vip"),), headers_present=("x-debug",), endpoint="embeddings",
+                      body=(("metadata.tier", "gold"), ("user", "ana")), prompt_bytes=(None, 4095))
+    table = _table(rules=(Rule(match, (WeightedBackend("ai/llama-70b", 1),), max_tokens=64),))
+    rule = _route(table, "chat/rule-0")
+    assert rule["match"]["path"] == "/v1/embeddings" and "prefix" not in rule["match"]
+    assert rule["match"]["headers"] == [
+        {"name": "x-user", "string_match": {"safe_regex": {"regex": "^vip"}}},
+        {"name": "x-debug", "present_match": True},
+        {"name": "content-length", "range_match": {"start": "0", "end": "4096"}},
+    ]
+    assert [(m["path"], m["value"]) for m in rule["match"]["dynamic_metadata"]] == [
+        ([{"key": "model"}], {"string_match": {"exact": "chat"}}),
+        ([{"key": "metadata.tier"}], {"string_match": {"exact": "gold"}}),
+        ([{"key": "user"}], {"string_match": {"exact": "ana"}}),
+    ]
+    assert rule["request_headers_to_add"] == [{"header": {"key": "x-llmfleet-max-tokens", "value": "64"},
+                                               "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+    # The default route strips a client's own cap header; it has no cap of its own.
+    assert _route(table, "chat")["request_headers_to_remove"] == ["x-llmfleet-max-tokens"]
+    assert "request_headers_to_add" not in _route(table, "chat")
+    resources = build_resources(table, listener_port=8080)
+    listener = json_format.MessageToDict(resources[LISTENER_TYPE][0], preserving_proto_field_name=True)
+    rules = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"][
+        "request_rules"]["rules"]
+    assert [[sel["key"] for sel in r["selectors"]] for r in rules] == [["model"], ["metadata", "tier"], ["user"]]
 
 
 def test_route_order_puts_catch_alls_last() -> None:
@@ -258,7 +287,7 @@ def test_endpoints_carry_addresses_and_weights() -> None:
 
 
 def test_resources_convert_to_protos_with_names() -> None:
-    resources = build_resources(_table(rules=(HeaderRule((("x-a", "1"),), (WeightedBackend("ai/llama-70b", 1),)),)),
+    resources = build_resources(_table(rules=(Rule(RuleMatch(headers=(("x-a", "1"),)), (WeightedBackend("ai/llama-70b", 1),)),)),
                                 listener_port=8080)
     assert [resource_name(r) for r in resources[CLUSTER_TYPE]] == ["ai/llama-70b", "ai/llama-8b"]
     assert [resource_name(r) for r in resources[ENDPOINT_TYPE]] == ["ai/llama-70b", "ai/llama-8b"]

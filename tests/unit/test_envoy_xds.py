@@ -361,11 +361,11 @@ async def test_every_connected_envoy_gets_updates(server: XdsServer, envoy: Fake
 
 SAME_TABLE_EVERYWHERE = """
 from llmfleet.envoy.xds import XdsServer
-from llmfleet.routing.table import Cluster, Endpoint, HeaderRule, Retry, Route, RouteTable, WeightedBackend
+from llmfleet.routing.table import Cluster, Endpoint, Retry, Route, RouteTable, Rule, RuleMatch, WeightedBackend
 clusters = (Cluster("a/small", "llama-8b", (Endpoint("127.0.0.2", 8000), Endpoint("127.0.0.3", 8000))),
             Cluster("a/big", "llama-70b", (Endpoint("10.96.0.9", 18001),)))
 backends = (WeightedBackend("a/small", 70), WeightedBackend("a/big", 30))
-routes = (Route("chat", backends, (HeaderRule((("x-tier", "gold"),), backends[1:]),), Retry(3, 60, ("reset",))),
+routes = (Route("chat", backends, (Rule(RuleMatch(headers=(("x-tier", "gold"),)), backends[1:]),), Retry(3, 60, ("reset",))),
           Route("code", backends[:1]))
 print(XdsServer().update(RouteTable(routes, clusters)))
 """

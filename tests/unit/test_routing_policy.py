@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from llmfleet.kube.views import ModelDeploymentView, PodView, RoutePolicyView
 from llmfleet.routing import policy as routing
 from llmfleet.routing.policy import _percentages
-from llmfleet.routing.table import Endpoint, WeightedBackend
+from llmfleet.routing.table import Endpoint, RuleMatch, WeightedBackend
 
 
 def ready_endpoints(pods):
@@ -125,9 +125,23 @@ def test_header_rules_resolve_to_their_own_backends():
                 rules=[{"match": {"headers": {"X-Tenant": "premium"}}, "backends": [{"modelDeployment": "big"}]}])
     r = compute_routing([policy], FLEET, PODS)
     (rule,) = r.table.routes[0].rules
-    assert rule.headers == (("x-tenant", "premium"),)
+    assert rule.match.headers == (("x-tenant", "premium"),)
     assert rule.backends == (WeightedBackend("ai/big", 100),)
     assert {c.name for c in r.table.clusters} == {"ai/small", "ai/big"}
+
+
+def test_a_rule_carries_its_conditions_cap_and_own_strategy():
+    policy = rp("chat", "chat", [{"modelDeployment": "small"}], rules=[{
+        "match": {"headersPresent": ["X-Debug"], "headerPatterns": {"X-User": "^a"}, "endpoint": "chat",
+                  "body": {"user": "ana"}, "promptBytes": {"max": 100}},
+        "backends": [{"modelDeployment": "small", "priority": 1}, {"modelDeployment": "big", "priority": 0}],
+        "strategy": "failover", "maxTokens": 64}])
+    (rule,) = compute_routing([policy], FLEET, PODS).table.routes[0].rules
+    assert rule.match == RuleMatch(header_patterns=(("x-user", "^a"),), headers_present=("x-debug",),
+                                   endpoint="chat", body=(("user", "ana"),), prompt_bytes=(None, 100))
+    assert rule.max_tokens == 64
+    # failover (the rule's strategy, not the policy's weighted split): all to priority 0.
+    assert rule.backends == (WeightedBackend("ai/big", 100),)
 
 
 def test_invalid_policy_is_not_accepted_and_named():

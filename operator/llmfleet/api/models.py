@@ -12,7 +12,7 @@ statuses ignore them, so an older operator can read a newer status.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Any
@@ -709,14 +709,136 @@ def check_backends(backends: list[Backend]) -> list[Backend]:
 _BACKENDS_SCHEMA = x_validations(BACKENDS_REQUIRED_RULE, BACKENDS_UNIQUE_RULE)
 
 
-class RouteMatch(_Spec):
-    """What a request must carry for a rule to apply."""
+class OpenAIEndpoint(StrEnum):
+    """An OpenAI endpoint a rule can match."""
 
-    headers: dict[str, str] = Field(
-        min_length=1,
+    CHAT = "chat"  # /v1/chat/completions
+    COMPLETIONS = "completions"  # /v1/completions
+    EMBEDDINGS = "embeddings"  # /v1/embeddings
+
+
+HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]{1,128}$"  # an HTTP token (RFC 9110)
+BODY_FIELD = r"^(user|metadata\.[A-Za-z0-9_-]{1,64})$"
+_HeaderName = Annotated[str, Field(min_length=1, max_length=128, pattern=HEADER_NAME)]
+# Map keys cannot carry a schema pattern in a CRD (no patternProperties): CEL checks them.
+HEADER_KEYS_MESSAGE = "header names must be HTTP tokens of at most 128 letters, digits or !#$%&'*+.^_`|~-"
+HEADER_KEYS_RULE = CelRule(rule=f"self.all(k, k.matches({cel_string(HEADER_NAME)}))", message=HEADER_KEYS_MESSAGE)
+BODY_KEYS_MESSAGE = 'body fields are "user" or "metadata.<key>" (a key of at most 64 letters, digits, _ or -)'
+BODY_KEYS_RULE = CelRule(rule=f"self.all(k, k.matches({cel_string(BODY_FIELD)}))", message=BODY_KEYS_MESSAGE)
+
+
+def _check_keys(keys: Iterable[str], pattern: str, message: str) -> None:
+    if not all(re.match(pattern, k) for k in keys):
+        raise rule_error(message)
+_NOT_RE2 = re.compile(r"\(\?<?[=!]|\\[1-9]")  # lookarounds and backreferences: Python has them, RE2 not
+
+MATCH_REQUIRED_MESSAGE = (
+    "a rule needs at least one condition: headers, headerPatterns, headersPresent, endpoint, body or promptBytes"
+)
+MATCH_REQUIRED_RULE = CelRule(
+    rule=" || ".join(f"(has(self.{f}) && size(self.{f}) > 0)" for f in ("headers", "headerPatterns",
+                                                                          "headersPresent", "body"))
+    + " || has(self.endpoint) || has(self.promptBytes)",
+    message=MATCH_REQUIRED_MESSAGE,
+    reason="FieldValueRequired",
+)
+PROMPT_BYTES_MESSAGE = "promptBytes needs min or max, and min must not exceed max"
+PROMPT_BYTES_RULE = CelRule(
+    rule="(has(self.min) || has(self.max)) && (!has(self.min) || !has(self.max) || self.min <= self.max)",
+    message=PROMPT_BYTES_MESSAGE,
+)
+
+
+class ByteRange(_Spec):
+    """Bounds on a request body's size, in bytes, both inclusive."""
+
+    model_config = ConfigDict(json_schema_extra=x_validations(PROMPT_BYTES_RULE))
+
+    min: int | None = Field(None, ge=0, le=2**40, description="Smallest size that matches.")
+    max: int | None = Field(None, ge=0, le=2**40, description="Largest size that matches.")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ByteRange:
+        if (self.min is None and self.max is None) or (
+                self.min is not None and self.max is not None and self.min > self.max):
+            raise rule_error(PROMPT_BYTES_MESSAGE)
+        return self
+
+
+class RouteMatch(_Spec):
+    """What a request must carry for a rule to apply: every condition given must hold."""
+
+    model_config = ConfigDict(json_schema_extra=x_validations(MATCH_REQUIRED_RULE))
+
+    headers: dict[str, Annotated[str, Field(max_length=1024)]] = Field(
+        default_factory=dict,
         max_length=8,
-        description="Request headers that must all be present with exactly these values.",
+        description="Request headers that must be present with exactly these values.",
+        json_schema_extra=x_validations(HEADER_KEYS_RULE),
     )
+    header_patterns: dict[str, Annotated[str, Field(min_length=1, max_length=1024)]] = Field(
+        default_factory=dict,
+        max_length=8,
+        description="Request headers whose whole value must match these regular expressions (RE2 syntax).",
+        json_schema_extra=x_validations(HEADER_KEYS_RULE),
+    )
+    headers_present: list[_HeaderName] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Request headers that must be present, whatever their value.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    endpoint: OpenAIEndpoint | None = Field(
+        None, description="The OpenAI endpoint: chat (/v1/chat/completions), completions or embeddings."
+    )
+    body: dict[str, Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict,
+        max_length=8,
+        json_schema_extra=x_validations(BODY_KEYS_RULE),
+        description=(
+            'Fields of the JSON body with exactly these string values: "user", or "metadata.<key>" '
+            "for a key of the request's metadata object."
+        ),
+    )
+    prompt_bytes: ByteRange | None = Field(
+        None,
+        description=(
+            "The request body's size in bytes (its Content-Length): a stand-in for the prompt's length. "
+            "A request without Content-Length matches no size condition."
+        ),
+    )
+
+    @field_validator("headers")
+    @classmethod
+    def _header_names(cls, headers: dict[str, str]) -> dict[str, str]:
+        _check_keys(headers, HEADER_NAME, HEADER_KEYS_MESSAGE)
+        return headers
+
+    @field_validator("body")
+    @classmethod
+    def _body_fields(cls, body: dict[str, str]) -> dict[str, str]:
+        _check_keys(body, BODY_FIELD, BODY_KEYS_MESSAGE)
+        return body
+
+    @field_validator("header_patterns")
+    @classmethod
+    def _re2(cls, patterns: dict[str, str]) -> dict[str, str]:
+        _check_keys(patterns, HEADER_NAME, HEADER_KEYS_MESSAGE)
+        for name, pattern in patterns.items():
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"{name}: not a regular expression ({exc})") from None
+            if _NOT_RE2.search(pattern):
+                raise ValueError(f"{name}: lookarounds and backreferences are not RE2 syntax")
+        return patterns
+
+    @model_validator(mode="after")
+    def _something(self) -> RouteMatch:
+        if not (self.headers or self.header_patterns or self.headers_present or self.body
+                or self.endpoint is not None or self.prompt_bytes is not None):
+            raise rule_error(MATCH_REQUIRED_MESSAGE)
+        return self
 
 
 class RouteRule(_Spec):
@@ -725,8 +847,20 @@ class RouteRule(_Spec):
     match: RouteMatch = Field(description="Which requests the rule applies to.")
     backends: list[Backend] = Field(
         max_length=MAX_BACKENDS,
-        description="Backends for matching requests, split by the policy's strategy.",
+        description="Backends for matching requests, split by the rule's strategy (default: the policy's).",
         json_schema_extra=_BACKENDS_SCHEMA,
+    )
+    strategy: RouteStrategy | None = Field(
+        None, description="How matching requests are split across the rule's backends; default: the policy's."
+    )
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description=(
+            "Cap on the completion length of matching requests: max_tokens (and max_completion_tokens) "
+            "above it are lowered to it, and a request without either gets it."
+        ),
     )
 
     @field_validator("backends")

@@ -1,4 +1,5 @@
-"""The Lua upstream filter that gives each backend the model name it serves.
+"""The Lua upstream filter that gives each backend the model name it serves (and
+applies a routing rule's cap on ``max_tokens``).
 
 Clients send the public model name (RoutePolicy ``spec.model``, e.g. ``chat``); each
 engine answers only to its own served name (vLLM returns 404 for anything else). The
@@ -6,8 +7,10 @@ rewrite runs as an *upstream* HTTP filter of the cluster, so it applies to which
 cluster the route picked (split, header rule, failover) and again on every retry, and
 changing a RoutePolicy never needs a model server restart.
 
-Only the value of the top-level ``"model"`` key is replaced; every other byte of the
-body is forwarded untouched (a parse-and-reserialise would turn integers into floats).
+Only the value of the top-level ``"model"`` key is replaced (and, when the route sets
+``x-llmfleet-max-tokens``, a larger top-level ``max_tokens`` / ``max_completion_tokens``,
+or ``max_tokens`` added when neither is there); every other byte of the body is
+forwarded untouched (a parse-and-reserialise would turn integers into floats).
 The scanner jumps between structural characters with ``string.find``, so even an
 8 MiB prompt costs a few string searches, not a byte-by-byte loop in Lua.
 """
@@ -32,8 +35,8 @@ local function string_end(s, i)
   end
 end
 
--- First and last index of the value of the top-level "model" key, or nil.
-local function model_span(s)
+-- First and last index of the value of top-level key KEY (a quoted JSON string), or nil.
+local function value_span(s, key)
   local depth, i = 0, 1
   while true do
     local p = string.find(s, '[{}%[%]"]', i)
@@ -42,7 +45,7 @@ local function model_span(s)
     if c == 34 then
       local e = string_end(s, p)
       if e == nil then return nil end
-      if depth == 1 and e - p == 6 and string.sub(s, p, e) == '"model"' then
+      if depth == 1 and e - p + 1 == #key and string.sub(s, p, e) == key then
         local _, colon = string.find(s, '^%s*:%s*', e + 1)
         if colon ~= nil then
           local vs = colon + 1
@@ -67,17 +70,45 @@ local function model_span(s)
   end
 end
 
+-- S with max_tokens and max_completion_tokens at most CAP (a request with neither gets
+-- max_tokens CAP).
+local function capped(s, cap)
+  local found = false
+  for _, key in ipairs({'"max_tokens"', '"max_completion_tokens"'}) do
+    local vs, ve = value_span(s, key)
+    if vs ~= nil then
+      local text = string.sub(s, vs, ve)
+      local v = tonumber(text)
+      if v ~= nil or text == "null" then
+        found = true
+        if v == nil or v > cap then s = string.sub(s, 1, vs - 1) .. cap .. string.sub(s, ve + 1) end
+      end
+    end
+  end
+  if not found then
+    local open = string.find(s, "{", 1, true)
+    if open ~= nil then s = string.sub(s, 1, open) .. '"max_tokens":' .. cap .. "," .. string.sub(s, open + 1) end
+  end
+  return s
+end
+
 function envoy_on_request(handle)
-  handle:headers():replace("x-llmfleet-backend", BACKEND)
+  local headers = handle:headers()
+  headers:replace("x-llmfleet-backend", BACKEND)
+  local cap = tonumber(headers:get("x-llmfleet-max-tokens") or "")
+  headers:remove("x-llmfleet-max-tokens")
   local body = handle:body()
   if body == nil then return end
   local n = body:length()
   if n == 0 then return end
   local s = body:getBytes(0, n)
-  local vs, ve = model_span(s)
-  if vs == nil then return end
-  if string.sub(s, vs, ve) == SERVED then return end
-  body:setBytes(string.sub(s, 1, vs - 1) .. SERVED .. string.sub(s, ve + 1))
+  local out = s
+  local vs, ve = value_span(out, '"model"')
+  if vs ~= nil and string.sub(out, vs, ve) ~= SERVED then
+    out = string.sub(out, 1, vs - 1) .. SERVED .. string.sub(out, ve + 1)
+  end
+  if cap ~= nil then out = capped(out, math.floor(cap)) end
+  if out ~= s then body:setBytes(out) end
 end
 """
 

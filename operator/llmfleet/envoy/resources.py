@@ -46,7 +46,7 @@ from google.protobuf.message import Message
 
 from llmfleet.api import openai
 from llmfleet.envoy.lua import model_rewrite_source
-from llmfleet.routing.table import Cluster, Endpoint, Route, RouteTable, WeightedBackend
+from llmfleet.routing.table import ENDPOINT_PATHS, Cluster, Endpoint, Route, RouteTable, RuleMatch, WeightedBackend
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -66,6 +66,9 @@ LISTENER_NAME = "llmfleet"
 ROUTE_CONFIG_NAME = "llmfleet"
 METADATA_NAMESPACE = "llmfleet"  # dynamic metadata written by json_to_metadata
 MODEL_KEY = "model"
+# Body fields rules match on ("user", "metadata.<key>") are copied by json_to_metadata
+# into dynamic metadata keys of the same name, as strings.
+MAX_TOKENS_HEADER = "x-llmfleet-max-tokens"  # a rule's cap, for the upstream Lua filter
 BODY_ERROR_KEY = "body_error"
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -182,19 +185,42 @@ def retry_policy(route: Route, settings: DataPlaneSettings) -> dict[str, Any] | 
 # --------------------------------------------------------------------------- routes
 
 
-def _model_match(model: str, headers: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
-    match: dict[str, Any] = {
-        "prefix": "/",
-        "dynamic_metadata": [{
-            "filter": METADATA_NAMESPACE,
-            "path": [{"key": MODEL_KEY}],
-            "value": {"string_match": {"exact": model}},
-        }],
-    }
-    hdrs = [{"name": name, "string_match": {"exact": value}} for name, value in headers]
-    if hdrs:
-        match["headers"] = hdrs
+def _metadata_match(path: list[str], value: str) -> dict[str, Any]:
+    return {"filter": METADATA_NAMESPACE, "path": [{"key": k} for k in path],
+            "value": {"string_match": {"exact": value}}}
+
+
+def _model_match(model: str, rule: RuleMatch | None = None) -> dict[str, Any]:
+    """The model's requests, and with ``rule`` only those that carry all of it."""
+    match: dict[str, Any] = {"prefix": "/", "dynamic_metadata": [_metadata_match([MODEL_KEY], model)]}
+    if rule is None:
+        return match
+    if rule.endpoint is not None:
+        del match["prefix"]
+        match["path"] = ENDPOINT_PATHS[rule.endpoint]
+    headers: list[dict[str, Any]] = [{"name": n, "string_match": {"exact": v}} for n, v in rule.headers]
+    headers += [{"name": n, "string_match": {"safe_regex": {"regex": v}}} for n, v in rule.header_patterns]
+    headers += [{"name": n, "present_match": True} for n in rule.headers_present]
+    if rule.prompt_bytes is not None:
+        low, high = rule.prompt_bytes
+        # Envoy's range is [start, end) over the header's integer value.
+        headers.append({"name": "content-length", "range_match": {
+            "start": str(low or 0), "end": str(high + 1 if high is not None else 2**63 - 1)}})
+    if headers:
+        match["headers"] = headers
+    match["dynamic_metadata"] += [_metadata_match([field], value) for field, value in rule.body]
     return match
+
+
+def body_fields(table: RouteTable) -> list[str]:
+    """The body fields the table's rules match on, besides "model"."""
+    return sorted({f for route in table.routes for rule in route.rules for f, _ in rule.match.body})
+
+
+def _body_rule(field: str) -> dict[str, Any]:
+    """Copy a body field ("user", "metadata.tier") into dynamic metadata of that name."""
+    return {"selectors": [{"key": k} for k in field.split(".")],
+            "on_present": {"metadata_namespace": METADATA_NAMESPACE, "key": field, "type": "STRING"}}
 
 
 def live_backends(backends: Iterable[WeightedBackend], table: RouteTable) -> list[WeightedBackend]:
@@ -223,6 +249,16 @@ def _route_action(backends: list[WeightedBackend], route: Route,
     return action
 
 
+def _cap(entry: dict[str, Any], max_tokens: int | None) -> dict[str, Any]:
+    """Tell the upstream Lua filter to cap the body's max_tokens (a client's own header
+    of that name is replaced, so it can only ever lower its own cap)."""
+    entry["request_headers_to_remove"] = [MAX_TOKENS_HEADER]
+    if max_tokens is not None:
+        entry["request_headers_to_add"] = [{"header": {"key": MAX_TOKENS_HEADER, "value": str(max_tokens)},
+                                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]
+    return entry
+
+
 def _not_found() -> dict[str, Any]:
     return _formatted_error(404, openai_error("Invalid URL (%REQ(:METHOD)% %REQ(:PATH)%)", param=None))
 
@@ -239,9 +275,10 @@ def model_routes(route: Route, table: RouteTable, settings: DataPlaneSettings) -
     for i, rule in enumerate(route.rules):
         backends = live_backends(rule.backends, table)
         entry: dict[str, Any] = {"name": f"{route.model}/rule-{i}",
-                                 "match": _model_match(route.model, rule.headers)}
+                                 "match": _model_match(route.model, rule.match)}
         if backends:
             entry["route"] = _route_action(backends, route, settings)
+            _cap(entry, rule.max_tokens)
         else:
             entry["direct_response"] = _no_backend(route.model)
         out.append(entry)
@@ -249,6 +286,7 @@ def model_routes(route: Route, table: RouteTable, settings: DataPlaneSettings) -
     entry = {"name": route.model, "match": _model_match(route.model)}
     if backends:
         entry["route"] = _route_action(backends, route, settings)
+        _cap(entry, None)
     else:
         entry["direct_response"] = _no_backend(route.model)
     out.append(entry)
@@ -349,8 +387,10 @@ def _size(n: int) -> str:
 
 
 def listener(listener_port: int, listener_address: str = "0.0.0.0",
-             settings: DataPlaneSettings | None = None) -> dict[str, Any]:
-    """The one Listener (LDS): HCM with json_to_metadata and the router, RDS over ADS."""
+             settings: DataPlaneSettings | None = None, body: Iterable[str] = ()) -> dict[str, Any]:
+    """The one Listener (LDS): HCM with json_to_metadata and the router, RDS over ADS.
+    ``body``: the body fields rules match on (a new one changes the listener, which
+    Envoy swaps in while draining the old one's connections)."""
     settings = settings or DataPlaneSettings()
     hcm: dict[str, Any] = {
         "@type": _HCM,
@@ -374,7 +414,7 @@ def listener(listener_port: int, listener_address: str = "0.0.0.0",
                                            "type": "STRING"},
                             "on_error": {"metadata_namespace": METADATA_NAMESPACE, "key": BODY_ERROR_KEY,
                                          "value": {"string_value": "invalid JSON body"}},
-                        }],
+                        }, *(_body_rule(f) for f in body)],
                         # "application/json" with or without parameters (charset=...).
                         "allow_content_types_regex": {"regex": r"^application/json\s*(;.*)?$"},
                     },
@@ -510,7 +550,7 @@ def build_config(table: RouteTable, *, listener_port: int, listener_address: str
     return {
         CLUSTER_TYPE: [cluster(c, settings) for c in clusters],
         ENDPOINT_TYPE: [load_assignment(c) for c in clusters],
-        LISTENER_TYPE: [listener(listener_port, listener_address, settings)],
+        LISTENER_TYPE: [listener(listener_port, listener_address, settings, body_fields(table))],
         ROUTE_TYPE: [route_configuration(table, settings)],
     }
 
@@ -538,7 +578,7 @@ def build_resources(table: RouteTable, *, listener_port: int, listener_address: 
     return {
         CLUSTER_TYPE: [_cluster_proto(c.name, c.served_model, settings) for c in clusters],
         ENDPOINT_TYPE: [_assignment_proto(c.name, c.endpoints) for c in clusters],
-        LISTENER_TYPE: [_listener_proto(listener_port, listener_address, settings)],
+        LISTENER_TYPE: [_listener_proto(listener_port, listener_address, settings, tuple(body_fields(table)))],
         ROUTE_TYPE: [to_proto(ROUTE_TYPE, route_configuration(table, settings))],
     }
 
@@ -555,8 +595,8 @@ def _assignment_proto(name: str, endpoints: tuple[Endpoint, ...]) -> Message:
 
 
 @functools.lru_cache(maxsize=16)
-def _listener_proto(port: int, address: str, settings: DataPlaneSettings) -> Message:
-    return to_proto(LISTENER_TYPE, listener(port, address, settings))
+def _listener_proto(port: int, address: str, settings: DataPlaneSettings, body: tuple[str, ...]) -> Message:
+    return to_proto(LISTENER_TYPE, listener(port, address, settings, body))
 
 
 def resource_name(resource: Message) -> str:

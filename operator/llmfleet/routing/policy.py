@@ -23,11 +23,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..api.models import Backend, RoutePolicySpec, RouteStrategy
+from ..api.models import Backend, RouteMatch, RoutePolicySpec, RouteStrategy
 from ..kube.views import ModelDeploymentView, PodView, Ref, RoutePolicyView
 from ..signals.values import metric_value
 from ..status.conditions import WantedCondition
-from .table import Cluster, Endpoint, HeaderRule, Retry, Route, RouteTable, WeightedBackend
+from .table import Cluster, Endpoint, Retry, Route, RouteTable, Rule, RuleMatch, WeightedBackend
 
 HOLD = object()  # marks `previous` weights to keep: no new load sample since they were set
 
@@ -176,16 +176,30 @@ def _route(spec: RoutePolicySpec, namespace: str, states, used_clusters, previou
                                    slo, previous, activator)
     rules = []
     for rule in spec.rules:
-        rule_split, _ = _split(spec.strategy, rule.backends, namespace, states, used_clusters, missing, slo, {},
-                               activator)
-        headers = tuple(sorted((k.lower(), v) for k, v in rule.match.headers.items()))
-        rules.append(HeaderRule(headers, rule_split))
+        rule_split, _ = _split(rule.strategy or spec.strategy, rule.backends, namespace, states, used_clusters,
+                               missing, slo, {}, activator)
+        rules.append(Rule(_rule_match(rule.match), rule_split, rule.max_tokens))
     retry = Retry(
         attempts=spec.retry.attempts,
         per_try_timeout_seconds=spec.retry.per_try_timeout_seconds,
         on=tuple(r.value for r in spec.retry.retry_on),
     )
     return Route(spec.model, split, tuple(rules), retry), backend_status, sorted(set(missing))
+
+
+def _rule_match(match: RouteMatch) -> RuleMatch:
+    def lower(items: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+        return tuple(sorted((k.lower(), v) for k, v in items.items()))
+
+    size = match.prompt_bytes
+    return RuleMatch(
+        headers=lower(match.headers),
+        header_patterns=lower(match.header_patterns),
+        headers_present=tuple(sorted({h.lower() for h in match.headers_present})),
+        endpoint=match.endpoint.value if match.endpoint is not None else None,
+        body=tuple(sorted(match.body.items())),
+        prompt_bytes=(size.min, size.max) if size is not None else None,
+    )
 
 
 def _split(strategy, backends: list[Backend], namespace, states, used_clusters, missing, slo=None, previous=None,

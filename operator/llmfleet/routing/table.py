@@ -42,12 +42,29 @@ class Retry:
     on: tuple[str, ...] = ("connect-failure", "reset", "503")  # RoutePolicy retry.on values
 
 
-@dataclass(frozen=True)
-class HeaderRule:
-    """Requests whose headers all match go to `backends` instead of the default split."""
+ENDPOINT_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions",
+                  "embeddings": "/v1/embeddings"}
 
-    headers: tuple[tuple[str, str], ...]  # exact matches, header names lower-case
+
+@dataclass(frozen=True)
+class RuleMatch:
+    """What a request must carry, all of it, for a rule to apply (header names lower-case)."""
+
+    headers: tuple[tuple[str, str], ...] = ()  # exact values
+    header_patterns: tuple[tuple[str, str], ...] = ()  # RE2, matching the whole value
+    headers_present: tuple[str, ...] = ()
+    endpoint: str | None = None  # a key of ENDPOINT_PATHS
+    body: tuple[tuple[str, str], ...] = ()  # ("user", "alice"), ("metadata.tier", "gold"): exact strings
+    prompt_bytes: tuple[int | None, int | None] | None = None  # the body's size, inclusive bounds
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Requests that match go to `backends` instead of the default split."""
+
+    match: RuleMatch
     backends: tuple[WeightedBackend, ...]
+    max_tokens: int | None = None  # a cap on the request's max_tokens
 
 
 @dataclass(frozen=True)
@@ -56,7 +73,7 @@ class Route:
 
     model: str
     backends: tuple[WeightedBackend, ...]  # the split; empty = no ready backend (503)
-    rules: tuple[HeaderRule, ...] = ()
+    rules: tuple[Rule, ...] = ()
     retry: Retry = field(default_factory=Retry)
 
 
