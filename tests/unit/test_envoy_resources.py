@@ -21,7 +21,17 @@ from llmfleet.envoy.resources import (
     resource_name,
     retry_policy,
 )
-from llmfleet.routing.table import Cluster, Endpoint, Retry, Route, RouteTable, Rule, RuleMatch, WeightedBackend
+from llmfleet.routing.table import (
+    Cluster,
+    Endpoint,
+    Fallback,
+    Retry,
+    Route,
+    RouteTable,
+    Rule,
+    RuleMatch,
+    WeightedBackend,
+)
 
 
 def _table(weights: tuple[int, int] = (80, 20), *, a_endpoints: int = 2, served_a: str = "llama-8b",
@@ -144,6 +154,30 @@ def test_a_rule_becomes_envoy_matchers_its_body_fields_reach_the_listener_and_it
     rules = listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"][0]["typed_config"][
         "request_rules"]["rules"]
     assert [[sel["key"] for sel in r["selectors"]] for r in rules] == [["model"], ["metadata", "tier"], ["user"]]
+
+
+def test_a_fallback_tier_is_an_aggregate_cluster_per_primary_and_retries_move_down_it() -> None:
+    t = _table()
+    fallback = Fallback(("ai/llama-70b",), ("5xx", "429"))
+    t = replace(t, routes=(replace(t.routes[0], fallback=fallback),))
+    action = _route(t, "chat")["route"]
+    # Each backend of the split gets its own chain; the fallback itself needs none.
+    assert {c["name"] for c in action["weighted_clusters"]["clusters"]} == {
+        "fallback:ai/llama-8b>ai/llama-70b", "ai/llama-70b"}
+    policy = action["retry_policy"]
+    assert policy["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
+    assert "5xx" in policy["retry_on"] and 429 in policy["retriable_status_codes"]
+    config = build_config(t, listener_port=8080)
+    (aggregate,) = [c for c in config[CLUSTER_TYPE] if c["name"].startswith("fallback:")]
+    assert aggregate["cluster_type"]["typed_config"]["clusters"] == ["ai/llama-8b", "ai/llama-70b"]
+    filters = aggregate["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"][
+        "http_filters"]
+    assert [f["name"] for f in filters] == ["envoy.filters.http.header_mutation", "envoy.filters.http.lua",
+                                            "envoy.filters.http.upstream_codec"]
+    # While Envoy still routes to a chain, the clusters in it are kept too.
+    resources = build_resources(t, listener_port=8080)
+    assert referenced_clusters(resources[ROUTE_TYPE][0]) >= {"fallback:ai/llama-8b>ai/llama-70b", "ai/llama-8b",
+                                                             "ai/llama-70b"}
 
 
 def test_route_order_puts_catch_alls_last() -> None:
@@ -281,7 +315,9 @@ def test_endpoints_carry_addresses_and_weights() -> None:
     cla = next(e for e in config[ENDPOINT_TYPE] if e["cluster_name"] == "ai/llama-70b")
     assert cla["endpoints"] == [{"lb_endpoints": [{
         "endpoint": {"address": {"socket_address": {"address": "10.0.1.1", "port_value": 8000}}},
-        "load_balancing_weight": 2}]}]
+        "load_balancing_weight": 2,
+        # What a fallback chain's upstream filters read to rewrite the model name.
+        "metadata": {"filter_metadata": {"llmfleet": {"served": '"llama-70b"', "backend": "ai/llama-70b"}}}}]}]
     empty = build_config(RouteTable(clusters=(Cluster("ai/x", "x", ()),)), listener_port=8080)[ENDPOINT_TYPE]
     assert empty == [{"cluster_name": "ai/x", "endpoints": []}]
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from llmfleet.kube.views import ModelDeploymentView, PodView, RoutePolicyView
 from llmfleet.routing import policy as routing
 from llmfleet.routing.policy import _percentages
-from llmfleet.routing.table import Endpoint, RuleMatch, WeightedBackend
+from llmfleet.routing.table import Endpoint, Fallback, RuleMatch, WeightedBackend
 
 
 def ready_endpoints(pods):
@@ -142,6 +142,19 @@ def test_a_rule_carries_its_conditions_cap_and_own_strategy():
     assert rule.max_tokens == 64
     # failover (the rule's strategy, not the policy's weighted split): all to priority 0.
     assert rule.backends == (WeightedBackend("ai/big", 100),)
+
+
+def test_a_fallback_tier_lists_its_ready_backends_in_order_and_says_so_in_status():
+    policy = rp("chat", "chat", [{"modelDeployment": "small"}])
+    policy["spec"]["fallback"] = {"backends": [{"modelDeployment": "ghost"}, {"modelDeployment": "big"}],
+                                  "retryOn": ["5xx", "429"]}
+    r = compute_routing([policy], FLEET, PODS)
+    route = r.table.routes[0]
+    assert route.fallback == Fallback(("ai/big",), ("5xx", "429"))
+    rows = {b["modelDeployment"]: b["reason"] for b in r.policies[0].backends}
+    assert rows["big"] == "fallback 2: takes requests the backend before it fails"
+    assert rows["ghost"] == "fallback 1: ModelDeployment ghost not found"
+    assert not cond(r, "ResolvedRefs").status  # a missing fallback is a missing reference too
 
 
 def test_invalid_policy_is_not_accepted_and_named():

@@ -51,6 +51,7 @@ ENV_VAR_NAME = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
 NO_WHITESPACE = r"^\S+$"
 
 MAX_BACKENDS = 16
+MAX_FALLBACKS = 4
 MAX_CONDITIONS = 16
 
 
@@ -900,6 +901,38 @@ class Slo(_Spec):
     )
 
 
+FALLBACK_ON_DEFAULT = ("5xx", "429", "reset", "connect-failure")
+
+
+class Fallback(_Spec):
+    """Backends that take a request the primary backend failed, one attempt each, in order."""
+
+    backends: list[Backend] = Field(
+        max_length=MAX_FALLBACKS,
+        description=(
+            "Tried in this order after the backend the split chose fails (weight and priority are not "
+            "used here); a fallback backend that is also the failed one is skipped."
+        ),
+        json_schema_extra=_BACKENDS_SCHEMA,
+    )
+    retry_on: list[RetryOn] = Field(
+        default_factory=lambda: [RetryOn(v) for v in FALLBACK_ON_DEFAULT],
+        max_length=len(RetryOn),
+        description=(
+            "What sends a request on to the next backend: 5xx (including an attempt that exceeds "
+            "retry.perTryTimeoutSeconds or is reset), 429, connection failures, resets or status codes. "
+            "A backend that keeps answering 5xx is ejected for a cooldown, and its requests go "
+            "straight to the fallback meanwhile."
+        ),
+        json_schema_extra={"default": list(FALLBACK_ON_DEFAULT), "x-kubernetes-list-type": "set"},
+    )
+
+    @field_validator("backends")
+    @classmethod
+    def _check_backends(cls, backends: list[Backend]) -> list[Backend]:
+        return check_backends(backends)
+
+
 class RoutePolicySpec(_Spec):
     """One public model name and how its traffic is split across ModelDeployments."""
 
@@ -936,6 +969,13 @@ class RoutePolicySpec(_Spec):
         json_schema_extra={"default": {}},
     )
     slo: Slo | None = Field(None, description="Latency objective, used by reports (and the latency strategy).")
+    fallback: Fallback | None = Field(
+        None,
+        description=(
+            "A fallback tier: a request the chosen backend fails (5xx, 429, a timed-out or reset attempt) is "
+            "sent on to these backends in turn, with the client seeing only the final answer."
+        ),
+    )
 
     @field_validator("backends")
     @classmethod
@@ -960,7 +1000,7 @@ class RoutePolicyStatus(_Status):
     observed_generation: int | None = Field(None, description="metadata.generation this status reflects.")
     backends: list[BackendStatus] = Field(
         default_factory=list,
-        max_length=MAX_BACKENDS,
+        max_length=MAX_BACKENDS + MAX_FALLBACKS,
         description="Effective routing per backend.",
     )
     conditions: list[Condition] = Field(

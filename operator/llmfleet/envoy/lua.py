@@ -94,7 +94,14 @@ end
 
 function envoy_on_request(handle)
   local headers = handle:headers()
-  headers:replace("x-llmfleet-backend", BACKEND)
+  local served = SERVED
+  if served == nil then
+    -- A fallback chain: the endpoint's own metadata (copied into headers) names it.
+    served = headers:get("x-llmfleet-served-json")
+    headers:remove("x-llmfleet-served-json")
+  else
+    headers:replace("x-llmfleet-backend", BACKEND)
+  end
   local cap = tonumber(headers:get("x-llmfleet-max-tokens") or "")
   headers:remove("x-llmfleet-max-tokens")
   local body = handle:body()
@@ -104,8 +111,8 @@ function envoy_on_request(handle)
   local s = body:getBytes(0, n)
   local out = s
   local vs, ve = value_span(out, '"model"')
-  if vs ~= nil and string.sub(out, vs, ve) ~= SERVED then
-    out = string.sub(out, 1, vs - 1) .. SERVED .. string.sub(out, ve + 1)
+  if served ~= nil and vs ~= nil and string.sub(out, vs, ve) ~= served then
+    out = string.sub(out, 1, vs - 1) .. served .. string.sub(out, ve + 1)
   end
   if cap ~= nil then out = capped(out, math.floor(cap)) end
   if out ~= s then body:setBytes(out) end
@@ -124,13 +131,15 @@ def lua_long_string(text: str) -> str:
     return f"[{eq}[{text}]{eq}]"
 
 
-def model_rewrite_source(served_model: str, backend: str = "") -> str:
+def model_rewrite_source(served_model: str | None, backend: str | None = "") -> str:
     """Lua source of the upstream filter that rewrites ``model`` to ``served_model`` and
     sets the ``x-llmfleet-backend`` header to ``backend`` ("<namespace>/<name>"): the
-    operator's activator reads it to know which ModelDeployment to wake."""
+    operator's activator reads it to know which ModelDeployment to wake. With None, both
+    come from the request's headers, set from the chosen endpoint's metadata (fallback
+    chains, whose upstream filters serve several clusters)."""
     values = {
-        "{served}": lua_long_string(json.dumps(served_model, ensure_ascii=True)),
-        "{backend}": lua_long_string(backend),
+        "{served}": "nil" if served_model is None else lua_long_string(json.dumps(served_model, ensure_ascii=True)),
+        "{backend}": "nil" if backend is None else lua_long_string(backend),
     }
     # One pass, so a name that contains a placeholder's text is never substituted again.
     return re.sub(r"\{served\}|\{backend\}", lambda m: values[m.group(0)], _TEMPLATE)

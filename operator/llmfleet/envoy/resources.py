@@ -32,6 +32,8 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401
+from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2  # noqa: F401
+from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2  # noqa: F401
 from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2  # noqa: F401
 from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
@@ -40,13 +42,23 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noq
     http_connection_manager_pb2,
 )
 from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2  # noqa: F401
+from envoy.extensions.retry.priority.previous_priorities.v3 import previous_priorities_config_pb2  # noqa: F401
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from llmfleet.api import openai
 from llmfleet.envoy.lua import model_rewrite_source
-from llmfleet.routing.table import ENDPOINT_PATHS, Cluster, Endpoint, Route, RouteTable, RuleMatch, WeightedBackend
+from llmfleet.routing.table import (
+    ENDPOINT_PATHS,
+    Cluster,
+    Endpoint,
+    Fallback,
+    Route,
+    RouteTable,
+    RuleMatch,
+    WeightedBackend,
+)
 
 LISTENER_TYPE = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
@@ -69,6 +81,8 @@ MODEL_KEY = "model"
 # Body fields rules match on ("user", "metadata.<key>") are copied by json_to_metadata
 # into dynamic metadata keys of the same name, as strings.
 MAX_TOKENS_HEADER = "x-llmfleet-max-tokens"  # a rule's cap, for the upstream Lua filter
+SERVED_HEADER = "x-llmfleet-served-json"  # a fallback chain's endpoint's served name, for its Lua filter
+BACKEND_HEADER = "x-llmfleet-backend"  # the ModelDeployment an upstream request goes to (the activator reads it)
 BODY_ERROR_KEY = "body_error"
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -148,14 +162,16 @@ def retry_policy(route: Route, settings: DataPlaneSettings) -> dict[str, Any] | 
     """Envoy's retry policy for a RoutePolicy ``retry``; None when retries are off.
 
     Named conditions pass through; status codes (``"503"``) become
-    ``retriable-status-codes``. Retries go to another replica (previous_hosts).
+    ``retriable-status-codes``. Retries go to another replica (previous_hosts); with a
+    fallback tier, down its chain (and the fallback's conditions retry too).
     """
-    retry = route.retry
-    if retry.attempts <= 0:
+    retry, fallback = route.retry, route.fallback
+    attempts = max(retry.attempts, len(fallback.clusters) if fallback else 0)
+    if attempts <= 0:
         return None
     names: list[str] = []
     codes: list[int] = []
-    for cond in retry.on:
+    for cond in dict.fromkeys((*retry.on, *(fallback.on if fallback else ()))):
         if cond.isdigit():
             codes.append(int(cond))
         elif cond in _RETRY_ON_NAMES:
@@ -166,7 +182,7 @@ def retry_policy(route: Route, settings: DataPlaneSettings) -> dict[str, Any] | 
         names.append("retriable-status-codes")
     policy: dict[str, Any] = {
         "retry_on": ",".join(dict.fromkeys(names)),
-        "num_retries": retry.attempts,
+        "num_retries": attempts,
         "per_try_timeout": f"{retry.per_try_timeout_seconds}s",
         "retry_host_predicate": [{
             "name": "envoy.retry_host_predicates.previous_hosts",
@@ -179,6 +195,14 @@ def retry_policy(route: Route, settings: DataPlaneSettings) -> dict[str, Any] | 
     }
     if codes:
         policy["retriable_status_codes"] = sorted(set(codes))
+    if fallback:
+        # A fallback chain is an aggregate cluster whose priorities are its clusters in
+        # order: each retry leaves out the priorities already tried, so it moves down the chain.
+        policy["retry_priority"] = {
+            "name": "envoy.retry_priorities.previous_priorities",
+            "typed_config": {"@type": "type.googleapis.com/envoy.extensions.retry.priority.previous_priorities.v3."
+                                      "PreviousPrioritiesConfig", "update_frequency": 1},
+        }
     return policy
 
 
@@ -236,11 +260,12 @@ def live_backends(backends: Iterable[WeightedBackend], table: RouteTable) -> lis
 def _route_action(backends: list[WeightedBackend], route: Route,
                   settings: DataPlaneSettings) -> dict[str, Any]:
     action: dict[str, Any] = {}
+    names = [chain_name(fallback_chain(b.cluster, route.fallback)) for b in backends]
     if len(backends) == 1:
-        action["cluster"] = backends[0].cluster
+        action["cluster"] = names[0]
     else:
         action["weighted_clusters"] = {
-            "clusters": [{"name": b.cluster, "weight": b.weight} for b in backends]
+            "clusters": [{"name": n, "weight": b.weight} for n, b in zip(names, backends, strict=True)]
         }
     action["timeout"] = "0s"  # no overall limit: streams last as long as generation does
     policy = retry_policy(route, settings)
@@ -472,10 +497,7 @@ def cluster(c: Cluster, settings: DataPlaneSettings | None = None) -> dict[str, 
     """One ModelDeployment as an EDS cluster (CDS). Nothing here depends on weights or
     endpoints, so the resource stays byte-identical while those change."""
     settings = settings or DataPlaneSettings()
-    big = {"max_connections": settings.max_requests_per_cluster,
-           "max_pending_requests": settings.max_requests_per_cluster,
-           "max_requests": settings.max_requests_per_cluster,
-           "max_retries": settings.max_concurrent_retries}
+    big = _thresholds(settings)
     return {
         "name": c.name,
         "alt_stat_name": stat_name(c.name),
@@ -493,36 +515,98 @@ def cluster(c: Cluster, settings: DataPlaneSettings | None = None) -> dict[str, 
             "base_ejection_time": f"{settings.base_ejection_seconds}s",
             "max_ejection_percent": settings.max_ejection_percent,
         },
-        "typed_extension_protocol_options": {
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": {"http_protocol_options": {}},
-                "http_filters": [
-                    {
-                        "name": "envoy.filters.http.lua",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                            "default_source_code": {"inline_string": model_rewrite_source(c.served_model, c.name)},
-                        },
-                    },
-                    {
-                        "name": "envoy.filters.http.upstream_codec",
-                        "typed_config": {
-                            "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"
-                        },
-                    },
-                ],
-            },
-        },
+        "typed_extension_protocol_options": _upstream_filters([_lua(model_rewrite_source(c.served_model, c.name))]),
+    }
+
+
+def _thresholds(settings: DataPlaneSettings) -> dict[str, int]:
+    return {"max_connections": settings.max_requests_per_cluster,
+            "max_pending_requests": settings.max_requests_per_cluster,
+            "max_requests": settings.max_requests_per_cluster,
+            "max_retries": settings.max_concurrent_retries}
+
+
+def _lua(source: str) -> dict[str, Any]:
+    return {"name": "envoy.filters.http.lua", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+        "default_source_code": {"inline_string": source}}}
+
+
+def _upstream_filters(filters: list[dict[str, Any]]) -> dict[str, Any]:
+    """HTTP/1.1 to the engines, through these upstream filters, then the codec."""
+    return {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "explicit_http_config": {"http_protocol_options": {}},
+        "http_filters": [*filters, {"name": "envoy.filters.http.upstream_codec", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec"}}],
+    }}
+
+
+FALLBACK_PREFIX = "fallback:"  # an aggregate cluster: "fallback:<primary>><fallback>>..."
+
+
+def fallback_chain(primary: str, fallback: Fallback | None) -> tuple[str, ...]:
+    """The clusters an attempt goes through, in order, when the split picks ``primary``."""
+    return (primary, *(c for c in fallback.clusters if c != primary)) if fallback else (primary,)
+
+
+def chain_name(chain: tuple[str, ...]) -> str:
+    return chain[0] if len(chain) == 1 else FALLBACK_PREFIX + ">".join(chain)
+
+
+def chain_of(name: str) -> tuple[str, ...]:
+    """The clusters behind a cluster name (itself, or an aggregate's)."""
+    return tuple(name.removeprefix(FALLBACK_PREFIX).split(">")) if name.startswith(FALLBACK_PREFIX) else (name,)
+
+
+def fallback_chains(table: RouteTable) -> list[tuple[str, ...]]:
+    """Every fallback chain a route of ``table`` sends to (aggregate clusters to define)."""
+    chains = {fallback_chain(b.cluster, route.fallback)
+              for route in table.routes if route.fallback
+              for backends in (route.backends, *(rule.backends for rule in route.rules))
+              for b in live_backends(backends, table)}
+    return sorted(c for c in chains if len(c) > 1)
+
+
+def aggregate_cluster(chain: tuple[str, ...], settings: DataPlaneSettings | None = None) -> dict[str, Any]:
+    """A fallback chain as an aggregate cluster (CDS): its clusters are its priorities, in
+    order. Upstream filters run with the aggregate's configuration, so the model name to
+    send is read from the chosen endpoint's metadata (EDS) instead of being built in."""
+    settings = settings or DataPlaneSettings()
+    name = chain_name(chain)
+    from_host = [{"append": {"header": {"key": key, "value": f'%UPSTREAM_METADATA(["{METADATA_NAMESPACE}", '
+                                                                      f'"{field}"])%'},
+                             "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}}
+                 for key, field in ((SERVED_HEADER, "served"), (BACKEND_HEADER, "backend"))]
+    return {
+        "name": name,
+        "alt_stat_name": stat_name(name),
+        "connect_timeout": f"{settings.connect_timeout_seconds}s",
+        "lb_policy": "CLUSTER_PROVIDED",
+        "cluster_type": {"name": "envoy.clusters.aggregate", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig",
+            "clusters": list(chain)}},
+        # The router counts retries and requests against this cluster.
+        "circuit_breakers": {"thresholds": [dict(_thresholds(settings), priority=p) for p in ("DEFAULT", "HIGH")]},
+        "typed_extension_protocol_options": _upstream_filters([
+            {"name": "envoy.filters.http.header_mutation", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",
+                "mutations": {"request_mutations": from_host}}},
+            _lua(model_rewrite_source(None, None)),
+        ]),
     }
 
 
 def load_assignment(c: Cluster) -> dict[str, Any]:
-    """The ready replicas of one cluster (EDS)."""
+    """The ready replicas of one cluster (EDS), each labelled with what its cluster serves
+    (read by the upstream filters of fallback chains)."""
+    labels = {"filter_metadata": {METADATA_NAMESPACE: {
+        "served": json.dumps(c.served_model, ensure_ascii=True), "backend": c.name}}}
     lb_endpoints = [
         {
             "endpoint": {"address": {"socket_address": {"address": e.address, "port_value": e.port}}},
             "load_balancing_weight": max(1, e.weight),
+            "metadata": labels,
         }
         for e in sorted(c.endpoints)
     ]
@@ -548,7 +632,8 @@ def build_config(table: RouteTable, *, listener_port: int, listener_address: str
     _check(table)
     clusters = sorted(table.clusters, key=lambda c: c.name)
     return {
-        CLUSTER_TYPE: [cluster(c, settings) for c in clusters],
+        CLUSTER_TYPE: [cluster(c, settings) for c in clusters]
+        + [aggregate_cluster(chain, settings) for chain in fallback_chains(table)],
         ENDPOINT_TYPE: [load_assignment(c) for c in clusters],
         LISTENER_TYPE: [listener(listener_port, listener_address, settings, body_fields(table))],
         ROUTE_TYPE: [route_configuration(table, settings)],
@@ -576,8 +661,9 @@ def build_resources(table: RouteTable, *, listener_port: int, listener_address: 
     _check(table)
     clusters = sorted(table.clusters, key=lambda c: c.name)
     return {
-        CLUSTER_TYPE: [_cluster_proto(c.name, c.served_model, settings) for c in clusters],
-        ENDPOINT_TYPE: [_assignment_proto(c.name, c.endpoints) for c in clusters],
+        CLUSTER_TYPE: [_cluster_proto(c.name, c.served_model, settings) for c in clusters]
+        + [_aggregate_proto(chain, settings) for chain in fallback_chains(table)],
+        ENDPOINT_TYPE: [_assignment_proto(c.name, c.served_model, c.endpoints) for c in clusters],
         LISTENER_TYPE: [_listener_proto(listener_port, listener_address, settings, tuple(body_fields(table)))],
         ROUTE_TYPE: [to_proto(ROUTE_TYPE, route_configuration(table, settings))],
     }
@@ -590,8 +676,13 @@ def _cluster_proto(name: str, served_model: str, settings: DataPlaneSettings) ->
 
 
 @functools.lru_cache(maxsize=16384)
-def _assignment_proto(name: str, endpoints: tuple[Endpoint, ...]) -> Message:
-    return to_proto(ENDPOINT_TYPE, load_assignment(Cluster(name, "", endpoints)))
+def _assignment_proto(name: str, served_model: str, endpoints: tuple[Endpoint, ...]) -> Message:
+    return to_proto(ENDPOINT_TYPE, load_assignment(Cluster(name, served_model, endpoints)))
+
+
+@functools.lru_cache(maxsize=4096)
+def _aggregate_proto(chain: tuple[str, ...], settings: DataPlaneSettings) -> Message:
+    return to_proto(CLUSTER_TYPE, aggregate_cluster(chain, settings))
 
 
 @functools.lru_cache(maxsize=16)
@@ -612,7 +703,9 @@ def referenced_clusters(route_config: Message) -> set[str]:
     for vh in route_config.virtual_hosts:
         for r in vh.routes:
             if r.HasField("route"):
-                if r.route.cluster:
-                    out.add(r.route.cluster)
-                out.update(w.name for w in r.route.weighted_clusters.clusters)
+                names = [r.route.cluster] if r.route.cluster else []
+                names += [w.name for w in r.route.weighted_clusters.clusters]
+                for name in names:
+                    out.add(name)
+                    out.update(chain_of(name))  # a fallback chain's own clusters
     return out

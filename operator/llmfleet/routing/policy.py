@@ -27,7 +27,7 @@ from ..api.models import Backend, RouteMatch, RoutePolicySpec, RouteStrategy
 from ..kube.views import ModelDeploymentView, PodView, Ref, RoutePolicyView
 from ..signals.values import metric_value
 from ..status.conditions import WantedCondition
-from .table import Cluster, Endpoint, Retry, Route, RouteTable, Rule, RuleMatch, WeightedBackend
+from .table import Cluster, Endpoint, Fallback, Retry, Route, RouteTable, Rule, RuleMatch, WeightedBackend
 
 HOLD = object()  # marks `previous` weights to keep: no new load sample since they were set
 
@@ -184,7 +184,34 @@ def _route(spec: RoutePolicySpec, namespace: str, states, used_clusters, previou
         per_try_timeout_seconds=spec.retry.per_try_timeout_seconds,
         on=tuple(r.value for r in spec.retry.retry_on),
     )
-    return Route(spec.model, split, tuple(rules), retry), backend_status, sorted(set(missing))
+    fallback, fallback_status = _fallback(spec, namespace, states, used_clusters, missing)
+    return (Route(spec.model, split, tuple(rules), retry, fallback), backend_status + fallback_status,
+            sorted(set(missing)))
+
+
+def _fallback(spec: RoutePolicySpec, namespace, states, used_clusters, missing) -> tuple[Fallback | None, list[dict]]:
+    """The ready fallback clusters, in order, and a status row for each fallback backend
+    the split does not already list."""
+    if spec.fallback is None:
+        return None, []
+    listed = {b.model_deployment for b in spec.backends}
+    clusters, rows = [], []
+    for i, b in enumerate(spec.fallback.backends, 1):
+        state = states.get((namespace, b.model_deployment))
+        if state is None:
+            missing.append(b.model_deployment)
+            reason = f"fallback {i}: ModelDeployment {b.model_deployment} not found"
+        elif not state.endpoints:
+            reason = f"fallback {i}: no ready replicas, skipped"
+        else:
+            used_clusters[state.cluster] = Cluster(state.cluster, state.served_model, state.endpoints)
+            clusters.append(state.cluster)
+            reason = f"fallback {i}: takes requests the backend before it fails"
+        if b.model_deployment not in listed:
+            rows.append({"modelDeployment": b.model_deployment, "weight": 0,
+                         "readyReplicas": len(state.endpoints) if state else 0, "reason": reason})
+    on = tuple(r.value for r in spec.fallback.retry_on)
+    return (Fallback(tuple(clusters), on) if clusters else None), rows
 
 
 def _rule_match(match: RouteMatch) -> RuleMatch:

@@ -68,6 +68,14 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Fallback:
+    """Clusters a failed attempt moves on to, in order, and what counts as failed."""
+
+    clusters: tuple[str, ...]  # Cluster.name, ready ones only
+    on: tuple[str, ...] = ("5xx", "429", "reset", "connect-failure")  # RoutePolicy retryOn values
+
+
+@dataclass(frozen=True)
 class Route:
     """One public model name (what clients put in the body's "model")."""
 
@@ -75,6 +83,7 @@ class Route:
     backends: tuple[WeightedBackend, ...]  # the split; empty = no ready backend (503)
     rules: tuple[Rule, ...] = ()
     retry: Retry = field(default_factory=Retry)
+    fallback: Fallback | None = None
 
 
 @dataclass(frozen=True)

@@ -79,6 +79,9 @@ class OutputLength:
         return f"normal:{self.a:g}:{self.b:g}"
 
 
+
+ERROR_STATUSES = (429, 500, 502, 503, 504)  # what --error-rate's failures may answer
+
 @dataclass(frozen=True, slots=True)
 class SimConfig:
     """Everything one sim replica needs; field names follow the CLI flags.
@@ -103,6 +106,7 @@ class SimConfig:
     # default: it plays a replica configured for graceful scale-down.
     shutdown_timeout: float = 10.0
     error_rate: float = 0.0
+    error_status: int = 500
     hang_rate: float = 0.0
     crash_after: int | None = None
     seed: int | None = None
@@ -147,6 +151,9 @@ class SimConfig:
         for flag, rate in (("--error-rate", self.error_rate), ("--hang-rate", self.hang_rate)):
             if not 0 <= rate <= 1:
                 raise ValueError(f"{flag} must be within 0..1, got {rate}")
+        if self.error_status not in ERROR_STATUSES:
+            raise ValueError(f"--error-status must be one of {', '.join(map(str, ERROR_STATUSES))}, "
+                             f"got {self.error_status}")
         if self.error_rate + self.hang_rate > 1:
             raise ValueError("--error-rate plus --hang-rate must not exceed 1")
         if self.accuracy is not None and not 0 < self.accuracy < 1:

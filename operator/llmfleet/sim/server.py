@@ -270,7 +270,10 @@ class SimServer:
             if cfg.error_rate or cfg.hang_rate:
                 r = self._fault_rng.random()
                 if r < cfg.error_rate:
-                    raise RequestError(500, "Simulated engine failure (--error-rate).")
+                    if cfg.error_status == 429:
+                        raise RequestError(429, "Simulated overload (--error-rate, --error-status 429).",
+                                           err_type="TooManyRequestsError")
+                    raise RequestError(cfg.error_status, "Simulated engine failure (--error-rate).")
                 if r < cfg.error_rate + cfg.hang_rate:
                     await self._hang()
         except RequestError as exc:
@@ -487,6 +490,8 @@ def build_parser(prog: str = "llmfleet sim") -> argparse.ArgumentParser:
     f = p.add_argument_group("failure injection")
     f.add_argument("--error-rate", type=float, default=d.error_rate,
                    help="fraction of requests answered with HTTP 500 (default %(default)s)")
+    f.add_argument("--error-status", type=int, default=d.error_status,
+                   help="HTTP status of --error-rate's failures: 429, 500, 502, 503 or 504 (default %(default)s)")
     f.add_argument("--hang-rate", type=float, default=d.hang_rate,
                    help="fraction of requests that are never answered (default %(default)s)")
     f.add_argument("--crash-after", type=int, default=None, metavar="N",
@@ -518,7 +523,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         decode_step_ms=args.decode_step_ms, decode_step_ms_per_seq=args.decode_step_ms_per_seq,
         max_model_len=args.max_model_len, output_tokens=args.output_tokens,
         time_scale=args.time_scale, load_seconds=args.load_seconds,
-        shutdown_timeout=args.shutdown_timeout, error_rate=args.error_rate,
+        shutdown_timeout=args.shutdown_timeout, error_rate=args.error_rate, error_status=args.error_status,
         hang_rate=args.hang_rate, crash_after=args.crash_after, seed=args.seed, accuracy=args.accuracy,
         confidence_noise=args.confidence_noise, prompt_dataset=args.prompt_dataset)
 
