@@ -168,6 +168,8 @@ RULE_CASES = [
                              "rules": [{"match": {"headers": {"bad name": "x"}}, "backends": [{"modelDeployment": "b"}]}]})),
     ("rule-body-field", rp({"model": "chat", "backends": [{"modelDeployment": "a"}],
                             "rules": [{"match": {"body": {"temperature": "0"}}, "backends": [{"modelDeployment": "b"}]}]})),
+    ("cascade-without-its-strategy", rp({"model": "chat", "backends": [{"modelDeployment": "a"}],
+                                         "cascade": {"minMeanLogprob": -1}})),
     ("backends-empty", rp({"model": "chat", "backends": []})),
     ("backends-dup", rp({"model": "chat", "backends": [{"modelDeployment": "a"}, {"modelDeployment": "a"}]})),
     (

@@ -348,7 +348,7 @@ def test_strategy_is_one_of_the_implemented_ones():
     for strategy in ("weighted", "failover", "cost", "latency"):
         assert parse_route_policy_spec({**MINIMAL_RP, "strategy": strategy}).strategy == strategy
     msg = refusal({**MINIMAL_RP, "strategy": "random"}, parse_route_policy_spec)
-    assert msg == "spec.strategy: Input should be 'weighted', 'failover', 'cost' or 'latency'"
+    assert msg == "spec.strategy: Input should be 'weighted', 'failover', 'cost', 'latency' or 'cascade'"
 
 
 def test_retry_conditions_are_unique():

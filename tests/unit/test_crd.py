@@ -290,7 +290,7 @@ def test_defaults_and_enums_in_the_schema():
     assert props["accelerator"]["properties"]["resource"]["default"] == "nvidia.com/gpu"
     assert props["engine"]["properties"]["env"]["x-kubernetes-list-map-keys"] == ["name"]
     rp = _schema("RoutePolicy")["properties"]["spec"]["properties"]
-    assert rp["strategy"]["enum"] == ["weighted", "failover", "cost", "latency"]
+    assert rp["strategy"]["enum"] == ["weighted", "failover", "cost", "latency", "cascade"]
     assert rp["retry"]["properties"]["retryOn"]["x-kubernetes-list-type"] == "set"
 
 

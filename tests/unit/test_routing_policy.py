@@ -157,6 +157,21 @@ def test_a_fallback_tier_lists_its_ready_backends_in_order_and_says_so_in_status
     assert not cond(r, "ResolvedRefs").status  # a missing fallback is a missing reference too
 
 
+def test_a_cascade_lists_its_ready_stages_cheapest_first_and_explains_each():
+    policy = rp("chat", "chat", [{"modelDeployment": "small"}, {"modelDeployment": "big"}], strategy="cascade")
+    policy["spec"]["cascade"] = {"minMeanLogprob": -0.4, "refusalPatterns": ["I Cannot"]}
+    r = compute_routing([policy], FLEET, PODS)
+    route = r.table.routes[0]
+    assert route.cascade is not None
+    assert [(s.backend, s.cluster, s.served_model) for s in route.cascade.stages] == [
+        ("small", "ai/small", "llama-8b"), ("big", "ai/big", "llama-70b")]
+    assert (route.cascade.min_mean_logprob, route.cascade.refusals) == (-0.4, ("i cannot",))
+    assert route.backends == (WeightedBackend("ai/big", 100),)  # what Envoy would send to without the cascade
+    reasons = [b["reason"] for b in r.policies[0].backends]
+    assert reasons == ["stage 1 of 2: answers unless an escalation condition holds",
+                       "stage 2 of 2: the last stage, answers what the others escalate"]
+
+
 def test_invalid_policy_is_not_accepted_and_named():
     r = compute_routing([rp("chat", "chat", [])], FLEET, PODS)
     c = cond(r, "Accepted")

@@ -108,6 +108,7 @@ class RouteStrategy(StrEnum):
     FAILOVER = "failover"
     COST = "cost"
     LATENCY = "latency"
+    CASCADE = "cascade"
 
 
 class RetryOn(StrEnum):
@@ -901,6 +902,32 @@ class Slo(_Spec):
     )
 
 
+CASCADE_ONLY_MESSAGE = "cascade settings need strategy: cascade"
+CASCADE_ONLY_RULE = CelRule(rule="!has(self.cascade) || self.strategy == 'cascade'", message=CASCADE_ONLY_MESSAGE,
+                            field_path=".cascade")
+
+
+class Cascade(_Spec):
+    """When a cascade stage's answer is not good enough and the request goes to the next."""
+
+    min_mean_logprob: float | None = Field(
+        None,
+        ge=-100,
+        le=0,
+        description=(
+            "Escalate when the answer's mean token logprob is below this (the stage is asked for logprobs). "
+            "Unset: confidence is not checked."
+        ),
+    )
+    escalate_on_length: bool = Field(True, description='Escalate an answer cut short (finish_reason "length").')
+    escalate_on_empty: bool = Field(True, description="Escalate an empty answer.")
+    refusal_patterns: list[Annotated[str, Field(min_length=1, max_length=128)]] = Field(
+        default_factory=list,
+        max_length=16,
+        description="Escalate an answer containing one of these phrases (case-insensitive, plain text).",
+    )
+
+
 FALLBACK_ON_DEFAULT = ("5xx", "429", "reset", "connect-failure")
 
 
@@ -936,6 +963,8 @@ class Fallback(_Spec):
 class RoutePolicySpec(_Spec):
     """One public model name and how its traffic is split across ModelDeployments."""
 
+    model_config = ConfigDict(json_schema_extra=x_validations(CASCADE_ONLY_RULE))
+
     model: str = Field(
         min_length=1,
         max_length=256,
@@ -950,7 +979,8 @@ class RoutePolicySpec(_Spec):
             "cost: cheapest cost per token first (cost.perReplicaHour over the tokens/s a replica serves at "
             "its target), "
             "each backend filled up to its autoscaling target, the rest shed to the next cheapest. "
-            "latency: shares follow measured TTFT p95 and queue depth, away from backends over the SLO."
+            "latency: shares follow measured TTFT p95 and queue depth, away from backends over the SLO. "
+            "cascade: the backends are stages tried in order, cheapest first (see cascade)."
         ),
     )
     backends: list[Backend] = Field(
@@ -969,6 +999,13 @@ class RoutePolicySpec(_Spec):
         json_schema_extra={"default": {}},
     )
     slo: Slo | None = Field(None, description="Latency objective, used by reports (and the latency strategy).")
+    cascade: Cascade | None = Field(
+        None,
+        description=(
+            "With strategy cascade: the backends are stages, cheapest first; each stage's answer is returned "
+            "unless one of these conditions holds, and then the request goes to the next stage."
+        ),
+    )
     fallback: Fallback | None = Field(
         None,
         description=(
@@ -981,6 +1018,12 @@ class RoutePolicySpec(_Spec):
     @classmethod
     def _check_backends(cls, backends: list[Backend]) -> list[Backend]:
         return check_backends(backends)
+
+    @model_validator(mode="after")
+    def _cascade_only_with_its_strategy(self) -> RoutePolicySpec:
+        if self.cascade is not None and self.strategy is not RouteStrategy.CASCADE:
+            raise rule_error(CASCADE_ONLY_MESSAGE, "cascade")
+        return self
 
 
 class BackendStatus(_Status):

@@ -20,12 +20,7 @@ from __future__ import annotations
 import json
 import re
 
-_TEMPLATE = r"""-- llmfleet: set the request body's top-level "model" to the served name, and say
--- which backend (ModelDeployment) the request is for.
-local SERVED = {served}
-local BACKEND = {backend}
-
--- Index of the quote closing the JSON string that opens at i.
+_SCANNER = r"""-- Index of the quote closing the JSON string that opens at i.
 local function string_end(s, i)
   local j = i + 1
   while true do
@@ -36,6 +31,8 @@ local function string_end(s, i)
 end
 
 -- First and last index of the value of top-level key KEY (a quoted JSON string), or nil.
+-- (An object or array value is spanned by bracket matching: fine for what llmfleet
+-- reads this way, which holds no brackets inside strings.)
 local function value_span(s, key)
   local depth, i = 0, 1
   while true do
@@ -51,6 +48,12 @@ local function value_span(s, key)
           local vs = colon + 1
           if string.byte(s, vs) == 34 then
             local ve = string_end(s, vs)
+            if ve == nil then return nil end
+            return vs, ve
+          end
+          local b = string.byte(s, vs)
+          if b == 123 or b == 91 then
+            local _, ve = string.find(s, b == 123 and '^%b{}' or '^%b[]', vs)
             if ve == nil then return nil end
             return vs, ve
           end
@@ -70,6 +73,14 @@ local function value_span(s, key)
   end
 end
 
+"""
+
+_TEMPLATE = r"""-- llmfleet: set the request body's top-level "model" to the served name, and say
+-- which backend (ModelDeployment) the request is for.
+local SERVED = {served}
+local BACKEND = {backend}
+
+{scanner}
 -- S with max_tokens and max_completion_tokens at most CAP (a request with neither gets
 -- max_tokens CAP).
 local function capped(s, cap)
@@ -142,4 +153,166 @@ def model_rewrite_source(served_model: str | None, backend: str | None = "") -> 
         "{backend}": "nil" if backend is None else lua_long_string(backend),
     }
     # One pass, so a name that contains a placeholder's text is never substituted again.
-    return re.sub(r"\{served\}|\{backend\}", lambda m: values[m.group(0)], _TEMPLATE)
+    return _fill(_TEMPLATE, {**values, "{scanner}": _SCANNER})
+
+
+def _fill(template: str, values: dict[str, str]) -> str:
+    """``template`` with each placeholder replaced, in one pass."""
+    return re.sub("|".join(re.escape(k) for k in values), lambda m: values[m.group(0)], template)
+
+
+_CASCADE = r"""-- llmfleet: a cascade. Each stage is asked in turn (non-streaming, through its
+-- cluster); its answer is returned unless an escalation condition holds, and the last
+-- stage's answer is returned whatever it is. A client that asked to stream gets the
+-- chosen answer as one server-sent event, then [DONE].
+local PUBLIC = {public}
+local STAGES = {stages}
+local MIN_LOGPROB = {min_logprob}
+local ON_LENGTH = {on_length}
+local ON_EMPTY = {on_empty}
+local REFUSALS = {refusals}
+local TIMEOUT_MS = {timeout_ms}
+
+{scanner}
+
+-- S with top-level KEY set to the JSON text VALUE (added when absent).
+local function set_value(s, key, value)
+  local vs, ve = value_span(s, key)
+  if vs ~= nil then return string.sub(s, 1, vs - 1) .. value .. string.sub(s, ve + 1) end
+  local open = string.find(s, "{", 1, true)
+  if open == nil then return s end
+  return string.sub(s, 1, open) .. key .. ":" .. value .. "," .. string.sub(s, open + 1)
+end
+
+local function top(s, key)
+  local vs, ve = value_span(s, key)
+  if vs == nil then return nil end
+  return string.sub(s, vs, ve)
+end
+
+-- The answer as a JSON string literal (quotes included), or nil.
+local function answer_literal(body)
+  for _, key in ipairs({'"content"%s*:%s*"', '"text"%s*:%s*"'}) do
+    local _, q = string.find(body, key)
+    if q ~= nil then
+      local e = string_end(body, q)
+      if e ~= nil then return string.sub(body, q, e) end
+    end
+  end
+  return nil
+end
+
+local function mean_logprob(body)
+  local total, n = 0, 0
+  -- Chat: each token's entry ({token, logprob, bytes, top_logprobs}), not its alternatives'.
+  for v in string.gmatch(body, '"logprob"%s*:%s*(-?[%d%.eE+-]+)%s*,%s*"bytes"%s*:%s*%b[]%s*,%s*"top_logprobs"') do
+    total, n = total + tonumber(v), n + 1
+  end
+  if n == 0 then
+    local list = string.match(body, '"token_logprobs"%s*:%s*(%b[])')  -- completions
+    if list ~= nil then
+      for v in string.gmatch(list, "-?[%d%.eE+-]+") do total, n = total + tonumber(v), n + 1 end
+    end
+  end
+  if n == 0 then return nil end
+  return total / n
+end
+
+-- Why this answer is not good enough (nil: it is).
+local function escalation(body)
+  if ON_LENGTH and string.match(body, '"finish_reason"%s*:%s*"length"') then return "length" end
+  local answer = answer_literal(body)
+  if ON_EMPTY and (answer == nil or string.find(answer, '^"%s*"$')) then return "empty" end
+  if answer ~= nil then
+    local lower = string.lower(answer)
+    for _, phrase in ipairs(REFUSALS) do
+      if string.find(lower, phrase, 1, true) then return "refusal" end
+    end
+  end
+  if MIN_LOGPROB ~= nil then
+    local mean = mean_logprob(body)
+    if mean == nil or mean < MIN_LOGPROB then return "low confidence" end
+  end
+  return nil
+end
+
+local function as_events(body, chat, usage_wanted)
+  local head = '{"id":' .. (top(body, '"id"') or '"cascade"') .. ',"created":' .. (top(body, '"created"') or "0")
+    .. ',"model":' .. PUBLIC .. ','
+  local answer = answer_literal(body) or '""'
+  local finish = string.match(body, '"finish_reason"%s*:%s*("[%a_]+")') or '"stop"'
+  local choice
+  if chat then
+    head = head .. '"object":"chat.completion.chunk",'
+    choice = '{"index":0,"delta":{"role":"assistant","content":' .. answer .. '},"logprobs":null,"finish_reason":'
+      .. finish .. '}'
+  else
+    head = head .. '"object":"text_completion",'
+    choice = '{"index":0,"text":' .. answer .. ',"logprobs":null,"finish_reason":' .. finish .. '}'
+  end
+  local out = "data: " .. head .. '"choices":[' .. choice .. ']}\n\n'
+  local usage = top(body, '"usage"')
+  if usage_wanted and usage ~= nil then
+    out = out .. "data: " .. head .. '"choices":[],"usage":' .. usage .. '}\n\n'
+  end
+  return out .. "data: [DONE]\n\n"
+end
+
+function envoy_on_request(handle)
+  local body = handle:body()
+  if body == nil or body:length() == 0 then return end
+  local s = body:getBytes(0, body:length())
+  local path = handle:headers():get(":path")
+  local chat = string.find(path, "/chat/", 1, true) ~= nil
+  local streaming = top(s, '"stream"') == "true"
+  local usage_wanted = string.find(s, '"include_usage"%s*:%s*true') ~= nil
+  local ask = set_value(set_value(s, '"stream"', "false"), '"stream_options"', "null")
+  if MIN_LOGPROB ~= nil then ask = set_value(ask, '"logprobs"', chat and "true" or "1") end
+  local why = {}
+  for i, stage in ipairs(STAGES) do
+    local headers, answer = handle:httpCall(stage.cluster, {
+      [":method"] = "POST", [":path"] = path, [":authority"] = "llmfleet-cascade",
+      ["content-type"] = "application/json",
+    }, set_value(ask, '"model"', stage.served), TIMEOUT_MS)
+    local status = headers[":status"] or "503"
+    local reason = "HTTP " .. status
+    if status == "200" then reason = escalation(answer) end
+    if reason == nil or i == #STAGES then
+      local out = answer
+      local content_type = headers["content-type"] or "application/json"
+      if status == "200" then
+        out = set_value(answer, '"model"', PUBLIC)
+        if streaming then out, content_type = as_events(out, chat, usage_wanted), "text/event-stream" end
+      end
+      local reply = {[":status"] = status, ["content-type"] = content_type, ["x-llmfleet-cascade-stage"] = stage.name}
+      if #why > 0 then reply["x-llmfleet-cascade-escalations"] = table.concat(why, "; ") end
+      handle:respond(reply, out)
+      return
+    end
+    why[#why + 1] = stage.name .. ": " .. reason
+  end
+end
+"""
+
+
+def cascade_source(public_model: str, stages: list[tuple[str, str, str]], *, min_logprob: float | None,
+                   on_length: bool, on_empty: bool, refusals: tuple[str, ...], timeout_seconds: int) -> str:
+    """Lua source of the per-route filter that runs a cascade; ``stages`` are
+    (ModelDeployment name, cluster, served model name), cheapest first."""
+    def literal(text: str) -> str:
+        return lua_long_string(text) if text else '""'
+
+    entries = ", ".join(
+        f"{{name = {literal(name)}, cluster = {literal(cluster)}, "
+        f"served = {literal(json.dumps(served, ensure_ascii=True))}}}"
+        for name, cluster, served in stages)
+    return _fill(_CASCADE, {
+        "{public}": literal(json.dumps(public_model, ensure_ascii=True)),
+        "{stages}": "{" + entries + "}",
+        "{min_logprob}": "nil" if min_logprob is None else repr(float(min_logprob)),
+        "{on_length}": "true" if on_length else "false",
+        "{on_empty}": "true" if on_empty else "false",
+        "{refusals}": "{" + ", ".join(literal(r) for r in refusals) + "}",
+        "{timeout_ms}": str(int(timeout_seconds * 1000)),
+        "{scanner}": _SCANNER,
+    })

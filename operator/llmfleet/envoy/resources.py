@@ -48,7 +48,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from llmfleet.api import openai
-from llmfleet.envoy.lua import model_rewrite_source
+from llmfleet.envoy.lua import cascade_source, model_rewrite_source
 from llmfleet.routing.table import (
     ENDPOINT_PATHS,
     Cluster,
@@ -80,6 +80,7 @@ METADATA_NAMESPACE = "llmfleet"  # dynamic metadata written by json_to_metadata
 MODEL_KEY = "model"
 # Body fields rules match on ("user", "metadata.<key>") are copied by json_to_metadata
 # into dynamic metadata keys of the same name, as strings.
+CASCADE_FILTER = "llmfleet.cascade"  # the downstream Lua filter cascade routes configure
 MAX_TOKENS_HEADER = "x-llmfleet-max-tokens"  # a rule's cap, for the upstream Lua filter
 SERVED_HEADER = "x-llmfleet-served-json"  # a fallback chain's endpoint's served name, for its Lua filter
 BACKEND_HEADER = "x-llmfleet-backend"  # the ModelDeployment an upstream request goes to (the activator reads it)
@@ -274,6 +275,17 @@ def _route_action(backends: list[WeightedBackend], route: Route,
     return action
 
 
+def _cascade_config(route: Route) -> dict[str, Any]:
+    """The per-route Lua that runs ``route``'s cascade before the router would."""
+    c = route.cascade
+    assert c is not None
+    source = cascade_source(route.model, [(s.backend, s.cluster, s.served_model) for s in c.stages],
+                            min_logprob=c.min_mean_logprob, on_length=c.on_length, on_empty=c.on_empty,
+                            refusals=c.refusals, timeout_seconds=c.timeout_seconds)
+    return {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+            "source_code": {"inline_string": source}}
+
+
 def _cap(entry: dict[str, Any], max_tokens: int | None) -> dict[str, Any]:
     """Tell the upstream Lua filter to cap the body's max_tokens (a client's own header
     of that name is replaced, so it can only ever lower its own cap)."""
@@ -312,6 +324,8 @@ def model_routes(route: Route, table: RouteTable, settings: DataPlaneSettings) -
     if backends:
         entry["route"] = _route_action(backends, route, settings)
         _cap(entry, None)
+        if route.cascade is not None:
+            entry["typed_per_filter_config"] = {CASCADE_FILTER: _cascade_config(route)}
     else:
         entry["direct_response"] = _no_backend(route.model)
     out.append(entry)
@@ -445,6 +459,9 @@ def listener(listener_port: int, listener_address: str = "0.0.0.0",
                     },
                 },
             },
+            # Runs only on routes that carry a cascade's per-route source.
+            {"name": CASCADE_FILTER,
+             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"}},
             {
                 "name": "envoy.filters.http.router",
                 "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},

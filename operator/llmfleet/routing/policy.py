@@ -24,10 +24,23 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from ..api.models import Backend, RouteMatch, RoutePolicySpec, RouteStrategy
+from ..api.models import Cascade as CascadeSpec
 from ..kube.views import ModelDeploymentView, PodView, Ref, RoutePolicyView
 from ..signals.values import metric_value
 from ..status.conditions import WantedCondition
-from .table import Cluster, Endpoint, Fallback, Retry, Route, RouteTable, Rule, RuleMatch, WeightedBackend
+from .table import (
+    Cascade,
+    CascadeStage,
+    Cluster,
+    Endpoint,
+    Fallback,
+    Retry,
+    Route,
+    RouteTable,
+    Rule,
+    RuleMatch,
+    WeightedBackend,
+)
 
 HOLD = object()  # marks `previous` weights to keep: no new load sample since they were set
 
@@ -185,8 +198,44 @@ def _route(spec: RoutePolicySpec, namespace: str, states, used_clusters, previou
         on=tuple(r.value for r in spec.retry.retry_on),
     )
     fallback, fallback_status = _fallback(spec, namespace, states, used_clusters, missing)
-    return (Route(spec.model, split, tuple(rules), retry, fallback), backend_status + fallback_status,
+    cascade = None
+    if spec.strategy is RouteStrategy.CASCADE:
+        cascade, split, backend_status = _cascade(spec, namespace, states, used_clusters, missing)
+    return (Route(spec.model, split, tuple(rules), retry, fallback, cascade), backend_status + fallback_status,
             sorted(set(missing)))
+
+
+def _cascade(spec: RoutePolicySpec, namespace, states, used_clusters, missing
+             ) -> tuple[Cascade | None, tuple[WeightedBackend, ...], list[dict]]:
+    """The ready stages in order; the last one also takes the route's traffic (what Envoy
+    falls back on), and a status row per backend."""
+    settings = spec.cascade or CascadeSpec()
+    stages, rows = [], []
+    for b in spec.backends:
+        state = states.get((namespace, b.model_deployment))
+        if state is None:
+            missing.append(b.model_deployment)
+            rows.append((b.model_deployment, 0, f"ModelDeployment {b.model_deployment} not found"))
+        elif not state.endpoints:
+            rows.append((b.model_deployment, 0, "no ready replicas: skipped by the cascade"))
+        else:
+            used_clusters[state.cluster] = Cluster(state.cluster, state.served_model, state.endpoints)
+            stages.append(CascadeStage(b.model_deployment, state.cluster, state.served_model))
+            rows.append((b.model_deployment, len(state.endpoints), ""))
+    status = []
+    for name, ready, reason in rows:
+        if not reason:
+            i = next(n for n, s in enumerate(stages, 1) if s.backend == name)
+            reason = (f"stage {i} of {len(stages)}: answers unless an escalation condition holds" if i < len(stages)
+                      else f"stage {i} of {len(stages)}: the last stage, answers what the others escalate")
+        status.append({"modelDeployment": name, "weight": 100 if stages and stages[0].backend == name else 0,
+                       "readyReplicas": ready, "reason": reason})
+    if not stages:
+        return None, (), status
+    cascade = Cascade(tuple(stages), settings.min_mean_logprob, settings.escalate_on_length,
+                      settings.escalate_on_empty, tuple(p.lower() for p in settings.refusal_patterns),
+                      spec.retry.per_try_timeout_seconds)
+    return cascade, (WeightedBackend(stages[-1].cluster, 100),), status
 
 
 def _fallback(spec: RoutePolicySpec, namespace, states, used_clusters, missing) -> tuple[Fallback | None, list[dict]]:

@@ -76,6 +76,25 @@ class Fallback:
 
 
 @dataclass(frozen=True)
+class CascadeStage:
+    backend: str  # the ModelDeployment's name, for the response header naming the stage
+    cluster: str  # Cluster.name
+    served_model: str
+
+
+@dataclass(frozen=True)
+class Cascade:
+    """Stages tried in order; an answer is returned unless a condition says escalate."""
+
+    stages: tuple[CascadeStage, ...]  # ready ones only, cheapest first
+    min_mean_logprob: float | None = None
+    on_length: bool = True
+    on_empty: bool = True
+    refusals: tuple[str, ...] = ()  # lower-case
+    timeout_seconds: int = 120  # per stage
+
+
+@dataclass(frozen=True)
 class Route:
     """One public model name (what clients put in the body's "model")."""
 
@@ -84,6 +103,7 @@ class Route:
     rules: tuple[Rule, ...] = ()
     retry: Retry = field(default_factory=Retry)
     fallback: Fallback | None = None
+    cascade: Cascade | None = None
 
 
 @dataclass(frozen=True)
