@@ -37,6 +37,7 @@ import time
 from pathlib import Path
 
 import httpx
+from llmfleet_devcluster.cluster import free_port
 from llmfleet_devcluster.envoy import EnvoyProcess
 from llmfleet_devcluster.waiting import stop_process
 from llmfleet_devcluster.xds import BackgroundXdsServer
@@ -44,7 +45,6 @@ from prometheus_client import CollectorRegistry
 
 from bench_sim import start_server
 from fleet import percentile, write_result
-from llmfleet_devcluster.cluster import free_port
 from llmfleet.envoy.bootstrap import bootstrap
 from llmfleet.routing.table import Cascade, CascadeStage, Cluster, Endpoint, Route, RouteTable, WeightedBackend
 from llmfleet.sim.quality import score
@@ -63,7 +63,9 @@ def prompts(n: int, seed: int) -> tuple[list[str], list[str]]:
 
 async def ask(client: httpx.AsyncClient, url: str, model: str, prompt: str, logprobs: bool) -> dict:
     start = time.perf_counter()
-    body = {"model": model, "messages": [{"role": "user", "content": prompt}], **({"logprobs": True} if logprobs else {})}
+    body: dict = {"model": model, "messages": [{"role": "user", "content": prompt}]}
+    if logprobs:
+        body["logprobs"] = True
     r = await client.post(f"{url}/v1/chat/completions", json=body)
     r.raise_for_status()
     answer = r.json()
@@ -74,7 +76,8 @@ async def ask(client: httpx.AsyncClient, url: str, model: str, prompt: str, logp
             "stage": r.headers.get("x-llmfleet-cascade-stage")}
 
 
-async def ask_all(url: str, model: str, items: list[str], *, logprobs: bool = False, concurrency: int = 8) -> list[dict]:
+async def ask_all(url: str, model: str, items: list[str], *, logprobs: bool = False,
+                  concurrency: int = 8) -> list[dict]:
     limit = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(timeout=60, trust_env=False) as client:
         async def one(prompt: str) -> dict:
@@ -162,7 +165,7 @@ def print_curve(split: dict, args: argparse.Namespace) -> None:
     print(f"\nSplit seed {split['seed']}, report half: the whole quality-cost curve over thresholds\n")
     print(f"{'mean-logprob threshold':>22} {'escalated':>9} {'quality':>8} {'of strong':>9} {'cost':>6} "
           f"{'random split, same cost':>24}")
-    for p in points[:: max(1, len(points) // 15)] + [points[-1]]:
+    for p in [*points[:: max(1, len(points) // 15)], points[-1]]:
         t = "never" if p["threshold"] == float("-inf") else f"{p['threshold']:.3f}"
         rnd = random_split_quality(p["cost"], split["weak_only"], split["strong_only"], args.price_ratio)
         print(f"{t:>22} {p['escalated']:>9.0%} {p['quality']:>8.1%} {p['kept']:>9.1%} {p['cost']:>6.1%} {rnd:>24.1%}")
@@ -208,7 +211,8 @@ def main() -> int:
         lat = r["added_latency_s"]
         print(f"{r['seed']:>6} {r['threshold']:>9.3f} {r['weak_only']:>9.1%} {r['strong_only']:>7.1%} "
               f"{r['quality']:>8.1%} {r['kept']:>9.1%} {r['escalated']:>9.0%} {r['cost']:>6.1%} "
-              f"{lat.get('p50', 0) * 1000:>8.0f} {lat.get('p95', 0) * 1000:>8.0f}  {'met' if r['goal_met'] else 'MISSED'}")
+              f"{lat.get('p50', 0) * 1000:>8.0f} {lat.get('p95', 0) * 1000:>8.0f}  "
+              f"{'met' if r['goal_met'] else 'MISSED'}")
     mean = {k: sum(r[k] for r in splits) / len(splits) for k in ("kept", "cost", "escalated")}
     met = sum(r["goal_met"] for r in splits)
     print(f"{'mean':>6} {'':>9} {'':>9} {'':>7} {'':>8} {mean['kept']:>9.1%} {mean['escalated']:>9.0%} "
