@@ -149,9 +149,9 @@ def test_a_crashing_container_is_restarted_with_back_off(dev_cluster, namespace)
                       and s["containerStatuses"][0]["restartCount"] >= 2 and s, timeout=30, what="two restarts")
     cs = status["containerStatuses"][0]
     assert cs["lastState"]["terminated"]["exitCode"] == 3
-    # Ready only in the instant it runs again (it has no readiness probe); otherwise it
-    # waits out its back-off, not ready.
-    assert cs["ready"] == ("running" in cs["state"]), cs
+    # Between crashes it waits out its back-off or runs again; readiness flips within
+    # that instant, so it says nothing stable here.
+    assert set(cs["state"]) <= {"running", "waiting"}, cs
     assert status["phase"] == "Running"
 
 
