@@ -20,10 +20,10 @@ import aiohttp
 from aiohttp import web
 
 from ..api import openai
+from ..envoy.lua import BACKEND_HEADER
 from ..routing.table import Endpoint
 
 log = logging.getLogger(__name__)
-BACKEND_HEADER = "x-llmfleet-backend"
 # Hop-by-hop headers (RFC 9110 §7.6.1) and ones aiohttp sets itself.
 _DROP = {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
          "host", "content-length"}

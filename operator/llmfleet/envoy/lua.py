@@ -20,6 +20,11 @@ from __future__ import annotations
 import json
 import re
 
+# Request headers between the routes and this filter (their one home).
+BACKEND_HEADER = "x-llmfleet-backend"  # the ModelDeployment an upstream request is for (the activator reads it)
+SERVED_HEADER = "x-llmfleet-served-json"  # a fallback chain's endpoint's served name (from EDS metadata)
+MAX_TOKENS_HEADER = "x-llmfleet-max-tokens"  # a routing rule's cap on max_tokens
+
 _SCANNER = r"""-- Index of the quote closing the JSON string that opens at i.
 local function string_end(s, i)
   local j = i + 1
@@ -73,6 +78,14 @@ local function value_span(s, key)
   end
 end
 
+-- S with top-level KEY set to the JSON text VALUE (added when absent).
+local function set_value(s, key, value)
+  local vs, ve = value_span(s, key)
+  if vs ~= nil then return string.sub(s, 1, vs - 1) .. value .. string.sub(s, ve + 1) end
+  local open = string.find(s, "{", 1, true)
+  if open == nil then return s end
+  return string.sub(s, 1, open) .. key .. ":" .. value .. "," .. string.sub(s, open + 1)
+end
 """
 
 _TEMPLATE = r"""-- llmfleet: set the request body's top-level "model" to the served name, and say
@@ -92,14 +105,11 @@ local function capped(s, cap)
       local v = tonumber(text)
       if v ~= nil or text == "null" then
         found = true
-        if v == nil or v > cap then s = string.sub(s, 1, vs - 1) .. cap .. string.sub(s, ve + 1) end
+        if v == nil or v > cap then s = set_value(s, key, cap) end
       end
     end
   end
-  if not found then
-    local open = string.find(s, "{", 1, true)
-    if open ~= nil then s = string.sub(s, 1, open) .. '"max_tokens":' .. cap .. "," .. string.sub(s, open + 1) end
-  end
+  if not found then s = set_value(s, '"max_tokens"', cap) end
   return s
 end
 
@@ -108,13 +118,13 @@ function envoy_on_request(handle)
   local served = SERVED
   if served == nil then
     -- A fallback chain: the endpoint's own metadata (copied into headers) names it.
-    served = headers:get("x-llmfleet-served-json")
-    headers:remove("x-llmfleet-served-json")
+    served = headers:get("{served_header}")
+    headers:remove("{served_header}")
   else
-    headers:replace("x-llmfleet-backend", BACKEND)
+    headers:replace("{backend_header}", BACKEND)
   end
-  local cap = tonumber(headers:get("x-llmfleet-max-tokens") or "")
-  headers:remove("x-llmfleet-max-tokens")
+  local cap = tonumber(headers:get("{max_tokens_header}") or "")
+  headers:remove("{max_tokens_header}")
   local body = handle:body()
   if body == nil then return end
   local n = body:length()
@@ -153,7 +163,8 @@ def model_rewrite_source(served_model: str | None, backend: str | None = "") -> 
         "{backend}": "nil" if backend is None else lua_long_string(backend),
     }
     # One pass, so a name that contains a placeholder's text is never substituted again.
-    return _fill(_TEMPLATE, {**values, "{scanner}": _SCANNER})
+    return _fill(_TEMPLATE, {**values, "{scanner}": _SCANNER, "{served_header}": SERVED_HEADER,
+                             "{backend_header}": BACKEND_HEADER, "{max_tokens_header}": MAX_TOKENS_HEADER})
 
 
 def _fill(template: str, values: dict[str, str]) -> str:
@@ -175,14 +186,6 @@ local TIMEOUT_MS = {timeout_ms}
 
 {scanner}
 
--- S with top-level KEY set to the JSON text VALUE (added when absent).
-local function set_value(s, key, value)
-  local vs, ve = value_span(s, key)
-  if vs ~= nil then return string.sub(s, 1, vs - 1) .. value .. string.sub(s, ve + 1) end
-  local open = string.find(s, "{", 1, true)
-  if open == nil then return s end
-  return string.sub(s, 1, open) .. key .. ":" .. value .. "," .. string.sub(s, open + 1)
-end
 
 local function top(s, key)
   local vs, ve = value_span(s, key)

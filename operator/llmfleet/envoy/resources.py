@@ -48,7 +48,13 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from llmfleet.api import openai
-from llmfleet.envoy.lua import cascade_source, model_rewrite_source
+from llmfleet.envoy.lua import (
+    BACKEND_HEADER,
+    MAX_TOKENS_HEADER,
+    SERVED_HEADER,
+    cascade_source,
+    model_rewrite_source,
+)
 from llmfleet.routing.table import (
     ENDPOINT_PATHS,
     Cluster,
@@ -81,9 +87,6 @@ MODEL_KEY = "model"
 # Body fields rules match on ("user", "metadata.<key>") are copied by json_to_metadata
 # into dynamic metadata keys of the same name, as strings.
 CASCADE_FILTER = "llmfleet.cascade"  # the downstream Lua filter cascade routes configure
-MAX_TOKENS_HEADER = "x-llmfleet-max-tokens"  # a rule's cap, for the upstream Lua filter
-SERVED_HEADER = "x-llmfleet-served-json"  # a fallback chain's endpoint's served name, for its Lua filter
-BACKEND_HEADER = "x-llmfleet-backend"  # the ModelDeployment an upstream request goes to (the activator reads it)
 BODY_ERROR_KEY = "body_error"
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -514,7 +517,6 @@ def cluster(c: Cluster, settings: DataPlaneSettings | None = None) -> dict[str, 
     """One ModelDeployment as an EDS cluster (CDS). Nothing here depends on weights or
     endpoints, so the resource stays byte-identical while those change."""
     settings = settings or DataPlaneSettings()
-    big = _thresholds(settings)
     return {
         "name": c.name,
         "alt_stat_name": stat_name(c.name),
@@ -523,7 +525,7 @@ def cluster(c: Cluster, settings: DataPlaneSettings | None = None) -> dict[str, 
         "connect_timeout": f"{settings.connect_timeout_seconds}s",
         "lb_policy": "LEAST_REQUEST",
         "per_connection_buffer_limit_bytes": settings.max_request_body_bytes,
-        "circuit_breakers": {"thresholds": [dict(big, priority="DEFAULT"), dict(big, priority="HIGH")]},
+        "circuit_breakers": _circuit_breakers(settings),
         "outlier_detection": {
             "consecutive_5xx": settings.consecutive_5xx,
             "consecutive_gateway_failure": settings.consecutive_gateway_failure,
@@ -536,11 +538,12 @@ def cluster(c: Cluster, settings: DataPlaneSettings | None = None) -> dict[str, 
     }
 
 
-def _thresholds(settings: DataPlaneSettings) -> dict[str, int]:
-    return {"max_connections": settings.max_requests_per_cluster,
-            "max_pending_requests": settings.max_requests_per_cluster,
-            "max_requests": settings.max_requests_per_cluster,
-            "max_retries": settings.max_concurrent_retries}
+def _circuit_breakers(settings: DataPlaneSettings) -> dict[str, Any]:
+    big = {"max_connections": settings.max_requests_per_cluster,
+           "max_pending_requests": settings.max_requests_per_cluster,
+           "max_requests": settings.max_requests_per_cluster,
+           "max_retries": settings.max_concurrent_retries}
+    return {"thresholds": [dict(big, priority=p) for p in ("DEFAULT", "HIGH")]}
 
 
 def _lua(source: str) -> dict[str, Any]:
@@ -604,7 +607,7 @@ def aggregate_cluster(chain: tuple[str, ...], settings: DataPlaneSettings | None
             "@type": "type.googleapis.com/envoy.extensions.clusters.aggregate.v3.ClusterConfig",
             "clusters": list(chain)}},
         # The router counts retries and requests against this cluster.
-        "circuit_breakers": {"thresholds": [dict(_thresholds(settings), priority=p) for p in ("DEFAULT", "HIGH")]},
+        "circuit_breakers": _circuit_breakers(settings),
         "typed_extension_protocol_options": _upstream_filters([
             {"name": "envoy.filters.http.header_mutation", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation",

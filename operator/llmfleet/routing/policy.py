@@ -185,8 +185,12 @@ def _route(spec: RoutePolicySpec, namespace: str, states, used_clusters, previou
            ) -> tuple[Route, list[dict], list[str]]:
     missing: list[str] = []
     slo = spec.slo.ttft_p95_milliseconds / 1000 if spec.slo else None
-    split, backend_status = _split(spec.strategy, spec.backends, namespace, states, used_clusters, missing,
-                                   slo, previous, activator)
+    cascade = None
+    if spec.strategy is RouteStrategy.CASCADE:
+        cascade, split, backend_status = _cascade(spec, namespace, states, used_clusters, missing)
+    else:
+        split, backend_status = _split(spec.strategy, spec.backends, namespace, states, used_clusters, missing,
+                                       slo, previous, activator)
     rules = []
     for rule in spec.rules:
         rule_split, _ = _split(rule.strategy or spec.strategy, rule.backends, namespace, states, used_clusters,
@@ -198,9 +202,6 @@ def _route(spec: RoutePolicySpec, namespace: str, states, used_clusters, previou
         on=tuple(r.value for r in spec.retry.retry_on),
     )
     fallback, fallback_status = _fallback(spec, namespace, states, used_clusters, missing)
-    cascade = None
-    if spec.strategy is RouteStrategy.CASCADE:
-        cascade, split, backend_status = _cascade(spec, namespace, states, used_clusters, missing)
     return (Route(spec.model, split, tuple(rules), retry, fallback, cascade), backend_status + fallback_status,
             sorted(set(missing)))
 
@@ -210,26 +211,28 @@ def _cascade(spec: RoutePolicySpec, namespace, states, used_clusters, missing
     """The ready stages in order; the last one also takes the route's traffic (what Envoy
     falls back on), and a status row per backend."""
     settings = spec.cascade or CascadeSpec()
-    stages, rows = [], []
+    stages, skipped = [], {}
     for b in spec.backends:
         state = states.get((namespace, b.model_deployment))
         if state is None:
             missing.append(b.model_deployment)
-            rows.append((b.model_deployment, 0, f"ModelDeployment {b.model_deployment} not found"))
+            skipped[b.model_deployment] = f"ModelDeployment {b.model_deployment} not found"
         elif not state.endpoints:
-            rows.append((b.model_deployment, 0, "no ready replicas: skipped by the cascade"))
+            skipped[b.model_deployment] = "no ready replicas: skipped by the cascade"
         else:
             used_clusters[state.cluster] = Cluster(state.cluster, state.served_model, state.endpoints)
             stages.append(CascadeStage(b.model_deployment, state.cluster, state.served_model))
-            rows.append((b.model_deployment, len(state.endpoints), ""))
-    status = []
-    for name, ready, reason in rows:
-        if not reason:
-            i = next(n for n, s in enumerate(stages, 1) if s.backend == name)
-            reason = (f"stage {i} of {len(stages)}: answers unless an escalation condition holds" if i < len(stages)
-                      else f"stage {i} of {len(stages)}: the last stage, answers what the others escalate")
-        status.append({"modelDeployment": name, "weight": 100 if stages and stages[0].backend == name else 0,
-                       "readyReplicas": ready, "reason": reason})
+    place = {s.backend: i for i, s in enumerate(stages, 1)}
+    ready = {s.backend: len(used_clusters[s.cluster].endpoints) for s in stages}
+
+    def reason(name: str) -> str:
+        i = place[name]
+        return (f"stage {i} of {len(stages)}: answers unless an escalation condition holds" if i < len(stages)
+                else f"stage {i} of {len(stages)}: the last stage, answers what the others escalate")
+
+    status = [{"modelDeployment": b.model_deployment, "weight": 100 if place.get(b.model_deployment) == 1 else 0,
+               "readyReplicas": ready.get(b.model_deployment, 0),
+               "reason": skipped.get(b.model_deployment) or reason(b.model_deployment)} for b in spec.backends]
     if not stages:
         return None, (), status
     cascade = Cascade(tuple(stages), settings.min_mean_logprob, settings.escalate_on_length,
