@@ -31,8 +31,9 @@ class Load:
     """Closed-loop chat requests through an OpenAI endpoint, in a thread, bounded in
     count and time: ``concurrency`` requests in flight until stopped. ``outcomes`` counts
     status codes, and the names of errors that got no response. With ``stream``, a
-    stream that breaks after its first bytes (or ends without ``data: [DONE]``) counts
-    as ``streaming:<error>``: it failed while already streaming."""
+    stream that breaks after its response began (its 200 and headers; or one that ends
+    without ``data: [DONE]``) counts as ``streaming:<error>``: it failed while already
+    streaming."""
 
     def __init__(self, url: str, model: str, *, concurrency: int = 4, max_tokens: int = 4,
                  max_requests: int = 20_000, max_seconds: float = 120, stream: bool = False) -> None:
@@ -77,9 +78,9 @@ class Load:
                 if r.status_code != 200:
                     await r.aread()
                     return r.status_code
+                started = True  # its 200 and headers came: the answer has begun, no proxy can retry it
                 done = False
                 async for line in r.aiter_lines():
-                    started = True
                     done = done or line.strip() == "data: [DONE]"
                 return 200 if done else "streaming:truncated"
         except httpx.HTTPError as exc:

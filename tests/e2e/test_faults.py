@@ -200,7 +200,7 @@ def test_a_model_server_killed_mid_stream_fails_only_the_requests_it_was_streami
         wait_for(lambda: load.sent >= before + 100, timeout=60, what="streams after the kill")
     early = load.failed - load.failed_while_streaming
     print(f"\nsim process SIGKILLed under streaming load: {load.sent} streams, {load.failed_while_streaming} broke "
-          f"while streaming from it, {early} failed before their first byte ({dict(load.outcomes)})")
+          f"while streaming from it, {early} failed before their response began ({dict(load.outcomes)})")
     assert early == 0, dict(load.outcomes)
 
 
