@@ -1,27 +1,24 @@
-"""Routing strategies: heterogeneous backends, p95 TTFT and cost per 1k tokens per strategy.
+"""Routing strategies with autoscaling: dollars, TTFT SLO and weight stability per strategy.
 
-One RoutePolicy over two `sim` ModelDeployments on the dev cluster, with autoscaling
-off and a fixed replica count each, so only the routing differs:
+One RoutePolicy over two autoscaled `sim` ModelDeployments on the dev cluster:
 
   fast   expensive, quick replicas (H100-class price; short decode steps, fast prefill)
   slow   cheap, slow replicas (L4-class price; 3x longer decode steps, 4x slower prefill)
 
-For each strategy — `weighted` 50/50 (the round-robin reference), `latency` (with the
-policy's slo) and `cost` — the bench PATCHes spec.strategy, waits for Programmed=True,
-drives the same open-loop Poisson load through a real Envoy until the weights in
-status.backends have settled (the load strategies read status.load, which the
-operator's autoscaler loop writes every --autoscale-interval, and move half way each
-recompute), then measures for a fixed time: TTFT p50/p95 (streaming, client-side),
-each backend's share of requests, and cost per 1k generated tokens.
+Both autoscale the same way (minReplicas 1, maxReplicas 6, runningRequests target 6 of
+8 batch slots, scale-down stabilization 60 s, scaleToZero after 30 idle seconds; a new
+replica loads its model for --load-seconds, 15 s). For each strategy — `weighted` 50/50 (the reference), `cost` and
+`latency` (both with the policy's TTFT SLO) — the bench starts from the same state in
+a fresh namespace (each backend at 1 ready replica, the policy Programmed) and replays
+the same open-loop Poisson trace through a real Envoy: a warm-up, then the measured
+window. It samples each backend's pods every 0.25 s and the policy's weights every 0.2 s.
 
-Cost per 1k tokens = 1000 x sum_b tokens_b x price_b / sum_b tokens_b, where price_b =
-perReplicaHour_b / 3600 / capacity_b is what one token costs on backend b when its
-replicas run full batches (capacity_b = max_num_seqs / decode step time at a full batch,
-tokens/s per replica, from the sim's flags). It is what the routing decision would cost
-if each backend were scaled to the tokens routed to it; with the fixed replicas of this
-bench the bill itself does not depend on the strategy.
+Dollars = sum over backends of replica-seconds x perReplicaHour / 3600, where a replica
+counts from when its pod exists (a loading replica holds its GPU too) until it is gone;
+reported over the whole trace and over the measured window. "In SLO" = requests whose
+TTFT (client-side, streaming) is within the SLO, of all sent.
 
-    .venv/bin/python bench/bench_routing.py          # ~5 minutes
+    .venv/bin/python bench/bench_routing.py          # ~25 minutes
 
 Prints a table and writes bench/results/routing.json.
 """
@@ -33,19 +30,30 @@ import os
 import random
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
-from fleet import (  # noqa: E402 - sets sys.path for llmfleet
-    GROUP, REPO, VERSION, Request, Stack, Watcher, open_loop, pair, percentile, route_policy, sim_md, summarize,
-    write_result,
-)
 from kubernetes import client
 
-NS = "routing"
-MODEL = "chat-routing"
-STRATEGIES = ("weighted", "latency", "cost")
+from fleet import (
+    GROUP,
+    REPO,
+    VERSION,
+    Request,
+    Sampler,
+    Stack,
+    Watcher,
+    open_loop,
+    pair,
+    percentile,
+    replica_seconds,
+    route_policy,
+    sim_md,
+    summarize,
+    write_result,
+)
+
+STRATEGIES = ("weighted", "cost", "latency")
 
 
 def backends(a: argparse.Namespace) -> dict[str, dict]:
@@ -60,7 +68,13 @@ def backends(a: argparse.Namespace) -> dict[str, dict]:
 def sim_args(b: dict, a: argparse.Namespace) -> list:
     return ["--max-num-seqs", a.max_num_seqs, "--kv-cache-tokens", 65536, "--decode-step-ms", b["decode_step_ms"],
             "--decode-step-ms-per-seq", b["decode_step_ms_per_seq"], "--prefill-tokens-per-second", b["prefill_tps"],
-            "--time-scale", a.time_scale]
+            "--load-seconds", a.load_seconds, "--time-scale", a.time_scale]
+
+
+def autoscaling(a: argparse.Namespace) -> dict:
+    return {"minReplicas": 1, "maxReplicas": a.max_replicas, "metric": "runningRequests", "target": a.target,
+            "scaleDownStabilizationSeconds": int(a.scale_down_seconds),
+            "scaleToZero": {"idleSeconds": int(a.idle_seconds)}}
 
 
 def capacity_tps(b: dict, a: argparse.Namespace) -> float:
@@ -79,14 +93,13 @@ def make_trace(a: argparse.Namespace, seconds: float, seed: int) -> list[Request
 
 
 class WeightWatcher(Watcher):
-    """Polls the RoutePolicy's effective weights and the backends' status.load every 0.2 s."""
+    """Polls a RoutePolicy's effective weights and its backends' status.load every 0.2 s."""
 
-    def __init__(self, stack: Stack) -> None:
-        super().__init__("weights")
-        self.stack = stack
+    def __init__(self, stack: Stack, namespace: str, name: str) -> None:
+        super().__init__(f"weights-{namespace}")
+        self.stack, self.namespace, self.name = stack, namespace, name
         self.changes: list[dict] = []  # every change of weights or of a backend's load
         self.current: dict[str, int] = {}
-        self.last_change = time.monotonic()
 
     def run(self) -> None:
         api = self.stack.new_api()
@@ -95,20 +108,22 @@ class WeightWatcher(Watcher):
         try:
             while not self._stop_event.is_set():
                 try:
-                    rp = custom.get_namespaced_custom_object(GROUP, VERSION, NS, "routepolicies", "chat")
-                    mds = custom.list_namespaced_custom_object(GROUP, VERSION, NS, "modeldeployments")["items"]
+                    rp = custom.get_namespaced_custom_object(GROUP, VERSION, self.namespace, "routepolicies",
+                                                             self.name)
+                    mds = custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace,
+                                                               "modeldeployments")["items"]
                 except client.ApiException:
                     self._stop_event.wait(0.2)
                     continue
                 now = time.monotonic()
-                weights = {b["modelDeployment"]: b.get("weight", 0) for b in (rp.get("status") or {}).get("backends")
-                           or []}
+                rows = (rp.get("status") or {}).get("backends") or []
+                weights = {b["modelDeployment"]: b.get("weight", 0) for b in rows}
                 loads = {m["metadata"]["name"]: (m.get("status") or {}).get("load") or {} for m in mds}
                 entry = {}
                 if weights != self.current:
                     entry["weights"] = weights
-                    entry["reasons"] = {b["modelDeployment"]: b.get("reason") for b in rp["status"]["backends"]}
-                    self.current, self.last_change = weights, now
+                    entry["reasons"] = {b["modelDeployment"]: b.get("reason") for b in rows}
+                    self.current = weights
                 if loads != last_loads:
                     entry["loads"] = loads
                     last_loads = loads
@@ -122,10 +137,8 @@ class WeightWatcher(Watcher):
 def damping_check(changes: list[dict]) -> dict:
     """How many times the weights moved between two consecutive status.load updates.
 
-    The load strategies are documented to move half way per recompute "a damped loop: the
-    loads they read respond to the weights they set"; a recompute per load update gives one
-    change per update. More means recomputes without new load data (e.g. triggered by the
-    policy's own status write), which makes the damping moot.
+    The load strategies step once per new load sample; more would mean recomputes
+    without new load data (e.g. triggered by the policy's own status write).
     """
     counts, current = [], None
     for c in changes:
@@ -140,78 +153,72 @@ def damping_check(changes: list[dict]) -> dict:
             "max_weight_changes": max(counts) if counts else None}
 
 
-def run_strategy(stack: Stack, strategy: str, a: argparse.Namespace, watcher: WeightWatcher, prices: dict,
-                 served: dict[str, str]) -> dict:
+def run_strategy(stack: Stack, strategy: str, a: argparse.Namespace, bk: dict[str, dict]) -> dict:
     S = a.time_scale
-    stack.custom.patch_namespaced_custom_object(GROUP, VERSION, NS, "routepolicies", "chat",
-                                                {"spec": {"strategy": strategy}})
-    t_patch = time.monotonic()
-    stack.wait_programmed(NS, "chat")
-    programmed_after = time.monotonic() - t_patch
-    print(f"[{strategy}] Programmed after {programmed_after:.2f} s; warming up until the weights settle ...",
-          flush=True)
-
-    trace = make_trace(a, a.max_warmup + a.measure, a.seed)
-    stop = threading.Event()
-    box: dict = {}
-    t0_box: list[float] = []
-    loader = threading.Thread(target=lambda: box.update(zip(("results", "t0"), open_loop(
-        stack.url, MODEL, trace, timeout=a.timeout * S, on_start=t0_box.append, stop=stop))), daemon=True)
-    loader.start()
-    while not t0_box:
-        time.sleep(0.01)
-    t0 = t0_box[0]
-    settle = a.settle_intervals * a.autoscale_interval * S
-    while True:
-        now = time.monotonic()
-        quiet = now - max(watcher.last_change, t0)
-        if now - t0 >= a.min_warmup * S and quiet >= settle:
-            settled = True
-            break
-        if now - t0 >= a.max_warmup * S:
-            settled = False
-            break
-        time.sleep(0.1)
-    m_start = time.monotonic()
-    weights_at_start = dict(watcher.current)
-    time.sleep(a.measure * S)
-    m_end = time.monotonic()
-    stop.set()
-    loader.join(timeout=a.timeout * S + 30)
-    results = box["results"]
-    window = [r for r in results if m_start <= t0 + r.at < m_end]
-    changes_in_window = [c for c in watcher.changes if m_start <= c["t"] < m_end and "weights" in c]
-
-    fast_weights = [weights_at_start.get("fast", 0)] + [c["weights"].get("fast", 0) for c in changes_in_window]
-    ok = [r for r in window if r.ok]
-    by_model = {name: [r for r in ok if r.model == served[name]] for name in served}
-    tokens = {name: sum(r.tokens for r in rs) for name, rs in by_model.items()}
-    total_tokens = sum(tokens.values())
-    cost_1k = (1000 * sum(tokens[n] * prices[n] for n in tokens) / total_tokens) if total_tokens else None
-    ttft = [r.ttft / S * 1000 for r in ok]
-    summary = summarize(window)
-    out = {
-        "strategy": strategy,
-        "programmed_after_s": round(programmed_after, 2),
-        "settled": settled,
-        "warmup_s": round((m_start - t0) / S, 1),
-        "weights_at_start": weights_at_start,
-        "weights_at_end": dict(watcher.current),
-        "weight_changes_during_measurement": len(changes_in_window),
-        "fast_weight_range_during_measurement": [min(fast_weights), max(fast_weights)],
-        "sent": summary.sent, "ok": summary.ok, "failed": summary.failed, "errors": summary.errors,
-        "ttft_p50_ms": round(statistics.median(ttft)) if ttft else None,
-        "ttft_p95_ms": round(percentile(ttft, 95)) if ttft else None,
-        "ttft_p99_ms": round(percentile(ttft, 99)) if ttft else None,
-        "within_slo": round(sum(1 for x in ttft if x <= a.slo_ms) / len(window), 4) if window else None,
-        "share": {n: round(len(rs) / len(ok), 3) if ok else None for n, rs in by_model.items()},
-        "ttft_p95_ms_by_backend": {n: (round(percentile([r.ttft / S * 1000 for r in rs], 95)) if rs else None)
-                                   for n, rs in by_model.items()},
-        "tokens": tokens,
-        "cost_per_1k_tokens": round(cost_1k, 6) if cost_1k is not None else None,
-    }
-    print(f"[{strategy}] warm-up {out['warmup_s']:.0f} s ({'settled' if settled else 'NOT settled'}), weights "
-          f"{weights_at_start} -> {watcher.current}; p95 {out['ttft_p95_ms']} ms, share {out['share']}", flush=True)
+    ns, model = f"routing-{strategy}", f"chat-{strategy}"
+    served = {name: f"{name}-served" for name in bk}
+    docs = [sim_md(ns, name, served[name], sim_args(b, a), autoscaling=autoscaling(a),
+                   cost_per_replica_hour=b["per_replica_hour"]) for name, b in bk.items()]
+    docs.append(route_policy(ns, "chat", model, [{"modelDeployment": n, "weight": 50} for n in bk],
+                             strategy=strategy, slo={"ttftP95Milliseconds": int(a.slo_ms)}))
+    stack.apply(docs)
+    stack.fleet.wait_ready(len(bk), ns, timeout=120 * max(1.0, S))
+    stack.wait_programmed(ns, "chat", timeout=60)
+    stack.wait_served(model)
+    samplers = {name: Sampler(stack, ns, name, period=0.25) for name in bk}
+    watcher = WeightWatcher(stack, ns, "chat")
+    for w in (*samplers.values(), watcher):
+        w.start()
+    trace = make_trace(a, a.warmup + a.measure, a.seed)
+    print(f"[{strategy}] {len(bk)} backends at 1 replica, Programmed; replaying {len(trace)} requests over "
+          f"{a.warmup + a.measure:g} s ...", flush=True)
+    try:
+        results, t0 = open_loop(stack.url, model, trace, timeout=a.timeout * S)
+        end = time.monotonic()
+    finally:
+        for w in (*samplers.values(), watcher):
+            w.stop()
+    trace_end = t0 + (a.warmup + a.measure) * S
+    m_start = t0 + a.warmup * S
+    windows = {"trace": (t0, trace_end), "measured": (m_start, trace_end)}
+    out: dict = {"strategy": strategy, "namespace": ns}
+    for label, (lo, hi) in windows.items():
+        sent = [r for r in results if lo <= t0 + r.at < hi]
+        ok = [r for r in sent if r.ok]
+        ttft = [r.ttft / S * 1000 for r in ok]
+        rs = {n: replica_seconds(sm.samples, lo, hi, "existing") / S for n, sm in samplers.items()}
+        dollars = sum(rs[n] * bk[n]["per_replica_hour"] / 3600 for n in bk)
+        summary = summarize(sent)
+        by_model = {n: [r for r in ok if r.model == served[n]] for n in bk}
+        changes = [c for c in watcher.changes if lo <= c["t"] < hi and "weights" in c]
+        out[label] = {
+            "seconds": round((hi - lo) / S, 1),
+            "sent": summary.sent, "ok": summary.ok, "failed": summary.failed, "errors": summary.errors,
+            "ttft_p50_ms": round(statistics.median(ttft)) if ttft else None,
+            "ttft_p95_ms": round(percentile(ttft, 95)) if ttft else None,
+            "within_slo": round(sum(1 for x in ttft if x <= a.slo_ms) / len(sent), 4) if sent else None,
+            "share": {n: round(len(v) / len(ok), 3) if ok else None for n, v in by_model.items()},
+            "replica_seconds": {n: round(v, 1) for n, v in rs.items()},
+            "dollars": round(dollars, 5),
+            "dollars_per_hour": round(dollars / ((hi - lo) / S) * 3600, 3),
+            "weight_changes": len(changes),
+            "weight_changes_per_minute": round(len(changes) / ((hi - lo) / S) * 60, 2),
+            "fast_weight_range": [min(w := [c["weights"].get("fast", 0) for c in changes] or
+                                      [watcher.current.get("fast", 0)]), max(w)],
+        }
+    out["peak_replicas"] = {n: max((x.existing for x in sm.samples), default=0) for n, sm in samplers.items()}
+    out["damping_check"] = damping_check(watcher.changes)
+    out["timeline"] = [{**c, "t": round((c["t"] - t0) / S, 2)} for c in watcher.changes]
+    out["replicas_timeline"] = {n: [(round((x.t - t0) / S, 1), x.existing, x.ready) for i, x in enumerate(sm.samples)
+                                    if i == 0 or (x.existing, x.ready) != (sm.samples[i - 1].existing,
+                                                                           sm.samples[i - 1].ready)]
+                                for n, sm in samplers.items()}
+    out["drain_s"] = round((end - trace_end) / S, 1)
+    m = out["measured"]
+    print(f"[{strategy}] whole trace ${out['trace']['dollars']:.4f}, in SLO {out['trace']['within_slo']:.1%}; "
+          f"measured ${m['dollars']:.4f}, in SLO {m['within_slo']:.1%}, share {m['share']}, "
+          f"{m['weight_changes']} weight changes", flush=True)
+    stack.delete_namespace(ns)
     return out
 
 
@@ -220,101 +227,80 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--strategies", default=",".join(STRATEGIES))
     p.add_argument("--time-scale", type=float, default=1.0, help="sim --time-scale; durations below scale with it")
-    p.add_argument("--replicas", type=int, default=2, help="replicas of each backend")
     p.add_argument("--max-num-seqs", type=int, default=8)
+    p.add_argument("--max-replicas", type=int, default=6, help="autoscaling.maxReplicas of each backend")
+    p.add_argument("--target", type=float, default=6.0, help="runningRequests target per replica")
+    p.add_argument("--idle-seconds", type=float, default=30.0, help="autoscaling.scaleToZero.idleSeconds")
+    p.add_argument("--scale-down-seconds", type=float, default=60.0,
+                   help="autoscaling.scaleDownStabilizationSeconds (shorter than the default 300 so that every "
+                        "strategy's replicas settle within the warm-up)")
+    p.add_argument("--load-seconds", type=float, default=15.0, help="model load time of a new replica")
     p.add_argument("--fast-price", type=float, default=4.0, help="fast backend's cost.perReplicaHour")
     p.add_argument("--slow-price", type=float, default=0.8, help="slow backend's cost.perReplicaHour")
     p.add_argument("--rps", type=float, default=6.0, help="offered load, requests/s (real time)")
     p.add_argument("--prompt-tokens", type=pair, default=(100, 400))
     p.add_argument("--output-tokens", type=pair, default=(32, 96))
-    p.add_argument("--slo-ms", type=float, default=500.0, help="spec.slo.ttftP95Milliseconds (latency strategy)")
-    p.add_argument("--autoscale-interval", type=float, default=2.0,
-                   help="operator --autoscale-interval: how often status.load (and so the load-aware weights) "
-                        "is refreshed")
-    p.add_argument("--min-warmup", type=float, default=15.0)
-    p.add_argument("--max-warmup", type=float, default=60.0)
-    p.add_argument("--settle-intervals", type=float, default=4.0,
-                   help="weights unchanged for this many autoscale intervals = settled")
-    p.add_argument("--measure", type=float, default=60.0, help="measured seconds per strategy")
+    p.add_argument("--slo-ms", type=float, default=500.0, help="spec.slo.ttftP95Milliseconds")
+    p.add_argument("--autoscale-interval", type=float, default=2.0, help="operator --autoscale-interval")
+    p.add_argument("--warmup", type=float, default=240.0, help="seconds of the trace before the measured window")
+    p.add_argument("--measure", type=float, default=180.0, help="measured seconds at the end of the trace")
     p.add_argument("--timeout", type=float, default=120.0, help="client timeout per request")
     p.add_argument("--seed", type=int, default=11)
     p.add_argument("--output", type=Path, default=REPO / "bench/results/routing.json")
     a = p.parse_args(argv)
-    S = a.time_scale
     kinds = [k for k in a.strategies.split(",") if k]
     bk = backends(a)
-    served = {name: f"{name}-served" for name in bk}
-    caps = {name: capacity_tps(b, a) for name, b in bk.items()}
-    prices = {name: b["per_replica_hour"] / 3600 / caps[name] for name, b in bk.items()}
     for name, b in bk.items():
-        print(f"backend {name}: {caps[name]:.0f} tokens/s per replica at a full batch, "
-              f"${b['per_replica_hour']:g}/replica-hour -> ${prices[name] * 1000:.5f} per 1k tokens", flush=True)
+        cap = capacity_tps(b, a)
+        print(f"backend {name}: {cap:.0f} tokens/s per replica at a full batch, ${b['per_replica_hour']:g}/replica-hour"
+              f" -> ${b['per_replica_hour'] / 3600 / cap * 1000:.5f} per 1k tokens at a full batch", flush=True)
 
     runs: dict[str, dict] = {}
     loadavg_start = os.getloadavg()
     t_start = time.monotonic()
-    with Stack("routing", autoscale_interval=a.autoscale_interval * S) as stack:
+    with Stack("routing", autoscale_interval=a.autoscale_interval * a.time_scale) as stack:
         print(f"stack up (logs: {stack.logdir})", flush=True)
-        docs = [sim_md(NS, name, served[name], sim_args(b, a), replicas=a.replicas,
-                       cost_per_replica_hour=b["per_replica_hour"]) for name, b in bk.items()]
-        docs.append(route_policy(NS, "chat", MODEL, [{"modelDeployment": n, "weight": 50} for n in bk],
-                                 strategy="weighted", slo={"ttftP95Milliseconds": int(a.slo_ms)}))
-        stack.apply(docs)
-        stack.fleet.wait_ready(a.replicas * len(bk), NS, timeout=90)
-        stack.wait_programmed(NS, "chat")
-        stack.wait_served(MODEL)
-        watcher = WeightWatcher(stack)
-        watcher.start()
-        try:
-            for strategy in kinds:
-                runs[strategy] = run_strategy(stack, strategy, a, watcher, prices, served)
-        finally:
-            watcher.stop()
-        t_first = watcher.changes[0]["t"] if watcher.changes else 0.0
-        damping = damping_check(watcher.changes)
-        timeline = [{**c, "t": round((c["t"] - t_first) / S, 2)} for c in watcher.changes]
+        for strategy in kinds:
+            runs[strategy] = run_strategy(stack, strategy, a, bk)
     wall = time.monotonic() - t_start
 
-    print(f"\nRouting strategies: {a.replicas}x fast (${a.fast_price:g}/h) + {a.replicas}x slow "
-          f"(${a.slow_price:g}/h), {a.rps:g} req/s open-loop Poisson, {a.measure:g} s measured per strategy")
-    print(f"{'strategy':<9} {'sent':>5} {'fail':>4} {'p50 ms':>7} {'p95 ms':>7} {'in SLO':>7} "
-          f"{'fast %':>7} {'slow %':>7} {'$/1k tok':>9} {'fast weight':>12} {'changes':>8} {'settled':>8}")
+    print(f"\nRouting strategies with autoscaling: fast (${a.fast_price:g}/h) + slow (${a.slow_price:g}/h), each "
+          f"1..{a.max_replicas} replicas (runningRequests target {a.target:g}, scale to zero after "
+          f"{a.idle_seconds:g} s, {a.load_seconds:g} s model load); {a.rps:g} req/s open-loop Poisson for "
+          f"{a.warmup + a.measure:g} s, the last {a.measure:g} s measured; TTFT SLO {a.slo_ms:g} ms")
+    print(f"{'strategy':<9} {'window':<9} {'sent':>5} {'fail':>4} {'p50 ms':>7} {'p95 ms':>7} {'in SLO':>7} "
+          f"{'fast %':>7} {'slow %':>7} {'fast r-s':>9} {'slow r-s':>9} {'$/hour':>7} {'changes/min':>12}")
     for s, r in runs.items():
-        lo, hi = r["fast_weight_range_during_measurement"]
-        w = f"{lo}" if lo == hi else f"{lo}..{hi}"
-        print(f"{s:<9} {r['sent']:>5} {r['failed']:>4} {r['ttft_p50_ms']:>7} {r['ttft_p95_ms']:>7} "
-              f"{r['within_slo']:>7.1%} {100 * r['share']['fast']:>6.1f}% {100 * r['share']['slow']:>6.1f}% "
-              f"{r['cost_per_1k_tokens']:>9.5f} {w:>12} {r['weight_changes_during_measurement']:>8} "
-              f"{('yes' if r['settled'] else 'no'):>8}")
-    if damping["load_updates_followed_by_weight_changes"]:
-        print(f"  damping: after a status.load update the weights changed {damping['mean_weight_changes']:.1f} times "
-              f"on average before the next one ({damping['load_updates_followed_by_weight_changes']} updates; "
-              f"a half-way step per load update would change them once)")
+        for label in ("trace", "measured"):
+            x = r[label]
+            print(f"{s:<9} {label:<9} {x['sent']:>5} {x['failed']:>4} {x['ttft_p50_ms']:>7} {x['ttft_p95_ms']:>7} "
+                  f"{x['within_slo']:>7.1%} {100 * (x['share']['fast'] or 0):>6.1f}% "
+                  f"{100 * (x['share']['slow'] or 0):>6.1f}% {x['replica_seconds']['fast']:>9.0f} "
+                  f"{x['replica_seconds']['slow']:>9.0f} {x['dollars_per_hour']:>7.2f} "
+                  f"{x['weight_changes_per_minute']:>12.1f}")
     ref = runs.get("weighted")
     if ref:
         for s, r in runs.items():
             if s != "weighted":
-                print(f"  {s} vs weighted 50/50: p95 TTFT {r['ttft_p95_ms'] / ref['ttft_p95_ms'] - 1:+.0%}, "
-                      f"cost per 1k tokens {r['cost_per_1k_tokens'] / ref['cost_per_1k_tokens'] - 1:+.0%}")
+                print(f"  {s} vs weighted 50/50: dollars {r['trace']['dollars'] / ref['trace']['dollars'] - 1:+.0%} "
+                      f"over the trace, {r['measured']['dollars'] / ref['measured']['dollars'] - 1:+.0%} measured; "
+                      f"p95 TTFT {r['trace']['ttft_p95_ms'] / ref['trace']['ttft_p95_ms'] - 1:+.0%}")
 
     result = {
         "bench": "routing",
-        "time_scale": S,
+        "time_scale": a.time_scale,
         "wall_seconds": round(wall, 1),
         "loadavg_start": loadavg_start, "loadavg_end": os.getloadavg(),
-        "cost_definition": "cost_per_1k_tokens = 1000 * sum_b tokens_b * price_b / sum_b tokens_b; price_b = "
-                           "perReplicaHour_b / 3600 / capacity_b, capacity_b = generated tokens/s of one replica "
-                           "at a full batch (max_num_seqs / decode step at a full batch)",
-        "backends": {n: {**b, "sim_args": [str(x) for x in sim_args(b, a)], "replicas": a.replicas,
-                         "capacity_tokens_per_s": round(caps[n], 1),
-                         "price_per_1k_tokens": round(prices[n] * 1000, 6)} for n, b in bk.items()},
+        "dollars_definition": "sum_b replica_seconds_b * perReplicaHour_b / 3600; a replica counts while its pod "
+                              "exists and is not terminating (loading included)",
+        "backends": {n: {**b, "sim_args": [str(x) for x in sim_args(b, a)], "autoscaling": autoscaling(a),
+                         "full_batch_tokens_per_s": round(capacity_tps(b, a), 1)} for n, b in bk.items()},
         "load": {"rps": a.rps, "prompt_tokens": a.prompt_tokens, "output_tokens": a.output_tokens,
-                 "arrivals": "Poisson, open loop, streaming", "measure_s": a.measure, "seed": a.seed},
+                 "arrivals": "Poisson, open loop, streaming", "warmup_s": a.warmup, "measure_s": a.measure,
+                 "seed": a.seed},
         "slo_ms": a.slo_ms,
         "autoscale_interval_s": a.autoscale_interval,
         "runs": runs,
-        "damping_check": damping,
-        "weights_timeline": timeline,
     }
     return write_result(a.output, result, f"  (wall {wall:.0f} s)")
 

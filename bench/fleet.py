@@ -241,7 +241,7 @@ class Watcher(threading.Thread):
 
 
 class Sampler(Watcher):
-    """Polls a namespace's sim pods (and one ModelDeployment) every `period` seconds."""
+    """Polls a namespace's sim pods (those of one ModelDeployment, and it) every `period` seconds."""
 
     def __init__(self, stack: Stack, namespace: str, md_name: str | None = None, *, period: float = 0.25,
                  on_sample: Callable[[Sample, dict | None], None] | None = None) -> None:
@@ -266,7 +266,8 @@ class Sampler(Watcher):
             api.close()
 
     def _sample(self, core, custom) -> None:
-        raw = core.list_namespaced_pod(self.namespace, label_selector=MD_LABEL, _preload_content=False)
+        selector = f"{MD_LABEL}={self.md_name}" if self.md_name else MD_LABEL
+        raw = core.list_namespaced_pod(self.namespace, label_selector=selector, _preload_content=False)
         pods = json.loads(raw.data)["items"]
         ready = existing = 0
         for pod in pods:

@@ -64,3 +64,25 @@ async def test_a_backend_that_keeps_failing_is_ejected_and_its_requests_go_strai
     second = await post_many(dataplane.url, 30, concurrency=2)
     assert second.statuses == {200: 30} and second.models == {"model-b": 30}
     assert _attempts(dataplane, "ai_primary") == tried, "an ejected backend still got attempts"
+
+
+async def test_a_saturated_primary_overflows_to_the_fallback_instead_of_queueing(
+        dataplane: DataPlane, sims: SimFactory) -> None:
+    # The primary answers in about 1 s (4 tokens at 250 ms a step) and may hold 2 requests.
+    (primary,) = sims.start("model-a", args=("--time-scale", "1", "--decode-step-ms", "250"))
+    (fallback,) = sims.start("model-b")
+    gated = Route("chat", split(("ai/primary", 1)), retry=Retry(),
+                  fallback=Fallback(("ai/fallback",), max_in_flight_per_replica=2))
+    await asyncio.to_thread(dataplane.apply, table_for([gated], {"ai/primary": [primary],
+                                                                 "ai/fallback": [fallback]}))
+    result = await post_many(dataplane.url, 12, concurrency=6)
+    assert result.statuses == {200: 12}, result.errors[:2]
+    # 2 at a time on the primary while the others went on to the fallback at once:
+    # 12 answers in about the time of one or two of the primary's.
+    assert 2 <= result.models["model-a"] <= 4 and result.models["model-b"] >= 8, result.models
+    took = max(done for _, done, _ in result.timeline) - min(sent for sent, _, _ in result.timeline)
+    assert took < 2.8, took
+    # Without the limit the primary takes every request (its batch has room for all).
+    await asyncio.to_thread(dataplane.apply, _with_fallback(primary, fallback))
+    result = await post_many(dataplane.url, 12, concurrency=6)
+    assert result.statuses == {200: 12} and result.models == {"model-a": 12}

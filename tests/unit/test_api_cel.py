@@ -170,6 +170,9 @@ RULE_CASES = [
                             "rules": [{"match": {"body": {"temperature": "0"}}, "backends": [{"modelDeployment": "b"}]}]})),
     ("cascade-without-its-strategy", rp({"model": "chat", "backends": [{"modelDeployment": "a"}],
                                          "cascade": {"minMeanLogprob": -1}})),
+    ("rule-as-cascade", rp({"model": "chat", "backends": [{"modelDeployment": "a"}],
+                            "rules": [{"match": {"headers": {"x": "y"}}, "backends": [{"modelDeployment": "b"}],
+                                       "strategy": "cascade"}]})),
     ("backends-empty", rp({"model": "chat", "backends": []})),
     ("backends-dup", rp({"model": "chat", "backends": [{"modelDeployment": "a"}, {"modelDeployment": "a"}]})),
     (

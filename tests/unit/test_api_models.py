@@ -351,6 +351,13 @@ def test_strategy_is_one_of_the_implemented_ones():
     assert msg == "spec.strategy: Input should be 'weighted', 'failover', 'cost', 'latency' or 'cascade'"
 
 
+def test_a_rule_cannot_be_a_cascade():
+    rule = {"match": {"headers": {"x-tier": "free"}}, "backends": [{"modelDeployment": "a"}], "strategy": "cascade"}
+    assert refusal({**MINIMAL_RP, "rules": [rule]}, parse_route_policy_spec) == (
+        "spec.rules[0].strategy: a rule splits by weighted, failover, cost or latency; a cascade is the whole "
+        "policy's strategy")
+
+
 def test_retry_conditions_are_unique():
     msg = refusal({**MINIMAL_RP, "retry": {"retryOn": ["reset", "reset"]}}, parse_route_policy_spec)
     assert msg == "spec.retry.retryOn: Value error, each retry condition may appear only once"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import replace
 
 import pytest
 from hypothesis import given, settings
@@ -597,3 +598,20 @@ def test_the_look_ahead_never_scales_down_and_ignores_a_fall():
         d = decide(p, o, state)
         state = d.state
         assert d.desired <= 6 and "rising" not in d.reason
+
+
+def test_cost_routings_demand_grows_a_backend_in_one_step_within_the_tolerance_band():
+    p = policy(metric="runningRequests", target=6.0)
+    # Its own load is on target (6 in flight on 1 replica); routing wants 4.4 replicas'
+    # worth here: ceil(4.4 / 1.1) = 4 at once.
+    d = decide(p, replace(obs(0.0, 1, per=6.0, metric="runningRequests"), routed_load=4.4))
+    assert d.desired == 4
+    assert d.reason.endswith("; cost routing wants 4 replicas' worth of its traffic here")
+    # Within the band of the current count it adds nothing.
+    assert decide(p, replace(obs(0.0, 4, per=6.0, metric="runningRequests"), routed_load=4.3)).desired == 4
+
+
+def test_cost_routings_demand_never_lowers_what_the_load_asks_for():
+    p = policy(metric="runningRequests", target=6.0)
+    d = decide(p, replace(obs(0.0, 1, per=18.0, metric="runningRequests"), routed_load=1.0))
+    assert d.desired == 3 and "cost routing" not in d.reason

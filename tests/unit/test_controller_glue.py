@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from llmfleet.controller.autoscaler import Autoscaler, load_moved
+from llmfleet.controller.autoscaler import Autoscaler, load_moved, routed_demand
 from llmfleet.controller.modeldeployment import ModelDeploymentReconciler
 from llmfleet.controller.replicas import ReplicaWriter
 from llmfleet.controller.waker import Waker
@@ -25,7 +25,7 @@ from llmfleet.controller.routepolicy import (
     XdsPublisher,
 )
 from llmfleet.kube.store import Store
-from llmfleet.kube.views import APPLIED_ANNOTATION
+from llmfleet.kube.views import APPLIED_ANNOTATION, RoutePolicyView
 from llmfleet.routing.table import RouteTable
 from llmfleet.signals.values import ModelLoad
 
@@ -198,6 +198,34 @@ def test_a_steady_load_is_not_rewritten_every_round():
     loads[(NS, "llm")] = load(queue=14.0)  # a real move
     asyncio.run(scaler.round())
     assert [written_status(r)["load"]["queueDepth"] for r in client.take() if r[3] == "status"] == [14.0]
+
+
+def test_the_learned_capacity_is_written_with_the_load_and_survives_a_restart_under_light_load():
+    auto = {"minReplicas": 1, "maxReplicas": 4, "metric": "runningRequests", "target": 4}
+    client = FakeClient()
+    store = store_with(client, mds=[md_body(autoscaling=auto)], pods=[pod_body("llm", 0)])
+    # 2 running of a target of 4 at 100 tokens/s: 200 tokens/s at the target.
+    asyncio.run(autoscaler(client, store, {(NS, "llm"): load(queue=0.0)}).round())
+    (first,) = [r for r in client.take() if r[3] == "status"]
+    assert written_status(first)["load"]["capacityTokensPerSecond"] == 200.0
+    # A new operator (nothing in memory) under a load too light to measure keeps it.
+    store.model_deployments.put(md_body(autoscaling=auto, status=written_status(first)))
+    light = ModelLoad(time=0.0, sampled_replicas=1, failed_replicas=0, queue_depth=0.0, running_requests=0.5,
+                      kv_cache_utilization=0.1, tokens_per_second=30.0, requests_per_second=0.5)
+    asyncio.run(autoscaler(client, store, {(NS, "llm"): light}).round())
+    (second,) = [r for r in client.take() if r[3] == "status"]
+    assert written_status(second)["load"]["capacityTokensPerSecond"] == 200.0
+
+
+def test_cost_routings_demand_reaches_the_autoscaler_of_each_backend_summed_over_policies():
+    def policy(name, rows):
+        return RoutePolicyView.from_body({"metadata": {"name": name, "namespace": NS, "generation": 1},
+                                          "spec": {"model": name, "backends": [{"modelDeployment": "llm"}]},
+                                          "status": {"backends": rows}})
+    demand = routed_demand([policy("a", [{"modelDeployment": "llm", "weight": 30, "demandTokensPerSecond": 300}]),
+                            policy("b", [{"modelDeployment": "llm", "weight": 100, "demandTokensPerSecond": 120},
+                                         {"modelDeployment": "other", "weight": 0}])])
+    assert demand == {(NS, "llm"): 420.0}
 
 
 def test_load_moves_by_relative_change_ignoring_sample_time():

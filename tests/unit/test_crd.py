@@ -264,9 +264,11 @@ def test_status_declares_what_the_operator_writes():
         "kvCacheUtilization",
         "tokensPerSecond",
         "ttftP95Seconds",
+        "capacityTokensPerSecond",
     }
     rp_status = _schema("RoutePolicy")["properties"]["status"]["properties"]
-    assert set(rp_status["backends"]["items"]["properties"]) == {"modelDeployment", "weight", "readyReplicas", "reason"}
+    assert set(rp_status["backends"]["items"]["properties"]) == {"modelDeployment", "weight", "readyReplicas", "reason",
+                                                                 "demandTokensPerSecond"}
 
 
 def test_status_schema_has_no_defaults():

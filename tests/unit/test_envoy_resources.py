@@ -180,6 +180,48 @@ def test_a_fallback_tier_is_an_aggregate_cluster_per_primary_and_retries_move_do
                                                              "ai/llama-70b"}
 
 
+def test_a_saturation_limit_puts_a_gate_with_a_per_replica_circuit_breaker_first_in_the_chain() -> None:
+    t = _table()  # llama-8b has 2 ready replicas
+    fallback = Fallback(("ai/llama-70b",), ("5xx",), max_in_flight_per_replica=3)
+    t = replace(t, routes=(replace(t.routes[0], fallback=fallback),))
+    action = _route(t, "chat")["route"]
+    gate = "saturation:3:ai/llama-8b"
+    assert {c["name"] for c in action["weighted_clusters"]["clusters"]} == {f"fallback:{gate}>ai/llama-70b",
+                                                                            "ai/llama-70b"}
+    # The gate's answer to a full backend is retried down the chain, whatever retryOn says.
+    policy = action["retry_policy"]
+    assert "retriable-headers" in policy["retry_on"]
+    assert policy["retriable_headers"] == [{"name": "x-llmfleet-saturated", "present_match": True}]
+    config = build_config(t, listener_port=8080)
+    clusters = {c["name"]: c for c in config[CLUSTER_TYPE]}
+    assert clusters[f"fallback:{gate}>ai/llama-70b"]["cluster_type"]["typed_config"]["clusters"] == [
+        gate, "ai/llama-70b"]
+    (endpoint,) = clusters[gate]["load_assignment"]["endpoints"][0]["lb_endpoints"]
+    assert endpoint["endpoint"]["address"] == {"envoy_internal_address": {"server_listener_name": gate}}
+    limited = clusters["limited:3:ai/llama-8b"]
+    assert {t["max_requests"] for t in limited["circuit_breakers"]["thresholds"]} == {3 * 2}
+    assert limited["eds_cluster_config"]["service_name"] == "limited:3:ai/llama-8b"
+    assignments = {a["cluster_name"]: a for a in config[ENDPOINT_TYPE]}
+    assert assignments["limited:3:ai/llama-8b"]["endpoints"] == assignments["ai/llama-8b"]["endpoints"]
+    listeners = {x["name"]: x for x in config[LISTENER_TYPE]}
+    hcm = listeners[gate]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert "internal_listener" in listeners[gate]
+    assert [f["name"] for f in hcm["http_filters"]] == ["envoy.filters.http.lua", "envoy.filters.http.router"]
+    assert hcm["route_config"]["virtual_hosts"][0]["routes"][0]["route"]["cluster"] == "limited:3:ai/llama-8b"
+    # Every resource converts, and routes still sending to a gate keep both of its clusters.
+    resources = build_resources(t, listener_port=8080)
+    assert referenced_clusters(resources[ROUTE_TYPE][0]) >= {gate, "limited:3:ai/llama-8b", "ai/llama-70b"}
+
+
+def test_a_saturation_limit_without_another_backend_to_go_to_adds_no_gate() -> None:
+    t = _table()
+    fallback = Fallback(("ai/llama-8b",), max_in_flight_per_replica=3)
+    t = replace(t, routes=(replace(t.routes[0], backends=(WeightedBackend("ai/llama-8b", 1),), fallback=fallback),))
+    config = build_config(t, listener_port=8080)
+    assert not any(c["name"].startswith(("saturation:", "limited:")) for c in config[CLUSTER_TYPE])
+    assert [x["name"] for x in config[LISTENER_TYPE]] == ["llmfleet"]
+
+
 def test_route_order_puts_catch_alls_last() -> None:
     t = RouteTable(routes=(Route("b", ()), Route("a", ())))
     names = [r["name"] for r in _routes(t)]

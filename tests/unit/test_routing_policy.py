@@ -205,37 +205,92 @@ def test_percentages_sum_to_100_and_follow_the_weights(ws):
             assert p == 0
 
 
-def loaded_md(name, *, cost, tps, queue, ttft=None, target=4, served=None):
+def loaded_md(name, *, cost, tps, running=0, queue=0, ttft=None, target=6, capacity=None, max_replicas=4,
+              served=None):
     m = md(name, served=served)
     m["spec"]["cost"] = {"perReplicaHour": cost}
-    m["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 4, "metric": "queueDepth", "target": target}
-    load = {"tokensPerSecond": tps, "queueDepth": queue}
+    m["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": max_replicas, "metric": "runningRequests",
+                                "target": target}
+    load = {"tokensPerSecond": tps, "runningRequests": running, "queueDepth": queue}
     if ttft is not None:
         load["ttftP95Seconds"] = ttft
+    if capacity is not None:
+        load["capacityTokensPerSecond"] = capacity
     m["status"] = {"load": load}
     return m
 
 
 TWO_PODS = [pod("cheap", "127.1.0.1"), pod("dear", "127.1.0.2")]
+COST_POLICY = rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}], strategy="cost")
 
 
-def test_cost_sends_everything_to_the_cheaper_backend_while_it_has_headroom():
-    fleet = [loaded_md("cheap", cost=1.0, tps=500, queue=1), loaded_md("dear", cost=4.0, tps=500, queue=1)]
-    r = compute_routing([rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}],
-                            strategy="cost")], fleet, TWO_PODS)
+def reasons(result):
+    return {b["modelDeployment"]: b["reason"] for b in result.policies[0].backends}
+
+
+def test_cost_sends_everything_to_the_cheaper_backend_while_it_has_room():
+    # Demand 300 tokens/s; cheap serves 300 tokens/s per replica at its target (learned,
+    # kept while the load is light) and may grow: room for 1.2 x 300.
+    fleet = [loaded_md("cheap", cost=1.0, tps=150, running=2, capacity=300),
+             loaded_md("dear", cost=4.0, tps=150, running=1, capacity=600)]
+    r = compute_routing([COST_POLICY], fleet, TWO_PODS)
     assert weights(r) == {"cheap": 100, "dear": 0}
-    reasons = {b["modelDeployment"]: b["reason"] for b in r.policies[0].backends}
-    assert "cost rank 1" in reasons["cheap"] and "/1k tokens" in reasons["cheap"]
+    assert "cost rank 1" in reasons(r)["cheap"] and "/1k tokens" in reasons(r)["cheap"]
+    assert "300 tokens/s per replica at target, 1 ready (may grow to 4)" in reasons(r)["cheap"]
 
 
-def test_cost_sheds_what_the_cheap_backend_cannot_take_at_its_target():
-    # Demand is 1000 tokens/s (500 on each). cheap runs at twice its queue target, so at
-    # its target it serves 250 of them; the other 750 go to dear.
-    fleet = [loaded_md("cheap", cost=1.0, tps=500, queue=8), loaded_md("dear", cost=4.0, tps=500, queue=0)]
-    r = compute_routing([rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}],
-                            strategy="cost")], fleet, TWO_PODS)
-    assert weights(r) == {"cheap": 25, "dear": 75}
-    assert "200% of its queueDepth target" in r.policies[0].backends[0]["reason"]
+def test_cost_fills_a_backend_that_may_grow_past_its_target_so_that_it_scales_up():
+    # Demand 1000: cheap's one replica takes 1.2 x 200 (its scaler then sees 120 % of
+    # target and adds replicas); the rest overflows to dear.
+    fleet = [loaded_md("cheap", cost=0.5, tps=500, running=6, capacity=200),
+             loaded_md("dear", cost=4.0, tps=500, running=2, capacity=1000)]
+    assert weights(compute_routing([COST_POLICY], fleet, TWO_PODS)) == {"cheap": 24, "dear": 76}
+    # At its maxReplicas it gets its target capacity only: 200 of 1000.
+    fleet[0]["spec"]["autoscaling"]["maxReplicas"] = 1
+    r = compute_routing([COST_POLICY], fleet, TWO_PODS)
+    assert weights(r) == {"cheap": 20, "dear": 80}
+    assert "(at its maximum)" in reasons(r)["cheap"]
+
+
+def test_cost_ranks_by_price_per_token_not_per_replica_hour():
+    # dear's replica costs 2x but serves 4x the tokens: it is the cheaper per token.
+    fleet = [loaded_md("cheap", cost=1.0, tps=100, running=3, capacity=100),
+             loaded_md("dear", cost=2.0, tps=100, running=1, capacity=400)]
+    r = compute_routing([COST_POLICY], fleet, TWO_PODS)
+    assert weights(r) == {"cheap": 0, "dear": 100}
+    assert "cost rank 1" in reasons(r)["dear"]
+
+
+def test_cost_holds_a_backend_over_the_slo_at_what_it_serves():
+    fleet = [loaded_md("cheap", cost=1.0, tps=300, running=3, ttft=0.9, capacity=400),
+             loaded_md("dear", cost=4.0, tps=300, running=1, capacity=600)]
+    policy = rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}], strategy="cost")
+    policy["spec"]["slo"] = {"ttftP95Milliseconds": 500}
+    r = compute_routing([policy], fleet, TWO_PODS)
+    assert weights(r) == {"cheap": 50, "dear": 50}
+    assert "TTFT p95 900 ms over the 500 ms SLO: held" in reasons(r)["cheap"]
+
+
+def test_cost_capacity_comes_from_the_load_until_the_autoscaler_has_learned_it():
+    # cheap: a full batch of 4 with 2 waiting serves 300 tokens/s, so at its target of 6
+    # (beyond the batch) 300; dear: 3 running of 6 at 300 tokens/s, so 600 at its target.
+    # Demand counts what waits: cheap is asked for 300 x 6/4 = 450, dear 300; cheap's
+    # room is 1.2 x 300 = 360 of 750.
+    fleet = [loaded_md("cheap", cost=1.0, tps=300, running=4, queue=2),
+             loaded_md("dear", cost=4.0, tps=300, running=3)]
+    r = compute_routing([COST_POLICY], fleet, TWO_PODS)
+    assert weights(r) == {"cheap": 48, "dear": 52}
+    assert "300 tokens/s per replica at target" in reasons(r)["cheap"]
+    assert "600 tokens/s per replica at target" in reasons(r)["dear"]
+
+
+def test_cost_grows_a_backend_of_unknown_capacity_step_by_step_not_all_at_once():
+    # Far under target the load says little about capacity: cheap may grow to 1.5x
+    # what it serves (150 of 1000).
+    fleet = [loaded_md("cheap", cost=1.0, tps=100, running=1), loaded_md("dear", cost=4.0, tps=900, running=2)]
+    r = compute_routing([COST_POLICY], fleet, TWO_PODS)
+    assert weights(r) == {"cheap": 15, "dear": 85}
+    assert "capacity not measured yet" in reasons(r)["cheap"]
 
 
 def test_latency_shifts_share_away_from_the_slow_backend_and_the_slo():
@@ -248,8 +303,14 @@ def test_latency_shifts_share_away_from_the_slow_backend_and_the_slo():
     assert "over the 1000 ms SLO" in r.policies[0].backends[1]["reason"]
 
 
+def all_to_cheap():
+    """A fleet in which cost sends everything to cheap (it has room for 1200 tokens/s of 200)."""
+    return [loaded_md("cheap", cost=1.0, tps=100, running=3, capacity=1000),
+            loaded_md("dear", cost=4.0, tps=100, running=1, capacity=1000)]
+
+
 def test_load_strategies_move_half_way_from_the_previous_weights():
-    fleet = [loaded_md("cheap", cost=1.0, tps=500, queue=1), loaded_md("dear", cost=4.0, tps=500, queue=1)]
+    fleet = all_to_cheap()
     policy = rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}], strategy="cost")
     policy["status"] = {"backends": [{"modelDeployment": "cheap", "weight": 20}, {"modelDeployment": "dear", "weight": 80}]}
     assert weights(compute_routing([policy], fleet, TWO_PODS)) == {"cheap": 60, "dear": 40}
@@ -282,17 +343,8 @@ def test_activator_is_not_used_while_another_backend_serves_or_without_scale_to_
     assert r.table.routes[0].backends == ()
 
 
-def test_cost_grows_a_far_under_target_backend_step_by_step_not_all_at_once():
-    # queueDepth reads ~0 until a backend saturates, so "far under target" says little
-    # about how much more it can take: cheap may grow to 1.5x what it serves (150 of 1000).
-    fleet = [loaded_md("cheap", cost=1.0, tps=100, queue=0), loaded_md("dear", cost=4.0, tps=900, queue=0)]
-    r = compute_routing([rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}],
-                            strategy="cost")], fleet, TWO_PODS)
-    assert weights(r) == {"cheap": 15, "dear": 85}
-
-
 def test_load_strategies_step_once_per_new_load_sample():
-    fleet = [loaded_md("cheap", cost=1.0, tps=500, queue=1), loaded_md("dear", cost=4.0, tps=500, queue=1)]
+    fleet = all_to_cheap()
     policy = rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}], strategy="cost")
     policy["status"] = {"backends": [{"modelDeployment": "cheap", "weight": 20}, {"modelDeployment": "dear", "weight": 80}]}
     first = compute_routing([policy], fleet, TWO_PODS)
@@ -301,18 +353,60 @@ def test_load_strategies_step_once_per_new_load_sample():
     policy["status"] = {"backends": first.policies[0].backends}
     assert weights(compute_routing([policy], fleet, TWO_PODS, previous_loads=first.loads)) == {"cheap": 60, "dear": 40}
     # A new load sample: one more step.
-    fleet[0]["status"]["load"]["tokensPerSecond"] = 501
+    fleet[0]["status"]["load"]["tokensPerSecond"] = 101
     assert weights(compute_routing([policy], fleet, TWO_PODS, previous_loads=first.loads)) == {"cheap": 80, "dear": 20}
 
 
-def test_cost_counts_waiting_requests_for_a_running_requests_target():
-    # The scaler's runningRequests is requests in flight: a full batch of 4 with 4 more
-    # waiting is at 8/6 of its target, not 4/6.
-    fleet = [loaded_md("cheap", cost=1.0, tps=500, queue=4), loaded_md("dear", cost=4.0, tps=500, queue=0)]
-    for m in fleet:
-        m["spec"]["autoscaling"].update(metric="runningRequests", target=6)
-        m["status"]["load"]["runningRequests"] = 4
-    r = compute_routing([rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}],
-                            strategy="cost")], fleet, TWO_PODS)
-    assert "133% of its runningRequests target" in r.policies[0].backends[0]["reason"]
-    assert "67% of its runningRequests target" in r.policies[0].backends[1]["reason"]
+def previous_weights(policy, cheap, dear):
+    policy["status"] = {"backends": [{"modelDeployment": "cheap", "weight": cheap},
+                                     {"modelDeployment": "dear", "weight": dear}]}
+    return policy
+
+
+def test_load_strategies_settle_a_goal_near_their_weights_is_noise():
+    # cheap's room: 1.2 x 300 of a demand of 500 = 72 %.
+    fleet = [loaded_md("cheap", cost=1.0, tps=250, running=3, capacity=300),
+             loaded_md("dear", cost=4.0, tps=250, running=1, capacity=1000)]
+    policy = rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}], strategy="cost")
+    assert weights(compute_routing([previous_weights(policy, 70, 30)], fleet, TWO_PODS)) == {"cheap": 70, "dear": 30}
+    assert weights(compute_routing([previous_weights(policy, 74, 26)], fleet, TWO_PODS)) == {"cheap": 74, "dear": 26}
+    # A few points away: straight to the goal; farther: half way.
+    assert weights(compute_routing([previous_weights(policy, 67, 33)], fleet, TWO_PODS)) == {"cheap": 72, "dear": 28}
+    assert weights(compute_routing([previous_weights(policy, 50, 50)], fleet, TWO_PODS)) == {"cheap": 61, "dear": 39}
+
+
+def test_load_strategies_empty_a_backend_whose_goal_is_zero_however_small_its_weight():
+    # A backend left with 1 % would never idle, so it would never scale down.
+    policy = rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}], strategy="cost")
+    assert weights(compute_routing([previous_weights(policy, 99, 1)], all_to_cheap(), TWO_PODS)) == \
+        {"cheap": 100, "dear": 0}
+
+
+
+
+def test_load_strategies_step_when_a_backend_gets_ready_even_without_a_new_load_sample():
+    fleet = all_to_cheap()
+    policy = rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}], strategy="cost")
+    only_dear = compute_routing([policy], fleet, [pod("dear", "127.1.0.2")])
+    assert weights(only_dear) == {"cheap": 0, "dear": 100}
+    policy["status"] = {"backends": only_dear.policies[0].backends}
+    r = compute_routing([policy], fleet, TWO_PODS, previous_loads=only_dear.loads)
+    assert weights(r) == {"cheap": 50, "dear": 50}  # half way to all on cheap
+
+
+def test_cost_without_measured_traffic_spreads_by_capacity_so_the_first_requests_find_room():
+    fleet = [loaded_md("cheap", cost=1.0, tps=0, capacity=100), loaded_md("dear", cost=4.0, tps=0, capacity=300)]
+    pods = [pod("cheap", "127.1.0.1"), pod("cheap", "127.1.0.3"), pod("dear", "127.1.0.2")]
+    assert weights(compute_routing([COST_POLICY], fleet, pods)) == {"cheap": 40, "dear": 60}
+
+
+def test_cost_tells_each_backends_autoscaler_what_it_should_carry_once_scaled():
+    # Demand 1000: cheap could carry 4 x 200 at maxReplicas, dear the remaining 200,
+    # though cheap's one ready replica takes 240 now.
+    fleet = [loaded_md("cheap", cost=0.5, tps=500, running=6, capacity=200),
+             loaded_md("dear", cost=4.0, tps=500, running=2, capacity=1000)]
+    rows = {b["modelDeployment"]: b for b in compute_routing([COST_POLICY], fleet, TWO_PODS).policies[0].backends}
+    assert rows["cheap"]["demandTokensPerSecond"] == 800 and rows["dear"]["demandTokensPerSecond"] == 200
+    assert rows["cheap"]["weight"] == 24
+    weighted = rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}])
+    assert all("demandTokensPerSecond" not in b for b in compute_routing([weighted], fleet, TWO_PODS).policies[0].backends)

@@ -641,6 +641,12 @@ class LoadStatus(_Status):
     )
     tokens_per_second: float | None = Field(None, description="Generated tokens per second, per replica.")
     ttft_p95_seconds: float | None = Field(None, description="95th percentile time to first token, in seconds.")
+    capacity_tokens_per_second: float | None = Field(
+        None,
+        description="Generated tokens per second one replica serves at the autoscaling target, learned from the "
+        "load (a running average, kept while the load is too light to measure it); cost routing fills a backend "
+        "up to it.",
+    )
     sampled_replicas: int | None = Field(None, ge=0, description="Replicas whose metrics were scraped.")
     sample_time: datetime | None = Field(None, description="When the metrics were scraped.")
 
@@ -843,8 +849,17 @@ class RouteMatch(_Spec):
         return self
 
 
+RULE_NOT_CASCADE_MESSAGE = (
+    "a rule splits by weighted, failover, cost or latency; a cascade is the whole policy's strategy"
+)
+RULE_NOT_CASCADE = CelRule(rule="!has(self.strategy) || self.strategy != 'cascade'",
+                           message=RULE_NOT_CASCADE_MESSAGE, field_path=".strategy")
+
+
 class RouteRule(_Spec):
     """Requests that match go to these backends instead of the policy's split."""
+
+    model_config = ConfigDict(json_schema_extra=x_validations(RULE_NOT_CASCADE))
 
     match: RouteMatch = Field(description="Which requests the rule applies to.")
     backends: list[Backend] = Field(
@@ -869,6 +884,12 @@ class RouteRule(_Spec):
     @classmethod
     def _check_backends(cls, backends: list[Backend]) -> list[Backend]:
         return check_backends(backends)
+
+    @model_validator(mode="after")
+    def _not_a_cascade(self) -> RouteRule:
+        if self.strategy is RouteStrategy.CASCADE:
+            raise rule_error(RULE_NOT_CASCADE_MESSAGE, "strategy")
+        return self
 
 
 class RetryPolicy(_Spec):
@@ -953,6 +974,17 @@ class Fallback(_Spec):
         ),
         json_schema_extra={"default": list(FALLBACK_ON_DEFAULT), "x-kubernetes-list-type": "set"},
     )
+    max_in_flight_per_replica: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description=(
+            "Saturation: a backend of the split whose replicas hold this many requests each (running or "
+            "queued in the engine) is saturated, and a request beyond that goes straight to the fallback "
+            "instead of queueing. Counted per backend over its ready replicas, in each ingress Envoy. "
+            "Unset: requests queue in the engine."
+        ),
+    )
 
     @field_validator("backends")
     @classmethod
@@ -977,8 +1009,8 @@ class RoutePolicySpec(_Spec):
             "weighted: split by backend weight, renormalised over backends with ready replicas. "
             "failover: all traffic to the lowest priority with ready replicas. "
             "cost: cheapest cost per token first (cost.perReplicaHour over the tokens/s a replica serves at "
-            "its target), "
-            "each backend filled up to its autoscaling target, the rest shed to the next cheapest. "
+            "its autoscaling target, status.load.capacityTokensPerSecond), each backend filled up to that "
+            "target (past it while it may still scale up, so that it does), the rest to the next cheapest. "
             "latency: shares follow measured TTFT p95 and queue depth, away from backends over the SLO. "
             "cascade: the backends are stages tried in order, cheapest first (see cascade)."
         ),
@@ -1035,6 +1067,14 @@ class BackendStatus(_Status):
     )
     ready_replicas: int | None = Field(None, ge=0, description="Ready replicas of the backend.")
     reason: str | None = Field(None, description="One line on why the backend has this weight.")
+    demand_tokens_per_second: float | None = Field(
+        None,
+        ge=0,
+        description=(
+            "strategy cost: the generated tokens/s this policy wants the backend to carry once scaled "
+            "(cheapest first, each up to maxReplicas at its target); its autoscaler provisions for it."
+        ),
+    )
 
 
 class RoutePolicyStatus(_Status):

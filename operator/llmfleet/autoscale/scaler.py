@@ -33,6 +33,12 @@ How one decision is made (target tracking, like Kubernetes' HorizontalPodAutosca
    one noisy sample moves it little), and the higher one wins:
    the replicas asked for on a ramp are ready when the load gets there, instead of
    one startup time late. The projection only ever adds replicas.
+1b. **Routed demand.** A backend that cost routing wants to carry more than it does
+   now (``routed_load``: the policies' ``demandTokensPerSecond`` over the replicas'
+   learned capacity at the target, in replicas' worth) is recommended that many
+   replicas at once (within the tolerance band), so the cheap backend grows in one
+   step while the dearer ones take the overflow; it only ever raises the
+   recommendation.
 2. **Stale signals never scale down.** With no usable load (nothing scraped), the
    count holds. With a partial or old one (some ready replica did not answer), the
    recommendation may rise on what was seen but never falls below the current count.
@@ -164,6 +170,7 @@ class Observation:
     load: ModelLoad | None = None  # None: nothing scraped (yet)
     wake: bool = False  # the activator holds a request for this model (which is at 0 replicas)
     startup_seconds: float | None = None  # how long a new replica takes to get ready (None: not known yet)
+    routed_load: float | None = None  # what cost routing wants it to carry, in replicas' worth at the target
 
 
 @dataclass(frozen=True)
@@ -262,6 +269,11 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
             if _ratio(reading.ahead, policy, current) <= 1 + policy.tolerance:
                 ahead = min(ahead, current)  # the band holds, as it does for the total
             rec = max(rec, ahead)
+    routed = math.ceil(obs.routed_load / (1 + policy.tolerance)) if obs.routed_load else None
+    if routed is not None and routed > rec:
+        rec = routed
+    else:
+        routed = None
     unbounded = rec
     rec = _clamp(rec, policy)
 
@@ -302,6 +314,8 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
             limited_reason, limited = TOO_FEW_REPLICAS, f"spec.replicas was {current}; minReplicas is {desired}"
 
     reason = _reason(policy, obs, reading, rec, up_rec, down_rec, window_covered, desired)
+    if routed is not None:
+        reason += f"; cost routing wants {routed} replicas' worth of its traffic here"
     new = ScalerState(
         since=since,
         recommendations=recs,

@@ -7,6 +7,10 @@ its part of the status with server-side apply under its own field manager
 decision (autoscale/scaler.py) as ``scaleReason``, ``lastScaleTime`` and the
 ScalingLimited condition; a changed count goes through the replica writer.
 
+``status.load`` also carries ``capacityTokensPerSecond``, the tokens/s one replica
+serves at the target, learned here (signals/values.learn_capacity) and kept while the
+load is too light to measure it: cost routing fills backends up to it.
+
 ``status.load`` is for people and for load-aware routing, not a live feed: it is
 written when a signal moves by more than LOAD_CHANGE (or appears or goes), and
 otherwise refreshed at most every LOAD_REFRESH_SECONDS, so hundreds of models under
@@ -19,7 +23,7 @@ import asyncio
 import logging
 import statistics
 import time
-from collections.abc import Hashable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 from typing import Any
 
 import httpx
@@ -28,8 +32,9 @@ from .. import telemetry
 from ..autoscale.scaler import Knobs, Observation, ScalerState, ScalingPolicy, decide
 from ..kube.client import KubeClient, NotFound
 from ..kube.store import Store
-from ..kube.views import ModelDeploymentView, PodView, Ref
+from ..kube.views import ModelDeploymentView, PodView, Ref, RoutePolicyView
 from ..signals.scrape import Scraper, ScrapeTarget
+from ..signals.values import ModelLoad, learn_capacity
 from ..status.conditions import WantedCondition, merge_conditions, now_rfc3339
 from .replicas import ReplicaWriter
 from .statuswriter import AUTOSCALER as FIELD_MANAGER
@@ -59,6 +64,18 @@ def load_moved(old: dict[str, Any] | None, new: dict[str, Any]) -> bool:
         if abs(float(b) - float(a)) > max(LOAD_CHANGE * abs(float(a)), LOAD_FLOOR):
             return True
     return False
+
+
+def routed_demand(policies: Iterable[RoutePolicyView]) -> dict[Ref, float]:
+    """Tokens/s cost routing wants each ModelDeployment to carry, summed over the
+    policies' status (``backends[].demandTokensPerSecond``, written by the leader)."""
+    out: dict[Ref, float] = {}
+    for rp in policies:
+        for row in rp.status.get("backends") or []:
+            if (demand := row.get("demandTokensPerSecond")) and row.get("modelDeployment"):
+                key = (rp.namespace, row["modelDeployment"])
+                out[key] = out.get(key, 0.0) + float(demand)
+    return out
 
 
 class StartupTimes:
@@ -102,6 +119,8 @@ class Autoscaler:
         self.scraper = Scraper(self.http, timeout=scrape_timeout)
         self.states: dict[Ref, ScalerState] = {}
         self.load_written_at: dict[Ref, float] = {}
+        self.capacities: dict[Ref, float] = {}  # tokens/s per replica at the target (status.load)
+        self.routed: dict[Ref, float] = {}  # tokens/s cost routing wants each to carry (this round)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -136,11 +155,13 @@ class Autoscaler:
         for error in self.scraper.errors.values():
             telemetry.SCRAPE_ERRORS.labels(error.reason).inc()
         now = time.monotonic()
-        for key in set(self.states) - set(targets):
-            del self.states[key]
+        for key in (set(self.states) | set(self.capacities) | set(self.load_written_at)) - set(targets):
+            self.states.pop(key, None)
             self.startups.forget(key)
             self.load_written_at.pop(key, None)
+            self.capacities.pop(key, None)
             self.status.forget(key)
+        self.routed = routed_demand(self.store.route_policies.values())
         await asyncio.gather(*(self._one(md, pods[md.ref], loads.get(md.ref), now) for md in mds))
 
     async def _one(self, md: ModelDeploymentView, pods: list[PodView], load: Any, now: float) -> None:
@@ -149,7 +170,7 @@ class Autoscaler:
         owned: dict[str, Any] = {}
         news = False  # whether this round's load is worth writing
         if load is not None and load.sampled_replicas:
-            new = load.status()
+            new = load.status(self._capacity(md, load, current.get("load")))
             written = self.load_written_at.get(md.ref)
             news = load_moved(current.get("load"), new) or written is None or now - written >= LOAD_REFRESH_SECONDS
             if news:
@@ -174,6 +195,22 @@ class Autoscaler:
         await self.status.write(md.involved(), md.status, owned, fields=OWNED_FIELDS,
                                 condition_types=OWNED_CONDITIONS)
 
+    def _capacity(self, md: ModelDeploymentView, load: ModelLoad, written: dict[str, Any] | None) -> float | None:
+        """The replicas' learned capacity at their target, seeded from status after a restart."""
+        previous = self.capacities.get(md.ref)
+        if previous is None and written:
+            previous = written.get("capacityTokensPerSecond")
+        target = md.target
+        capacity = learn_capacity(previous, load, md.metric, target) if target else previous
+        if capacity is not None:
+            self.capacities[md.ref] = capacity
+        return capacity
+
+    def _routed_load(self, md: ModelDeploymentView) -> float | None:
+        """Cost routing's demand for it in replicas' worth at the target, once its capacity is known."""
+        demand, capacity = self.routed.get(md.ref), self.capacities.get(md.ref)
+        return demand / capacity if demand and capacity else None
+
     def _decide(self, md: ModelDeploymentView, pods: list[PodView], load: Any, now: float,
                 current: dict[str, Any], owned: dict[str, Any], news: bool) -> None:
         assert md.spec is not None and md.spec.autoscaling is not None
@@ -186,6 +223,7 @@ class Autoscaler:
             load=load,
             wake=woken is not None and now - woken < WAKE_GRACE_SECONDS,
             startup_seconds=self.startups.observe(md.ref, pods),
+            routed_load=self._routed_load(md),
         )
         policy = ScalingPolicy.from_autoscaling(md.spec.autoscaling, **self.knobs)
         decision = decide(policy, obs, self.states.get(md.ref))

@@ -24,6 +24,7 @@ import re
 BACKEND_HEADER = "x-llmfleet-backend"  # the ModelDeployment an upstream request is for (the activator reads it)
 SERVED_HEADER = "x-llmfleet-served-json"  # a fallback chain's endpoint's served name (from EDS metadata)
 MAX_TOKENS_HEADER = "x-llmfleet-max-tokens"  # a routing rule's cap on max_tokens
+SATURATED_HEADER = "x-llmfleet-saturated"  # a saturation gate's answer: the backend is full, try the fallback
 
 _SCANNER = r"""-- Index of the quote closing the JSON string that opens at i.
 local function string_end(s, i)
@@ -319,3 +320,19 @@ def cascade_source(public_model: str, stages: list[tuple[str, str, str]], *, min
         "{timeout_ms}": str(int(timeout_seconds * 1000)),
         "{scanner}": _SCANNER,
     })
+
+
+def saturation_gate_source() -> str:
+    """Lua source of a saturation gate's filter: the gate's router answers 503 with
+    ``x-envoy-overloaded`` when its backend is full, and Envoy never retries a response
+    that carries that header; this swaps it for SATURATED_HEADER, which the route
+    retries on (into the fallback)."""
+    return (
+        "function envoy_on_response(handle)\n"
+        "  local headers = handle:headers()\n"
+        '  if headers:get("x-envoy-overloaded") ~= nil then\n'
+        '    headers:remove("x-envoy-overloaded")\n'
+        f'    headers:replace("{SATURATED_HEADER}", "true")\n'
+        "  end\n"
+        "end\n"
+    )

@@ -14,6 +14,12 @@ circuit breakers) with an upstream Lua filter that rewrites the body's ``model``
 the name that deployment serves. Endpoints live in EDS and weights in RDS, so a
 weight or replica change never touches CDS and never drains a connection pool.
 
+A fallback tier makes each backend of a split an aggregate cluster (its priorities:
+the backend, then its fallbacks); with a saturation limit, the first priority is a
+saturation gate: an internal listener in front of a copy of the backend's cluster
+whose circuit breaker is the limit times its ready replicas (that copy, alone, is
+rebuilt through CDS when the replica count changes).
+
 Resources are first built as plain dicts in Envoy's JSON/YAML shape (easy to read,
 diff and golden-test), then converted to xds-protos messages.
 """
@@ -51,9 +57,11 @@ from llmfleet.api import openai
 from llmfleet.envoy.lua import (
     BACKEND_HEADER,
     MAX_TOKENS_HEADER,
+    SATURATED_HEADER,
     SERVED_HEADER,
     cascade_source,
     model_rewrite_source,
+    saturation_gate_source,
 )
 from llmfleet.routing.table import (
     ENDPOINT_PATHS,
@@ -167,7 +175,8 @@ def retry_policy(route: Route, settings: DataPlaneSettings) -> dict[str, Any] | 
 
     Named conditions pass through; status codes (``"503"``) become
     ``retriable-status-codes``. Retries go to another replica (previous_hosts); with a
-    fallback tier, down its chain (and the fallback's conditions retry too).
+    fallback tier, down its chain (and the fallback's conditions retry too, as does a
+    saturation gate's answer).
     """
     retry, fallback = route.retry, route.fallback
     attempts = max(retry.attempts, len(fallback.clusters) if fallback else 0)
@@ -184,6 +193,9 @@ def retry_policy(route: Route, settings: DataPlaneSettings) -> dict[str, Any] | 
             raise ValueError(f"unknown retry condition {cond!r}")
     if codes:
         names.append("retriable-status-codes")
+    gated = bool(fallback and fallback.max_in_flight_per_replica)
+    if gated:
+        names.append("retriable-headers")
     policy: dict[str, Any] = {
         "retry_on": ",".join(dict.fromkeys(names)),
         "num_retries": attempts,
@@ -199,6 +211,8 @@ def retry_policy(route: Route, settings: DataPlaneSettings) -> dict[str, Any] | 
     }
     if codes:
         policy["retriable_status_codes"] = sorted(set(codes))
+    if gated:
+        policy["retriable_headers"] = [{"name": SATURATED_HEADER, "present_match": True}]
     if fallback:
         # A fallback chain is an aggregate cluster whose priorities are its clusters in
         # order: each retry leaves out the priorities already tried, so it moves down the chain.
@@ -513,19 +527,23 @@ def stat_name(cluster_name: str) -> str:
     return cluster_name.replace("/", "_").replace(".", "_")
 
 
-def cluster(c: Cluster, settings: DataPlaneSettings | None = None) -> dict[str, Any]:
+def cluster(c: Cluster, settings: DataPlaneSettings | None = None, *, name: str | None = None,
+            max_requests: int | None = None) -> dict[str, Any]:
     """One ModelDeployment as an EDS cluster (CDS). Nothing here depends on weights or
-    endpoints, so the resource stays byte-identical while those change."""
+    endpoints, so the resource stays byte-identical while those change. ``name`` and
+    ``max_requests``: a copy of it under another name (its own EDS resource) that takes
+    at most that many requests at once (a saturation gate's)."""
     settings = settings or DataPlaneSettings()
+    name = name or c.name
     return {
-        "name": c.name,
-        "alt_stat_name": stat_name(c.name),
+        "name": name,
+        "alt_stat_name": stat_name(name),
         "type": "EDS",
-        "eds_cluster_config": {"eds_config": _ADS, "service_name": c.name},
+        "eds_cluster_config": {"eds_config": _ADS, "service_name": name},
         "connect_timeout": f"{settings.connect_timeout_seconds}s",
         "lb_policy": "LEAST_REQUEST",
         "per_connection_buffer_limit_bytes": settings.max_request_body_bytes,
-        "circuit_breakers": _circuit_breakers(settings),
+        "circuit_breakers": _circuit_breakers(settings, max_requests),
         "outlier_detection": {
             "consecutive_5xx": settings.consecutive_5xx,
             "consecutive_gateway_failure": settings.consecutive_gateway_failure,
@@ -538,10 +556,10 @@ def cluster(c: Cluster, settings: DataPlaneSettings | None = None) -> dict[str, 
     }
 
 
-def _circuit_breakers(settings: DataPlaneSettings) -> dict[str, Any]:
+def _circuit_breakers(settings: DataPlaneSettings, max_requests: int | None = None) -> dict[str, Any]:
     big = {"max_connections": settings.max_requests_per_cluster,
            "max_pending_requests": settings.max_requests_per_cluster,
-           "max_requests": settings.max_requests_per_cluster,
+           "max_requests": max_requests or settings.max_requests_per_cluster,
            "max_retries": settings.max_concurrent_retries}
     return {"thresholds": [dict(big, priority=p) for p in ("DEFAULT", "HIGH")]}
 
@@ -565,9 +583,30 @@ def _upstream_filters(filters: list[dict[str, Any]]) -> dict[str, Any]:
 FALLBACK_PREFIX = "fallback:"  # an aggregate cluster: "fallback:<primary>><fallback>>..."
 
 
+GATE_PREFIX = "saturation:"  # "saturation:<limit>:<cluster>": a saturation gate (internal listener + cluster)
+LIMITED_PREFIX = "limited:"  # "limited:<limit>:<cluster>": the cluster behind a gate, <limit> per replica
+
+
 def fallback_chain(primary: str, fallback: Fallback | None) -> tuple[str, ...]:
-    """The clusters an attempt goes through, in order, when the split picks ``primary``."""
-    return (primary, *(c for c in fallback.clusters if c != primary)) if fallback else (primary,)
+    """The clusters an attempt goes through, in order, when the split picks ``primary``
+    (through its saturation gate when the fallback sets a limit)."""
+    if fallback is None:
+        return (primary,)
+    rest = tuple(c for c in fallback.clusters if c != primary)
+    limit = fallback.max_in_flight_per_replica
+    return (f"{GATE_PREFIX}{limit}:{primary}" if limit and rest else primary, *rest)
+
+
+def gate_of(name: str) -> tuple[int, str] | None:
+    """(limit, cluster) of a saturation gate's name; None for any other name."""
+    if not name.startswith(GATE_PREFIX):
+        return None
+    limit, cluster_name = name.removeprefix(GATE_PREFIX).split(":", 1)
+    return int(limit), cluster_name
+
+
+def limited_name(gate: str) -> str:
+    return LIMITED_PREFIX + gate.removeprefix(GATE_PREFIX)
 
 
 def chain_name(chain: tuple[str, ...]) -> str:
@@ -575,8 +614,66 @@ def chain_name(chain: tuple[str, ...]) -> str:
 
 
 def chain_of(name: str) -> tuple[str, ...]:
-    """The clusters behind a cluster name (itself, or an aggregate's)."""
-    return tuple(name.removeprefix(FALLBACK_PREFIX).split(">")) if name.startswith(FALLBACK_PREFIX) else (name,)
+    """The clusters behind a cluster name (itself, an aggregate's, a gate's two)."""
+    names = name.removeprefix(FALLBACK_PREFIX).split(">") if name.startswith(FALLBACK_PREFIX) else [name]
+    return tuple(x for n in names for x in ((n, limited_name(n)) if gate_of(n) else (n,)))
+
+
+def saturation_gates(table: RouteTable) -> list[str]:
+    """Every saturation gate a fallback chain of ``table`` starts with."""
+    return sorted({chain[0] for chain in fallback_chains(table) if gate_of(chain[0])})
+
+
+def gate_resources(gate: str, table: RouteTable, settings: DataPlaneSettings) -> dict[str, list[dict[str, Any]]]:
+    """A saturation gate: a cluster whose one endpoint is an internal listener, whose
+    router sends to a copy of the backend's cluster that takes at most limit x ready
+    replicas requests at once. Beyond that the copy's circuit breaker answers 503 at
+    once (no queueing), the gate's filter marks it (saturation_gate_source) and the
+    route retries into the fallback. In-process: no extra network hop."""
+    parsed = gate_of(gate)
+    backend = table.cluster(parsed[1]) if parsed else None
+    if parsed is None or backend is None:
+        raise ValueError(f"no cluster behind saturation gate {gate!r}")
+    limit = parsed[0]
+    limited = limited_name(gate)
+    hcm = {
+        "@type": _HCM,
+        "stat_prefix": stat_name(gate),
+        "request_timeout": "0s",
+        "stream_idle_timeout": f"{settings.stream_idle_timeout_seconds}s",
+        "route_config": {"name": gate, "virtual_hosts": [{
+            "name": gate, "domains": ["*"],
+            # No timeout of its own: the route that sent the request here times it out.
+            "routes": [{"match": {"prefix": "/"}, "route": {"cluster": limited, "timeout": "0s"}}]}]},
+        "http_filters": [
+            _lua(saturation_gate_source()),
+            {"name": "envoy.filters.http.router",
+             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+        ],
+    }
+    gate_cluster = {
+        "name": gate,
+        "alt_stat_name": stat_name(gate),
+        "type": "STATIC",
+        "connect_timeout": f"{settings.connect_timeout_seconds}s",
+        "per_connection_buffer_limit_bytes": settings.max_request_body_bytes,
+        "circuit_breakers": _circuit_breakers(settings),
+        "load_assignment": {"cluster_name": gate, "endpoints": [{"lb_endpoints": [{
+            "endpoint": {"address": {"envoy_internal_address": {"server_listener_name": gate}}},
+            "metadata": _endpoint_labels(backend)}]}]},
+    }
+    return {
+        CLUSTER_TYPE: [gate_cluster, cluster(backend, settings, name=limited,
+                                             max_requests=limit * max(1, len(backend.endpoints)))],
+        ENDPOINT_TYPE: [load_assignment(backend, name=limited)],
+        LISTENER_TYPE: [{
+            "name": gate,
+            "internal_listener": {},
+            "per_connection_buffer_limit_bytes": settings.max_request_body_bytes,
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
+                                            "typed_config": hcm}]}],
+        }],
+    }
 
 
 def fallback_chains(table: RouteTable) -> list[tuple[str, ...]]:
@@ -617,11 +714,16 @@ def aggregate_cluster(chain: tuple[str, ...], settings: DataPlaneSettings | None
     }
 
 
-def load_assignment(c: Cluster) -> dict[str, Any]:
-    """The ready replicas of one cluster (EDS), each labelled with what its cluster serves
-    (read by the upstream filters of fallback chains)."""
-    labels = {"filter_metadata": {METADATA_NAMESPACE: {
+def _endpoint_labels(c: Cluster) -> dict[str, Any]:
+    """What an endpoint of ``c`` serves, read by the upstream filters of fallback chains."""
+    return {"filter_metadata": {METADATA_NAMESPACE: {
         "served": json.dumps(c.served_model, ensure_ascii=True), "backend": c.name}}}
+
+
+def load_assignment(c: Cluster, name: str | None = None) -> dict[str, Any]:
+    """The ready replicas of one cluster (EDS; ``name``: a copy's), each labelled with
+    what its cluster serves."""
+    labels = _endpoint_labels(c)
     lb_endpoints = [
         {
             "endpoint": {"address": {"socket_address": {"address": e.address, "port_value": e.port}}},
@@ -630,7 +732,7 @@ def load_assignment(c: Cluster) -> dict[str, Any]:
         }
         for e in sorted(c.endpoints)
     ]
-    return {"cluster_name": c.name, "endpoints": [{"lb_endpoints": lb_endpoints}] if lb_endpoints else []}
+    return {"cluster_name": name or c.name, "endpoints": [{"lb_endpoints": lb_endpoints}] if lb_endpoints else []}
 
 
 # --------------------------------------------------------------------------- all
@@ -651,13 +753,17 @@ def build_config(table: RouteTable, *, listener_port: int, listener_address: str
     settings = settings or DataPlaneSettings()
     _check(table)
     clusters = sorted(table.clusters, key=lambda c: c.name)
-    return {
+    config = {
         CLUSTER_TYPE: [cluster(c, settings) for c in clusters]
         + [aggregate_cluster(chain, settings) for chain in fallback_chains(table)],
         ENDPOINT_TYPE: [load_assignment(c) for c in clusters],
         LISTENER_TYPE: [listener(listener_port, listener_address, settings, body_fields(table))],
         ROUTE_TYPE: [route_configuration(table, settings)],
     }
+    for gate in saturation_gates(table):
+        for type_url, items in gate_resources(gate, table, settings).items():
+            config[type_url] += items
+    return config
 
 
 def to_proto(type_url: str, resource: Mapping[str, Any]) -> Message:
@@ -680,13 +786,17 @@ def build_resources(table: RouteTable, *, listener_port: int, listener_address: 
     settings = settings or DataPlaneSettings()
     _check(table)
     clusters = sorted(table.clusters, key=lambda c: c.name)
-    return {
+    resources = {
         CLUSTER_TYPE: [_cluster_proto(c.name, c.served_model, settings) for c in clusters]
         + [_aggregate_proto(chain, settings) for chain in fallback_chains(table)],
         ENDPOINT_TYPE: [_assignment_proto(c.name, c.served_model, c.endpoints) for c in clusters],
         LISTENER_TYPE: [_listener_proto(listener_port, listener_address, settings, tuple(body_fields(table)))],
         ROUTE_TYPE: [to_proto(ROUTE_TYPE, route_configuration(table, settings))],
     }
+    for gate in saturation_gates(table):
+        for type_url, items in gate_resources(gate, table, settings).items():
+            resources[type_url] += [to_proto(type_url, r) for r in items]
+    return resources
 
 
 # The messages are shared between builds: nothing may modify them after conversion.

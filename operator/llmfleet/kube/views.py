@@ -251,14 +251,22 @@ class ModelDeploymentView(_ResourceView):
         return auto.effective_target if auto else DEFAULT_TARGETS[AutoscalingMetric.QUEUE_DEPTH]
 
     @property
+    def max_replicas(self) -> int:
+        """The most replicas it may have: autoscaling's bound, else the replicas asked for."""
+        if self.spec is None:
+            return 0
+        auto = self.spec.autoscaling
+        return auto.max_replicas if auto else self.spec.replicas
+
+    @property
     def scale_to_zero(self) -> bool:
         auto = self.spec.autoscaling if self.spec else None
         return bool(auto and auto.scale_to_zero and auto.scale_to_zero.idle_seconds)
 
     def routing_facets(self) -> tuple:
-        """What routing reads: a change elsewhere (conditions, replica counts) needs no recompute."""
-        return (self.served_model, self.cost_per_replica_hour, self.metric, self.target, self.scale_to_zero,
-                str(self.load), self.invalid)
+        """What routing reads: a change elsewhere (conditions, ready counts) needs no recompute."""
+        return (self.served_model, self.cost_per_replica_hour, self.metric, self.target, self.max_replicas,
+                self.scale_to_zero, str(self.load), self.invalid)
 
 
 @dataclass(frozen=True)

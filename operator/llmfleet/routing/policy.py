@@ -10,12 +10,15 @@ Strategies:
 - failover: all traffic to the lowest priority that has ready replicas; backends of
   one priority share by weight.
 - cost: fill the cheapest backend (cost.perReplicaHour over the tokens/s a replica
-  serves at its autoscaling target) up to that target, then the next cheapest; demand
-  beyond every target is spread by capacity. Loads come from status.load.
+  serves at its autoscaling target) up to that target — past it while the backend may
+  still scale up, so that it does — then the next cheapest; demand beyond every
+  target is spread by capacity. Loads come from status.load.
 - latency: shares proportional to ready replicas over (TTFT p95 × (1 + queue depth)),
   a quarter of that for backends over the policy's SLO.
-cost and latency move half way from the previous weights each time (a damped control
-loop: the loads they read respond to the weights they set).
+cost and latency step from the previous weights once per new load sample or change of
+ready replicas: half way, or straight to a goal a few points away, and not at all for
+smaller moves (a damped control loop that settles: the loads they read respond to the
+weights they set).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from dataclasses import dataclass, field
 from ..api.models import Backend, RouteMatch, RoutePolicySpec, RouteStrategy
 from ..api.models import Cascade as CascadeSpec
 from ..kube.views import ModelDeploymentView, PodView, Ref, RoutePolicyView
-from ..signals.values import metric_value
+from ..signals.values import capacity_sample
 from ..status.conditions import WantedCondition
 from .table import (
     Cascade,
@@ -58,6 +61,7 @@ class BackendState:
     metric: str = "queueDepth"  # the autoscaling metric and its per-replica target
     target: float | None = None
     scale_to_zero: bool = False  # autoscaling.scaleToZero.idleSeconds > 0
+    max_replicas: int | None = None  # autoscaling.maxReplicas, else spec.replicas
 
     @property
     def cluster(self) -> str:
@@ -102,7 +106,8 @@ def backend_states(model_deployments: Iterable[ModelDeploymentView],
     return {
         md.ref: BackendState(md.namespace, md.name, md.served_model, endpoints.get(md.ref, ()),
                              cost_per_replica_hour=md.cost_per_replica_hour, load=md.load, metric=md.metric,
-                             target=md.target, scale_to_zero=md.scale_to_zero)
+                             target=md.target, scale_to_zero=md.scale_to_zero,
+                             max_replicas=md.max_replicas)
         for md in model_deployments
     }
 
@@ -123,8 +128,9 @@ def compute_routing(
     them and holds the requests until a replica is ready.
 
     `previous_loads` are the loads of the previous computation (RoutingResult.loads):
-    cost and latency take one damped step per new load sample, and hold their weights
-    when recomputed for another reason (a pod event, their own status write).
+    cost and latency take one damped step per new load sample or change of a backend's
+    ready replicas, and hold their weights when recomputed for another reason (their
+    own status write, an unrelated change).
     """
     states = backend_states(model_deployments, endpoints)
     routes: list[Route] = []
@@ -157,10 +163,13 @@ def compute_routing(
             continue
         claimed[spec.model] = policy
         result.model = spec.model
-        previous: dict = {b.get("modelDeployment"): b.get("weight") for b in policy.status.get("backends") or []}
+        rows = policy.status.get("backends") or []
+        previous: dict = {b.get("modelDeployment"): b.get("weight") for b in rows}
+        ready_before = {b.get("modelDeployment"): b.get("readyReplicas", 0) for b in rows}
         if previous_loads is not None and all(
             (st := states.get((namespace, b.model_deployment))) is None
-            or st.load == previous_loads.get((namespace, b.model_deployment))
+            or (st.load == previous_loads.get((namespace, b.model_deployment))
+                and len(st.endpoints) == ready_before.get(b.model_deployment))
             for b in spec.backends
         ):
             previous = {**previous, HOLD: True}
@@ -247,6 +256,8 @@ def _fallback(spec: RoutePolicySpec, namespace, states, used_clusters, missing) 
     if spec.fallback is None:
         return None, []
     listed = {b.model_deployment for b in spec.backends}
+    limit = spec.fallback.max_in_flight_per_replica
+    saturated = f" or that is saturated ({limit} requests in flight per replica)" if limit else ""
     clusters, rows = [], []
     for i, b in enumerate(spec.fallback.backends, 1):
         state = states.get((namespace, b.model_deployment))
@@ -258,12 +269,12 @@ def _fallback(spec: RoutePolicySpec, namespace, states, used_clusters, missing) 
         else:
             used_clusters[state.cluster] = Cluster(state.cluster, state.served_model, state.endpoints)
             clusters.append(state.cluster)
-            reason = f"fallback {i}: takes requests the backend before it fails"
+            reason = f"fallback {i}: takes requests the backend before it fails{saturated}"
         if b.model_deployment not in listed:
             rows.append({"modelDeployment": b.model_deployment, "weight": 0,
                          "readyReplicas": len(state.endpoints) if state else 0, "reason": reason})
     on = tuple(r.value for r in spec.fallback.retry_on)
-    return (Fallback(tuple(clusters), on) if clusters else None), rows
+    return (Fallback(tuple(clusters), on, limit) if clusters else None), rows
 
 
 def _rule_match(match: RouteMatch) -> RuleMatch:
@@ -307,6 +318,7 @@ def _split(strategy, backends: list[Backend], namespace, states, used_clusters, 
     active: list[tuple[Backend, BackendState]] = []
     serving_priority = None
     load_reasons: dict[str, str] = {}
+    demand: dict[str, float] = {}  # cost: tokens/s each backend should carry once scaled
     if strategy is RouteStrategy.FAILOVER and ready:
         serving_priority = min(b.priority for b, _ in ready)
         active = [(b, s) for b, s in ready if b.priority == serving_priority]
@@ -314,7 +326,7 @@ def _split(strategy, backends: list[Backend], namespace, states, used_clusters, 
         active = ready
     if strategy in (RouteStrategy.COST, RouteStrategy.LATENCY) and active:
         shape = _cost_shares if strategy is RouteStrategy.COST else _latency_shares
-        targets, load_reasons = shape([s for _, s in active], slo)
+        targets, load_reasons, demand = shape([s for _, s in active], slo)
         names = [b.model_deployment for b, _ in active]
         held = [(previous or {}).get(n) or 0 for n in names]
         if (previous or {}).get(HOLD) and sum(held) > 0:
@@ -349,6 +361,8 @@ def _split(strategy, backends: list[Backend], namespace, states, used_clusters, 
     rows.sort(key=lambda r: order[r[0].model_deployment])
     status = [
         {"modelDeployment": b.model_deployment, "weight": w, "readyReplicas": n or 0, "reason": reason}
+        | ({"demandTokensPerSecond": float(f"{demand[b.model_deployment]:.2g}")} if b.model_deployment in demand
+           else {})  # two significant digits: a steady demand does not rewrite status
         for b, w, n, reason in rows
     ]
     split = tuple(
@@ -364,74 +378,105 @@ def _per_replica(state: BackendState, key: str) -> float | None:
     return float(value) if value is not None else None
 
 
-UTILIZATION_FLOOR = 0.25  # below this fraction of target, utilisation says little about capacity
-CAPACITY_GROWTH = 1.5  # a backend far under target may get up to this much more than it serves
-IDLE_PROBE_SHARE = 0.25  # an idle backend gets at most this share of demand at once
+OVERFILL = 1.2  # a backend that may still grow is filled this far past its target (the scaler's band is 10 %)
+CAPACITY_GROWTH = 1.5  # a backend of unknown capacity may get up to this much more than it serves
+IDLE_PROBE_SHARE = 0.25  # an idle backend of unknown capacity gets at most this share of demand at once
 
 
-def _cost_shares(states: list[BackendState], slo) -> tuple[list[float], dict[str, str]]:
-    """Fill the cheapest backend up to its autoscaling target, then the next.
+def _cost_shares(states: list[BackendState], slo) -> tuple[list[float], dict[str, str], dict[str, float]]:
+    """Fill the cheapest backend up to what it serves at its autoscaling target, then the next.
 
-    A backend's price per token is its replica price over what a replica serves *at its
-    target* (not what it serves now, which depends on the share it was given and would
-    make a lightly used backend look dear and lose more share). Where that capacity is
-    unknown, the typical known one is assumed, so the ranking falls back to the price
-    per replica-hour.
+    Capacity is per replica at the target: ``status.load.capacityTokensPerSecond``,
+    which the autoscaler learns and keeps while the load is light, else what the
+    current load says (``capacity_sample``). A backend's price per token is its
+    replica price over that capacity (where unknown, the typical known one: the ranking
+    falls back to the price per replica-hour).
+
+    Demand is what all the route's backends serve now, a saturated one's scaled up by
+    its requests in flight over those running (what waits would be served too). A
+    backend below maxReplicas is filled to OVERFILL times its ready capacity, so its
+    own autoscaler sees it over target and adds replicas; as they get ready its room
+    grows and the overflow comes back from the dearer backends, which then idle (and
+    scale to zero if they may). At maxReplicas it gets its target capacity. A backend
+    over the policy's TTFT SLO gets no more than it serves now. Demand beyond every
+    room is spread by capacity; with no demand measured, shares follow capacity.
     """
-    tps = {s.name: _per_replica(s, "tokensPerSecond") or 0.0 for s in states}
-    utilization: dict[str, float | None] = {}
-    at_target: dict[str, float | None] = {}  # tokens/s of one replica at its target
+    learned: dict[str, float | None] = {}
     for s in states:
-        value = metric_value(s.load or {}, s.metric)  # as the scaler reads it
-        target = s.target
-        util = value / target if value is not None and target else None
-        utilization[s.name] = util
-        known = util is not None and util >= UTILIZATION_FLOOR and tps[s.name] > 0
-        at_target[s.name] = tps[s.name] / util if util is not None and known else None
-    known_rates = [r for r in at_target.values() if r]
+        load = s.load or {}
+        known = load.get("capacityTokensPerSecond")
+        learned[s.name] = float(known) if known else (capacity_sample(load, s.metric, s.target) if s.target else None)
+    known_rates = [r for r in learned.values() if r]
     typical = sum(known_rates) / len(known_rates) if known_rates else 1.0
     per_hour = {s.name: s.cost_per_replica_hour or 0.0 for s in states}
-    per_1k = {s.name: per_hour[s.name] / 3600 / (at_target[s.name] or typical) * 1000 for s in states}
+    per_1k = {s.name: per_hour[s.name] / 3600 / (learned[s.name] or typical) * 1000 for s in states}
 
-    demand = sum(tps[s.name] * len(s.endpoints) for s in states)
-    capacity: dict[str, float] = {}
+    served = {s.name: (_per_replica(s, "tokensPerSecond") or 0.0) * len(s.endpoints) for s in states}
+    demand = sum(_offered(s, served[s.name]) for s in states)
+    room: dict[str, float] = {}
+    notes: dict[str, str] = {}
     for s in states:
-        served = tps[s.name] * len(s.endpoints)
-        rate = at_target[s.name]
+        n, rate = len(s.endpoints), learned[s.name]
         if rate is not None:
-            capacity[s.name] = rate * len(s.endpoints)
-        elif served > 0:
-            # Far under target the signal says little (a queue is 0 until saturation):
-            # let the share grow step by step instead of sending everything at once.
-            capacity[s.name] = served * CAPACITY_GROWTH
+            grows = s.max_replicas is not None and n < s.max_replicas
+            room[s.name] = rate * n * (OVERFILL if grows else 1.0)
+            notes[s.name] = (f"{rate:.0f} tokens/s per replica at target, {n} ready"
+                             + (f" (may grow to {s.max_replicas})" if grows else " (at its maximum)"))
+        elif served[s.name] > 0:
+            # The load says little about capacity yet: grow step by step, not all at once.
+            room[s.name] = served[s.name] * CAPACITY_GROWTH
+            notes[s.name] = "capacity not measured yet"
         else:
-            capacity[s.name] = demand * IDLE_PROBE_SHARE
+            room[s.name] = demand * IDLE_PROBE_SHARE
+            notes[s.name] = "capacity not measured yet"
+        ttft = _per_replica(s, "ttftP95Seconds")
+        if slo is not None and ttft is not None and ttft > slo and served[s.name] > 0:
+            room[s.name] = min(room[s.name], served[s.name])
+            notes[s.name] += f"; TTFT p95 {ttft * 1000:.0f} ms over the {slo * 1000:.0f} ms SLO: held"
     order = sorted(states, key=lambda s: (per_1k[s.name], s.name))
+    # What each backend should carry once scaled: the same filling, with every backend
+    # at maxReplicas; its autoscaler provisions for it (status.backends[].demandTokensPerSecond).
+    wanted, remaining = {}, demand
+    for s in order:
+        full = (learned[s.name] or 0.0) * (s.max_replicas or len(s.endpoints))
+        wanted[s.name] = min(remaining, full) if learned[s.name] else 0.0
+        remaining -= wanted[s.name]
     shares = {s.name: 0.0 for s in states}
     if demand <= 0:
-        shares[order[0].name] = 1.0  # no traffic measured yet: all to the cheapest
+        # No traffic measured (yet): by capacity, so that the first requests find room;
+        # a dear backend that gets none of them idles all the same.
+        for s in states:
+            shares[s.name] = (learned[s.name] or typical) * len(s.endpoints)
     else:
         remaining = demand
         for s in order:
-            take = min(remaining, capacity[s.name])
+            take = min(remaining, room[s.name])
             shares[s.name] += take
             remaining -= take
             if remaining <= 1e-9:
                 break
-        if remaining > 1e-9:  # more demand than all backends take at target: spread by capacity
-            total = sum(capacity.values())
-            for name, cap in capacity.items():
+        if remaining > 1e-9:  # more demand than every room: spread by capacity
+            total = sum(room.values())
+            for name, cap in room.items():
                 shares[name] += remaining * (cap / total if total else 1 / len(states))
     reasons = {}
     for s in states:
-        util = utilization[s.name]
-        at = f", at {util:.0%} of its {s.metric} target" if util is not None else ""
         price = f"${per_1k[s.name]:.4f}/1k tokens" if s.cost_per_replica_hour is not None else "no cost set (free)"
-        reasons[s.name] = f"cost rank {order.index(s) + 1}: {price}{at}"
-    return [shares[s.name] for s in states], reasons
+        reasons[s.name] = f"cost rank {order.index(s) + 1}: {price}; {notes[s.name]}"
+    return [shares[s.name] for s in states], reasons, wanted
 
 
-def _latency_shares(states: list[BackendState], slo: float | None) -> tuple[list[float], dict[str, str]]:
+def _offered(state: BackendState, served: float) -> float:
+    """The tokens/s a backend is asked for: what it serves, and for a queue beside a full
+    batch, that much more per request waiting (the queue's growth is demand unserved)."""
+    load = state.load or {}
+    running = float(load.get("runningRequests") or 0.0)
+    queued = float(load.get("queueDepth") or 0.0)
+    return served * (running + queued) / running if running > 0 and queued > 0 else served
+
+
+def _latency_shares(states: list[BackendState], slo: float | None
+                    ) -> tuple[list[float], dict[str, str], dict[str, float]]:
     """Shares ∝ ready replicas / (TTFT p95 × (1 + queue)); a quarter over the SLO."""
     ttft = {s.name: _per_replica(s, "ttftP95Seconds") for s in states}
     known = sorted(t for t in ttft.values() if t)
@@ -449,18 +494,30 @@ def _latency_shares(states: list[BackendState], slo: float | None) -> tuple[list
         seen = f"TTFT p95 {observed * 1000:.0f} ms" if observed is not None else "no TTFT measured yet"
         beyond = f", over the {slo * 1000:.0f} ms SLO" if over and slo is not None else ""
         reasons[s.name] = f"{seen}, queue {queue:.1f}{beyond}"
-    return scores, reasons
+    return scores, reasons, {}
+
+
+SETTLE_POINTS = 2  # goals within this many percentage points of the weights leave them as they are
+SNAP_POINTS = 6  # goals within this many points are taken at once; farther ones half way
 
 
 def _damp(names: list[str], targets: list[float], previous: dict[str, int]) -> list[float]:
-    """Move half way from the previous weights (percent) towards the targets."""
+    """Step from the previous weights (percent) towards the targets: hold within
+    SETTLE_POINTS (noise) unless a backend is to be emptied or filled from nothing,
+    jump within SNAP_POINTS, else move half way."""
     total = sum(targets)
     if total <= 0:
         return targets
     goal = [t * 100 / total for t in targets]
     if not any(previous.get(n) for n in names):
         return goal
-    return [(previous.get(n) or 0) / 2 + g / 2 for n, g in zip(names, goal, strict=False)]
+    held = [float(previous.get(n) or 0) for n in names]
+    gap = max(abs(g - h) for g, h in zip(goal, held, strict=True))
+    if gap <= SETTLE_POINTS and [g == 0 for g in goal] == [h == 0 for h in held]:
+        return held  # (a backend to be emptied is emptied, so it can idle and scale down)
+    if gap <= SNAP_POINTS:
+        return goal
+    return [h / 2 + g / 2 for h, g in zip(held, goal, strict=True)]
 
 
 def _percentages(weights: Sequence[float]) -> list[int]:

@@ -73,6 +73,7 @@ class Fallback:
 
     clusters: tuple[str, ...]  # Cluster.name, ready ones only
     on: tuple[str, ...] = ("5xx", "429", "reset", "connect-failure")  # RoutePolicy retryOn values
+    max_in_flight_per_replica: int | None = None  # beyond this, the split's backend is saturated: go on at once
 
 
 @dataclass(frozen=True)

@@ -56,8 +56,8 @@ class ModelLoad:
             raise KeyError(metric)
         return metric_value(metrics, metric) or 0.0
 
-    def status(self) -> dict:
-        """`status.load` as the CRD declares it."""
+    def status(self, capacity: float | None = None) -> dict:
+        """`status.load` as the CRD declares it; ``capacity`` as learned by ``learn_capacity``."""
         out = {
             "queueDepth": round(self.queue_depth, 2),
             "runningRequests": round(self.running_requests, 2),
@@ -67,6 +67,8 @@ class ModelLoad:
         }
         if self.ttft_p95_seconds is not None:
             out["ttftP95Seconds"] = round(self.ttft_p95_seconds, 3)
+        if capacity is not None:
+            out["capacityTokensPerSecond"] = round(capacity, 1)
         return out
 
 
@@ -82,3 +84,46 @@ def metric_value(load: dict, metric: str) -> float | None:
     if metric == "runningRequests":
         return float(value) + float(load.get("queueDepth") or 0.0)
     return float(value)
+
+
+CAPACITY_FLOOR = 0.5  # below half its target, a replica's rate says little about its rate at the target
+CAPACITY_WEIGHT = 0.25  # weight of a new sample in the running average
+
+
+def capacity_sample(load: dict, metric: str, target: float) -> float | None:
+    """Generated tokens/s one replica would serve at its autoscaling target, from one
+    ``status.load``; None when the load is too light to tell.
+
+    Running requests and KV cache fill grow with the rate a replica serves, so a
+    replica at CAPACITY_FLOOR of its target or more is scaled to the target.
+    ``queueDepth`` is 0 until a batch is full: its sample is the rate of a saturated
+    replica (any queue at all). For ``tokensPerSecond`` it is the target itself.
+    """
+    if metric == "tokensPerSecond":
+        return target
+    tps = float(load.get("tokensPerSecond") or 0.0)
+    if tps <= 0:
+        return None
+    queued = float(load.get("queueDepth") or 0.0) > 0
+    if metric == "queueDepth":
+        return tps if queued else None
+    if metric == "runningRequests":
+        # Tokens come from the running batch, not from what waits beside it; a queue
+        # means the batch is full, and a target beyond a full batch adds no tokens.
+        utilization = float(load.get("runningRequests") or 0.0) / target
+        if utilization < CAPACITY_FLOOR:
+            return None
+        return tps / (max(utilization, 1.0) if queued else utilization)
+    utilization = float(load.get(metric) or 0.0) / target
+    return tps / utilization if utilization >= CAPACITY_FLOOR else None
+
+
+def learn_capacity(previous: float | None, load: ModelLoad, metric: str, target: float) -> float | None:
+    """``capacity_sample`` as a running average over fresh loads; without a usable sample
+    the previous value stands (capacity is remembered while the load is light)."""
+    sample = capacity_sample(load.status(), metric, target) if load.fresh else None
+    if sample is None:
+        return previous
+    if previous is None or metric == "tokensPerSecond":
+        return sample
+    return previous + CAPACITY_WEIGHT * (sample - previous)
