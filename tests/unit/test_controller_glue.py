@@ -303,6 +303,7 @@ class FakeXdsServer:
     def __init__(self) -> None:
         self.started = time.monotonic()
         self.envoys: list[str] = []
+        self.syncing: set[str] = set()  # connected, first sync not done ("" as version)
         self.last_nack = None
         self.version: str | None = None
 
@@ -311,7 +312,7 @@ class FakeXdsServer:
         return self.version
 
     def node_versions(self):
-        return dict.fromkeys(self.envoys, self.version)
+        return {e: "" if e in self.syncing else self.version for e in self.envoys}
 
     def generation(self, version):
         return 1 if version == self.version else None
@@ -344,8 +345,13 @@ def test_a_restarted_operator_keeps_programmed_until_envoys_had_time_to_reconnec
     assert all(c == before for c in kept)  # no write of Programmed, or the same condition
     assert after is not None  # and it looks again
 
+    # An Envoy reconnects and has not synced yet (it serves what it had): unknown, kept.
+    server.envoys, server.syncing = ["envoy-0"], {"envoy-0"}
+    asyncio.run(reconciler.reconcile("routes"))
+    assert all(programmed(written_status(r)) == before for r in client.take() if r[3] == "status")
+
     # The Envoys reconnect and take the table: still the same condition.
-    server.envoys = ["envoy-0"]
+    server.envoys, server.syncing = ["envoy-0"], set()
     asyncio.run(reconciler.reconcile("routes"))
     assert all(programmed(written_status(r))["lastTransitionTime"] == before["lastTransitionTime"]
                for r in client.take() if r[3] == "status")

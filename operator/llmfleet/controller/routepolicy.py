@@ -104,8 +104,13 @@ class XdsPublisher:
         # says which is newer. A version it never served (another replica's, computed
         # from a moment this one skipped) counts as not yet: the next table settles it.
         needed = self.server.generation(version)
+        synced = [v for v in envoys.values() if v]  # "": connected, first sync under way
         if needed is not None and all((g := self.server.generation(v)) is not None and g >= needed
-                                      for v in envoys.values()):
+                                      for v in synced):
+            if len(synced) < len(envoys):
+                # An Envoy that has just (re)connected keeps serving what it had until its
+                # first sync, a second later: not known yet, rather than behind.
+                return DataPlaneState(None, "Pending", "an Envoy that just connected is taking the route")
             # No count of Envoys here: an Envoy coming or going would rewrite every
             # policy's status (llmfleet_xds_connected_envoys counts them).
             return DataPlaneState(True, "Programmed", "every connected Envoy serves the route")
