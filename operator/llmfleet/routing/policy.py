@@ -413,48 +413,20 @@ def _cost_shares(states: list[BackendState], slo) -> tuple[list[float], dict[str
 
     served = {s.name: (_per_replica(s, "tokensPerSecond") or 0.0) * len(s.endpoints) for s in states}
     demand = sum(_offered(s, served[s.name]) for s in states)
-    room: dict[str, float] = {}
-    notes: dict[str, str] = {}
+    room, notes = {}, {}
     for s in states:
-        n, rate = len(s.endpoints), learned[s.name]
-        if rate is not None:
-            grows = s.max_replicas is not None and n < s.max_replicas
-            room[s.name] = rate * n * (OVERFILL if grows else 1.0)
-            notes[s.name] = (f"{rate:.0f} tokens/s per replica at target, {n} ready"
-                             + (f" (may grow to {s.max_replicas})" if grows else " (at its maximum)"))
-        elif served[s.name] > 0:
-            # The load says little about capacity yet: grow step by step, not all at once.
-            room[s.name] = served[s.name] * CAPACITY_GROWTH
-            notes[s.name] = "capacity not measured yet"
-        else:
-            room[s.name] = demand * IDLE_PROBE_SHARE
-            notes[s.name] = "capacity not measured yet"
-        ttft = _per_replica(s, "ttftP95Seconds")
-        if slo is not None and ttft is not None and ttft > slo and served[s.name] > 0:
-            room[s.name] = min(room[s.name], served[s.name])
-            notes[s.name] += f"; TTFT p95 {ttft * 1000:.0f} ms over the {slo * 1000:.0f} ms SLO: held"
+        room[s.name], notes[s.name] = _room(s, learned[s.name], served[s.name], demand, slo)
     order = sorted(states, key=lambda s: (per_1k[s.name], s.name))
-    # What each backend should carry once scaled: the same filling, with every backend
+    # What each backend should carry once scaled: the same filling with every backend
     # at maxReplicas; its autoscaler provisions for it (status.backends[].demandTokensPerSecond).
-    wanted, remaining = {}, demand
-    for s in order:
-        full = (learned[s.name] or 0.0) * (s.max_replicas or len(s.endpoints))
-        wanted[s.name] = min(remaining, full) if learned[s.name] else 0.0
-        remaining -= wanted[s.name]
-    shares = {s.name: 0.0 for s in states}
+    wanted, _ = _fill(order, demand, {s.name: (learned[s.name] or 0.0) * (s.max_replicas or len(s.endpoints))
+                                      for s in states})
     if demand <= 0:
         # No traffic measured (yet): by capacity, so that the first requests find room;
         # a dear backend that gets none of them idles all the same.
-        for s in states:
-            shares[s.name] = (learned[s.name] or typical) * len(s.endpoints)
+        shares = {s.name: (learned[s.name] or typical) * len(s.endpoints) for s in states}
     else:
-        remaining = demand
-        for s in order:
-            take = min(remaining, room[s.name])
-            shares[s.name] += take
-            remaining -= take
-            if remaining <= 1e-9:
-                break
+        shares, remaining = _fill(order, demand, room)
         if remaining > 1e-9:  # more demand than every room: spread by capacity
             total = sum(room.values())
             for name, cap in room.items():
@@ -464,6 +436,35 @@ def _cost_shares(states: list[BackendState], slo) -> tuple[list[float], dict[str
         price = f"${per_1k[s.name]:.4f}/1k tokens" if s.cost_per_replica_hour is not None else "no cost set (free)"
         reasons[s.name] = f"cost rank {order.index(s) + 1}: {price}; {notes[s.name]}"
     return [shares[s.name] for s in states], reasons, wanted
+
+
+def _room(s: BackendState, rate: float | None, served: float, demand: float, slo: float | None
+          ) -> tuple[float, str]:
+    """The tokens/s cost routing may send a backend now, and why."""
+    n = len(s.endpoints)
+    if rate is not None:
+        grows = s.max_replicas is not None and n < s.max_replicas
+        room = rate * n * (OVERFILL if grows else 1.0)
+        note = (f"{rate:.0f} tokens/s per replica at target, {n} ready"
+                + (f" (may grow to {s.max_replicas})" if grows else " (at its maximum)"))
+    else:
+        # The load says little about capacity yet: grow step by step, not all at once.
+        room = served * CAPACITY_GROWTH if served > 0 else demand * IDLE_PROBE_SHARE
+        note = "capacity not measured yet"
+    ttft = _per_replica(s, "ttftP95Seconds")
+    if slo is not None and ttft is not None and ttft > slo and served > 0:
+        room = min(room, served)
+        note += f"; TTFT p95 {ttft * 1000:.0f} ms over the {slo * 1000:.0f} ms SLO: held"
+    return room, note
+
+
+def _fill(order: list[BackendState], demand: float, room: Mapping[str, float]) -> tuple[dict[str, float], float]:
+    """Each backend in ``order`` takes what is left of ``demand``, up to its room; and what is left."""
+    taken, remaining = {}, demand
+    for s in order:
+        taken[s.name] = min(remaining, room[s.name])
+        remaining -= taken[s.name]
+    return taken, max(remaining, 0.0)
 
 
 def _offered(state: BackendState, served: float) -> float:
