@@ -18,6 +18,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -715,6 +716,8 @@ def check_backends(backends: list[Backend]) -> list[Backend]:
 
 
 _BACKENDS_SCHEMA = x_validations(BACKENDS_REQUIRED_RULE, BACKENDS_UNIQUE_RULE)
+# A backend list of a policy, a rule or a fallback: checked by check_backends.
+BackendList = Annotated[list[Backend], AfterValidator(check_backends)]
 
 
 class OpenAIEndpoint(StrEnum):
@@ -862,7 +865,7 @@ class RouteRule(_Spec):
     model_config = ConfigDict(json_schema_extra=x_validations(RULE_NOT_CASCADE))
 
     match: RouteMatch = Field(description="Which requests the rule applies to.")
-    backends: list[Backend] = Field(
+    backends: BackendList = Field(
         max_length=MAX_BACKENDS,
         description="Backends for matching requests, split by the rule's strategy (default: the policy's).",
         json_schema_extra=_BACKENDS_SCHEMA,
@@ -879,11 +882,6 @@ class RouteRule(_Spec):
             "above it are lowered to it, and a request without either gets it."
         ),
     )
-
-    @field_validator("backends")
-    @classmethod
-    def _check_backends(cls, backends: list[Backend]) -> list[Backend]:
-        return check_backends(backends)
 
     @model_validator(mode="after")
     def _not_a_cascade(self) -> RouteRule:
@@ -955,7 +953,7 @@ FALLBACK_ON_DEFAULT = ("5xx", "429", "reset", "connect-failure")
 class Fallback(_Spec):
     """Backends that take a request the primary backend failed, one attempt each, in order."""
 
-    backends: list[Backend] = Field(
+    backends: BackendList = Field(
         max_length=MAX_FALLBACKS,
         description=(
             "Tried in this order after the backend the split chose fails (weight and priority are not "
@@ -986,11 +984,6 @@ class Fallback(_Spec):
         ),
     )
 
-    @field_validator("backends")
-    @classmethod
-    def _check_backends(cls, backends: list[Backend]) -> list[Backend]:
-        return check_backends(backends)
-
 
 class RoutePolicySpec(_Spec):
     """One public model name and how its traffic is split across ModelDeployments."""
@@ -1015,7 +1008,7 @@ class RoutePolicySpec(_Spec):
             "cascade: the backends are stages tried in order, cheapest first (see cascade)."
         ),
     )
-    backends: list[Backend] = Field(
+    backends: BackendList = Field(
         max_length=MAX_BACKENDS,
         description="ModelDeployments that serve this model.",
         json_schema_extra=_BACKENDS_SCHEMA,
@@ -1045,11 +1038,6 @@ class RoutePolicySpec(_Spec):
             "sent on to these backends in turn, with the client seeing only the final answer."
         ),
     )
-
-    @field_validator("backends")
-    @classmethod
-    def _check_backends(cls, backends: list[Backend]) -> list[Backend]:
-        return check_backends(backends)
 
     @model_validator(mode="after")
     def _cascade_only_with_its_strategy(self) -> RoutePolicySpec:

@@ -98,6 +98,13 @@ CASCADE_FILTER = "llmfleet.cascade"  # the downstream Lua filter cascade routes 
 BODY_ERROR_KEY = "body_error"
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+_ROUTER = {"name": "envoy.filters.http.router",
+           "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+
+
+def _hcm_chain(hcm: dict[str, Any]) -> list[dict[str, Any]]:
+    """A listener's one filter chain: the HTTP connection manager ``hcm``."""
+    return [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]
 _ADS = {"ads": {}, "resource_api_version": "V3"}
 
 Resources = dict[str, list[Message]]
@@ -479,10 +486,7 @@ def listener(listener_port: int, listener_address: str = "0.0.0.0",
             # Runs only on routes that carry a cascade's per-route source.
             {"name": CASCADE_FILTER,
              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"}},
-            {
-                "name": "envoy.filters.http.router",
-                "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
-            },
+            _ROUTER,
         ],
         "local_reply_config": {
             "mappers": [
@@ -514,8 +518,7 @@ def listener(listener_port: int, listener_address: str = "0.0.0.0",
         "address": {"socket_address": {"address": listener_address, "port_value": listener_port}},
         # Request bodies are buffered whole (json_to_metadata, retries): allow long prompts.
         "per_connection_buffer_limit_bytes": settings.max_request_body_bytes,
-        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                        "typed_config": hcm}]}],
+        "filter_chains": _hcm_chain(hcm),
     }
 
 
@@ -647,8 +650,7 @@ def gate_resources(gate: str, table: RouteTable, settings: DataPlaneSettings) ->
             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": limited, "timeout": "0s"}}]}]},
         "http_filters": [
             _lua(saturation_gate_source()),
-            {"name": "envoy.filters.http.router",
-             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+            _ROUTER,
         ],
     }
     gate_cluster = {
@@ -670,8 +672,7 @@ def gate_resources(gate: str, table: RouteTable, settings: DataPlaneSettings) ->
             "name": gate,
             "internal_listener": {},
             "per_connection_buffer_limit_bytes": settings.max_request_body_bytes,
-            "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager",
-                                            "typed_config": hcm}]}],
+            "filter_chains": _hcm_chain(hcm),
         }],
     }
 

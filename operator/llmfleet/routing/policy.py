@@ -67,6 +67,10 @@ class BackendState:
     def cluster(self) -> str:
         return f"{self.namespace}/{self.name}"
 
+    def to_cluster(self) -> Cluster:
+        """Its Envoy cluster in the route table."""
+        return Cluster(self.cluster, self.served_model, self.endpoints)
+
 
 @dataclass
 class PolicyResult:
@@ -229,7 +233,7 @@ def _cascade(spec: RoutePolicySpec, namespace, states, used_clusters, missing
         elif not state.endpoints:
             skipped[b.model_deployment] = "no ready replicas: skipped by the cascade"
         else:
-            used_clusters[state.cluster] = Cluster(state.cluster, state.served_model, state.endpoints)
+            used_clusters[state.cluster] = state.to_cluster()
             stages.append(CascadeStage(b.model_deployment, state.cluster, state.served_model))
     place = {s.backend: i for i, s in enumerate(stages, 1)}
     ready = {s.backend: len(used_clusters[s.cluster].endpoints) for s in stages}
@@ -267,7 +271,7 @@ def _fallback(spec: RoutePolicySpec, namespace, states, used_clusters, missing) 
         elif not state.endpoints:
             reason = f"fallback {i}: no ready replicas, skipped"
         else:
-            used_clusters[state.cluster] = Cluster(state.cluster, state.served_model, state.endpoints)
+            used_clusters[state.cluster] = state.to_cluster()
             clusters.append(state.cluster)
             reason = f"fallback {i}: takes requests the backend before it fails{saturated}"
         if b.model_deployment not in listed:
@@ -303,7 +307,7 @@ def _split(strategy, backends: list[Backend], namespace, states, used_clusters, 
             missing.append(b.model_deployment)
             rows.append((b, 0, None, f"ModelDeployment {b.model_deployment} not found"))
             continue
-        used_clusters[state.cluster] = Cluster(state.cluster, state.served_model, state.endpoints)
+        used_clusters[state.cluster] = state.to_cluster()
         candidates.append((b, state))
 
     ready = [(b, s) for b, s in candidates if s.endpoints and b.weight > 0]
