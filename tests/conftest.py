@@ -78,10 +78,11 @@ def crds(dev_cluster):
 def release(dev_cluster, crds):
     """llmfleet installed with its own Helm chart: the operator and the Envoy ingress run
     on the dev cluster's system node from the chart's pod specs, under the chart's RBAC.
-    Only the autoscaling interval is shortened, so tests see decisions sooner."""
+    Only the autoscaling and traffic intervals are shortened, so tests see decisions and
+    status.traffic sooner."""
     from llmfleet_devcluster.release import Release
 
-    yield Release(dev_cluster, values={"operator.autoscaleInterval": "1"}).install()
+    yield Release(dev_cluster, values={"operator.autoscaleInterval": "1", "operator.trafficInterval": "1"}).install()
 
 
 @pytest.fixture(scope="session")

@@ -45,6 +45,9 @@ class OperatorOptions:
         600.0, "seconds a request waits for a scaled-to-zero model to get a ready replica")
     autoscale_interval: float = _option(
         5.0, "seconds between scrapes of the replicas' /metrics and autoscaling decisions (0 = off)")
+    traffic_interval: float = _option(
+        15.0, "seconds between reads of every Envoy's counters for the RoutePolicies' status.traffic "
+              "(requests, fallback share, cascade escalations; rewritten at most every 4 reads); 0 = off")
     # The scaler's own knobs (autoscale.scaler.ScalingPolicy), the same for every model.
     scale_up_period: float = _option(
         ScalingPolicy.scale_up_period,

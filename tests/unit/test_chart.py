@@ -20,7 +20,16 @@ from llmfleet.engines.sim import IMAGE as SIM_IMAGE
 from llmfleet.envoy.bootstrap import bootstrap
 from llmfleet.render.deployment import SELECTOR_LABEL
 from tests.chart import (
-    CHART, NAMESPACE, REPO, container, find, pod_specs, refusal, render, run_helm, select,
+    CHART,
+    NAMESPACE,
+    REPO,
+    container,
+    find,
+    pod_specs,
+    refusal,
+    render,
+    run_helm,
+    select,
 )
 
 CHART_YAML = yaml.safe_load((CHART / "Chart.yaml").read_text())
@@ -183,7 +192,7 @@ def test_every_object_carries_the_standard_and_common_labels() -> None:
                      "watchNamespaces={a}", "operator.podLabels.tier=control")
     for obj in objects:
         labels = obj["metadata"]["labels"]
-        assert STANDARD_LABELS <= set(labels), obj["metadata"]["name"]
+        assert set(labels) >= STANDARD_LABELS, obj["metadata"]["name"]
         assert labels["app.kubernetes.io/name"] == "llmfleet"
         assert labels["app.kubernetes.io/instance"] == "llmfleet"
         assert labels["app.kubernetes.io/version"] == CHART_YAML["appVersion"]
@@ -343,7 +352,8 @@ def test_operator_args_carry_the_ports_and_settings() -> None:
         "run", "--metrics-port=8080", "--health-port=8081", "--xds-port=18000", "--activator-port=18001",
         f"--activator-address=llmfleet-operator.{NAMESPACE}.svc", "--leader-elect",
         "--leader-election-namespace=$(POD_NAMESPACE)", "--leader-election-id=llmfleet-operator",
-        "--envoy-listener-port=8080", "--autoscale-interval=5", "--workers=4", "--activator-timeout=600",
+        "--envoy-listener-port=8080", "--autoscale-interval=5", "--traffic-interval=15", "--workers=4",
+        "--activator-timeout=600",
         "--log-level=info",
     ]
 
@@ -480,9 +490,11 @@ def test_envoy_deployment() -> None:
     c = container(objects, "llmfleet-ingress")
     assert c["name"] == "envoy" and c["command"] == ["envoy"]
     assert c["args"] == ["-c", "/etc/envoy/bootstrap.yaml", "--service-node", "$(POD_NAME)",
-                         "--service-cluster", "llmfleet-ingress", "--disable-hot-restart",
-                         "--concurrency", "2", "--log-level", "info"]
-    assert c["env"] == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}}]
+                         "--service-cluster", "llmfleet-ingress",
+                         "--config-yaml", '{"node":{"metadata":{"llmfleet_stats_address":"$(POD_IP)"}}}',
+                         "--disable-hot-restart", "--concurrency", "2", "--log-level", "info"]
+    assert c["env"] == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                        {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
     assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("http", 8080), ("ready", 19001)]
     assert c["readinessProbe"]["httpGet"] == {"path": "/v1/models", "port": "http"}
     assert c["livenessProbe"]["tcpSocket"] == {"port": "ready"}
@@ -529,7 +541,8 @@ def _ingress_service(*sets: str) -> dict[str, Any]:
 
 def test_ingress_service_clusterip_ignores_node_and_lb_fields() -> None:
     spec = _ingress_service("ingress.service.nodePort=30080", "ingress.service.externalTrafficPolicy=Local",
-                            "ingress.service.loadBalancerClass=x", "ingress.service.loadBalancerSourceRanges={10.0.0.0/8}")
+                            "ingress.service.loadBalancerClass=x",
+                            "ingress.service.loadBalancerSourceRanges={10.0.0.0/8}")
     assert spec["type"] == "ClusterIP"
     assert spec["ports"] == [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}]
     assert not {"externalTrafficPolicy", "loadBalancerClass", "loadBalancerSourceRanges"} & set(spec)

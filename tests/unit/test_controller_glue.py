@@ -11,19 +11,21 @@ import copy
 import json
 import time
 
+import httpx
 import pytest
 
 from llmfleet.controller.autoscaler import Autoscaler, load_moved, routed_demand
 from llmfleet.controller.modeldeployment import ModelDeploymentReconciler
 from llmfleet.controller.replicas import ReplicaWriter
-from llmfleet.controller.waker import Waker
-from llmfleet.kube.client import Conflict
 from llmfleet.controller.routepolicy import (
     RECONNECT_GRACE_SECONDS,
     DataPlaneState,
     RoutePolicyReconciler,
     XdsPublisher,
 )
+from llmfleet.controller.traffic import WRITE_ROUNDS, TrafficReporter
+from llmfleet.controller.waker import Waker
+from llmfleet.kube.client import Conflict
 from llmfleet.kube.store import Store
 from llmfleet.kube.views import APPLIED_ANNOTATION, RoutePolicyView
 from llmfleet.routing.table import RouteTable
@@ -105,7 +107,7 @@ def test_a_reconcile_applies_the_children_and_the_reconcilers_status_then_an_unc
     applies = [(r[1], r[3], r[4]) for r in first if r[0] == "apply"]
     assert applies == [("Deployment", None, "llmfleet"), ("Service", None, "llmfleet"),
                        ("ModelDeployment", "status", "llmfleet")]
-    deployment, service, status = (r[5] for r in first if r[0] == "apply")
+    deployment, service, _ = (r[5] for r in first if r[0] == "apply")
     assert set(written_status(next(r for r in first if r[3] == "status"))) == {
         "observedGeneration", "replicas", "readyReplicas", "selector", "desiredReplicas", "readyText",
         "conditions"}
@@ -129,7 +131,8 @@ def test_someone_elses_change_to_the_deployment_is_applied_over():
     first = client.take()
     applied = next(r[5] for r in first if r[1] == "Deployment")["metadata"]["annotations"][APPLIED_ANNOTATION]
     service = next(r[5] for r in first if r[1] == "Service")
-    store.services.put({"metadata": {"name": "llm", "namespace": NS, "annotations": service["metadata"]["annotations"]}})
+    store.services.put({"metadata": {"name": "llm", "namespace": NS,
+                                     "annotations": service["metadata"]["annotations"]}})
     store.deployments.put(deployment_body(applied, generation=1))
     asyncio.run(reconciler.reconcile((NS, "llm")))
     assert not [r for r in client.take() if r[1] == "Deployment"]
@@ -422,6 +425,53 @@ def test_programmed_covers_the_envoys_of_every_replica():
     assert state().programmed
     store.xds_reports.put(report("follower", {"envoy-1": server.version}, nack="Envoy envoy-1 rejected CDS"))
     assert (state().programmed, state().message) == (False, "Envoy envoy-1 rejected CDS")
+
+
+class FakeEnvoys:
+    """Answers the traffic reporter's reads: each Envoy's stats URL → its counters."""
+
+    def __init__(self) -> None:
+        self.completed: dict[str, int] = {}
+
+    async def get(self, url, *, params, timeout):
+        base = url.removesuffix("/stats/prometheus")
+        if base not in self.completed:
+            raise httpx.ConnectError("refused")
+        text = (f'envoy_vhost_route_upstream_rq_completed{{envoy_virtual_host="llmfleet",envoy_route="model-a"}} '
+                f"{self.completed[base]}\n")
+        return httpx.Response(200, text=text, request=httpx.Request("GET", url))
+
+
+def test_traffic_is_read_from_every_replicas_envoys_and_written_rate_limited():
+    client = FakeClient()
+    store = store_with(client, mds=[md_body("a")], pods=[pod_body("a", 0)],
+                       policies=[policy_body("pa", "model-a", ["a"])])
+    # envoy-1 is connected to another replica, which says where it serves its counters.
+    store.xds_reports.put({**report("follower", {"envoy-1": "v"}),
+                           "data": {**report("follower", {"envoy-1": "v"})["data"],
+                                    "stats": json.dumps({"envoy-1": "http://10.0.0.2:19001"})}})
+    reporter = TrafficReporter(client, store, lambda: {"envoy-0": "http://10.0.0.1:19001"}, interval=1)
+    envoys = FakeEnvoys()
+    envoys.completed = {"http://10.0.0.1:19001": 100, "http://10.0.0.2:19001": 7}
+
+    def round_(**completed):
+        envoys.completed.update({f"http://10.0.0.{i}:19001": n for i, n in
+                                 ((int(k[1:]), v) for k, v in completed.items())})
+        asyncio.run(reporter.round(envoys))
+        return [r[5]["status"]["traffic"] for r in client.take() if r[0] == "apply"]
+
+    assert round_() == [], "baselines, and nothing to say yet"
+    (written,) = round_(e1=110, e2=12)
+    assert (written["requests"], "fallbackShare" in written) == (15, False)
+    assert WRITE_ROUNDS == 4
+    assert round_(e1=111) == [], "at most one write per WRITE_ROUNDS rounds"
+    del envoys.completed["http://10.0.0.2:19001"]  # envoy-1 does not answer: its requests count later
+    assert round_() == []
+    envoys.completed["http://10.0.0.2:19001"] = 20
+    assert round_() == []  # the third round since the last write
+    (written,) = round_()
+    assert written["requests"] == 15 + 1 + 8
+    assert [round_() for _ in range(WRITE_ROUNDS + 1)] == [[]] * (WRITE_ROUNDS + 1), "unchanged: not rewritten"
 
 
 class Conflicting(FakeClient):

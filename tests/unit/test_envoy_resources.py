@@ -161,22 +161,27 @@ def test_a_fallback_tier_is_an_aggregate_cluster_per_primary_and_retries_move_do
     fallback = Fallback(("ai/llama-70b",), ("5xx", "429"))
     t = replace(t, routes=(replace(t.routes[0], fallback=fallback),))
     action = _route(t, "chat")["route"]
-    # Each backend of the split gets its own chain; the fallback itself needs none.
+    # Each backend of the split gets its own chain; the fallback itself needs none. The
+    # fallback tier is the policy's own copy of its cluster (Envoy counts its requests apart).
+    tier = "fallback-for:chat:ai/llama-70b"
     assert {c["name"] for c in action["weighted_clusters"]["clusters"]} == {
-        "fallback:ai/llama-8b>ai/llama-70b", "ai/llama-70b"}
+        f"fallback:ai/llama-8b>{tier}", "ai/llama-70b"}
     policy = action["retry_policy"]
     assert policy["retry_priority"]["name"] == "envoy.retry_priorities.previous_priorities"
     assert "5xx" in policy["retry_on"] and 429 in policy["retriable_status_codes"]
     config = build_config(t, listener_port=8080)
     (aggregate,) = [c for c in config[CLUSTER_TYPE] if c["name"].startswith("fallback:")]
-    assert aggregate["cluster_type"]["typed_config"]["clusters"] == ["ai/llama-8b", "ai/llama-70b"]
+    assert aggregate["cluster_type"]["typed_config"]["clusters"] == ["ai/llama-8b", tier]
+    (copy,) = [a for a in config[ENDPOINT_TYPE] if a["cluster_name"] == tier]
+    (original,) = [a for a in config[ENDPOINT_TYPE] if a["cluster_name"] == "ai/llama-70b"]
+    assert copy["endpoints"] == original["endpoints"] != []
     filters = aggregate["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"][
         "http_filters"]
     assert [f["name"] for f in filters] == ["envoy.filters.http.header_mutation", "envoy.filters.http.lua",
                                             "envoy.filters.http.upstream_codec"]
     # While Envoy still routes to a chain, the clusters in it are kept too.
     resources = build_resources(t, listener_port=8080)
-    assert referenced_clusters(resources[ROUTE_TYPE][0]) >= {"fallback:ai/llama-8b>ai/llama-70b", "ai/llama-8b",
+    assert referenced_clusters(resources[ROUTE_TYPE][0]) >= {f"fallback:ai/llama-8b>{tier}", "ai/llama-8b", tier,
                                                              "ai/llama-70b"}
 
 
@@ -186,16 +191,15 @@ def test_a_saturation_limit_puts_a_gate_with_a_per_replica_circuit_breaker_first
     t = replace(t, routes=(replace(t.routes[0], fallback=fallback),))
     action = _route(t, "chat")["route"]
     gate = "saturation:3:ai/llama-8b"
-    assert {c["name"] for c in action["weighted_clusters"]["clusters"]} == {f"fallback:{gate}>ai/llama-70b",
-                                                                            "ai/llama-70b"}
+    tier = "fallback-for:chat:ai/llama-70b"
+    assert {c["name"] for c in action["weighted_clusters"]["clusters"]} == {f"fallback:{gate}>{tier}", "ai/llama-70b"}
     # The gate's answer to a full backend is retried down the chain, whatever retryOn says.
     policy = action["retry_policy"]
     assert "retriable-headers" in policy["retry_on"]
     assert policy["retriable_headers"] == [{"name": "x-llmfleet-saturated", "present_match": True}]
     config = build_config(t, listener_port=8080)
     clusters = {c["name"]: c for c in config[CLUSTER_TYPE]}
-    assert clusters[f"fallback:{gate}>ai/llama-70b"]["cluster_type"]["typed_config"]["clusters"] == [
-        gate, "ai/llama-70b"]
+    assert clusters[f"fallback:{gate}>{tier}"]["cluster_type"]["typed_config"]["clusters"] == [gate, tier]
     (endpoint,) = clusters[gate]["load_assignment"]["endpoints"][0]["lb_endpoints"]
     assert endpoint["endpoint"]["address"] == {"envoy_internal_address": {"server_listener_name": gate}}
     limited = clusters["limited:3:ai/llama-8b"]
@@ -365,8 +369,8 @@ def test_endpoints_carry_addresses_and_weights() -> None:
 
 
 def test_resources_convert_to_protos_with_names() -> None:
-    resources = build_resources(_table(rules=(Rule(RuleMatch(headers=(("x-a", "1"),)), (WeightedBackend("ai/llama-70b", 1),)),)),
-                                listener_port=8080)
+    rule = Rule(RuleMatch(headers=(("x-a", "1"),)), (WeightedBackend("ai/llama-70b", 1),))
+    resources = build_resources(_table(rules=(rule,)), listener_port=8080)
     assert [resource_name(r) for r in resources[CLUSTER_TYPE]] == ["ai/llama-70b", "ai/llama-8b"]
     assert [resource_name(r) for r in resources[ENDPOINT_TYPE]] == ["ai/llama-70b", "ai/llama-8b"]
     assert [resource_name(r) for r in resources[LISTENER_TYPE]] == ["llmfleet"]

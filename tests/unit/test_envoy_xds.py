@@ -12,13 +12,15 @@ from collections.abc import AsyncIterator, Sequence
 import grpc
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.core.v3 import base_pb2 as core_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
 from prometheus_client import CollectorRegistry
 
+from llmfleet.envoy.bootstrap import STATS_ADDRESS_KEY, STATS_PORT_KEY
 from llmfleet.envoy.resources import CLUSTER_TYPE, ENDPOINT_TYPE, LISTENER_TYPE, ROUTE_TYPE
-from llmfleet.envoy.xds import Nack, XdsServer
+from llmfleet.envoy.xds import Nack, XdsServer, stats_url
 from llmfleet.routing.table import Cluster, Endpoint, Route, RouteTable, WeightedBackend
 
 
@@ -365,8 +367,8 @@ from llmfleet.routing.table import Cluster, Endpoint, Retry, Route, RouteTable, 
 clusters = (Cluster("a/small", "llama-8b", (Endpoint("127.0.0.2", 8000), Endpoint("127.0.0.3", 8000))),
             Cluster("a/big", "llama-70b", (Endpoint("10.96.0.9", 18001),)))
 backends = (WeightedBackend("a/small", 70), WeightedBackend("a/big", 30))
-routes = (Route("chat", backends, (Rule(RuleMatch(headers=(("x-tier", "gold"),)), backends[1:]),), Retry(3, 60, ("reset",))),
-          Route("code", backends[:1]))
+gold = Rule(RuleMatch(headers=(("x-tier", "gold"),)), backends[1:])
+routes = (Route("chat", backends, (gold,), Retry(3, 60, ("reset",))), Route("code", backends[:1]))
 print(XdsServer().update(RouteTable(routes, clusters)))
 """
 
@@ -380,3 +382,18 @@ def test_one_table_has_one_version_in_every_process():
     versions = {subprocess.run([sys.executable, "-c", SAME_TABLE_EVERYWHERE], capture_output=True, text=True,
                                check=True, env={"PYTHONHASHSEED": str(seed)}).stdout.strip() for seed in range(4)}
     assert len(versions) == 1, versions
+
+
+@pytest.mark.parametrize("peer, metadata, expected", [
+    ("ipv4:10.0.0.5:41234", {STATS_PORT_KEY: 19001}, "http://10.0.0.5:19001"),
+    ("ipv6:%5B::1%5D:41234", {STATS_PORT_KEY: 19001}, "http://[::1]:19001"),
+    # Behind a proxy that changes the source address, the pod says where it is.
+    ("ipv4:10.96.0.1:41234", {STATS_PORT_KEY: 19001, STATS_ADDRESS_KEY: "10.0.0.5"}, "http://10.0.0.5:19001"),
+    ("ipv4:10.96.0.1:41234", {STATS_PORT_KEY: 19001, STATS_ADDRESS_KEY: "fd00::5"}, "http://[fd00::5]:19001"),
+    ("ipv4:10.0.0.5:41234", {}, ""),  # its bootstrap names no stats port
+    ("unix:/tmp/xds.sock", {STATS_PORT_KEY: 19001}, ""),
+])
+def test_an_envoys_counters_are_read_where_it_says_else_where_its_stream_comes_from(peer, metadata, expected) -> None:
+    node = core_pb2.Node(id="envoy-1")
+    node.metadata.update(metadata)
+    assert stats_url(peer, node) == expected

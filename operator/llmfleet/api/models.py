@@ -1065,6 +1065,42 @@ class BackendStatus(_Status):
     )
 
 
+class StageTraffic(_Status):
+    """One cascade stage's part of the traffic."""
+
+    model_deployment: str = Field(description="The stage's ModelDeployment.")
+    requests: int = Field(ge=0, description="Requests the stage took over the window.")
+    escalated_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "Share of the stage's requests it escalated to the next stage (an answer below the confidence "
+            "threshold, cut at max_tokens, empty, refused, or an error). The last stage has none."
+        ),
+    )
+
+
+class TrafficStatus(_Status):
+    """What the policy's traffic did lately, as its Envoys counted it (every Envoy replica)."""
+
+    window_seconds: int = Field(ge=0, description="The span the numbers cover (up to the last 5 minutes).")
+    requests: int = Field(ge=0, description="Requests for the public model name answered over the window.")
+    fallback_share: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description=(
+            "With a fallback tier: share of the requests routed by the split or a rule that a fallback answered "
+            "(the backend before it failed, timed out or was saturated)."
+        ),
+    )
+    cascade: list[StageTraffic] = Field(
+        default_factory=list, max_length=MAX_BACKENDS, description="strategy cascade: per stage, in order."
+    )
+    sample_time: datetime | None = Field(None, description="When the Envoys were last read for these numbers.")
+
+
 class RoutePolicyStatus(_Status):
     """Observed state of a RoutePolicy."""
 
@@ -1079,6 +1115,9 @@ class RoutePolicyStatus(_Status):
         max_length=MAX_CONDITIONS,
         description="Accepted, ResolvedRefs and Programmed, as in Gateway API.",
         json_schema_extra=_CONDITIONS_SCHEMA,
+    )
+    traffic: TrafficStatus | None = Field(
+        None, description="Requests, fallback share and cascade escalation rates over the last minutes."
     )
 
 

@@ -12,8 +12,9 @@ keeps its own store, computes the same route table from it (xDS versions are con
 hashes) and serves xDS and the activator, so an Envoy is served by whichever replica
 it reaches. Only the replica holding the Lease writes: it runs the ModelDeployment
 work queue, the autoscaler and the RoutePolicy status writes; the others compute and
-serve. Each replica reports what its Envoys run (controller/xdsreports.py), so the
-leader's ``Programmed`` covers every Envoy.
+serve. Each replica reports what its Envoys run and where they serve their counters
+(controller/xdsreports.py), so the leader's ``Programmed`` covers every Envoy and its
+traffic reporter (controller/traffic.py) reads them all.
 
 kopf runs the process: login, start-up and clean-up, signals, the liveness endpoint.
 It watches nothing itself (scanning off, no resource handlers).
@@ -46,6 +47,7 @@ from .autoscaler import Autoscaler
 from .modeldeployment import ModelDeploymentReconciler
 from .replicas import ReplicaWriter
 from .routepolicy import ROUTES, NoDataPlane, Publisher, RoutePolicyReconciler, XdsPublisher
+from .traffic import TrafficReporter
 from .waker import Waker
 from .workqueue import WorkQueue
 from .xdsreports import ReportWriter
@@ -75,6 +77,7 @@ class Operator:
         self.xds: XdsServer | None = None
         self.activator: Activator | None = None
         self.autoscaler: Autoscaler | None = None
+        self.traffic: TrafficReporter | None = None
         self.md_queue = WorkQueue(ModelDeploymentReconciler(self.client, self.store).reconcile,
                                   workers=options.workers)
         self.route_queue: WorkQueue | None = None
@@ -158,6 +161,9 @@ class Operator:
                             "trend_window": options.trend_window}
             self.autoscaler = Autoscaler(self.client, self.store, self.replicas,
                                          interval=options.autoscale_interval, waker=self.waker, knobs=knobs)
+        if options.traffic_interval > 0 and self.xds is not None:
+            self.traffic = TrafficReporter(self.client, self.store, self.xds.stats_urls,
+                                           interval=options.traffic_interval)
         if self.elector is None:
             await self._lead()
         else:
@@ -181,6 +187,8 @@ class Operator:
             self.md_queue.add(md.ref)  # what changed while following, and everything else once
         if self.autoscaler is not None:
             self.autoscaler.start()
+        if self.traffic is not None:
+            self.traffic.start()
         if self.routes is not None:
             self.routes.writes = True
             self._route_queue_later()
@@ -191,8 +199,9 @@ class Operator:
         if self.routes is not None:
             self.routes.writes = False
         await self.md_queue.stop()
-        if self.autoscaler is not None:
-            await self.autoscaler.stop()
+        for component in (self.autoscaler, self.traffic):
+            if component is not None:
+                await component.stop()
 
     async def _owners(self) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """This replica's pod and the operator's Deployment, as ownerReferences (None
@@ -227,8 +236,9 @@ class Operator:
         if self._election is not None:
             self._election.cancel()
             await asyncio.gather(self._election, return_exceptions=True)
-        if self.autoscaler is not None:
-            await self.autoscaler.stop()
+        for component in (self.autoscaler, self.traffic):
+            if component is not None:
+                await component.stop()
         for queue in (self.md_queue, self.route_queue):
             if queue is not None:
                 await queue.stop()

@@ -19,6 +19,7 @@ from ..kube.views import Ref
 # as the owner of each field it writes.
 RECONCILER = "llmfleet"  # children, ModelDeployment and RoutePolicy status, their Events
 AUTOSCALER = "llmfleet-autoscaler"  # spec.replicas (scale), status.load and the scaling fields
+TRAFFIC = "llmfleet-traffic"  # RoutePolicy status.traffic (controller/traffic.py)
 
 
 def overlay(status: dict[str, Any], written: dict[str, Any], dropped: Iterable[str] = ()) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 Every replica serves xDS from its own store; an Envoy is connected to one of them.
 Each replica keeps one ConfigMap, ``<lease>-xds-<replica>`` in the operator's
 namespace, labelled ``llmfleet.io/xds-report``: its connected Envoys and the version
-each runs in full (versions are content hashes, the same in every replica), and the
+each runs in full (versions are content hashes, the same in every replica), where
+each serves its counters (the leader reads them: controller/traffic.py), and the
 last rejection. It is owned by the replica's pod, so it goes with the pod. The
 leader reads them all through its store (Istio's istiod replicas report to their
 leader the same way).
@@ -30,6 +31,7 @@ REPORT_INTERVAL = 1.0  # seconds between looks at the xDS server's state (writte
 def report_data(server: XdsServer, replica: str) -> dict[str, str]:
     nack = server.last_nack
     return {"replica": replica, "envoys": json.dumps(server.node_versions(), sort_keys=True),
+            "stats": json.dumps(server.stats_urls(), sort_keys=True),
             "nack": str(nack) if nack is not None else ""}
 
 

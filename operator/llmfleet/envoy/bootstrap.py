@@ -22,6 +22,11 @@ READY_LISTENER = "ready"
 ADMIN_CLUSTER = "envoy_admin"
 READY_PATH = "/ready"
 STATS_PREFIX = "/stats/prometheus"
+# Node metadata: where the operator reads this Envoy's counters. The port is the ready
+# listener's (in the bootstrap); the address is the pod's (the chart merges it in with
+# --config-yaml), else the address the xDS stream comes from.
+STATS_PORT_KEY = "llmfleet_stats_port"
+STATS_ADDRESS_KEY = "llmfleet_stats_address"
 
 
 def _duration(seconds: float) -> str:
@@ -131,6 +136,7 @@ def bootstrap(
         },
     }
     if ready_port is not None:
+        config["node"]["metadata"] = {STATS_PORT_KEY: ready_port}
         static = config["static_resources"]
         static["listeners"] = [_ready_listener(ready_port)]
         static["clusters"].append(_admin_cluster(admin_address, admin_port))

@@ -20,6 +20,11 @@ saturation gate: an internal listener in front of a copy of the backend's cluste
 whose circuit breaker is the limit times its ready replicas (that copy, alone, is
 rebuilt through CDS when the replica count changes).
 
+A cascade calls its own copy of each stage's cluster (``cascade:<model>:<cluster>``),
+so Envoy counts every stage's requests per policy; each public model's routes share
+one ``stat_prefix``, so Envoy counts its requests and the retries down its fallback
+chain (routing/traffic.py reads both).
+
 Resources are first built as plain dicts in Envoy's JSON/YAML shape (easy to read,
 diff and golden-test), then converted to xds-protos messages.
 """
@@ -67,7 +72,6 @@ from llmfleet.routing.table import (
     ENDPOINT_PATHS,
     Cluster,
     Endpoint,
-    Fallback,
     Route,
     RouteTable,
     RuleMatch,
@@ -90,6 +94,7 @@ _MESSAGE_CLASSES: dict[str, type[Message]] = {
 
 LISTENER_NAME = "llmfleet"
 ROUTE_CONFIG_NAME = "llmfleet"
+VIRTUAL_HOST = "llmfleet"  # route stats are vhost.<VIRTUAL_HOST>.route.<stat_prefix>.*
 METADATA_NAMESPACE = "llmfleet"  # dynamic metadata written by json_to_metadata
 MODEL_KEY = "model"
 # Body fields rules match on ("user", "metadata.<key>") are copied by json_to_metadata
@@ -285,7 +290,7 @@ def live_backends(backends: Iterable[WeightedBackend], table: RouteTable) -> lis
 def _route_action(backends: list[WeightedBackend], route: Route,
                   settings: DataPlaneSettings) -> dict[str, Any]:
     action: dict[str, Any] = {}
-    names = [chain_name(fallback_chain(b.cluster, route.fallback)) for b in backends]
+    names = [chain_name(fallback_chain(route, b.cluster)) for b in backends]
     if len(backends) == 1:
         action["cluster"] = names[0]
     else:
@@ -303,7 +308,8 @@ def _cascade_config(route: Route) -> dict[str, Any]:
     """The per-route Lua that runs ``route``'s cascade before the router would."""
     c = route.cascade
     assert c is not None
-    source = cascade_source(route.model, [(s.backend, s.cluster, s.served_model) for s in c.stages],
+    source = cascade_source(route.model, [(s.backend, cascade_cluster(route.model, s.cluster), s.served_model)
+                                          for s in c.stages],
                             min_logprob=c.min_mean_logprob, on_length=c.on_length, on_empty=c.on_empty,
                             refusals=c.refusals, timeout_seconds=c.timeout_seconds)
     return {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
@@ -335,25 +341,43 @@ def model_routes(route: Route, table: RouteTable, settings: DataPlaneSettings) -
     out = []
     for i, rule in enumerate(route.rules):
         backends = live_backends(rule.backends, table)
-        entry: dict[str, Any] = {"name": f"{route.model}/rule-{i}",
+        entry: dict[str, Any] = {"name": f"{route.model}/rule-{i}", "stat_prefix": route_stat_prefix(route.model),
                                  "match": _model_match(route.model, rule.match)}
         if backends:
             entry["route"] = _route_action(backends, route, settings)
             _cap(entry, rule.max_tokens)
+            _reaches(entry, route, backends)
         else:
             entry["direct_response"] = _no_backend(route.model)
         out.append(entry)
     backends = live_backends(route.backends, table)
-    entry = {"name": route.model, "match": _model_match(route.model)}
+    entry = {"name": route.model, "stat_prefix": route_stat_prefix(route.model), "match": _model_match(route.model)}
     if backends:
         entry["route"] = _route_action(backends, route, settings)
         _cap(entry, None)
         if route.cascade is not None:
             entry["typed_per_filter_config"] = {CASCADE_FILTER: _cascade_config(route)}
+        _reaches(entry, route, backends)
     else:
         entry["direct_response"] = _no_backend(route.model)
     out.append(entry)
     return out
+
+
+def _reaches(entry: dict[str, Any], route: Route, backends: list[WeightedBackend]) -> None:
+    """Name in the route's metadata the clusters its traffic reaches besides those its
+    action names (a fallback chain's tiers, a gate's copy, a cascade's copies), so the
+    xDS server keeps them while Envoy still runs this route (referenced_clusters)."""
+    reached: set[str] = set()
+    for b in backends:
+        chain = fallback_chain(route, b.cluster)
+        if len(chain) > 1:
+            reached.update(chain)
+        reached.update(limited_name(name) for name in chain if gate_of(name))
+    if route.cascade is not None:
+        reached.update(cascade_cluster(route.model, s.cluster) for s in route.cascade.stages)
+    if reached:
+        entry["metadata"] = {"filter_metadata": {METADATA_NAMESPACE: {REACHES_KEY: sorted(reached)}}}
 
 
 def _model_object(model: str, settings: DataPlaneSettings) -> dict[str, Any]:
@@ -415,7 +439,7 @@ def route_configuration(table: RouteTable, settings: DataPlaneSettings | None = 
     ]
     return {
         "name": ROUTE_CONFIG_NAME,
-        "virtual_hosts": [{"name": "llmfleet", "domains": ["*"], "routes": routes}],
+        "virtual_hosts": [{"name": VIRTUAL_HOST, "domains": ["*"], "routes": routes}],
     }
 
 
@@ -525,9 +549,16 @@ def listener(listener_port: int, listener_address: str = "0.0.0.0",
 # --------------------------------------------------------------------------- clusters
 
 
-def stat_name(cluster_name: str) -> str:
-    """Cluster names are "<namespace>/<name>"; stats read better without the slash."""
-    return cluster_name.replace("/", "_").replace(".", "_")
+def stat_name(name: str) -> str:
+    """Cluster names are "<namespace>/<name>"; stats read better without the slash, and
+    a dot or colon would split the stat's name (Envoy turns colons into underscores)."""
+    return name.replace("/", "_").replace(".", "_").replace(":", "_")
+
+
+def route_stat_prefix(model: str) -> str:
+    """The stat_prefix of a public model's routes: Envoy counts their requests as
+    ``vhost.llmfleet.route.<prefix>.*``."""
+    return stat_name(model)
 
 
 def cluster(c: Cluster, settings: DataPlaneSettings | None = None, *, name: str | None = None,
@@ -588,14 +619,43 @@ FALLBACK_PREFIX = "fallback:"  # an aggregate cluster: "fallback:<primary>><fall
 
 GATE_PREFIX = "saturation:"  # "saturation:<limit>:<cluster>": a saturation gate (internal listener + cluster)
 LIMITED_PREFIX = "limited:"  # "limited:<limit>:<cluster>": the cluster behind a gate, <limit> per replica
+# A policy's own copies of a cluster (own EDS, same endpoints), so that Envoy counts
+# that policy's requests to it apart (envoy/traffic.py):
+CASCADE_PREFIX = "cascade:"  # "cascade:<public model>:<cluster>": a cascade stage's
+FALLBACK_COPY_PREFIX = "fallback-for:"  # "fallback-for:<public model>:<cluster>": a fallback tier's
+REACHES_KEY = "reaches"  # route metadata: the clusters a route reaches besides those its action names
 
 
-def fallback_chain(primary: str, fallback: Fallback | None) -> tuple[str, ...]:
+def cascade_cluster(model: str, cluster_name: str) -> str:
+    return f"{CASCADE_PREFIX}{model}:{cluster_name}"
+
+
+def fallback_cluster(model: str, cluster_name: str) -> str:
+    return f"{FALLBACK_COPY_PREFIX}{model}:{cluster_name}"
+
+
+def policy_copies(table: RouteTable) -> list[tuple[str, Cluster]]:
+    """(copy name, the cluster it copies) for every cascade stage and fallback tier."""
+    out = {}
+    for route in table.routes:
+        pairs = [(cascade_cluster(route.model, s.cluster), s.cluster) for s in route.cascade.stages] \
+            if route.cascade else []
+        pairs += [(fallback_cluster(route.model, c), c) for c in route.fallback.clusters] if route.fallback else []
+        for name, copied in pairs:
+            backend = table.cluster(copied)
+            if backend is not None:
+                out[name] = backend
+    return sorted(out.items())
+
+
+def fallback_chain(route: Route, primary: str) -> tuple[str, ...]:
     """The clusters an attempt goes through, in order, when the split picks ``primary``
-    (through its saturation gate when the fallback sets a limit)."""
+    (through its saturation gate when the fallback sets a limit), then the route's own
+    copies of its fallback clusters."""
+    fallback = route.fallback
     if fallback is None:
         return (primary,)
-    rest = tuple(c for c in fallback.clusters if c != primary)
+    rest = tuple(fallback_cluster(route.model, c) for c in fallback.clusters if c != primary)
     limit = fallback.max_in_flight_per_replica
     return (f"{GATE_PREFIX}{limit}:{primary}" if limit and rest else primary, *rest)
 
@@ -614,12 +674,6 @@ def limited_name(gate: str) -> str:
 
 def chain_name(chain: tuple[str, ...]) -> str:
     return chain[0] if len(chain) == 1 else FALLBACK_PREFIX + ">".join(chain)
-
-
-def chain_of(name: str) -> tuple[str, ...]:
-    """The clusters behind a cluster name (itself, an aggregate's, a gate's two)."""
-    names = name.removeprefix(FALLBACK_PREFIX).split(">") if name.startswith(FALLBACK_PREFIX) else [name]
-    return tuple(x for n in names for x in ((n, limited_name(n)) if gate_of(n) else (n,)))
 
 
 def saturation_gates(table: RouteTable) -> list[str]:
@@ -679,7 +733,7 @@ def gate_resources(gate: str, table: RouteTable, settings: DataPlaneSettings) ->
 
 def fallback_chains(table: RouteTable) -> list[tuple[str, ...]]:
     """Every fallback chain a route of ``table`` sends to (aggregate clusters to define)."""
-    chains = {fallback_chain(b.cluster, route.fallback)
+    chains = {fallback_chain(route, b.cluster)
               for route in table.routes if route.fallback
               for backends in (route.backends, *(rule.backends for rule in route.rules))
               for b in live_backends(backends, table)}
@@ -754,10 +808,12 @@ def build_config(table: RouteTable, *, listener_port: int, listener_address: str
     settings = settings or DataPlaneSettings()
     _check(table)
     clusters = sorted(table.clusters, key=lambda c: c.name)
+    copies = policy_copies(table)
     config = {
         CLUSTER_TYPE: [cluster(c, settings) for c in clusters]
-        + [aggregate_cluster(chain, settings) for chain in fallback_chains(table)],
-        ENDPOINT_TYPE: [load_assignment(c) for c in clusters],
+        + [aggregate_cluster(chain, settings) for chain in fallback_chains(table)]
+        + [cluster(c, settings, name=name) for name, c in copies],
+        ENDPOINT_TYPE: [load_assignment(c) for c in clusters] + [load_assignment(c, name=name) for name, c in copies],
         LISTENER_TYPE: [listener(listener_port, listener_address, settings, body_fields(table))],
         ROUTE_TYPE: [route_configuration(table, settings)],
     }
@@ -787,10 +843,13 @@ def build_resources(table: RouteTable, *, listener_port: int, listener_address: 
     settings = settings or DataPlaneSettings()
     _check(table)
     clusters = sorted(table.clusters, key=lambda c: c.name)
+    copies = policy_copies(table)
     resources = {
         CLUSTER_TYPE: [_cluster_proto(c.name, c.served_model, settings) for c in clusters]
-        + [_aggregate_proto(chain, settings) for chain in fallback_chains(table)],
-        ENDPOINT_TYPE: [_assignment_proto(c.name, c.served_model, c.endpoints) for c in clusters],
+        + [_aggregate_proto(chain, settings) for chain in fallback_chains(table)]
+        + [_cluster_proto(c.name, c.served_model, settings, name) for name, c in copies],
+        ENDPOINT_TYPE: [_assignment_proto(c.name, c.served_model, c.endpoints) for c in clusters]
+        + [_assignment_proto(name, c.served_model, c.endpoints) for name, c in copies],
         LISTENER_TYPE: [_listener_proto(listener_port, listener_address, settings, tuple(body_fields(table)))],
         ROUTE_TYPE: [to_proto(ROUTE_TYPE, route_configuration(table, settings))],
     }
@@ -802,8 +861,8 @@ def build_resources(table: RouteTable, *, listener_port: int, listener_address: 
 
 # The messages are shared between builds: nothing may modify them after conversion.
 @functools.lru_cache(maxsize=16384)
-def _cluster_proto(name: str, served_model: str, settings: DataPlaneSettings) -> Message:
-    return to_proto(CLUSTER_TYPE, cluster(Cluster(name, served_model), settings))
+def _cluster_proto(name: str, served_model: str, settings: DataPlaneSettings, copy: str | None = None) -> Message:
+    return to_proto(CLUSTER_TYPE, cluster(Cluster(name, served_model), settings, name=copy))
 
 
 @functools.lru_cache(maxsize=16384)
@@ -836,7 +895,8 @@ def referenced_clusters(route_config: Message) -> set[str]:
             if r.HasField("route"):
                 names = [r.route.cluster] if r.route.cluster else []
                 names += [w.name for w in r.route.weighted_clusters.clusters]
-                for name in names:
-                    out.add(name)
-                    out.update(chain_of(name))  # a fallback chain's own clusters
+                out.update(names)
+            labels = r.metadata.filter_metadata.get(METADATA_NAMESPACE)
+            if labels is not None and REACHES_KEY in labels.fields:
+                out.update(v.string_value for v in labels.fields[REACHES_KEY].list_value.values)
     return out

@@ -41,6 +41,7 @@ import itertools
 import logging
 import threading
 import time
+import urllib.parse
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -52,6 +53,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from llmfleet.envoy.bootstrap import STATS_ADDRESS_KEY, STATS_PORT_KEY
 from llmfleet.envoy.resources import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -212,6 +214,25 @@ class _NodeStatus:
     acked: dict[str, str] = field(default_factory=dict)  # type URL → version
     synced_generation: int = 0
     synced_version: str = ""  # the version of synced_generation ("" before the first)
+    stats_url: str = ""  # where it serves its counters ("" when its bootstrap names no stats port)
+
+
+def stats_url(peer: str, node: Any) -> str:
+    """Where an Envoy serves its counters: at the address and port its node metadata
+    names, else at the address its xDS stream comes from (gRPC's peer,
+    "ipv4:10.0.0.5:41234" or "ipv6:%5B::1%5D:41234"); "" when it names no port."""
+    fields = node.metadata.fields
+    if STATS_PORT_KEY not in fields:
+        return ""
+    host = fields[STATS_ADDRESS_KEY].string_value if STATS_ADDRESS_KEY in fields else ""
+    if not host:
+        kind, _, address = urllib.parse.unquote(peer).partition(":")
+        if kind not in ("ipv4", "ipv6"):
+            return ""
+        host = address.rsplit(":", 1)[0]
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"http://{host}:{int(fields[STATS_PORT_KEY].number_value)}"
 
 
 # --------------------------------------------------------------------------- stream
@@ -235,7 +256,7 @@ class _Stream:
     def on_request(self, req: discovery_pb2.DiscoveryRequest) -> None:
         if self.node_id is None:
             self.node_id = req.node.id or self.peer
-            self.server._node_connected(self)
+            self.server._node_connected(self, stats_url(self.peer, req.node))
         st = self.types.get(req.type_url)
         if st is None:
             log.warning("Envoy %s asked for unsupported type %s", self.node_id, req.type_url)
@@ -526,6 +547,10 @@ class XdsServer:
         """Connected Envoy → the version it runs in full ("" until it has synced once)."""
         return {n.node_id: n.synced_version for n in self._nodes.values() if n.streams > 0}
 
+    def stats_urls(self) -> dict[str, str]:
+        """Connected Envoy → where it serves its counters (those that say)."""
+        return {n.node_id: n.stats_url for n in self._nodes.values() if n.streams > 0 and n.stats_url}
+
     def generation(self, version: str) -> int | None:
         """Where ``version`` stands in this server's history (higher is newer; None:
         a version it never served, or one long gone)."""
@@ -602,10 +627,11 @@ class XdsServer:
             node = self._nodes[node_id] = _NodeStatus(node_id)
         return node
 
-    def _node_connected(self, stream: _Stream) -> None:
+    def _node_connected(self, stream: _Stream, stats: str) -> None:
         assert stream.node_id is not None
         node = self._node(stream.node_id)
         node.streams += 1
+        node.stats_url = stats
         # A new stream starts from nothing: it is synced only once it has acked again.
         node.synced_generation, node.synced_version = 0, ""
         self._metrics.connected.inc()

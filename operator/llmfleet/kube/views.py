@@ -301,14 +301,19 @@ class XdsReportView:
     replica: str
     envoys: tuple[tuple[str, str], ...]  # (Envoy node ID, the version it runs in full, "" before its first)
     nack: str  # the last rejection an Envoy of that replica has not got past ("" when none)
+    stats: tuple[tuple[str, str], ...] = ()  # (Envoy node ID, the URL where it serves its counters)
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> XdsReportView:
         data = body.get("data") or {}
-        try:
-            envoys = json.loads(data.get("envoys") or "{}")
-        except ValueError:
-            envoys = {}
-        return cls(data.get("replica") or body["metadata"]["name"],
-                   tuple(sorted((str(k), str(v)) for k, v in envoys.items())) if isinstance(envoys, dict) else (),
-                   data.get("nack") or "")
+        return cls(data.get("replica") or body["metadata"]["name"], _json_pairs(data.get("envoys")),
+                   data.get("nack") or "", _json_pairs(data.get("stats")))
+
+
+def _json_pairs(text: str | None) -> tuple[tuple[str, str], ...]:
+    """A report's JSON object of strings as sorted pairs (nothing when it is not one)."""
+    try:
+        value = json.loads(text or "{}")
+    except ValueError:
+        return ()
+    return tuple(sorted((str(k), str(v)) for k, v in value.items())) if isinstance(value, dict) else ()

@@ -43,6 +43,7 @@ from .table import (
     Rule,
     RuleMatch,
     WeightedBackend,
+    cluster_name,
 )
 
 HOLD = object()  # marks `previous` weights to keep: no new load sample since they were set
@@ -65,7 +66,7 @@ class BackendState:
 
     @property
     def cluster(self) -> str:
-        return f"{self.namespace}/{self.name}"
+        return cluster_name(self.namespace, self.name)
 
     def to_cluster(self) -> Cluster:
         """Its Envoy cluster in the route table."""

@@ -29,6 +29,10 @@ class Cluster:
     endpoints: tuple[Endpoint, ...] = ()
 
 
+def cluster_name(namespace: str, model_deployment: str) -> str:
+    return f"{namespace}/{model_deployment}"
+
+
 @dataclass(frozen=True)
 class WeightedBackend:
     cluster: str  # Cluster.name
