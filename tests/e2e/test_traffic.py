@@ -90,9 +90,7 @@ def test_describe_shows_the_fallback_share_and_the_escalation_rates_clients_saw(
              timeout=30, what=f"status.traffic of the fallback policy to say {FALLBACK_REQUESTS} requests, {share}")
 
     described = dev_cluster.kubectl("describe", "rp", "ask", "-n", ns).stdout
-    print(described)
     assert "Traffic:" in described and "Escalated Share:" in described, described
     assert str(round(stages["strong"] / n, 3)) in described, described
     described = dev_cluster.kubectl("describe", "rp", "fb", "-n", ns).stdout
-    print(described)
     assert f"Fallback Share:  {share}" in described, described
