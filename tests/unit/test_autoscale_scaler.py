@@ -115,10 +115,12 @@ def changes(decisions):
 
 
 policies = st.builds(
-    lambda mn, extra, target, up, down: policy(min_replicas=mn, max_replicas=mn + extra, target=target,
-                                                scale_up_window=up, scale_down_window=down),
+    lambda mn, extra, target, up, down, headroom: policy(min_replicas=mn, max_replicas=mn + extra, target=target,
+                                                          scale_up_window=up, scale_down_window=down,
+                                                          headroom=headroom),
     st.integers(1, 3), st.integers(0, 20), st.sampled_from([1.0, 4.0, 10.0, 0.8]),
     st.sampled_from([0.0, 0.0, 15.0, 60.0]), st.sampled_from([0.0, 30.0, 120.0, 300.0]),
+    st.sampled_from([0.0, 0.0, 0.25, 1.0]),
 )
 
 
@@ -160,9 +162,9 @@ def test_steady_load_from_the_settled_count_changes_at_most_once(p, level, seed,
     # the 10 % band: at most one settling change (when the noise shifts the mean across
     # a replica boundary), never back and forth.
     settled_count = seed.randint(p.min_replicas, p.max_replicas)
-    demand = settled_count * p.target * level
-    if math.ceil(demand / p.target - 1e-9) != settled_count:  # not its settled count
-        demand = settled_count * p.target
+    demand = settled_count * p.sized_target * level
+    if math.ceil(demand / p.sized_target - 1e-9) != settled_count:  # not its settled count
+        demand = settled_count * p.sized_target
     totals = [demand * (1 + seed.uniform(-noise, noise)) for _ in range(300)]
     decisions = drive(p, Fleet(settled_count, startup=startup), totals)
     assert len(changes(decisions)) <= 1, [(d.current, d.desired, d.reason) for d in decisions if d.changed]
@@ -184,10 +186,10 @@ def test_steady_load_from_anywhere_settles_without_flapping(p, demand, start, se
 def test_a_load_step_is_answered_in_the_next_decision(p, replicas, factor):
     p = ScalingPolicy(**{**p.__dict__, "scale_up_window": 0.0})
     replicas = min(max(replicas, p.min_replicas), p.max_replicas)
-    state, t = settled(p, replicas, p.target)
-    per = p.target * factor
+    state, t = settled(p, replicas, p.sized_target)
+    per = p.sized_target * factor
     d = decide(p, obs(t, replicas, per), state)
-    wanted = math.ceil(replicas * per / p.target - 1e-9)
+    wanted = math.ceil(replicas * per / p.sized_target - 1e-9)
     expected = min(wanted, p.scale_up_limit(replicas), p.max_replicas)
     assert d.desired == max(expected, replicas)
     if replicas < p.max_replicas:
@@ -255,16 +257,16 @@ def test_starting_replicas_prevent_overshoot(p, replicas, factor, load_steps):
     p = ScalingPolicy(**{**p.__dict__, "scale_up_window": 0.0})
     replicas = min(max(replicas, p.min_replicas), p.max_replicas)
     fleet = Fleet(replicas, load_steps=load_steps)
-    state, t = settled(p, replicas, p.target)
-    demand = replicas * p.target * factor
+    state, t = settled(p, replicas, p.sized_target)
+    demand = replicas * p.sized_target * factor
     decisions = drive(p, fleet, [demand] * (load_steps + 40), state=state, t0=t)
-    needed = min(max(math.ceil(demand / p.target - 1e-9), replicas), p.max_replicas)
+    needed = min(max(math.ceil(demand / p.sized_target - 1e-9), replicas), p.max_replicas)
     assert max(d.desired for d in decisions) <= needed
     assert all(s > 0 for s in changes(decisions))
     final = decisions[-1].desired
     # Where it stops: what the demand needs, or short of it by the tolerance band (a
     # rate-limited step may land inside the band), or maxReplicas.
-    assert final == needed or demand / (final * p.target) <= 1 + p.tolerance
+    assert final == needed or demand / (final * p.sized_target) <= 1 + p.tolerance
 
 
 @settings(max_examples=100, deadline=None)
@@ -272,10 +274,10 @@ def test_starting_replicas_prevent_overshoot(p, replicas, factor, load_steps):
 def test_capacity_on_the_way_is_never_asked_for_again(p, replicas, ready, per):
     replicas = min(max(replicas, p.min_replicas), p.max_replicas)
     ready = min(ready, replicas)
-    state, t = settled(p, replicas, p.target)
+    state, t = settled(p, replicas, p.sized_target)
     o = Observation(t, replicas, ready, replicas - ready, load(t, per, ready) if ready else None)
     d = decide(p, o, state)
-    if ready and math.ceil(per * ready / p.target - 1e-9) <= replicas:
+    if ready and math.ceil(per * ready / p.sized_target - 1e-9) <= replicas:
         assert d.desired <= replicas
 
 
@@ -486,6 +488,24 @@ def test_every_metric_is_read_by_its_crd_name():
         assert decide(policy(metric=metric, target=target), o).desired == want, metric
 
 
+def test_headroom_sizes_for_less_than_the_target_and_says_so():
+    p = policy(metric="runningRequests", target=5.0, headroom=0.25)
+    d = decide(p, obs(0, 2, 5.0, metric="runningRequests"))  # 10 in flight: 2 replicas at the target
+    assert d.desired == 3  # sized for 4 each
+    assert d.reason == "runningRequests 10.0 over target 4×2 (5 less 25% headroom for the next rise)"
+    held = decide(p, obs(0, 3, 12.5 / 3, metric="runningRequests"))
+    assert (held.desired, held.reason) == (3, "runningRequests 12.5 within 10% of target 4×3 "
+                                              "(5 less 25% headroom for the next rise)")
+
+
+@settings(max_examples=80, deadline=None)
+@given(replicas=st.integers(1, 8), per=st.floats(0, 40), headroom=st.sampled_from([0.1, 0.25, 0.5, 1.0]))
+def test_headroom_never_asks_for_fewer_replicas(replicas, per, headroom):
+    plain, spare = policy(max_replicas=40), policy(max_replicas=40, headroom=headroom)
+    o = obs(0, replicas, per)
+    assert decide(spare, o).recommendation >= decide(plain, o).recommendation
+
+
 def test_policy_from_the_crd_model():
     spec = Autoscaling.model_validate({
         "minReplicas": 2, "maxReplicas": 6, "metric": "kvCacheUtilization",
@@ -494,11 +514,14 @@ def test_policy_from_the_crd_model():
     p = ScalingPolicy.from_autoscaling(spec, tolerance=0.05)
     assert (p.min_replicas, p.max_replicas, p.metric, p.target) == (2, 6, "kvCacheUtilization", 0.8)
     assert (p.scale_up_window, p.scale_down_window, p.idle_seconds, p.tolerance) == (30, 300, 900, 0.05)
+    assert p.headroom == 0 and ScalingPolicy.from_autoscaling(
+        Autoscaling(max_replicas=3, headroom_percent=40)).headroom == 0.4
     assert p.scale_to_zero and type(p.metric) is str
     assert not ScalingPolicy.from_autoscaling(Autoscaling(max_replicas=3)).scale_to_zero
 
 
-@pytest.mark.parametrize("kw", [{"min_replicas": 0}, {"max_replicas": 0}, {"target": 0}, {"tolerance": -1}])
+@pytest.mark.parametrize("kw", [{"min_replicas": 0}, {"max_replicas": 0}, {"target": 0}, {"tolerance": -1},
+                                {"headroom": -0.1}])
 def test_policy_refuses_nonsense(kw):
     with pytest.raises(ValueError):
         policy(**kw)

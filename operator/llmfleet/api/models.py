@@ -505,6 +505,16 @@ class Autoscaling(_Spec):
         description="Scaling to zero when idle.",
         json_schema_extra={"default": {}},
     )
+    headroom_percent: int = Field(
+        0,
+        ge=0,
+        le=400,
+        description=(
+            "Spare capacity kept for the next rise, in percent of the load: replicas are sized so the metric "
+            "sits at target / (1 + headroom). It costs that much more capacity all the time and buys the SLO "
+            "on rises faster than a new replica starts (see the README for what each amount buys)."
+        ),
+    )
 
     @field_validator("max_replicas")
     @classmethod

@@ -14,7 +14,9 @@ How one decision is made (target tracking, like Kubernetes' HorizontalPodAutosca
    ready ones that answered the scrape); ``ceil(total / target)`` replicas would hold
    the metric at its per-replica target. If ``total / (target x replicas)`` is within
    the tolerance band (default 10 %) of 1, the recommendation is the current count:
-   small wobbles never move anything. Replicas that exist but are not ready yet
+   small wobbles never move anything. With ``headroomPercent`` the replicas are sized
+   for ``target / (1 + headroom)`` instead: spare capacity held for the next rise,
+   named in every reason. Replicas that exist but are not ready yet
    count as capacity on the way: while a model loads, the load it will take is not
    asked for again. Two metrics see past what an engine exports:
 
@@ -107,6 +109,7 @@ class ScalingPolicy:
     scale_up_window: float = 0.0  # seconds; scaleUpStabilizationSeconds
     scale_down_window: float = 300.0  # seconds; scaleDownStabilizationSeconds
     idle_seconds: float = 0.0  # scaleToZero.idleSeconds; 0 never scales to zero
+    headroom: float = 0.0  # headroomPercent / 100: spare capacity held above the load
     # No change while |total / (target x replicas) - 1| <= tolerance (the HPA's 0.1).
     tolerance: float = 0.1
     # Growth within any scale_up_period: to at most max(ceil(n x factor), n + pods).
@@ -130,6 +133,8 @@ class ScalingPolicy:
             raise ValueError(f"need 1 <= minReplicas <= maxReplicas, got {self.min_replicas}..{self.max_replicas}")
         if not self.target > 0:
             raise ValueError(f"target must be > 0, got {self.target}")
+        if self.headroom < 0:
+            raise ValueError(f"headroom must be >= 0, got {self.headroom}")
         if self.tolerance < 0 or self.scale_up_factor < 1 or self.scale_up_pods < 1:
             raise ValueError("tolerance >= 0, scale_up_factor >= 1 and scale_up_pods >= 1 are required")
         if min(self.scale_up_window, self.scale_down_window, self.idle_seconds, self.scale_up_period,
@@ -147,12 +152,18 @@ class ScalingPolicy:
             scale_up_window=float(autoscaling.scale_up_stabilization_seconds),
             scale_down_window=float(autoscaling.scale_down_stabilization_seconds),
             idle_seconds=float(autoscaling.scale_to_zero.idle_seconds),
+            headroom=autoscaling.headroom_percent / 100,
         )
         return replace(policy, **knobs) if knobs else policy
 
     @property
     def scale_to_zero(self) -> bool:
         return self.idle_seconds > 0
+
+    @property
+    def sized_target(self) -> float:
+        """The per-replica value replicas are sized for: the target less the headroom."""
+        return self.target / (1 + self.headroom)
 
     def scale_up_limit(self, base: int) -> int:
         """The most replicas a period that started at ``base`` replicas may end with."""
@@ -257,7 +268,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
     if reading.total is None:
         rec = current
     else:
-        rec = _raw_replicas(reading.total, policy.target)
+        rec = _raw_replicas(reading.total, policy.sized_target)
         if abs(_ratio(reading.total, policy, current) - 1) <= policy.tolerance:
             rec = current
         if reading.floor is not None:
@@ -265,11 +276,11 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         if not reading.fresh:
             rec = max(rec, current)
         if reading.ahead is not None:
-            ahead = _raw_replicas(reading.ahead, policy.target)
+            ahead = _raw_replicas(reading.ahead, policy.sized_target)
             if _ratio(reading.ahead, policy, current) <= 1 + policy.tolerance:
                 ahead = min(ahead, current)  # the band holds, as it does for the total
             rec = max(rec, ahead)
-    routed = math.ceil(obs.routed_load / (1 + policy.tolerance)) if obs.routed_load else None
+    routed = math.ceil(obs.routed_load * (1 + policy.headroom) / (1 + policy.tolerance)) if obs.routed_load else None
     if routed is not None and routed > rec:
         rec = routed
     else:
@@ -413,7 +424,7 @@ def _raw_replicas(total: float, target: float) -> int:
 
 
 def _ratio(total: float, policy: ScalingPolicy, replicas: int) -> float:
-    return total / (policy.target * replicas)
+    return total / (policy.sized_target * replicas)
 
 
 def _clamp(n: int, policy: ScalingPolicy) -> int:
@@ -483,10 +494,12 @@ def _reason(
     if reading.total is None:
         return f"holding at {current}: {reading.why}"
 
-    total, target, metric = reading.total, policy.target, policy.metric
+    total, target, metric = reading.total, policy.sized_target, policy.metric
     raw = _raw_replicas(total, target)
     ratio = _ratio(total, policy, current)
-    on = f"target {target:g}×{current}"
+    on = f"target {target:.3g}×{current}"
+    if policy.headroom:
+        on += f" ({policy.target:g} less {policy.headroom:.0%} headroom for the next rise)"
     if abs(ratio - 1) <= policy.tolerance:
         desc = f"{metric} {_num(total)} within {policy.tolerance:.0%} of {on}"
     else:
