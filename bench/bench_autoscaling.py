@@ -225,7 +225,8 @@ def run_strategy(stack: Stack, kind: str, a: argparse.Namespace, trace: list[tup
     autoscaling = None
     if kind == "llmfleet":
         autoscaling = {"minReplicas": 1, "maxReplicas": peak_replicas, "metric": a.metric, "target": a.target,
-                       "headroomPercent": a.headroom,
+                       "headroomPercent": a.headroom, "spareReplicas": a.spare,
+                       **({"slo": {"ttftP95Milliseconds": round(a.slo_ms)}} if a.slo_mode else {}),
                        "scaleUpStabilizationSeconds": 0,
                        "scaleDownStabilizationSeconds": max(1, round(a.scale_down_window * S))}
     replicas = peak_replicas if kind == "fixed" else 1
@@ -370,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="llmfleet's per-replica target: 5 requests in flight of a batch of 8 (--max-num-seqs)")
     s.add_argument("--headroom", type=int, default=0,
                    help="llmfleet's headroomPercent: spare capacity held for the next rise")
+    s.add_argument("--spare", type=int, default=0, help="llmfleet's spareReplicas: held beyond what the load asks")
+    s.add_argument("--slo-mode", action="store_true",
+                   help="llmfleet's slo.ttftP95Milliseconds = --slo-ms: the target is learned (--target starts it)")
     s.add_argument("--scale-down-window", type=float, default=60.0,
                    help="llmfleet's scaleDownStabilizationSeconds (the CRD default is 300, the HPA's)")
     s.add_argument("--autoscale-interval", type=float, default=5.0,
@@ -495,7 +499,8 @@ def main(argv: list[str] | None = None) -> int:
         "oracle": {"replica_seconds": best.replica_seconds, "allocated_replica_seconds":
                    best.allocated_replica_seconds, "within_slo": round(best.share, 4), "bucket_s": best.bucket,
                    "replicas": best.counts, "model": "bench/oracle.py (the sim's batch and step times, full batch)"},
-        "llmfleet": {"metric": a.metric, "target": a.target, "headroom_percent": a.headroom, "min": 1,
+        "llmfleet": {"metric": a.metric, "target": a.target, "headroom_percent": a.headroom,
+                     "spare_replicas": a.spare, "slo_mode": a.slo_mode, "min": 1,
                      "max": peak_replicas,
                      "scale_down_window_s": a.scale_down_window, "autoscale_interval_s": a.autoscale_interval,
                      "trend_window_s": a.trend_window,

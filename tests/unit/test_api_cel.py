@@ -147,6 +147,7 @@ RULE_CASES = [
     ("replicas-default-min", md(_md_spec(autoscaling={"maxReplicas": 0 + 1, "minReplicas": 2}))),
     ("target-required", md(_md_spec(autoscaling={"maxReplicas": 2, "metric": "tokensPerSecond"}))),
     ("kv-target", md(_md_spec(autoscaling={"maxReplicas": 2, "metric": "kvCacheUtilization", "target": 2}))),
+    ("slo-metric", md(_md_spec(autoscaling={"maxReplicas": 2, "slo": {"ttftP95Milliseconds": 1000}}))),
     ("env-both", md(_md_spec(engine={"kind": "vllm", "env": [{"name": "A", "value": "x", "valueFrom": ENV_SECRET}]}))),
     ("env-no-source", md(_md_spec(engine={"kind": "vllm", "env": [{"name": "A", "valueFrom": {}}]}))),
     (

@@ -506,6 +506,28 @@ def test_headroom_never_asks_for_fewer_replicas(replicas, per, headroom):
     assert decide(spare, o).recommendation >= decide(plain, o).recommendation
 
 
+@settings(max_examples=100, deadline=None)
+@given(replicas=st.integers(1, 10), total=st.floats(0.01, 80), spare=st.integers(1, 3),
+       headroom=st.sampled_from([0.0, 0.5]))
+def test_spare_replicas_are_held_on_top_of_what_the_load_asks_for(replicas, total, spare, headroom):
+    plain = policy(max_replicas=100, headroom=headroom)
+    spared = policy(max_replicas=100, headroom=headroom, spare=spare)
+    # The same load on the same serving replicas, with the spare ones beside them.
+    without = decide(plain, Observation(0, replicas, replicas, 0, load(0, total / replicas, replicas)))
+    with_spare = decide(spared, Observation(0, replicas + spare, replicas + spare, 0,
+                                            load(0, total / (replicas + spare), replicas + spare)))
+    assert with_spare.recommendation == without.recommendation + spare
+
+
+def test_spare_replicas_are_held_at_low_load_and_named():
+    p = policy(metric="runningRequests", target=5.0, spare=2)
+    d = decide(p, obs(0, 1, 1.5, metric="runningRequests"))
+    assert d.desired == 3
+    assert d.reason == "runningRequests 1.5 over target 5×0 + 2 spare"
+    held = decide(p, obs(0, 3, 0.5, metric="runningRequests"))
+    assert (held.desired, held.reason) == (3, "runningRequests 1.5 under target 5×1 + 2 spare")
+
+
 def test_policy_from_the_crd_model():
     spec = Autoscaling.model_validate({
         "minReplicas": 2, "maxReplicas": 6, "metric": "kvCacheUtilization",
@@ -514,14 +536,15 @@ def test_policy_from_the_crd_model():
     p = ScalingPolicy.from_autoscaling(spec, tolerance=0.05)
     assert (p.min_replicas, p.max_replicas, p.metric, p.target) == (2, 6, "kvCacheUtilization", 0.8)
     assert (p.scale_up_window, p.scale_down_window, p.idle_seconds, p.tolerance) == (30, 300, 900, 0.05)
-    assert p.headroom == 0 and ScalingPolicy.from_autoscaling(
-        Autoscaling(max_replicas=3, headroom_percent=40)).headroom == 0.4
+    assert (p.headroom, p.spare) == (0, 0)
+    spare = ScalingPolicy.from_autoscaling(Autoscaling(max_replicas=3, headroom_percent=40, spare_replicas=1))
+    assert (spare.headroom, spare.spare) == (0.4, 1)
     assert p.scale_to_zero and type(p.metric) is str
     assert not ScalingPolicy.from_autoscaling(Autoscaling(max_replicas=3)).scale_to_zero
 
 
 @pytest.mark.parametrize("kw", [{"min_replicas": 0}, {"max_replicas": 0}, {"target": 0}, {"tolerance": -1},
-                                {"headroom": -0.1}])
+                                {"headroom": -0.1}, {"spare": -1}])
 def test_policy_refuses_nonsense(kw):
     with pytest.raises(ValueError):
         policy(**kw)
@@ -638,3 +661,87 @@ def test_cost_routings_demand_never_lowers_what_the_load_asks_for():
     p = policy(metric="runningRequests", target=6.0)
     d = decide(p, replace(obs(0.0, 1, per=18.0, metric="runningRequests"), routed_load=1.0))
     assert d.desired == 3 and "cost routing" not in d.reason
+
+
+# --------------------------------------------------------------------------- SLO mode
+
+
+def slo_policy(**kw):
+    return policy(metric="runningRequests", target=5.0, max_replicas=40, slo_ttft=1.0, **kw)
+
+
+def engine(t, n, running, waiting=0.0, ttft=0.3):
+    """`n` replicas, each with `running` in its batch and `waiting` more, TTFT p95 `ttft`."""
+    return Observation(t, n, n, 0, ModelLoad(time=t, sampled_replicas=n, failed_replicas=0, queue_depth=waiting,
+                                             running_requests=running, kv_cache_utilization=0.0,
+                                             tokens_per_second=1.0, requests_per_second=1.0,
+                                             ttft_p95_seconds=ttft))
+
+
+def test_slo_mode_sizes_for_the_batch_the_engine_runs_full():
+    p = slo_policy()
+    first = decide(p, engine(0, 2, 4.0))
+    assert first.state.slo.capacity == 5.0 and "the configured target" in first.reason
+    # 8 running and 4 waiting per replica: 24 in flight, a batch of 8 (7.2 less the band).
+    d = decide(p, engine(5, 2, 8.0, waiting=4.0, ttft=3.0), first.state)
+    assert d.desired == math.ceil(24 / 7.2)
+    assert d.reason.endswith("; target 7.2 for TTFT p95 ≤ 1000 ms: the engine's batch of 8 runs full, "
+                             "less the 10% band")
+    assert d.event.text.startswith("ScaledUp 2→4: runningRequests 24.0 over target 7.2×2")
+
+
+def test_slo_mode_raises_its_target_to_what_met_the_objective_before_any_queue():
+    p = slo_policy()
+    d = decide(p, engine(0, 3, 6.0, ttft=0.4))  # 6 in flight each, none waiting, within 1 s
+    assert d.state.slo.capacity == 6.0 and d.desired == 3
+    d = decide(p, engine(5, 3, 5.5, ttft=0.4), d.state)
+    assert d.state.slo.capacity == 6.0  # it never learns down from a lighter load
+
+
+def test_slo_mode_lowers_its_target_when_the_objective_is_missed_with_nothing_waiting():
+    p = slo_policy()
+    state = decide(p, engine(0, 2, 8.0, waiting=2.0, ttft=4.0)).state  # a queue: batch 8
+    # Just after the queue drained, the slow TTFTs are the queue's: nothing learned.
+    state = decide(p, engine(5, 2, 6.0, ttft=2.5), state).state
+    assert (state.slo.capacity, state.slo.ceiling) == (7.2, None)
+    # Still slow with nothing waiting: prefill is too slow for 6 in flight; 3 would do.
+    d = decide(p, engine(10, 2, 6.0, ttft=2.0), state)
+    assert (d.state.slo.capacity, d.state.slo.ceiling) == (3.0, 3.0)
+    assert "at most 3 in flight per replica: the objective was missed with none waiting" in d.reason
+    # A full batch later does not lift it above what the objective allows.
+    d = decide(p, engine(15, 4, 8.0, waiting=1.0, ttft=5.0), d.state)
+    assert d.state.slo.capacity == 3.0
+
+
+def test_slo_mode_keeps_what_it_learned_through_a_scale_to_zero():
+    p = slo_policy(idle_seconds=30.0)
+    state = decide(p, engine(0, 1, 8.0, waiting=1.0)).state
+    idle = Observation(400, 1, 1, 0, load(400, 0.0, 1, "runningRequests", last_activity=0.0))
+    zero = decide(p, idle, state)
+    assert zero.desired == 0 and zero.state.slo.capacity == 7.2
+    woken = decide(p, Observation(401, 0, 0, 0, None, wake=True), zero.state)
+    assert woken.state.slo.capacity == 7.2
+
+
+@settings(max_examples=60, deadline=None)
+@given(demand=st.floats(1, 150), seed=st.randoms(use_true_random=False), noise=st.floats(0.0, 0.04),
+       ttft=st.floats(0.05, 0.9))
+def test_slo_mode_under_a_steady_load_met_in_time_never_flaps(demand, seed, noise, ttft):
+    # The objective is met and nothing waits: the target only rises (to what was seen
+    # served in time), so the count goes up first, then down, never up again.
+    p = slo_policy()
+    fleet, state, out, capacities = Fleet(3), None, [], []
+    for i in range(300):
+        fleet.tick()
+        total = demand * (1 + seed.uniform(-noise, noise))
+        o = engine(i * 5.0, fleet.ready, total / fleet.ready)
+        o = replace(o, replicas=fleet.replicas, starting_replicas=len(fleet.pending))
+        d = decide(p, o, state)
+        state = d.state
+        fleet.apply(d.desired)
+        out.append(d)
+        capacities.append(state.slo.capacity)
+    assert capacities == sorted(capacities)
+    signs = "".join("+" if s > 0 else "-" for s in changes(out))
+    assert re.fullmatch(r"\+*-*", signs), signs
+    assert all(p.min_replicas <= d.desired <= p.max_replicas for d in out)

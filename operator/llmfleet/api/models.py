@@ -224,6 +224,13 @@ KV_TARGET_RULE = CelRule(
     field_path=".target",
 )
 
+SLO_METRIC_MESSAGE = "slo sizes the requests in flight per replica: it needs metric runningRequests"
+SLO_METRIC_RULE = CelRule(
+    rule="!has(self.slo) || self.metric == 'runningRequests'",
+    message=SLO_METRIC_MESSAGE,
+    field_path=".slo",
+)
+
 BACKENDS_REQUIRED_MESSAGE = "at least one backend is required"
 BACKENDS_REQUIRED_RULE = CelRule(
     rule="size(self) > 0", message=BACKENDS_REQUIRED_MESSAGE, reason="FieldValueRequired"
@@ -469,10 +476,19 @@ class ScaleToZero(_Spec):
     )
 
 
+class AutoscalingSlo(_Spec):
+    """The latency objective the autoscaler holds."""
+
+    ttft_p95_milliseconds: int = Field(
+        ge=1, le=600_000, description="95th percentile time to first token, as the engine measures it."
+    )
+
+
 class Autoscaling(_Spec):
     """Load-based autoscaling. Without it, replicas stay as set (by you, an HPA or KEDA)."""
 
-    model_config = ConfigDict(json_schema_extra=x_validations(MAX_REPLICAS_RULE, TARGET_REQUIRED_RULE, KV_TARGET_RULE))
+    model_config = ConfigDict(json_schema_extra=x_validations(MAX_REPLICAS_RULE, TARGET_REQUIRED_RULE, KV_TARGET_RULE,
+                                                              SLO_METRIC_RULE))
 
     min_replicas: int = Field(1, ge=1, le=1000, description="Fewest replicas while there is traffic.")
     max_replicas: int = Field(ge=1, le=1000, description="Most replicas, whatever the load.")
@@ -515,6 +531,23 @@ class Autoscaling(_Spec):
             "on rises faster than a new replica starts (see the README for what each amount buys)."
         ),
     )
+    slo: AutoscalingSlo | None = Field(
+        None,
+        description=(
+            "SLO-driven sizing (metric runningRequests): target is the starting point, then the scaler learns "
+            "the requests in flight per replica that meet the objective: the batch the engine runs full without "
+            "queueing (less the tolerance band), and less when the objective is missed with nothing waiting."
+        ),
+    )
+    spare_replicas: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description=(
+            "Ready replicas kept beyond what the load (and headroomPercent) asks for, within maxReplicas: "
+            "capacity for a step or a ramp that outgrows the fleet faster than a model loads, even at low load."
+        ),
+    )
 
     @field_validator("max_replicas")
     @classmethod
@@ -535,6 +568,12 @@ class Autoscaling(_Spec):
         if target is not None and metric == AutoscalingMetric.KV_CACHE_UTILIZATION and target > 1:
             raise rule_error(KV_TARGET_MESSAGE)
         return target
+
+    @model_validator(mode="after")
+    def _slo_needs_running_requests(self) -> Autoscaling:
+        if self.slo is not None and self.metric is not AutoscalingMetric.RUNNING_REQUESTS:
+            raise rule_error(SLO_METRIC_MESSAGE, "slo")
+        return self
 
     @property
     def effective_target(self) -> float:

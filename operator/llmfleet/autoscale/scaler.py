@@ -16,7 +16,8 @@ How one decision is made (target tracking, like Kubernetes' HorizontalPodAutosca
    the tolerance band (default 10 %) of 1, the recommendation is the current count:
    small wobbles never move anything. With ``headroomPercent`` the replicas are sized
    for ``target / (1 + headroom)`` instead: spare capacity held for the next rise,
-   named in every reason. Replicas that exist but are not ready yet
+   named in every reason; ``spareReplicas`` are held on top (even at low load, for a
+   step). Replicas that exist but are not ready yet
    count as capacity on the way: while a model loads, the load it will take is not
    asked for again. Two metrics see past what an engine exports:
 
@@ -110,6 +111,8 @@ class ScalingPolicy:
     scale_down_window: float = 300.0  # seconds; scaleDownStabilizationSeconds
     idle_seconds: float = 0.0  # scaleToZero.idleSeconds; 0 never scales to zero
     headroom: float = 0.0  # headroomPercent / 100: spare capacity held above the load
+    spare: int = 0  # spareReplicas: replicas held beyond what the load asks for
+    slo_ttft: float | None = None  # slo.ttftP95Milliseconds / 1000: the target is learned (SLO mode)
     # No change while |total / (target x replicas) - 1| <= tolerance (the HPA's 0.1).
     tolerance: float = 0.1
     # Growth within any scale_up_period: to at most max(ceil(n x factor), n + pods).
@@ -133,8 +136,8 @@ class ScalingPolicy:
             raise ValueError(f"need 1 <= minReplicas <= maxReplicas, got {self.min_replicas}..{self.max_replicas}")
         if not self.target > 0:
             raise ValueError(f"target must be > 0, got {self.target}")
-        if self.headroom < 0:
-            raise ValueError(f"headroom must be >= 0, got {self.headroom}")
+        if self.headroom < 0 or self.spare < 0:
+            raise ValueError(f"headroom and spare replicas must be >= 0, got {self.headroom}, {self.spare}")
         if self.tolerance < 0 or self.scale_up_factor < 1 or self.scale_up_pods < 1:
             raise ValueError("tolerance >= 0, scale_up_factor >= 1 and scale_up_pods >= 1 are required")
         if min(self.scale_up_window, self.scale_down_window, self.idle_seconds, self.scale_up_period,
@@ -153,6 +156,8 @@ class ScalingPolicy:
             scale_down_window=float(autoscaling.scale_down_stabilization_seconds),
             idle_seconds=float(autoscaling.scale_to_zero.idle_seconds),
             headroom=autoscaling.headroom_percent / 100,
+            spare=autoscaling.spare_replicas,
+            slo_ttft=autoscaling.slo.ttft_p95_milliseconds / 1000 if autoscaling.slo else None,
         )
         return replace(policy, **knobs) if knobs else policy
 
@@ -185,6 +190,18 @@ class Observation:
 
 
 @dataclass(frozen=True)
+class SloMemory:
+    """SLO mode: what the scaler has learned of the requests in flight per replica that
+    meet the objective."""
+
+    capacity: float  # the target it sizes for
+    why: str  # how that was learned (for the reason)
+    ceiling: float | None = None  # at most this: the objective missed with nothing waiting
+    queued: bool = False  # the last fresh sample had requests waiting
+    batch: float | None = None  # the most requests per replica seen running with others waiting
+
+
+@dataclass(frozen=True)
 class ScalerState:
     """What one ModelDeployment's scaler remembers between decisions (in memory only).
 
@@ -199,6 +216,7 @@ class ScalerState:
     active_at: float | None = None  # latest evidence of a request (or `since`)
     history: tuple[tuple[float, float], ...] = ()  # (time, total) of fresh readings over the trend window
     full_batch: float | None = None  # running requests per replica last seen with a queue beside them
+    slo: SloMemory | None = None  # SLO mode only
 
 
 S = TypeVar("S")
@@ -261,14 +279,17 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         and now - active_at >= policy.idle_seconds
     ):
         reason = f"no requests for {now - active_at:.0f} s (scaleToZero.idleSeconds {policy.idle_seconds:g})"
-        new = ScalerState(since=since, last_scale_time=now, active_at=active_at)
+        new = ScalerState(since=since, last_scale_time=now, active_at=active_at, slo=state.slo)
         return Decision(current, 0, reason, None, None, 0, new)
 
-    # 1-2. This interval's recommendation.
+    # 1-2. This interval's recommendation (in SLO mode, at the target learned so far).
+    memory = _learn(policy, obs, reading, state.slo)
+    if memory is not None:
+        policy = replace(policy, target=memory.capacity)
     if reading.total is None:
         rec = current
     else:
-        rec = _raw_replicas(reading.total, policy.sized_target)
+        rec = _needed(reading.total, policy)
         if abs(_ratio(reading.total, policy, current) - 1) <= policy.tolerance:
             rec = current
         if reading.floor is not None:
@@ -276,7 +297,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         if not reading.fresh:
             rec = max(rec, current)
         if reading.ahead is not None:
-            ahead = _raw_replicas(reading.ahead, policy.sized_target)
+            ahead = _needed(reading.ahead, policy)
             if _ratio(reading.ahead, policy, current) <= 1 + policy.tolerance:
                 ahead = min(ahead, current)  # the band holds, as it does for the total
             rec = max(rec, ahead)
@@ -327,6 +348,8 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
     reason = _reason(policy, obs, reading, rec, up_rec, down_rec, window_covered, desired)
     if routed is not None:
         reason += f"; cost routing wants {routed} replicas' worth of its traffic here"
+    if memory is not None and policy.slo_ttft is not None:
+        reason += f"; target {memory.capacity:.3g} for TTFT p95 ≤ {policy.slo_ttft * 1000:g} ms: {memory.why}"
     new = ScalerState(
         since=since,
         recommendations=recs,
@@ -335,6 +358,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         active_at=active_at,
         history=reading.history,
         full_batch=reading.full_batch,
+        slo=memory,
     )
     return Decision(current, desired, reason, limited, limited_reason, rec, new)
 
@@ -392,6 +416,42 @@ def _read(policy: ScalingPolicy, obs: Observation, state: ScalerState) -> _Readi
     return _Reading(total, False, why, floor=floor, history=history, full_batch=full_batch)
 
 
+def _learn(policy: ScalingPolicy, obs: Observation, reading: _Reading, memory: SloMemory | None) -> SloMemory | None:
+    """SLO mode: the requests in flight per replica to size for, learned from fresh
+    samples. Once the engine has been seen running a full batch with requests waiting,
+    that batch less the tolerance band (a request that finds a free slot waits for
+    nothing but its prefill, and the band never lets requests queue); before that, the
+    most in flight per replica seen meeting the objective with nothing waiting. Never
+    above what met the objective when it was missed with nothing waiting two samples in
+    a row (then prefill, not queueing, is too slow: the engine's TTFT histogram counts a
+    queued request when its first token comes, so one sample after a queue drains still
+    carries the queue)."""
+    if policy.slo_ttft is None:
+        return None
+    m = memory or SloMemory(policy.target, "the configured target (nothing learned yet)")
+    load = obs.load
+    if load is None or not reading.fresh:
+        return m
+    capacity, why, ceiling = m.capacity, m.why, m.ceiling
+    waiting = load.queue_depth > 0
+    ttft = load.ttft_p95_seconds
+    batch = max(m.batch or 0.0, reading.full_batch or 0.0) or None
+    if batch:
+        capacity = batch * (1 - policy.tolerance)
+        why = f"the engine's batch of {batch:.3g} runs full, less the {policy.tolerance:.0%} band"
+    elif ttft is not None and ttft <= policy.slo_ttft and not waiting and load.running_requests > capacity:
+        capacity = load.running_requests
+        why = f"{capacity:.3g} in flight per replica met it with none waiting"
+    if ttft is not None and ttft > policy.slo_ttft and not waiting and not m.queued and load.running_requests > 0:
+        bound = max(1.0, load.running_requests * policy.slo_ttft / ttft)
+        if ceiling is None or bound < ceiling:
+            ceiling = bound
+    if ceiling is not None and capacity > ceiling:
+        capacity = ceiling
+        why = f"at most {ceiling:.3g} in flight per replica: the objective was missed with none waiting"
+    return SloMemory(capacity, why, ceiling, waiting, batch)
+
+
 def _rising(history: tuple[tuple[float, float], ...], policy: ScalingPolicy) -> tuple[float, float] | None:
     """(slope, the fitted total now) of a least-squares line over the trend window, if
     the slope is significantly above 0. The fitted total, not the last sample, is what
@@ -423,8 +483,15 @@ def _raw_replicas(total: float, target: float) -> int:
     return max(0, math.ceil(total / target - 1e-9))
 
 
+def _needed(total: float, policy: ScalingPolicy) -> int:
+    """Replicas for ``total`` at the sizing target, and the spare ones."""
+    return _raw_replicas(total, policy.sized_target) + policy.spare
+
+
 def _ratio(total: float, policy: ScalingPolicy, replicas: int) -> float:
-    return total / (policy.sized_target * replicas)
+    """The load over what ``replicas`` (the spare ones aside) hold at the sizing target."""
+    serving = replicas - policy.spare
+    return total / (policy.sized_target * serving) if serving > 0 else math.inf
 
 
 def _clamp(n: int, policy: ScalingPolicy) -> int:
@@ -461,12 +528,14 @@ def _from_zero(
             replicas_seen=((now, 0),),
             last_scale_time=now,
             active_at=now,
+            slo=state.slo,
         )
         return Decision(0, awake, why, None, None, awake, new)
     if policy.scale_to_zero:
         new = replace(state, since=since, recommendations=(), replicas_seen=(), active_at=active_at)
         return Decision(0, 0, "scaled to zero while idle; the next request wakes it", None, None, 0, new)
-    new = ScalerState(since=since, recommendations=((now, awake),), last_scale_time=now, active_at=active_at)
+    new = ScalerState(since=since, recommendations=((now, awake),), last_scale_time=now, active_at=active_at,
+                      slo=state.slo)
     why = f"below minReplicas {policy.min_replicas} (scaleToZero is off)"
     limited = f"wants 0 replicas; minReplicas is {policy.min_replicas}"
     return Decision(0, awake, why, limited, TOO_FEW_REPLICAS, awake, new)
@@ -495,17 +564,19 @@ def _reason(
         return f"holding at {current}: {reading.why}"
 
     total, target, metric = reading.total, policy.sized_target, policy.metric
-    raw = _raw_replicas(total, target)
+    raw = _needed(total, policy)
     ratio = _ratio(total, policy, current)
-    on = f"target {target:.3g}×{current}"
+    on = f"target {target:.3g}×{max(0, current - policy.spare)}"
     if policy.headroom:
         on += f" ({policy.target:g} less {policy.headroom:.0%} headroom for the next rise)"
+    if policy.spare:
+        on += f" + {policy.spare} spare"
     if abs(ratio - 1) <= policy.tolerance:
         desc = f"{metric} {_num(total)} within {policy.tolerance:.0%} of {on}"
     else:
         desc = f"{metric} {_num(total)} {'over' if ratio > 1 else 'under'} {on}"
     stale = "" if reading.fresh else f" (load signal stale: {reading.why})"
-    if reading.ahead is not None and _raw_replicas(reading.ahead, target) > raw and rec > raw:
+    if reading.ahead is not None and _needed(reading.ahead, policy) > raw and rec > raw:
         desc += (f", rising {_num(reading.slope)}/s: {_num(reading.ahead)} expected in {reading.horizon:.0f} s "
                  f"(replica startup)")
 
