@@ -10,6 +10,12 @@ condition, emits ``decision.event`` when the count changes, and keeps
 
 How one decision is made (target tracking, like Kubernetes' HorizontalPodAutoscaler):
 
+0. **SLO mode.** With ``slo_ttft`` the target is learned first (``_learn``): the most
+   requests in flight per replica seen while the TTFT p95 held the objective and
+   nothing waited, less the
+   tolerance band, from the configured target up, capped by what met the objective
+   when it was missed with nothing waiting. What was learned ends the reason.
+
 1. **Recommendation.** ``total`` = the metric per replica x the replicas sampled (the
    ready ones that answered the scrape); ``ceil(total / target)`` replicas would hold
    the metric at its per-replica target. If ``total / (target x replicas)`` is within
@@ -198,7 +204,6 @@ class SloMemory:
     why: str  # how that was learned (for the reason)
     ceiling: float | None = None  # at most this: the objective missed with nothing waiting
     queued: bool = False  # the last fresh sample had requests waiting
-    batch: float | None = None  # the most requests per replica seen running with others waiting
 
 
 @dataclass(frozen=True)
@@ -418,14 +423,16 @@ def _read(policy: ScalingPolicy, obs: Observation, state: ScalerState) -> _Readi
 
 def _learn(policy: ScalingPolicy, obs: Observation, reading: _Reading, memory: SloMemory | None) -> SloMemory | None:
     """SLO mode: the requests in flight per replica to size for, learned from fresh
-    samples. Once the engine has been seen running a full batch with requests waiting,
-    that batch less the tolerance band (a request that finds a free slot waits for
-    nothing but its prefill, and the band never lets requests queue); before that, the
-    most in flight per replica seen meeting the objective with nothing waiting. Never
-    above what met the objective when it was missed with nothing waiting two samples in
-    a row (then prefill, not queueing, is too slow: the engine's TTFT histogram counts a
-    queued request when its first token comes, so one sample after a queue drains still
-    carries the queue)."""
+    samples: the most in flight per replica seen while the objective held and (almost)
+    nothing waited, less the tolerance band (so the band itself never lets the load
+    past what was seen to hold), starting from the configured target. Not while requests
+    wait: the TTFT of a waiting request is counted only once its first token comes, so
+    a growing queue looks in time until it is too late. And never above
+    what met the objective when it was missed with (almost) nothing waiting two samples
+    in a row, even below the configured target: then prefill, not queueing, is too slow. (The
+    engine's TTFT histogram counts a queued request when its first token comes, so one
+    sample after a queue drains still carries the queue.) Averages over the replicas
+    hide which one waits, so a batch size is not inferred from them."""
     if policy.slo_ttft is None:
         return None
     m = memory or SloMemory(policy.target, "the configured target (nothing learned yet)")
@@ -433,23 +440,20 @@ def _learn(policy: ScalingPolicy, obs: Observation, reading: _Reading, memory: S
     if load is None or not reading.fresh:
         return m
     capacity, why, ceiling = m.capacity, m.why, m.ceiling
-    waiting = load.queue_depth > 0
     ttft = load.ttft_p95_seconds
-    batch = max(m.batch or 0.0, reading.full_batch or 0.0) or None
-    if batch:
-        capacity = batch * (1 - policy.tolerance)
-        why = f"the engine's batch of {batch:.3g} runs full, less the {policy.tolerance:.0%} band"
-    elif ttft is not None and ttft <= policy.slo_ttft and not waiting and load.running_requests > capacity:
-        capacity = load.running_requests
-        why = f"{capacity:.3g} in flight per replica met it with none waiting"
-    if ttft is not None and ttft > policy.slo_ttft and not waiting and not m.queued and load.running_requests > 0:
-        bound = max(1.0, load.running_requests * policy.slo_ttft / ttft)
+    in_flight = load.running_requests + load.queue_depth
+    queued = load.queue_depth >= 0.5
+    if ttft is not None and ttft <= policy.slo_ttft and not queued and in_flight * (1 - policy.tolerance) > capacity:
+        capacity = in_flight * (1 - policy.tolerance)
+        why = f"{in_flight:.3g} in flight per replica met it, less the {policy.tolerance:.0%} band"
+    elif ttft is not None and ttft > policy.slo_ttft and not queued and not m.queued and load.running_requests > 0:
+        bound = max(1.0, in_flight * policy.slo_ttft / ttft)
         if ceiling is None or bound < ceiling:
             ceiling = bound
     if ceiling is not None and capacity > ceiling:
         capacity = ceiling
         why = f"at most {ceiling:.3g} in flight per replica: the objective was missed with none waiting"
-    return SloMemory(capacity, why, ceiling, waiting, batch)
+    return SloMemory(capacity, why, ceiling, queued)
 
 
 def _rising(history: tuple[tuple[float, float], ...], policy: ScalingPolicy) -> tuple[float, float] | None:

@@ -65,6 +65,10 @@ class TrafficReporter:
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        """Start reading (on leading); what an earlier lead saw is not carried over: its
+        last readings would put everything counted meanwhile into one round."""
+        self.window = TrafficWindow()
+        self._written.clear()
         self._task = asyncio.create_task(self._run(), name="traffic")
 
     async def stop(self) -> None:
