@@ -1,7 +1,8 @@
 """The leader reads every Envoy's counters and writes each RoutePolicy's ``status.traffic``.
 
-Every operator replica knows where its connected Envoys serve their counters (the
-address of their xDS stream, the stats port of their node metadata) and says so in
+Every operator replica knows where its connected Envoys serve their counters (their
+xDS node metadata names the port, and the pod's address or else their stream's is the
+host: envoy/xds.py stats_url) and says so in
 its xDS report (controller/xdsreports.py), so the leader reaches every Envoy whichever
 replica it is connected to. Each round reads them all at once (admin's
 ``/stats/prometheus`` through each Envoy's ready listener, only the counters traffic

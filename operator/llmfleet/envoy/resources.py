@@ -20,10 +20,11 @@ saturation gate: an internal listener in front of a copy of the backend's cluste
 whose circuit breaker is the limit times its ready replicas (that copy, alone, is
 rebuilt through CDS when the replica count changes).
 
-A cascade calls its own copy of each stage's cluster (``cascade:<model>:<cluster>``),
-so Envoy counts every stage's requests per policy; each public model's routes share
-one ``stat_prefix``, so Envoy counts its requests and the retries down its fallback
-chain (routing/traffic.py reads both).
+A policy's cascade stages and fallback tiers are its own copies of those clusters
+(``cascade:<model>:<cluster>``, ``fallback-for:<model>:<cluster>``: own EDS, the same
+endpoints), and each public model's routes share one ``stat_prefix``, so Envoy counts
+each policy's requests, what its fallback tiers took and what each stage took apart
+(envoy/traffic.py reads them for ``status.traffic``).
 
 Resources are first built as plain dicts in Envoy's JSON/YAML shape (easy to read,
 diff and golden-test), then converted to xds-protos messages.
