@@ -7,7 +7,15 @@ import pytest
 
 from llmfleet.api.models import RoutePolicySpec
 from llmfleet.envoy.resources import cascade_cluster, fallback_cluster
-from llmfleet.envoy.traffic import COMPLETED, REQUESTS, TrafficWindow, copy_stat, parse_counters, traffic_status
+from llmfleet.envoy.traffic import (
+    COMPLETED,
+    REQUESTS,
+    UPTIME,
+    TrafficWindow,
+    copy_stat,
+    parse_counters,
+    traffic_status,
+)
 
 # What Envoy's /stats/prometheus prints for a route with stat_prefix "chat" and a
 # cascade copy cluster (captured from Envoy, trimmed).
@@ -23,12 +31,15 @@ envoy_vhost_route_upstream_rq_completed{envoy_virtual_host="ready",envoy_route="
 envoy_vhost_route_upstream_rq_retry_success{envoy_virtual_host="llmfleet",envoy_route="chat"} 5
 # TYPE envoy_vhost_route_upstream_rq_total counter
 envoy_vhost_route_upstream_rq_total{envoy_virtual_host="llmfleet",envoy_route="chat"} 14
+# TYPE envoy_server_uptime gauge
+envoy_server_uptime{} 3600
 """
 
 
 def test_only_the_routes_and_the_policies_copies_counters_are_read() -> None:
     assert parse_counters(ENVOY_TEXT) == {
-        ("cascade_ask_ai_weak", REQUESTS): 40, ("fallback-for_ask_ai_steady", REQUESTS): 3, ("chat", COMPLETED): 9}
+        ("cascade_ask_ai_weak", REQUESTS): 40, ("fallback-for_ask_ai_steady", REQUESTS): 3, ("chat", COMPLETED): 9,
+        UPTIME: 3600}
 
 
 def test_increases_add_up_over_envoys_and_survive_a_restart_and_a_missed_read() -> None:
@@ -53,6 +64,16 @@ def test_an_envoy_that_is_gone_starts_again_from_a_baseline() -> None:
     w.observe(1, {}, present=[])  # a left (its pod was deleted)
     w.observe(2, {"a": {key: 50}}, present=["a"])  # a new Envoy with the same name
     assert w.totals() == {}
+
+
+def test_an_envoy_that_started_after_the_first_round_counts_from_zero() -> None:
+    key = ("chat", COMPLETED)
+    w = TrafficWindow()
+    w.observe(0, {"a": {key: 10, UPTIME: 500}}, present=["a"])
+    # b is a new pod (up 5 s); c was there all along, only not read before (up 500 s).
+    w.observe(30, {"a": {key: 10, UPTIME: 530}, "b": {key: 4, UPTIME: 5}, "c": {key: 70, UPTIME: 530}},
+              present=["a", "b", "c"])
+    assert w.totals() == {key: 4}
 
 
 def spec(**fields) -> RoutePolicySpec:

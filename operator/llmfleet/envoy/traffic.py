@@ -14,6 +14,7 @@ shows.
 from __future__ import annotations
 
 import collections
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -34,9 +35,11 @@ from .resources import (
 WINDOW_SECONDS = 300.0  # the span status.traffic covers
 # What the leader asks each Envoy for (admin's /stats/prometheus, through its ready listener).
 _COPIES = tuple(stat_name(prefix) for prefix in (CASCADE_PREFIX, FALLBACK_COPY_PREFIX))  # "cascade_", ...
-STATS_PARAMS = {"usedonly": "", "filter": rf"^(vhost\.{VIRTUAL_HOST}\.route\.|cluster\.({'|'.join(_COPIES)}))"}
+STATS_PARAMS = {"usedonly": "",
+                "filter": rf"^(vhost\.{VIRTUAL_HOST}\.route\.|cluster\.({'|'.join(_COPIES)})|server\.uptime$)"}
 COMPLETED, REQUESTS = "upstream_rq_completed", "upstream_rq_total"
 _ROUTE_SAMPLE, _CLUSTER_SAMPLE = f"envoy_vhost_route_{COMPLETED}", f"envoy_cluster_{REQUESTS}"
+UPTIME = ("server", "uptime")  # seconds since the Envoy started (a gauge, not traffic)
 
 # (route stat prefix or cluster stat name, counter) → value
 Counters = dict[tuple[str, str], float]
@@ -48,7 +51,7 @@ _LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 def parse_counters(text: str) -> Counters:
     """The counters traffic reads from one Envoy's Prometheus text: per route, requests
-    completed; per policy's copy of a cluster, requests."""
+    completed; per policy's copy of a cluster, requests; and the Envoy's uptime."""
     out: Counters = {}
     for line in text.splitlines():
         match = _SAMPLE.match(line)
@@ -60,6 +63,8 @@ def parse_counters(text: str) -> Counters:
             out[(labels.get("envoy_route", ""), COMPLETED)] = float(value)
         elif name == _CLUSTER_SAMPLE and labels.get("envoy_cluster_name", "").startswith(_COPIES):
             out[(labels["envoy_cluster_name"], REQUESTS)] = float(value)
+        elif name == "envoy_server_uptime":
+            out[UPTIME] = float(value)
     return out
 
 
@@ -72,9 +77,10 @@ class _Round:
 class TrafficWindow:
     """Counter increases over all Envoys for the last ``seconds``.
 
-    Each Envoy's first reading is its baseline (what it counted before is outside any
-    window known here); a counter that went down means that Envoy restarted, and its new
-    value is the increase. An Envoy that could not be read this round keeps its last
+    An Envoy's first reading is its baseline (what it counted before is outside any
+    window known here), unless it started after the first round: then all it counted
+    is new. A counter that went down means that Envoy restarted, and its new value is
+    the increase. An Envoy that could not be read this round keeps its last
     reading, so the next round counts what it missed.
     """
 
@@ -92,8 +98,12 @@ class TrafficWindow:
         increase: Counters = {}
         for node, counters in readings.items():
             before = self._last.get(node)
+            if before is None and counters.get(UPTIME, math.inf) < now - self._started:
+                before = {}  # it started since we began: everything it counted is new
             if before is not None:
                 for key, value in counters.items():
+                    if key == UPTIME:
+                        continue
                     previous = before.get(key, 0.0)
                     delta = value - previous if value >= previous else value
                     if delta:
