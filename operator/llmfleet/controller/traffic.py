@@ -104,7 +104,8 @@ class TrafficReporter:
         self._round += 1
         totals, covered = self.window.totals(), self.window.covered(now)
         policies = self.store.route_policies.values()
-        for ref in [r for r in self._written if r not in {p.ref for p in policies}]:
+        present = {p.ref for p in policies}
+        for ref in [r for r in self._written if r not in present]:
             del self._written[ref]
         for policy in policies:
             if policy.spec is None:
