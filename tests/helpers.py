@@ -11,8 +11,9 @@ import time
 import httpx
 
 
-def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition"):
-    """Poll until `predicate()` is truthy and return it; fail with the last value seen."""
+def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = "condition", explain=None):
+    """Poll until `predicate()` is truthy and return it; fail with the last value seen
+    (and what ``explain()`` says of the moment, when given)."""
     deadline = time.monotonic() + timeout
     last = None
     while time.monotonic() < deadline:
@@ -20,7 +21,8 @@ def wait_for(predicate, timeout: float = 60, interval: float = 0.2, what: str = 
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}")
+    detail = f"\n{explain()}" if explain is not None else ""
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}; last value: {last!r}{detail}")
 
 
 def kubectl_json(cluster, *args: str):
@@ -41,6 +43,9 @@ class Load:
         self.stream = stream
         self.max_requests, self.max_seconds = max_requests, max_seconds
         self.outcomes: collections.Counter = collections.Counter()
+        self.in_flight = 0
+        self.errors: list[tuple[float, str]] = []  # (seconds since the start, outcome) of each failure
+        self._started = time.monotonic()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
@@ -51,6 +56,17 @@ class Load:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join(timeout=60)
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    def describe(self) -> str:
+        """The load now: for a failed wait's message."""
+        state = "running" if self.running else "ended (stopped, or past its bounds)"
+        last = f"; failures at {[f'{t:.1f}s {what}' for t, what in self.errors[-8:]]}" if self.errors else ""
+        return (f"load {state} {time.monotonic() - self._started:.1f} s after its start: {self.in_flight} "
+                f"in flight, {dict(self.outcomes)}{last}")
 
     @property
     def sent(self) -> int:
@@ -91,9 +107,15 @@ class Load:
         async with httpx.AsyncClient(base_url=self.url, timeout=60) as client:
             async def worker() -> None:
                 while not self._stop.is_set() and time.monotonic() < deadline and self.sent < self.max_requests:
+                    self.in_flight += 1
                     try:
-                        self.outcomes[await self._request(client)] += 1
+                        outcome = await self._request(client)
                     except httpx.HTTPError as exc:
-                        self.outcomes[type(exc).__name__] += 1
+                        outcome = type(exc).__name__
+                    finally:
+                        self.in_flight -= 1
+                    self.outcomes[outcome] += 1
+                    if outcome != 200:
+                        self.errors.append((time.monotonic() - self._started, str(outcome)))
 
             await asyncio.gather(*(worker() for _ in range(self.concurrency)))

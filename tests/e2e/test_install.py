@@ -31,6 +31,29 @@ def programmed(cluster, namespace: str, name: str) -> bool:
     return any(c["type"] == "Programmed" and c["status"] == "True" for c in status.get("conditions", []))
 
 
+INGRESS_COUNTERS = ("listener_manager_listener_modified", "listener_manager_total_listeners_draining",
+                    "listener_manager_listener_removed", "downstream_cx_active", "downstream_rq_active",
+                    "downstream_cx_drain_close", "with_active_rq", "upstream_rq_active", "upstream_cx_active",
+                    "upstream_rq_pending_active", "server_uptime", "control_plane_connected_state")
+
+
+def ingress_state(release, load: Load | None = None) -> str:
+    """What the load and each Envoy of the release are doing: for a failed wait's message."""
+    lines = [load.describe()] if load is not None else []
+    for pod in release.pods("ingress"):
+        ip = (pod.get("status") or {}).get("podIP")
+        try:
+            text = httpx.get(f"http://{ip}:19001/stats/prometheus", timeout=5, trust_env=False).text
+        except httpx.HTTPError as exc:
+            lines.append(f"{pod['metadata']['name']}: no stats ({exc!r})")
+            continue
+        picked = [line for line in text.splitlines() if not line.startswith("#")
+                  and any(k in line.split("{")[0].split(" ")[0] for k in INGRESS_COUNTERS)
+                  and not line.endswith(" 0")]
+        lines.append(f"{pod['metadata']['name']} ({ip}): " + "; ".join(picked))
+    return "\n".join(lines)
+
+
 def apply_quickstart(cluster, namespace: str) -> None:
     """The quickstart example as a user applies it, and its route served."""
     cluster.kubectl("apply", "-n", namespace, "-f", str(QUICKSTART))
@@ -95,11 +118,12 @@ def test_helm_upgrade_rolls_the_operator_under_load_without_failing_requests(dev
         # The new replicas serve Envoy the same routes: the policy is Programmed again.
         wait_for(lambda: programmed(dev_cluster, namespace, "quickstart"), timeout=60, what="Programmed again")
         before = load.sent
-        wait_for(lambda: load.sent >= before + 50, timeout=30, what="requests after the roll")
+        wait_for(lambda: load.sent >= before + 50, timeout=30, what="requests after the roll",
+                 explain=lambda: ingress_state(release, load))
     release.upgrade({"operator.logLevel": "info"})
     print(f"\nhelm upgrade rolled the operator in {rolled:.1f} s under load: {load.sent} requests, "
           f"{load.failed} failed ({dict(load.outcomes)})")
-    assert load.failed == 0, dict(load.outcomes)
+    assert load.failed == 0, ingress_state(release, load)
 
 
 def test_an_envoy_that_starts_while_the_operator_is_away_stays_out_of_the_service(dev_cluster, release, namespace):
@@ -136,10 +160,11 @@ def test_an_envoy_that_starts_while_the_operator_is_away_stays_out_of_the_servic
             release.operator.start()
         wait_for(lambda: ready(newcomer()), timeout=90, what="the new Envoy to be Ready once programmed")
         before = load.sent
-        wait_for(lambda: load.sent >= before + 20, timeout=30, what="requests after the operator returned")
+        wait_for(lambda: load.sent >= before + 20, timeout=30, what="requests after the operator returned",
+                 explain=lambda: ingress_state(release, load))
     dev_cluster.kubectl("scale", f"deployment/{deployment}", "-n", release.namespace, f"--replicas={len(old)}")
     print(f"\nan Envoy started while the operator was away: {load.sent} requests, {load.failed} failed")
-    assert load.failed == 0, dict(load.outcomes)
+    assert load.failed == 0, ingress_state(release, load)
 
 
 def test_a_namespaced_install_runs_under_roles_and_uninstall_leaves_only_crds_and_user_objects(dev_cluster, crds):

@@ -6,6 +6,10 @@ so an Envoy admin interface on 127.0.0.1 is private to its pod and two pods can 
 listen on 0.0.0.0:8080. Each namespace is joined to a bridge on the host by a veth
 pair, the way the CNI bridge plugin (and kubenet's cbr0) does it:
 
+- the bridge has a MAC address of its own: a Linux bridge left to itself takes the
+  lowest MAC of its ports and changes it as pods come and go, and every pod that
+  still has the old one in its ARP cache loses its gateway (the host: the API server,
+  Services, the model servers) for tens of seconds, until it resolves it again;
 - pod IPs come from a /24 of 198.18.0.0/15 (RFC 2544's benchmarking range, never
   routed on the internet) that no interface or route of this machine uses; a
   blackhole route for the /24 outlives the bridge, so traffic to a pod that is gone
@@ -90,6 +94,8 @@ class PodNetwork:
         self.gateway = str(hosts[0])
         self._free = [str(h) for h in hosts[1:]]
         self.bridge = f"lfbr{index}"
+        # Locally administered, unicast (02:...), set once: the pods' gateway MAC never moves.
+        self.bridge_mac = "02:" + ":".join(secrets.token_hex(1) for _ in range(5))
         # Deleting a namespace frees its veth only later (the kernel cleans up network
         # namespaces asynchronously), so a cluster that reuses this index right after
         # this one must not reuse its interface names.
@@ -117,7 +123,7 @@ class PodNetwork:
         raise PodNetworkError(f"no free /24 left in {POD_RANGE} for pod IPs")
 
     def _setup(self) -> None:
-        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("link", "add", self.bridge, "address", self.bridge_mac, "type", "bridge")
         try:
             _ip("route", "add", "blackhole", str(self.subnet), "metric", str(BLACKHOLE_METRIC))
             _sysctl_in(None, **{f"ipv6.conf.{self.bridge}.disable_ipv6": "1",
