@@ -380,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="operator --autoscale-interval (its default)")
     s.add_argument("--trend-window", type=float, default=ScalingPolicy.trend_window,
                    help="operator --trend-window (its default)")
+    s.add_argument("--panic-threshold", type=float, default=ScalingPolicy.panic_threshold,
+                   help="operator --panic-threshold (its default)")
     s.add_argument("--slo-ms", type=float, default=1000.0, help="TTFT SLO per request (real ms)")
     p.add_argument("--output", type=Path, default=REPO / "bench/results/autoscaling.json")
     a = p.parse_args(argv)
@@ -414,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     # The scaler's operator-wide periods, compressed like everything else.
     operator_args = ["--scale-up-period", str(ScalingPolicy.scale_up_period * S),
                      "--max-signal-age", str(ScalingPolicy.max_signal_age * S),
-                     "--trend-window", str(a.trend_window * S)]
+                     "--trend-window", str(a.trend_window * S), "--panic-threshold", str(a.panic_threshold)]
     with Stack("autoscaling", autoscale_interval=a.autoscale_interval * S, operator_args=operator_args) as stack:
         print(f"stack up (logs: {stack.logdir})", flush=True)
         for kind in kinds:
@@ -503,7 +505,7 @@ def main(argv: list[str] | None = None) -> int:
                      "spare_replicas": a.spare, "slo_mode": a.slo_mode, "min": 1,
                      "max": peak_replicas,
                      "scale_down_window_s": a.scale_down_window, "autoscale_interval_s": a.autoscale_interval,
-                     "trend_window_s": a.trend_window,
+                     "trend_window_s": a.trend_window, "panic_threshold": a.panic_threshold,
                      "scale_up_period_s": ScalingPolicy.scale_up_period,
                      "max_signal_age_s": ScalingPolicy.max_signal_age},
         "naive": {"threshold": 5, "polling_interval_s": 15, "scale_down_window_s": 300, "min": 1,

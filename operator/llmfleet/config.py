@@ -57,7 +57,12 @@ class OperatorOptions:
         "seconds after which a load sample is stale: it may raise replicas, never lower them")
     trend_window: float = _option(
         ScalingPolicy.trend_window,
-        "seconds of load history whose rise the scaler projects one replica startup time ahead")
+        "seconds of load history the scaler sizes for (their mean) and whose rise it projects one "
+        "replica startup time ahead")
+    panic_threshold: float = _option(
+        ScalingPolicy.panic_threshold,
+        "a load sample this many times what the replicas hold at their target is answered at once "
+        "(panic), and holds off scale-down for one trend window")
     leader_elect: bool = _option(
         False, "run as one of several replicas: a Lease elects the one that writes (children, status, scale, "
                "Events); every replica serves xDS and the activator", action="store_true")

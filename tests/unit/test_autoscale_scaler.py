@@ -55,6 +55,18 @@ def obs(t, replicas, per=None, ready=None, starting=0, **load_kw):
                        load=None if per is None else load(t, per, sampled, **load_kw))
 
 
+PANIC = ", 2× or more: panic, sized for at once (no scale-down for 60 s)"
+
+
+def after_samples(p, replicas, per, samples=3, **load_kw):
+    """The decision on the ``samples``-th sample of a steady ``per``: short of a panic,
+    the level needs 3 fresh samples before it adds replicas."""
+    d = None
+    for i in range(samples):
+        d = decide(p, obs(5.0 * i, replicas, per, **load_kw), d.state if d else None)
+    return d
+
+
 def settled(p, replicas, per, t_end=600.0, interval=5.0):
     """A state that has watched `replicas` at `per` for `t_end` seconds."""
     state = None
@@ -181,19 +193,57 @@ def test_steady_load_from_anywhere_settles_without_flapping(p, demand, start, se
     assert re.fullmatch(r"\+*-{0,2}", signs), (steps, demand, start)  # up, then down, never up again
 
 
-@settings(max_examples=80, deadline=None)
-@given(p=policies, replicas=st.integers(1, 10), factor=st.floats(1.2, 20))
-def test_a_load_step_is_answered_in_the_next_decision(p, replicas, factor):
+def settled_at_the_target(p, replicas):
+    """(policy without a scale-up window, replicas within its bounds, a state settled at
+    the target there, the time after it): where a step starts."""
     p = ScalingPolicy(**{**p.__dict__, "scale_up_window": 0.0})
     replicas = min(max(replicas, p.min_replicas), p.max_replicas)
-    state, t = settled(p, replicas, p.sized_target)
+    return p, replicas, *settled(p, replicas, p.sized_target)
+
+
+@settings(max_examples=80, deadline=None)
+@given(p=policies, replicas=st.integers(1, 10), factor=st.floats(2.0, 20))
+def test_a_load_step_of_panic_size_is_answered_in_the_next_decision(p, replicas, factor):
+    p, replicas, state, t = settled_at_the_target(p, replicas)
     per = p.sized_target * factor
     d = decide(p, obs(t, replicas, per), state)
     wanted = math.ceil(replicas * per / p.sized_target - 1e-9)
     expected = min(wanted, p.scale_up_limit(replicas), p.max_replicas)
     assert d.desired == max(expected, replicas)
     if replicas < p.max_replicas:
-        assert d.desired > replicas and d.event.reason == SCALED_UP
+        assert d.desired > replicas and d.event.reason == SCALED_UP and "panic" in d.reason
+
+
+@settings(max_examples=80, deadline=None)
+@given(p=policies, replicas=st.integers(1, 10), factor=st.floats(1.15, 1.99))
+def test_a_smaller_step_is_answered_within_one_window_and_never_overshoots(p, replicas, factor):
+    # Short of a panic, the level of the last trend window (60 s: 12 decisions) carries
+    # the step: the count gets there within that window, through nothing above it.
+    p, replicas, state, t = settled_at_the_target(p, replicas)
+    total = replicas * p.sized_target * factor
+    wanted = min(math.ceil(total / p.sized_target - 1e-9), p.max_replicas)
+    decisions = drive(p, Fleet(replicas), [total] * 13, state=state, t0=t)
+    assert all(d.desired <= max(wanted, replicas) for d in decisions)
+    final = decisions[-1].desired
+    assert final == p.max_replicas or total / (p.sized_target * final) <= 1 + p.tolerance + 1e-9, (
+        [(d.current, d.desired, d.reason) for d in decisions])
+
+
+@settings(max_examples=60, deadline=None)
+@given(p=policies, count=st.integers(1, 3), where=st.floats(0, 1), seed=st.randoms(use_true_random=False),
+       noise=st.floats(0.0, 0.25))
+def test_a_steady_load_with_the_noise_of_random_arrivals_never_moves_the_count(p, count, where, seed, noise):
+    # Requests in flight sampled every 5 s scatter by ±20 % and more around their mean
+    # (Poisson arrivals). Sized on the level of the last minute, a fleet whose demand is
+    # clear of a replica boundary (15 % each side) never moves, however the samples fall.
+    # (Without a startup time, so without the look-ahead: projected over a long startup,
+    # a chance slope of such noise can still add a replica now and then.)
+    count = min(max(count, p.min_replicas), p.max_replicas)
+    low, high = (count - 1) * 1.15, count * 0.85
+    demand = p.sized_target * (low + where * (high - low))
+    totals = [demand * (1 + seed.uniform(-noise, noise)) for _ in range(300)]
+    decisions = drive(p, Fleet(count), totals)
+    assert changes(decisions) == [], [(d.current, d.desired, d.reason) for d in decisions if d.changed]
 
 
 @settings(max_examples=60, deadline=None)
@@ -287,29 +337,58 @@ def test_capacity_on_the_way_is_never_asked_for_again(p, replicas, ready, per):
 def test_scaled_up_event_names_the_load_and_target():
     d = decide(policy(), obs(0, 2, 9.0))
     assert (d.desired, d.limited) == (5, None)
-    assert d.reason == "queueDepth 18.0 over target 4×2"
+    assert d.reason == f"queueDepth 18.0 over target 4×2{PANIC}"
     assert d.event.reason == SCALED_UP and d.event.type == "Normal"
-    assert d.event.text == "ScaledUp 2→5: queueDepth 18.0 over target 4×2"
+    assert d.event.text == f"ScaledUp 2→5: queueDepth 18.0 over target 4×2{PANIC}"
     assert d.state.last_scale_time == 0
+
+
+def test_a_rise_short_of_panic_is_sized_on_the_mean_of_the_last_minute_and_its_spread():
+    # 12 in flight on 2 replicas of target 4 (1.5×): not a panic. The jump itself
+    # widens the spread of the last 60 s, so the level crosses the band at once.
+    p = policy()
+    state, t = settled(p, 2, 4.0)
+    d = decide(p, obs(t, 2, 6.0), state)
+    assert (d.current, d.desired) == (2, 3)
+    assert d.reason == "queueDepth 9.5 (mean 8.3 + 1 s.d. 1.2 of 12 samples; 12.0 now) over target 4×2"
+    # Once the window holds only the new load, it settles where the mean says.
+    fleet = Fleet(3)
+    decisions = drive(p, fleet, [12.0] * 24, state=d.state, t0=t + 5)
+    assert decisions[-1].desired == 3 and not [x for x in decisions if x.changed and x.desired < 3]
+
+
+def test_the_level_of_a_load_that_just_ended_adds_no_replica():
+    p = policy()
+    state, t = settled(p, 2, 4.0)
+    for i in range(4):
+        state = decide(p, obs(t + 5 * i, 2, 7.0), state).state  # 1.75×: the level rises
+    d = decide(p, obs(t + 20, 2, 0.0), state)
+    assert d.desired == 2
+    assert d.reason.endswith("over target 4×2, but the latest sample is not: holding")
 
 
 def test_scaled_down_after_the_window_names_it():
     p = policy()
     state, t = settled(p, 4, 4.0, t_end=300)
-    held = decide(p, obs(t, 4, 0.5), state)
-    assert held.desired == 4
-    assert held.reason == (
-        "queueDepth 2.0 under target 4×4: 1 would do; scale-down waits for the 300 s stabilization window"
-    )
-    state = held.state
-    for i in range(1, 61):
+    decisions = []
+    for i in range(0, 80):
         d = decide(p, obs(t + 5 * i, 4, 0.5), state)
         state = d.state
+        decisions.append((t + 5 * i, d))
         if d.changed:
             break
-    last_high = t - 5  # the settled state's last recommendation of 4
-    assert d.desired == 1 and (t + 5 * i) - last_high == 300  # exactly one window after it
-    assert d.event.text == "ScaledDown 4→1: queueDepth 2.0 under target 4×4, no more than 1 needed for 300 s"
+    # The level (the mean of the last 60 s) falls below the band a few samples after the drop ...
+    last_high = max(at for at, d in decisions if d.recommendation == 4)
+    assert t < last_high < t + 60
+    held = next(d for at, d in decisions if at == last_high + 5)
+    assert held.desired == 4 and held.reason.endswith(
+        "under target 4×4: 3 would do; scale-down waits for the 300 s stabilization window")
+    # ... and the count goes exactly one window after the last recommendation of 4, to
+    # the most recommended since (the level passed 3 on its way down).
+    at, d = decisions[-1]
+    assert (d.desired, at - last_high) == (3, 300)
+    assert d.event.text == ("ScaledDown 4→3: queueDepth 2.0 (mean 2.0 + 1 s.d. 0.00 of 12 samples; 2.0 now) "
+                            "under target 4×4, no more than 3 needed for 300 s")
 
 
 def test_within_tolerance_holds():
@@ -323,7 +402,7 @@ def test_scale_up_window_holds_with_reason():
     state, t = settled(p, 2, 4.0)
     d = decide(p, obs(t, 2, 9.0), state)
     assert d.desired == 2
-    assert d.reason == "queueDepth 18.0 over target 4×2; scale-up waits for the 60 s stabilization window"
+    assert d.reason == f"queueDepth 18.0 over target 4×2{PANIC}; scale-up waits for the 60 s stabilization window"
     for i in range(1, 13):
         d = decide(p, obs(t + 5 * i, 2, 9.0), d.state)
     assert d.desired == 5  # the lowest recommendation of the last 60 s is now 5
@@ -388,7 +467,7 @@ def test_rate_limit_is_reported():
 def test_max_replicas_limit_is_reported():
     d = decide(policy(), obs(0, 8, 10.0))
     assert d.desired == 8 and d.event is None
-    assert d.reason == "queueDepth 80.0 over target 4×8"
+    assert d.reason == f"queueDepth 80.0 over target 4×8{PANIC}"
     assert (d.limited_reason, d.limited) == (TOO_MANY_REPLICAS, "wants 20 replicas; maxReplicas is 8")
     d = decide(policy(max_replicas=5), obs(0, 2, 50.0))  # the rate would allow 6: the bound binds
     assert d.desired == 5 and d.limited == "wants 25 replicas; maxReplicas is 5"
@@ -484,15 +563,15 @@ def test_every_metric_is_read_by_its_crd_name():
         ("kvCacheUtilization", 0.95, 0.8, 3),
         ("tokensPerSecond", 1800.0, 1000.0, 4),
     ]:
-        o = Observation(0, 2, 2, 0, load(0, per, 2, metric))
-        assert decide(policy(metric=metric, target=target), o).desired == want, metric
+        assert after_samples(policy(metric=metric, target=target), 2, per, metric=metric).desired == want, metric
 
 
 def test_headroom_sizes_for_less_than_the_target_and_says_so():
     p = policy(metric="runningRequests", target=5.0, headroom=0.25)
-    d = decide(p, obs(0, 2, 5.0, metric="runningRequests"))  # 10 in flight: 2 replicas at the target
+    d = after_samples(p, 2, 5.0, metric="runningRequests")  # 10 in flight: 2 replicas at the target
     assert d.desired == 3  # sized for 4 each
-    assert d.reason == "runningRequests 10.0 over target 4×2 (5 less 25% headroom for the next rise)"
+    assert d.reason == ("runningRequests 10.0 (mean 10.0 + 1 s.d. 0.00 of 3 samples; 10.0 now) over target 4×2 "
+                        "(5 less 25% headroom for the next rise)")
     held = decide(p, obs(0, 3, 12.5 / 3, metric="runningRequests"))
     assert (held.desired, held.reason) == (3, "runningRequests 12.5 within 10% of target 4×3 "
                                               "(5 less 25% headroom for the next rise)")
@@ -521,9 +600,12 @@ def test_spare_replicas_are_held_on_top_of_what_the_load_asks_for(replicas, tota
 
 def test_spare_replicas_are_held_at_low_load_and_named():
     p = policy(metric="runningRequests", target=5.0, spare=2)
-    d = decide(p, obs(0, 1, 1.5, metric="runningRequests"))
+    first = decide(p, obs(0, 1, 1.5, metric="runningRequests"))
+    assert first.desired == 1 and first.reason == (
+        "runningRequests 1.5 over target 5×0 + 2 spare; holding until 3 samples say so (or one says panic)")
+    d = after_samples(p, 1, 1.5, metric="runningRequests")
     assert d.desired == 3
-    assert d.reason == "runningRequests 1.5 over target 5×0 + 2 spare"
+    assert d.reason == "runningRequests 1.5 (mean 1.5 + 1 s.d. 0.00 of 3 samples; 1.5 now) over target 5×0 + 2 spare"
     held = decide(p, obs(0, 3, 0.5, metric="runningRequests"))
     assert (held.desired, held.reason) == (3, "runningRequests 1.5 under target 5×1 + 2 spare")
 
@@ -573,7 +655,7 @@ def test_running_requests_count_the_ones_waiting_for_a_slot():
     p = policy(metric="runningRequests", target=6.0, max_replicas=20)
     d = decide(p, Observation(0, 2, 2, 0, saturated(0, 2, 8.0, 40.0)))
     assert d.desired == p.scale_up_limit(2) == 6
-    assert "runningRequests 96.0 over target 6×2" in d.reason
+    assert d.reason.startswith("runningRequests 96.0 over target 6×2, 2× or more: panic")
 
 
 def test_queue_depth_keeps_the_replicas_that_the_running_requests_fill():
@@ -646,6 +728,34 @@ def test_the_look_ahead_never_scales_down_and_ignores_a_fall():
         assert d.desired <= 6 and "rising" not in d.reason
 
 
+def test_no_scale_down_while_the_load_rises():
+    # 6 replicas of target 6 hold 36; the load climbs from 6 toward them. Each level is
+    # far under the band, but a replica removed now would be wanted back.
+    p = policy(metric="runningRequests", target=6.0, scale_down_window=0.0)
+    state = None
+    for i in range(13):
+        t, total = i * 5.0, 6.0 + 2.0 * i
+        d = decide(p, Observation(t, 6, 6, 0, saturated(t, 6, total / 6, 0.0)), state)
+        state = d.state
+        if i >= 6:  # the rise has been seen for half the trend window
+            assert d.desired == 6, d.reason
+    assert "but the load is rising 0.40/s: no scale-down while it does" in d.reason
+
+
+@settings(max_examples=60, deadline=None)
+@given(p=policies, count=st.integers(1, 12), start=st.floats(0.0, 0.2), end=st.floats(0.6, 0.95),
+       seed=st.randoms(use_true_random=False), noise=st.floats(0.0, 0.04))
+def test_a_rising_load_never_scales_down_once_its_rise_is_seen(p, count, start, end, seed, noise):
+    # A rise of at least a third of the load per trend window (the scaler ignores a
+    # slower one as drift within the band); from half a window on, it has been seen.
+    count = min(max(count, p.min_replicas), p.max_replicas)
+    capacity = count * p.sized_target
+    totals = [capacity * (start + (end - start) * i / 29) * (1 + seed.uniform(-noise, noise)) for i in range(30)]
+    decisions = drive(p, Fleet(count), totals)
+    late = [d for d in decisions[6:] if d.desired < d.current]
+    assert not late, [(d.current, d.desired, d.reason) for d in late]
+
+
 def test_cost_routings_demand_grows_a_backend_in_one_step_within_the_tolerance_band():
     p = policy(metric="runningRequests", target=6.0)
     # Its own load is on target (6 in flight on 1 replica); routing wants 4.4 replicas'
@@ -689,10 +799,15 @@ def test_slo_mode_sizes_for_the_most_in_flight_seen_within_the_objective():
     # 8 in flight per replica, none waiting, within 1 s: 7.2 will do.
     d = decide(p, engine(5, 3, 8.0, ttft=0.6), first.state)
     assert d.state.slo.capacity == pytest.approx(7.2)
-    assert d.desired == 4  # 24 in flight over 7.2
+    for t in range(10, 70, 5):  # until the level of the last 60 s is over the band too
+        d = decide(p, engine(t, 3, 8.0, ttft=0.6), d.state)
+        if d.changed:
+            break
+    assert (t, d.desired) == (10, 4)  # 24 in flight (and 8 before) over 7.2
     assert d.reason.endswith("; target 7.2 for TTFT p95 ≤ 1000 ms: 8 in flight per replica met it, "
                              "less the 10% band")
-    assert d.event.text.startswith("ScaledUp 3→4: runningRequests 24.0 over target 7.2×3")
+    assert d.event.text.startswith("ScaledUp 3→4: runningRequests 24.0 (mean 18.7 + 1 s.d. 9.2 of 3 samples, "
+                                   "their highest; 24.0 now) over target 7.2×3")
     # A lighter load, or a heavier one that missed the objective, teaches nothing.
     for o in (engine(10, 4, 3.0), engine(15, 4, 8.0, waiting=6.0, ttft=4.0)):
         d = decide(p, o, d.state)

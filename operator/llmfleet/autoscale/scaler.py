@@ -17,10 +17,22 @@ How one decision is made (target tracking, like Kubernetes' HorizontalPodAutosca
    when it was missed with nothing waiting. What was learned ends the reason.
 
 1. **Recommendation.** ``total`` = the metric per replica x the replicas sampled (the
-   ready ones that answered the scrape); ``ceil(total / target)`` replicas would hold
-   the metric at its per-replica target. If ``total / (target x replicas)`` is within
-   the tolerance band (default 10 %) of 1, the recommendation is the current count:
-   small wobbles never move anything. With ``headroomPercent`` the replicas are sized
+   ready ones that answered the scrape). Decisions size for the **level**: the mean
+   of the fresh totals over the last ``trend_window`` (60 s, Knative's stable window)
+   plus one standard deviation of them (never above the highest of them), because one sample of requests in flight is
+   noisy (arrivals come at random: at 25 in flight a sample is off by 20 % one time
+   in three) and sizing on samples either flaps or holds for the highest one, while
+   sizing on the mean alone leaves the batches overflowing half the time. ``ceil(level / target)`` replicas would hold
+   the metric at its per-replica target. If ``level / (target x replicas)`` is
+   within the tolerance band (default 10 %) of 1, the recommendation is the current
+   count: small wobbles never move anything. It rises above the current count only
+   while the latest sample is above the band too (the level of a load that just
+   ended is not a reason to add replicas), and once the level is of at least
+   ``MIN_LEVEL_SAMPLES`` (3) fresh samples (one sample after a start is no level).
+   **Panic** (Knative's name): a sample at least ``panic_threshold`` (2) times what
+   the current replicas hold at the target is answered at once, sized for that
+   sample, and nothing scales down for the next ``trend_window``: a sudden rise is
+   not averaged away. With ``headroomPercent`` the replicas are sized
    for ``target / (1 + headroom)`` instead: spare capacity held for the next rise,
    named in every reason; ``spareReplicas`` are held on top (even at low load, for a
    step). Replicas that exist but are not ready yet
@@ -56,6 +68,8 @@ How one decision is made (target tracking, like Kubernetes' HorizontalPodAutosca
    once); scale down to the highest of the last ``scaleDownStabilizationSeconds``,
    and never before a full window has been observed (also after an operator
    restart).
+   A panic also holds off any scale-down for one ``trend_window``, and so does a
+   rising forecast (1a): a replica removed on the way up is wanted back a load time later.
 4. **Rate.** Within any ``scale_up_period`` (15 s) the count grows at most to
    ``max(2 x n, n + 4)``, n being the count at the start of the period (the HPA's
    default scale-up policy).
@@ -87,6 +101,9 @@ TOO_MANY_REPLICAS = "TooManyReplicas"
 TOO_FEW_REPLICAS = "TooFewReplicas"
 SCALE_UP_LIMIT = "ScaleUpLimit"
 
+# Fresh samples the level needs before it may add replicas (a panic needs only one).
+MIN_LEVEL_SAMPLES = 3
+
 
 class Knobs(TypedDict, total=False):
     """The ScalingPolicy fields that are not in the CRD (operator flags, tests)."""
@@ -99,6 +116,7 @@ class Knobs(TypedDict, total=False):
     trend_window: float
     trend_significance: float
     max_lookahead: float
+    panic_threshold: float
 
 
 @dataclass(frozen=True)
@@ -136,6 +154,9 @@ class ScalingPolicy:
     trend_significance: float = 3.0
     # Projections never look further than this, however slow replicas start.
     max_lookahead: float = 600.0
+    # A sample this many times what the replicas hold at the target is answered at
+    # once (Knative's panic threshold, 200 %); smaller rises wait for the level.
+    panic_threshold: float = 2.0
 
     def __post_init__(self) -> None:
         if self.min_replicas < 1 or self.max_replicas < self.min_replicas:
@@ -146,6 +167,8 @@ class ScalingPolicy:
             raise ValueError(f"headroom and spare replicas must be >= 0, got {self.headroom}, {self.spare}")
         if self.tolerance < 0 or self.scale_up_factor < 1 or self.scale_up_pods < 1:
             raise ValueError("tolerance >= 0, scale_up_factor >= 1 and scale_up_pods >= 1 are required")
+        if self.panic_threshold <= 1 + self.tolerance:
+            raise ValueError(f"the panic threshold must be above 1 + tolerance, got {self.panic_threshold}")
         if min(self.scale_up_window, self.scale_down_window, self.idle_seconds, self.scale_up_period,
                self.trend_window, self.max_lookahead) < 0:
             raise ValueError("windows and periods must be >= 0")
@@ -220,6 +243,7 @@ class ScalerState:
     last_scale_time: float | None = None  # when a decision last changed the count
     active_at: float | None = None  # latest evidence of a request (or `since`)
     history: tuple[tuple[float, float], ...] = ()  # (time, total) of fresh readings over the trend window
+    panic_until: float | None = None  # no scale-down before then: a panic was answered
     full_batch: float | None = None  # running requests per replica last seen with a queue beside them
     slo: SloMemory | None = None  # SLO mode only
 
@@ -291,12 +315,21 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
     memory = _learn(policy, obs, reading, state.slo)
     if memory is not None:
         policy = replace(policy, target=memory.capacity)
-    if reading.total is None:
+    panic = denied = False
+    if reading.total is None or reading.level is None:
         rec = current
     else:
-        rec = _needed(reading.total, policy)
-        if abs(_ratio(reading.total, policy, current) - 1) <= policy.tolerance:
+        rec = _needed(reading.level, policy)
+        now_ratio = _ratio(reading.total, policy, current)
+        panic = reading.total > 0 and math.isfinite(now_ratio) and now_ratio >= policy.panic_threshold
+        if panic:
+            rec = max(rec, _needed(reading.total, policy))
+        elif abs(_ratio(reading.level, policy, current) - 1) <= policy.tolerance:
             rec = current
+        elif rec > current and now_ratio <= 1 + policy.tolerance:
+            rec, denied = current, True  # the level of a load that has passed, or a rise the sample denies
+        elif rec > current and reading.fresh and reading.samples < MIN_LEVEL_SAMPLES:
+            rec, denied = current, True  # one or two samples are no level yet (a start, a restart)
         if reading.floor is not None:
             rec = max(rec, min(reading.floor, current))
         if not reading.fresh:
@@ -320,9 +353,12 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
     up_rec = min(r for t, r in recs if t > now - policy.scale_up_window or t == now)
     down_rec = max(r for t, r in recs if t > now - policy.scale_down_window or t == now)
     window_covered = now - since >= policy.scale_down_window
+    panic_until = now + policy.trend_window if panic else state.panic_until
+    calm = panic_until is None or now >= panic_until
+    rising = reading.slope > 0  # the forecast rises: a replica removed now is wanted back
     if up_rec > current:
         candidate = up_rec
-    elif down_rec < current and window_covered:
+    elif down_rec < current and window_covered and calm and not rising:
         candidate = down_rec
     else:
         candidate = current
@@ -350,7 +386,8 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         elif current < policy.min_replicas:
             limited_reason, limited = TOO_FEW_REPLICAS, f"spec.replicas was {current}; minReplicas is {desired}"
 
-    reason = _reason(policy, obs, reading, rec, up_rec, down_rec, window_covered, desired)
+    reason = _reason(policy, obs, reading, rec, up_rec, down_rec, window_covered, desired, panic, denied,
+                     None if calm else panic_until)
     if routed is not None:
         reason += f"; cost routing wants {routed} replicas' worth of its traffic here"
     if memory is not None and policy.slo_ttft is not None:
@@ -362,6 +399,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         last_scale_time=now if desired != current else state.last_scale_time,
         active_at=active_at,
         history=reading.history,
+        panic_until=panic_until,
         full_batch=reading.full_batch,
         slo=memory,
     )
@@ -376,9 +414,13 @@ class _Reading:
     total: float | None  # metric summed over the sampled replicas; None: no usable signal
     fresh: bool
     why: str = ""  # what is wrong with the signal, when it is not fresh
+    level: float | None = None  # what decisions size for: mean + 1 s.d. of the fresh totals over the trend window
+    samples: int = 1  # the fresh totals that level is of
+    mean: float = 0.0
+    spread: float = 0.0  # their standard deviation
     floor: int | None = None  # queueDepth: replicas the running requests fill
     ahead: float | None = None  # the total projected one startup time ahead, when it is rising
-    slope: float = 0.0  # per second, when `ahead` is set
+    slope: float = 0.0  # per second, when it is rising (significantly)
     horizon: float = 0.0  # seconds looked ahead, when `ahead` is set
     history: tuple[tuple[float, float], ...] = ()  # for the next state
     full_batch: float | None = None  # for the next state
@@ -410,15 +452,23 @@ def _read(policy: ScalingPolicy, obs: Observation, state: ScalerState) -> _Readi
         why = f"{load.failed_replicas} of {n + load.failed_replicas} ready replicas not scraped"
     else:
         history = (*history, (load.time, total))
-        trend = _rising(history, policy)
+        fit = _fit(history, policy)
         slope = ahead = horizon = None
-        if trend is not None and obs.startup_seconds:
-            slope, level = trend
-            horizon = min(obs.startup_seconds, policy.max_lookahead)
-            ahead = level + slope * horizon
-        return _Reading(total, True, floor=floor, ahead=ahead, slope=slope or 0.0, horizon=horizon or 0.0,
-                        history=history, full_batch=full_batch)
-    return _Reading(total, False, why, floor=floor, history=history, full_batch=full_batch)
+        if fit is not None and fit.significant and fit.slope > 0:
+            slope = fit.slope
+            if obs.startup_seconds:
+                horizon = min(obs.startup_seconds, policy.max_lookahead)
+                ahead = fit.now + slope * horizon
+        n = len(history)
+        mean = sum(x for _, x in history) / n
+        spread = math.sqrt(sum((x - mean) ** 2 for _, x in history) / (n - 1)) if n > 1 else 0.0
+        # Never above the highest sample: a step's own jump is spread, not more load.
+        level = min(mean + spread, max(x for _, x in history))
+        return _Reading(total, True, level=level, samples=n, mean=mean, spread=spread, floor=floor,
+                        ahead=ahead,
+                        slope=slope or 0.0, horizon=horizon or 0.0, history=history, full_batch=full_batch)
+    # A stale total is not averaged: it may only raise the count (2.), never lower it.
+    return _Reading(total, False, why, level=total, floor=floor, history=history, full_batch=full_batch)
 
 
 def _learn(policy: ScalingPolicy, obs: Observation, reading: _Reading, memory: SloMemory | None) -> SloMemory | None:
@@ -456,10 +506,20 @@ def _learn(policy: ScalingPolicy, obs: Observation, reading: _Reading, memory: S
     return SloMemory(capacity, why, ceiling, queued)
 
 
-def _rising(history: tuple[tuple[float, float], ...], policy: ScalingPolicy) -> tuple[float, float] | None:
-    """(slope, the fitted total now) of a least-squares line over the trend window, if
-    the slope is significantly above 0. The fitted total, not the last sample, is what
-    is projected: one noisy sample moves it little."""
+@dataclass(frozen=True)
+class _Fit:
+    """A least-squares line through the fresh totals of the trend window."""
+
+    slope: float  # per second
+    now: float  # the line's value at the latest sample
+    significant: bool  # the slope is no accident of noise (either sign)
+
+
+def _fit(history: tuple[tuple[float, float], ...], policy: ScalingPolicy) -> _Fit | None:
+    """The line, once the history spans half the trend window. Its slope is significant
+    when it is ``trend_significance`` standard errors from 0 and moves the total across
+    the window by more than the tolerance band of the current level (a drift the band
+    would hide is noise, however regular)."""
     if len(history) < 4 or history[-1][0] - history[0][0] < policy.trend_window / 2:
         return None
     n = len(history)
@@ -469,16 +529,11 @@ def _rising(history: tuple[tuple[float, float], ...], policy: ScalingPolicy) -> 
     if sxx <= 0:
         return None
     slope = sum((t - tm) * (x - xm) for t, x in history) / sxx
-    if slope <= 0:
-        return None
-    # A rise the tolerance band would hide at the current level is noise, however regular.
-    if slope * (history[-1][0] - history[0][0]) < policy.tolerance * max(history[-1][1], policy.target):
-        return None
     residual = sum((x - xm - slope * (t - tm)) ** 2 for t, x in history)
     stderr = math.sqrt(residual / (n - 2) / sxx)
-    if slope < policy.trend_significance * stderr:
-        return None
-    return slope, xm + slope * (history[-1][0] - tm)
+    wide = abs(slope) * (history[-1][0] - history[0][0]) >= policy.tolerance * max(history[-1][1], policy.target)
+    significant = wide and abs(slope) >= policy.trend_significance * stderr and slope != 0
+    return _Fit(slope, xm + slope * (history[-1][0] - tm), significant)
 
 
 def _raw_replicas(total: float, target: float) -> int:
@@ -558,6 +613,9 @@ def _reason(
     down_rec: int,
     window_covered: bool,
     desired: int,
+    panic: bool = False,
+    denied: bool = False,
+    panic_until: float | None = None,
 ) -> str:
     current = obs.replicas
     if current > policy.max_replicas and desired == policy.max_replicas:
@@ -568,17 +626,26 @@ def _reason(
         return f"holding at {current}: {reading.why}"
 
     total, target, metric = reading.total, policy.sized_target, policy.metric
-    raw = _needed(total, policy)
-    ratio = _ratio(total, policy, current)
+    level = total if reading.level is None else reading.level
+    raw = _needed(level, policy)
+    ratio = _ratio(level, policy, current)
     on = f"target {target:.3g}×{max(0, current - policy.spare)}"
     if policy.headroom:
         on += f" ({policy.target:g} less {policy.headroom:.0%} headroom for the next rise)"
     if policy.spare:
         on += f" + {policy.spare} spare"
-    if abs(ratio - 1) <= policy.tolerance:
-        desc = f"{metric} {_num(total)} within {policy.tolerance:.0%} of {on}"
+    shown = _num(level)
+    if reading.samples > 1:
+        capped = ", their highest" if level < reading.mean + reading.spread - 1e-9 else ""
+        shown += (f" (mean {_num(reading.mean)} + 1 s.d. {_num(reading.spread)} of {reading.samples} samples"
+                  f"{capped}; {_num(total)} now)")
+    if panic:
+        desc = (f"{metric} {_num(total)} over {on}, {policy.panic_threshold:g}× or more: panic, sized for at once "
+                f"(no scale-down for {policy.trend_window:g} s)")
+    elif abs(ratio - 1) <= policy.tolerance:
+        desc = f"{metric} {shown} within {policy.tolerance:.0%} of {on}"
     else:
-        desc = f"{metric} {_num(total)} {'over' if ratio > 1 else 'under'} {on}"
+        desc = f"{metric} {shown} {'over' if ratio > 1 else 'under'} {on}"
     stale = "" if reading.fresh else f" (load signal stale: {reading.why})"
     if reading.ahead is not None and _needed(reading.ahead, policy) > raw and rec > raw:
         desc += (f", rising {_num(reading.slope)}/s: {_num(reading.ahead)} expected in {reading.horizon:.0f} s "
@@ -600,6 +667,15 @@ def _reason(
         )
     if reading.floor is not None and raw < current and reading.floor >= current:
         return f"{desc}, but the running requests fill {reading.floor} replicas{stale}"
+    if rec < current and reading.slope > 0:
+        return (f"{desc}: {rec} would do, but the load is rising {_num(reading.slope)}/s: "
+                f"no scale-down while it does")
+    if rec < current and panic_until is not None:
+        return f"{desc}: {rec} would do; no scale-down until {panic_until - obs.now:.0f} s after the last panic"
+    if denied:
+        if reading.fresh and reading.samples < MIN_LEVEL_SAMPLES:
+            return f"{desc}; holding until {MIN_LEVEL_SAMPLES} samples say so (or one says panic)"
+        return f"{desc}, but the latest sample is not: holding"
     if rec < current and (down_rec >= current or not window_covered):
         return f"{desc}: {rec} would do; scale-down waits for the {policy.scale_down_window:g} s stabilization window"
     return desc + stale

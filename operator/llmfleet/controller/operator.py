@@ -158,7 +158,7 @@ class Operator:
         self.route_queue.add(ROUTES)  # publish once even if the cluster has nothing to route yet
         if options.autoscale_interval > 0:
             knobs: Knobs = {"scale_up_period": options.scale_up_period, "max_signal_age": options.max_signal_age,
-                            "trend_window": options.trend_window}
+                            "trend_window": options.trend_window, "panic_threshold": options.panic_threshold}
             self.autoscaler = Autoscaler(self.client, self.store, self.replicas,
                                          interval=options.autoscale_interval, waker=self.waker, knobs=knobs)
         if options.traffic_interval > 0 and self.xds is not None:
