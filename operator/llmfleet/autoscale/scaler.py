@@ -19,25 +19,27 @@ How one decision is made (target tracking, like Kubernetes' HorizontalPodAutosca
 1. **Recommendation.** ``total`` = the metric per replica x the replicas sampled (the
    ready ones that answered the scrape). Decisions size for the **level**: the mean
    of the fresh totals over the last ``trend_window`` (60 s, Knative's stable window)
-   plus one standard deviation of them (never above the highest of them), because one sample of requests in flight is
-   noisy (arrivals come at random: at 25 in flight a sample is off by 20 % one time
-   in three) and sizing on samples either flaps or holds for the highest one, while
-   sizing on the mean alone leaves the batches overflowing half the time. ``ceil(level / target)`` replicas would hold
-   the metric at its per-replica target. If ``level / (target x replicas)`` is
-   within the tolerance band (default 10 %) of 1, the recommendation is the current
-   count: small wobbles never move anything. It rises above the current count only
-   while the latest sample is above the band too (the level of a load that just
-   ended is not a reason to add replicas), and once the level is of at least
-   ``MIN_LEVEL_SAMPLES`` (3) fresh samples (one sample after a start is no level).
+   plus one standard deviation of them (never above the highest of them). One sample
+   of requests in flight is noisy (arrivals come at random: at 25 in flight a sample
+   is off by 20 % one time in three): sizing on samples either flaps or holds for the
+   highest one, and sizing on the mean alone leaves the batches overflowing half the
+   time. ``ceil(level / target)`` replicas would hold the metric at its per-replica
+   target. If ``level / (target x replicas)`` is within the tolerance band (default
+   10 %) of 1, the recommendation is the current count: small wobbles never move
+   anything. It rises above the current count only while the latest sample is above
+   the band too (the level of a load that just ended is not a reason to add
+   replicas), and once the level is of at least ``MIN_LEVEL_SAMPLES`` (3) fresh
+   samples (one sample after a start is no level).
    **Panic** (Knative's name): a sample at least ``panic_threshold`` (2) times what
    the current replicas hold at the target is answered at once, sized for that
    sample, and nothing scales down for the next ``trend_window``: a sudden rise is
-   not averaged away. With ``headroomPercent`` the replicas are sized
-   for ``target / (1 + headroom)`` instead: spare capacity held for the next rise,
-   named in every reason; ``spareReplicas`` are held on top (even at low load, for a
-   step). Replicas that exist but are not ready yet
-   count as capacity on the way: while a model loads, the load it will take is not
-   asked for again. Two metrics see past what an engine exports:
+   not averaged away.
+   With ``headroomPercent`` the replicas are sized for ``target / (1 + headroom)``
+   instead: spare capacity held for the next rise, named in every reason;
+   ``spareReplicas`` are held on top (even at low load, for a step). Replicas that
+   exist but are not ready yet count as capacity on the way: while a model loads,
+   the load it will take is not asked for again. Two metrics see past what an engine
+   exports:
 
    - ``runningRequests`` counts the requests waiting for a batch slot too: a full
      batch hides any further demand (running stops at max-num-seqs while hundreds
@@ -464,8 +466,7 @@ def _read(policy: ScalingPolicy, obs: Observation, state: ScalerState) -> _Readi
         spread = math.sqrt(sum((x - mean) ** 2 for _, x in history) / (n - 1)) if n > 1 else 0.0
         # Never above the highest sample: a step's own jump is spread, not more load.
         level = min(mean + spread, max(x for _, x in history))
-        return _Reading(total, True, level=level, samples=n, mean=mean, spread=spread, floor=floor,
-                        ahead=ahead,
+        return _Reading(total, True, level=level, samples=n, mean=mean, spread=spread, floor=floor, ahead=ahead,
                         slope=slope or 0.0, horizon=horizon or 0.0, history=history, full_batch=full_batch)
     # A stale total is not averaged: it may only raise the count (2.), never lower it.
     return _Reading(total, False, why, level=total, floor=floor, history=history, full_batch=full_batch)
@@ -512,7 +513,7 @@ class _Fit:
 
     slope: float  # per second
     now: float  # the line's value at the latest sample
-    significant: bool  # the slope is no accident of noise (either sign)
+    significant: bool  # the slope is no accident of noise
 
 
 def _fit(history: tuple[tuple[float, float], ...], policy: ScalingPolicy) -> _Fit | None:
