@@ -57,7 +57,7 @@ class OperatorOptions:
         "seconds after which a load sample is stale: it may raise replicas, never lower them")
     trend_window: float = _option(
         ScalingPolicy.trend_window,
-        "seconds of load history the scaler sizes for (their mean) and whose rise it projects one "
+        "seconds of load history the scaler sizes for (their mean + 1 s.d.) and whose rise it projects one "
         "replica startup time ahead")
     panic_threshold: float = _option(
         ScalingPolicy.panic_threshold,

@@ -8,10 +8,11 @@ import subprocess
 import sys
 
 from llmfleet_devcluster.podnet import PodNetwork
+from llmfleet_devcluster.podnet import _ip as ip
 
 
 def _ip(*args: str) -> str:
-    return subprocess.run(["ip", *args], check=True, capture_output=True, text=True).stdout
+    return ip(*args).stdout
 
 
 def _ports(net: PodNetwork) -> dict[str, str]:

@@ -454,13 +454,13 @@ def _read(policy: ScalingPolicy, obs: Observation, state: ScalerState) -> _Readi
         why = f"{load.failed_replicas} of {n + load.failed_replicas} ready replicas not scraped"
     else:
         history = (*history, (load.time, total))
-        fit = _fit(history, policy)
+        trend = _rising(history, policy)
         slope = ahead = horizon = None
-        if fit is not None and fit.significant and fit.slope > 0:
-            slope = fit.slope
+        if trend is not None:
+            slope, fitted = trend
             if obs.startup_seconds:
                 horizon = min(obs.startup_seconds, policy.max_lookahead)
-                ahead = fit.now + slope * horizon
+                ahead = fitted + slope * horizon
         n = len(history)
         mean = sum(x for _, x in history) / n
         spread = math.sqrt(sum((x - mean) ** 2 for _, x in history) / (n - 1)) if n > 1 else 0.0
@@ -507,20 +507,13 @@ def _learn(policy: ScalingPolicy, obs: Observation, reading: _Reading, memory: S
     return SloMemory(capacity, why, ceiling, queued)
 
 
-@dataclass(frozen=True)
-class _Fit:
-    """A least-squares line through the fresh totals of the trend window."""
-
-    slope: float  # per second
-    now: float  # the line's value at the latest sample
-    significant: bool  # the slope is no accident of noise
-
-
-def _fit(history: tuple[tuple[float, float], ...], policy: ScalingPolicy) -> _Fit | None:
-    """The line, once the history spans half the trend window. Its slope is significant
-    when it is ``trend_significance`` standard errors from 0 and moves the total across
-    the window by more than the tolerance band of the current level (a drift the band
-    would hide is noise, however regular)."""
+def _rising(history: tuple[tuple[float, float], ...], policy: ScalingPolicy) -> tuple[float, float] | None:
+    """(slope, the fitted total now) of a least-squares line over the trend window, if
+    the history spans half the window and the slope is significantly above 0: at least
+    ``trend_significance`` standard errors, and a rise across the window wider than the
+    tolerance band of the current level (a drift the band would hide is noise, however
+    regular). The fitted total, not the last sample, is what is projected: one noisy
+    sample moves it little."""
     if len(history) < 4 or history[-1][0] - history[0][0] < policy.trend_window / 2:
         return None
     n = len(history)
@@ -530,11 +523,14 @@ def _fit(history: tuple[tuple[float, float], ...], policy: ScalingPolicy) -> _Fi
     if sxx <= 0:
         return None
     slope = sum((t - tm) * (x - xm) for t, x in history) / sxx
+    if slope <= 0:
+        return None
+    if slope * (history[-1][0] - history[0][0]) < policy.tolerance * max(history[-1][1], policy.target):
+        return None
     residual = sum((x - xm - slope * (t - tm)) ** 2 for t, x in history)
-    stderr = math.sqrt(residual / (n - 2) / sxx)
-    wide = abs(slope) * (history[-1][0] - history[0][0]) >= policy.tolerance * max(history[-1][1], policy.target)
-    significant = wide and abs(slope) >= policy.trend_significance * stderr and slope != 0
-    return _Fit(slope, xm + slope * (history[-1][0] - tm), significant)
+    if slope < policy.trend_significance * math.sqrt(residual / (n - 2) / sxx):
+        return None
+    return slope, xm + slope * (history[-1][0] - tm)
 
 
 def _raw_replicas(total: float, target: float) -> int:
