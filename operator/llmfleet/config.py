@@ -41,6 +41,9 @@ class OperatorOptions:
               "resolved once at start, so every replica publishes the same address); "
               "without it, models scaled to zero answer 503 until scaled up")
     activator_port: int = _option(18001, "activator port")
+    advertise_address: str | None = _option(
+        None, "IP at which Envoy reaches this replica's rate-limit service (on the xDS port) when it leads "
+              "(default: $POD_IP, else the xDS address when it is one, else 127.0.0.1)")
     activator_timeout: float = _option(
         600.0, "seconds a request waits for a scaled-to-zero model to get a ready replica")
     autoscale_interval: float = _option(

@@ -11,6 +11,7 @@ table.
 
 from __future__ import annotations
 
+import base64
 import copy
 import json
 import re
@@ -76,6 +77,18 @@ def readme_rbac_rows() -> dict[tuple[str, str], tuple[set[str], str]]:
 
 def exercise_everything(cluster, namespace: str, fleet, url: str) -> None:
     """Every code path of the operator that talks to the API server."""
+    # A Tenant (its status; the Secrets of API keys are watched): then gone again, as it
+    # would ask every request of the shared ingress for a key.
+    key = base64.b64encode(b"sk-rbac-0123456789").decode()
+    assert apply(cluster, namespace, {"apiVersion": "v1", "kind": "Secret", "metadata": {
+        "name": "rbac-keys", "labels": {"llmfleet.io/api-keys": "true"}}, "data": {"k": key}}).returncode == 0
+    assert apply(cluster, namespace, {"apiVersion": "llmfleet.io/v1alpha1", "kind": "Tenant", "metadata": {
+        "name": "rbac"}, "spec": {"apiKeys": {"secretName": "rbac-keys"}, "models": ["napper-rbac"]}}).returncode == 0
+    wait_for(lambda: (kubectl_json(cluster, "get", "tenant", "rbac", "-n", namespace).get("status") or {})
+             .get("keys") == 1, timeout=30, what="the Tenant's status")
+    cluster.kubectl("delete", "tenant", "rbac", "-n", namespace, "--wait=true")
+    wait_for(lambda: httpx.get(f"{url}/v1/models", timeout=10).status_code == 200, timeout=30,
+             what="the ingress open again")
     md = copy.deepcopy(load_md(EXAMPLES / "sim-quickstart.yaml"))
     md["metadata"] = {"name": "napper"}
     md["spec"]["model"]["servedName"] = "napper"

@@ -24,8 +24,11 @@ class Candidate:
         async def stopped() -> None:
             log.append(("stopped", identity, time.monotonic()))
 
+        self.holders: list[str | None] = []  # the leader's address, each time it changed
         self.elector = LeaderElector(client, namespace, "llmfleet-leader", identity,
-                                     on_started=started, on_stopped=stopped, timings=FAST)
+                                     on_started=started, on_stopped=stopped, timings=FAST,
+                                     address=f"10.0.0.{identity[-1]}:18000",
+                                     on_holder=lambda: self.holders.append(self.elector.holder_address))
         self.task = asyncio.create_task(self.elector.run())
 
     async def stop(self, release: bool) -> None:
@@ -66,9 +69,17 @@ def test_one_leader_and_a_clean_stop_hands_over_at_once(client, namespace):
             lease = await kube.get(LEASES, "llmfleet-leader", namespace)
             assert lease["spec"]["holderIdentity"] == first.elector.identity
 
+            # Every replica knows where the leader serves (its rate-limit service).
+            await until(lambda: all(c.elector.holder_address == first.elector.address for c in candidates), 5,
+                        "every candidate to read the leader's address from the Lease")
+
             await first.stop(release=True)
             rest = [c for c in candidates if c is not first]
             took = await until(lambda: len(leaders(rest)) == 1, 10, "a new leader")
+            second = next(c for c in rest if c.elector.leading)
+            await until(lambda: all(c.elector.holder_address == second.elector.address for c in rest), 5,
+                        "the new leader's address")
+            assert all(c.holders[-1] == second.elector.address for c in rest)
             assert took < FAST.duration, f"a released Lease was taken over after {took:.1f} s"
             lease = await kube.get(LEASES, "llmfleet-leader", namespace)
             assert lease["spec"]["holderIdentity"] == leaders(rest)[0]

@@ -251,6 +251,10 @@ NAMESPACED_RULES = {
     ("llmfleet.io", "modeldeployments/finalizers"): ["update"],
     ("llmfleet.io", "routepolicies"): ["list", "watch"],
     ("llmfleet.io", "routepolicies/status"): ["patch"],
+    ("llmfleet.io", "tenants"): ["list", "watch"],
+    ("llmfleet.io", "tenants/status"): ["patch"],
+    # Tenants' API keys: read, never written (the watch selects the labelled ones).
+    ("", "secrets"): ["list", "watch"],
     # Server-side apply creates with PATCH, which the API server also authorizes as create.
     ("apps", "deployments"): ["create", "list", "patch", "watch"],
     ("", "services"): ["create", "list", "patch", "watch"],
@@ -419,7 +423,7 @@ def test_operator_env_and_scheduling_values() -> None:
     )
     deployment = find(objects, "Deployment", "llmfleet-operator")
     spec = deployment["spec"]["template"]["spec"]
-    assert spec["containers"][0]["env"][2] == {"name": "HTTPS_PROXY", "value": "http://proxy:3128"}
+    assert spec["containers"][0]["env"][3] == {"name": "HTTPS_PROXY", "value": "http://proxy:3128"}
     assert spec["nodeSelector"] == {"pool": "system"}
     assert spec["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
     assert spec["priorityClassName"] == "system-cluster-critical"

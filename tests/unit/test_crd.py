@@ -52,6 +52,7 @@ def test_crd_files_are_exactly_the_generated_ones(directory):
     assert sorted(p.name for p in directory.iterdir()) == [
         "modeldeployments.llmfleet.io.yaml",
         "routepolicies.llmfleet.io.yaml",
+        "tenants.llmfleet.io.yaml",
     ]
     for path in directory.glob("*.yaml"):
         assert yaml.safe_load(path.read_text()) in crdgen.build_crds()
@@ -90,7 +91,8 @@ def test_check_flags_stale_and_missing_files(tmp_path, capsys):
 
 def test_write_crds_returns_the_paths(tmp_path):
     paths = crdgen.write_crds(tmp_path / "out")
-    assert [p.name for p in paths] == ["modeldeployments.llmfleet.io.yaml", "routepolicies.llmfleet.io.yaml"]
+    assert [p.name for p in paths] == ["modeldeployments.llmfleet.io.yaml", "routepolicies.llmfleet.io.yaml",
+                                       "tenants.llmfleet.io.yaml"]
     assert all(p.read_text().startswith("# Generated") for p in paths)
 
 

@@ -330,7 +330,8 @@ def test_listener_reads_model_from_body_with_room_for_long_prompts() -> None:
     assert hcm["rds"] == {"config_source": {"ads": {}, "resource_api_version": "V3"}, "route_config_name": "llmfleet"}
     assert hcm["stream_idle_timeout"] == "3600s" and hcm["request_timeout"] == "0s"
     names = [f["name"] for f in hcm["http_filters"]]
-    assert names == ["envoy.filters.http.json_to_metadata", "llmfleet.cascade", "envoy.filters.http.router"]
+    assert names == ["envoy.filters.http.json_to_metadata", "llmfleet.auth", "llmfleet.access", "llmfleet.ratelimit",
+                     "llmfleet.usage", "llmfleet.cascade", "envoy.filters.http.router"]
     rule = hcm["http_filters"][0]["typed_config"]["request_rules"]["rules"][0]
     assert rule["selectors"] == [{"key": "model"}]
     assert rule["on_present"] == {"metadata_namespace": "llmfleet", "key": "model", "type": "STRING"}
@@ -424,7 +425,7 @@ def test_oversized_body_and_upstream_failures_answer_in_openai_shape() -> None:
                           settings=DataPlaneSettings(max_request_body_bytes=4 * 1024 * 1024))[LISTENER_TYPE]
     assert lst["per_connection_buffer_limit_bytes"] == 4 * 1024 * 1024
     mappers = lst["filter_chains"][0]["filters"][0]["typed_config"]["local_reply_config"]["mappers"]
-    upstream, too_large = mappers
+    upstream, *_tenants, too_large = mappers
     assert "UH" in upstream["filter"]["response_flag_filter"]["flags"]
     assert upstream["body_format_override"]["json_format"]["error"]["message"] == "%LOCAL_REPLY_BODY%"
     assert too_large["filter"]["status_code_filter"]["comparison"]["value"]["default_value"] == 413

@@ -335,9 +335,34 @@ def route_policy_crd() -> dict[str, Any]:
     )
 
 
+def tenant_crd() -> dict[str, Any]:
+    """The Tenant CRD."""
+    schema = _root_schema(
+        "Tenant: a team calling the fleet's public models with its API keys, within its rate limits.",
+        models.TenantSpec,
+        models.TenantStatus,
+        name_rule=False,
+    )
+    columns = [
+        {"name": "Keys", "type": "integer", "jsonPath": ".status.keys",
+         "description": "API keys the ingress accepts for the tenant."},
+        {"name": "Models", "type": "string", "jsonPath": ".spec.models"},
+        {"name": "Ready", "type": "string", "jsonPath": '.status.conditions[?(@.type=="Ready")].status'},
+        _age_column(),
+    ]
+    return _crd(
+        kind=models.TENANT_KIND,
+        plural=models.TENANT_PLURAL,
+        short_name="tn",
+        schema=schema,
+        printer_columns=columns,
+        scale=False,
+    )
+
+
 def build_crds() -> list[dict[str, Any]]:
-    """Both CRDs, ModelDeployment first."""
-    return [model_deployment_crd(), route_policy_crd()]
+    """Every CRD: ModelDeployment, RoutePolicy, Tenant."""
+    return [model_deployment_crd(), route_policy_crd(), tenant_crd()]
 
 
 def crd_filename(crd: dict[str, Any]) -> str:

@@ -42,6 +42,11 @@ MODEL_DEPLOYMENT_KIND = "ModelDeployment"
 MODEL_DEPLOYMENT_PLURAL = "modeldeployments"
 ROUTE_POLICY_KIND = "RoutePolicy"
 ROUTE_POLICY_PLURAL = "routepolicies"
+TENANT_KIND = "Tenant"
+TENANT_PLURAL = "tenants"
+# The label the operator selects API-key Secrets by: it watches only Secrets that carry it.
+API_KEYS_LABEL = "llmfleet.io/api-keys"
+ALL_MODELS = "*"  # in a Tenant's models: every public model name
 
 # Names a ModelDeployment lends to its Service: a DNS-1035 label.
 DNS1035_LABEL = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
@@ -1170,6 +1175,106 @@ class RoutePolicyStatus(_Status):
     )
 
 
+# --------------------------------------------------------------------------- Tenant
+
+
+class RateUnit(StrEnum):
+    """The span a rate limit counts over."""
+
+    SECOND = "second"
+    MINUTE = "minute"
+    HOUR = "hour"
+
+
+RATE_UNIT_SECONDS = {RateUnit.SECOND: 1, RateUnit.MINUTE: 60, RateUnit.HOUR: 3600}
+
+
+class RequestLimit(_Spec):
+    """Requests a tenant may send: a token bucket of ``burst`` requests refilled at ``limit`` per ``per``."""
+
+    limit: int = Field(ge=1, le=1_000_000_000, description="Requests allowed per `per`.")
+    per: RateUnit = Field(RateUnit.MINUTE, description="second, minute or hour.")
+    burst: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000_000,
+        description="Requests that may arrive at once, after a quiet spell (the bucket's size). Default: limit.",
+    )
+
+
+class TokenLimit(_Spec):
+    """Tokens a tenant may use: prompt and completion tokens, as each response's usage reports them."""
+
+    limit: int = Field(ge=1, le=1_000_000_000_000, description="Tokens allowed per `per`.")
+    per: RateUnit = Field(RateUnit.MINUTE, description="second, minute or hour.")
+
+
+class TenantLimits(_Spec):
+    """Rate limits on a tenant's requests, across every model it calls and every Envoy replica."""
+
+    requests: RequestLimit | None = Field(
+        None, description="Requests per second, minute or hour. Beyond it: 429 rate_limit_exceeded with Retry-After."
+    )
+    tokens: TokenLimit | None = Field(
+        None,
+        description=(
+            "Tokens per second, minute or hour. A response is counted when it ends (a stream included), so the "
+            "limit can be overshot by the responses in flight; then requests get 429 until the tokens refill."
+        ),
+    )
+
+
+class ApiKeysRef(_Spec):
+    """Where a tenant's API keys are."""
+
+    secret_name: str = Field(
+        min_length=1,
+        max_length=253,
+        pattern=DNS1123_SUBDOMAIN,
+        description=(
+            f"A Secret in the Tenant's namespace with the label {API_KEYS_LABEL} (the operator watches only "
+            "those). Each value in it is one accepted API key; clients send it as `Authorization: Bearer <key>`. "
+            "To rotate, add the new key, move the clients, remove the old one: each change is live within seconds."
+        ),
+    )
+
+
+_PublicModel = Annotated[str, Field(min_length=1, max_length=256, pattern=NO_WHITESPACE)]
+
+
+class TenantSpec(_Spec):
+    """Who may call which public models, with which keys, and how much."""
+
+    api_keys: ApiKeysRef = Field(description="The Secret that holds the tenant's API keys.")
+    models: list[_PublicModel] = Field(
+        min_length=1,
+        max_length=256,
+        description=f'Public model names (RoutePolicy spec.model) the tenant may call; "{ALL_MODELS}" for all.',
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    limits: TenantLimits | None = Field(None, description="Request and token rate limits.")
+
+    @field_validator("models")
+    @classmethod
+    def _unique_models(cls, names: list[str]) -> list[str]:
+        if len(set(names)) != len(names):
+            raise ValueError("each model may appear only once")
+        return names
+
+
+class TenantStatus(_Status):
+    """Observed state of a Tenant."""
+
+    observed_generation: int | None = Field(None, description="metadata.generation this status reflects.")
+    keys: int | None = Field(None, ge=0, description="API keys the ingress accepts for the tenant (never the keys).")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        max_length=MAX_CONDITIONS,
+        description="Ready: the ingress accepts the tenant's keys.",
+        json_schema_extra=_CONDITIONS_SCHEMA,
+    )
+
+
 # --------------------------------------------------------------------------- whole objects
 
 
@@ -1216,6 +1321,14 @@ class RoutePolicy(_Object):
     kind: str = ROUTE_POLICY_KIND
     spec: RoutePolicySpec
     status: RoutePolicyStatus | None = None
+
+
+class Tenant(_Object):
+    """A whole Tenant object, as read from the API server."""
+
+    kind: str = TENANT_KIND
+    spec: TenantSpec
+    status: TenantStatus | None = None
 
 
 # --------------------------------------------------------------------------- errors
@@ -1278,6 +1391,14 @@ def parse_route_policy_spec(spec: Mapping[str, Any]) -> RoutePolicySpec:
     """Validate a RoutePolicy's spec; raise :class:`SpecError` naming the fields."""
     try:
         return RoutePolicySpec.model_validate(spec)
+    except ValidationError as err:
+        raise SpecError(format_validation_error(err), err.errors(include_url=False)) from None
+
+
+def parse_tenant_spec(spec: Mapping[str, Any]) -> TenantSpec:
+    """Validate a Tenant's spec; raise :class:`SpecError` naming the fields."""
+    try:
+        return TenantSpec.model_validate(spec)
     except ValidationError as err:
         raise SpecError(format_validation_error(err), err.errors(include_url=False)) from None
 

@@ -40,7 +40,7 @@ from ..kube.client import ApiError, KubeClient
 from ..kube.lease import LeaderElector
 from ..kube.resources import PODS, REPLICA_SETS
 from ..kube.store import Store
-from ..kube.views import DeploymentView, ModelDeploymentView, PodView, RoutePolicyView, ServiceView
+from ..kube.views import DeploymentView, ModelDeploymentView, PodView, RoutePolicyView, ServiceView, TenantView
 from ..routing.table import Endpoint
 from .activator import Activator, ReadyEndpoints
 from .autoscaler import Autoscaler
@@ -69,7 +69,10 @@ class Operator:
             if not self.lease_namespace:
                 raise SystemExit("llmfleet run: --leader-elect needs --leader-election-namespace (or $POD_NAMESPACE)")
             self.elector = LeaderElector(self.client, self.lease_namespace, options.leader_election_id,
-                                         self.identity, on_started=self._lead, on_stopped=self._follow)
+                                         self.identity, on_started=self._lead, on_stopped=self._follow,
+                                         address=f"{advertised_address(options)}:{options.xds_port}"
+                                         if options.xds_port else None,
+                                         on_holder=self._route_queue_later)
         self.store = Store(self.client, options.namespaces,
                            replicas_namespace=self.lease_namespace if self.elector else None)
         self.replicas = ReplicaWriter(self.client)
@@ -124,6 +127,13 @@ class Operator:
         self.store.pods.listeners.append(pod)
         self.store.xds_reports.listeners.append(routes)  # what other replicas' Envoys run: Programmed
 
+        def tenant(old: TenantView | None, new: TenantView | None) -> None:
+            if old is None or new is None or old.routing_facets() != new.routing_facets():
+                routes()
+
+        self.store.tenants.listeners.append(tenant)
+        self.store.api_keys.listeners.append(routes)  # a key added, rotated or removed
+
     async def start(self) -> None:
         options = self.options
         waiting = asyncio.create_task(self._report_sync())
@@ -152,7 +162,8 @@ class Operator:
         # One key, one worker: the route table is recomputed as a whole. Every replica
         # computes and serves it; only the leader writes the policies' status.
         self.routes = RoutePolicyReconciler(self.client, self.store, publisher, activator=activator_endpoint,
-                                            ready=ready, writes=self.elector is None)
+                                            ready=ready, writes=self.elector is None,
+                                            rate_limit_service=self._rate_limit_service)
         self.route_queue = WorkQueue(self.routes.reconcile, workers=1)
         self.route_queue.start()
         self.route_queue.add(ROUTES)  # publish once even if the cluster has nothing to route yet
@@ -222,6 +233,14 @@ class Operator:
             return None, None
         return _reference(pod), deployment
 
+    def _rate_limit_service(self) -> Endpoint | None:
+        """Where Envoys ask for tenants' rate limits: the leader's (one count for every Envoy)."""
+        if self.xds is None or self.xds.port is None:
+            return None
+        if self.elector is None:
+            return Endpoint(advertised_address(self.options), self.xds.port)
+        return parse_endpoint(self.elector.holder_address)
+
     def _route_queue_later(self) -> None:
         if self.route_queue is not None:
             self.route_queue.add(ROUTES)
@@ -265,6 +284,28 @@ def _reference(body: dict[str, Any]) -> dict[str, Any]:
     meta = body["metadata"]
     return {"apiVersion": body.get("apiVersion", "v1"), "kind": body.get("kind", "Pod"), "name": meta["name"],
             "uid": meta["uid"]}
+
+
+def advertised_address(options: OperatorOptions) -> str:
+    """The IP at which Envoy reaches this replica."""
+    if options.advertise_address:
+        return options.advertise_address
+    if os.environ.get("POD_IP"):
+        return os.environ["POD_IP"]
+    try:
+        address = ipaddress.ip_address(options.xds_address)
+    except ValueError:
+        return "127.0.0.1"
+    return "127.0.0.1" if address.is_unspecified else str(address)
+
+
+def parse_endpoint(text: str | None) -> Endpoint | None:
+    """"10.1.2.3:18000" (or "[fd00::1]:18000") as an Endpoint; None when it is not one."""
+    host, _, port = (text or "").rpartition(":")
+    try:
+        return Endpoint(str(ipaddress.ip_address(host.strip("[]"))), int(port))
+    except ValueError:
+        return None
 
 
 def replica_identity(options: OperatorOptions) -> str:

@@ -15,6 +15,7 @@ policy's status.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -25,9 +26,10 @@ from .. import telemetry
 from ..envoy.xds import XdsServer
 from ..kube.client import KubeClient
 from ..kube.store import Store
-from ..kube.views import Ref, XdsReportView
+from ..kube.views import Ref, TenantView, XdsReportView
 from ..routing.policy import PolicyResult, compute_routing, ready_endpoints
 from ..routing.table import Endpoint, Route, RouteTable
+from ..routing.tenants import TenantResult, compute_tenants
 from ..status.conditions import WantedCondition, find, merge_conditions
 from .activator import ReadyEndpoints
 from .statuswriter import RECONCILER as FIELD_MANAGER
@@ -128,14 +130,17 @@ def route_facts(route: Route, table: RouteTable) -> tuple[Any, ...]:
 class RoutePolicyReconciler:
     def __init__(self, client: KubeClient, store: Store, publisher: Publisher, *,
                  activator: Endpoint | None = None, ready: ReadyEndpoints | None = None,
-                 writes: bool = True) -> None:
+                 writes: bool = True, rate_limit_service: Callable[[], Endpoint | None] = lambda: None) -> None:
         self.client = client
         self.writes = writes  # whether this replica writes status and Events (it leads)
         self.store = store
         self.publisher = publisher
         self.activator = activator  # where scaled-to-zero backends are reached
         self.ready = ready  # ReadyEndpoints the activator waits on
+        self.rate_limit_service = rate_limit_service  # where Envoy asks for tenants' rate limits (the leader)
         self.status = StatusWriter(client, FIELD_MANAGER)
+        self.tenant_status = StatusWriter(client, FIELD_MANAGER)  # its own: a Tenant may share a policy's name
+        self._tenants: set[Ref] = set()
         self._weights: dict[tuple[str, str], float] = {}
         self._loads: dict | None = None  # the backends' loads at the previous recompute
         self._facts: dict[str, tuple[tuple[Any, ...], str]] = {}  # model → (route facts, version they came in)
@@ -161,15 +166,20 @@ class RoutePolicyReconciler:
         policies = self.store.route_policies.values()
         mds = self.store.model_deployments.values()
         endpoints = ready_endpoints(self.store.pods.values())
+        tenants = self.store.tenants.values()
         routing = await asyncio.to_thread(compute_routing, policies, mds, endpoints, self.activator, self._loads)
         self._loads = routing.loads
+        access, tenant_results = compute_tenants(tenants, self.store.api_keys.values(),
+                                                 (r.model for r in routing.table.routes))
+        table = dataclasses.replace(routing.table, tenants=access, rate_limit_service=self.rate_limit_service())
         if self.ready is not None:
             self.ready.update(endpoints)
-        version = await asyncio.to_thread(self.publisher.publish, routing.table)
-        self._remember(routing.table, version)
-        self._export_weights(routing.table)
+        version = await asyncio.to_thread(self.publisher.publish, table)
+        self._remember(table, version)
+        self._export_weights(table)
         if not self.writes:
             return None, "success"  # a follower: it serves the table; the leader says so
+        await self._write_tenants(tenants, tenant_results)
 
         by_ref = {p.ref: p for p in policies}
         retry = None
@@ -187,6 +197,20 @@ class RoutePolicyReconciler:
             self.status.forget(ref)
         self._policies = set(by_ref)
         return retry, "success"
+
+    async def _write_tenants(self, tenants: list[TenantView], results: list[TenantResult]) -> None:
+        by_ref = {t.ref: t for t in tenants}
+        for result in results:
+            tenant = by_ref[(result.namespace, result.name)]
+            current = self.tenant_status.current(tenant.ref, tenant.status)
+            owned = {"observedGeneration": result.generation, "keys": result.keys,
+                     "conditions": merge_conditions(current.get("conditions"), [result.ready], result.generation)}
+            if await self.tenant_status.write(tenant.involved(), tenant.status, owned):
+                for type_, reason, message in _condition_events(current, owned, ("Ready",)):
+                    await self.client.event(tenant.involved(), type_, reason, message, FIELD_MANAGER)
+        for ref in self._tenants - set(by_ref):
+            self.tenant_status.forget(ref)
+        self._tenants = set(by_ref)
 
     def _remember(self, table: RouteTable, version: str) -> None:
         facts = {route.model: route_facts(route, table) for route in table.routes}
@@ -223,11 +247,11 @@ class RoutePolicyReconciler:
         self._weights = current
 
 
-def _events(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, str]]:
-    """Events for what a user would want to know: conditions turning bad or good,
-    backends losing or regaining all their traffic."""
+def _condition_events(old: dict[str, Any], new: dict[str, Any],
+                      types: Iterable[str]) -> list[tuple[str, str, str]]:
+    """Events for conditions turning bad (a new reason too) or good again."""
     events = []
-    for type_ in ("Accepted", "ResolvedRefs", "Programmed"):
+    for type_ in types:
         before, after = find(old.get("conditions"), type_), find(new["conditions"], type_)
         if after is None or (before and before.get("status") == after["status"]
                              and before.get("reason") == after["reason"]):
@@ -236,6 +260,13 @@ def _events(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, st
             events.append(("Warning", after["reason"], after["message"]))
         elif after["status"] == "True" and before is not None and before.get("status") == "False":
             events.append(("Normal", after["reason"], after["message"]))
+    return events
+
+
+def _events(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """Events for what a user would want to know: conditions turning bad or good,
+    backends losing or regaining all their traffic."""
+    events = _condition_events(old, new, ("Accepted", "ResolvedRefs", "Programmed"))
     old_weights = {b["modelDeployment"]: b.get("weight", 0) for b in old.get("backends") or []}
     for b in new["backends"]:
         was = old_weights.get(b["modelDeployment"])

@@ -336,3 +336,43 @@ def saturation_gate_source() -> str:
         "  end\n"
         "end\n"
     )
+
+
+_USAGE = r"""-- llmfleet: the tokens a response used, for the tenant's token limit. From the
+-- last "total_tokens" of its usage (a JSON body; in a stream, the final chunk a client
+-- gets with stream_options.include_usage), else, in a stream without usage, one per
+-- event (an engine streams about one token per event). Streams pass through untouched.
+local function last_total(s)
+  local found = nil
+  for n in string.gmatch(s, '"total_tokens"%s*:%s*(%d+)') do found = n end
+  return found and tonumber(found) or nil
+end
+
+function envoy_on_response(handle)
+  local tokens = nil
+  local ctype = handle:headers():get("content-type") or ""
+  if string.find(ctype, "text/event-stream", 1, true) then
+    local tail, events = "", 0
+    for chunk in handle:bodyChunks() do
+      local new = chunk:getBytes(0, chunk:length())
+      local _, n = string.gsub(new, "data: {", "")
+      events = events + n
+      local s = tail .. new
+      tokens = last_total(s) or tokens
+      tail = string.sub(s, -256)
+    end
+    tokens = tokens or events
+  elseif string.find(ctype, "json", 1, true) then
+    local body = handle:body()
+    if body ~= nil then tokens = last_total(body:getBytes(0, body:length())) end
+  end
+  if tokens ~= nil then
+    handle:streamInfo():dynamicMetadata():set("llmfleet", "tokens", tokens)
+  end
+end
+"""
+
+
+def usage_source() -> str:
+    """The response Lua that puts the tokens a response used in dynamic metadata ``llmfleet.tokens``."""
+    return _USAGE

@@ -45,9 +45,12 @@ from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2  # noqa: F401
+from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2  # noqa: F401
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2  # noqa: F401
 from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2  # noqa: F401
 from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
+from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2  # noqa: F401
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.http.upstream_codec.v3 import upstream_codec_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (  # noqa: F401
@@ -68,7 +71,9 @@ from llmfleet.envoy.lua import (
     cascade_source,
     model_rewrite_source,
     saturation_gate_source,
+    usage_source,
 )
+from llmfleet.routing.ratelimit import REQUESTS, TOKENS
 from llmfleet.routing.table import (
     ENDPOINT_PATHS,
     Cluster,
@@ -76,6 +81,7 @@ from llmfleet.routing.table import (
     Route,
     RouteTable,
     RuleMatch,
+    TenantAccess,
     WeightedBackend,
 )
 
@@ -101,6 +107,23 @@ MODEL_KEY = "model"
 # Body fields rules match on ("user", "metadata.<key>") are copied by json_to_metadata
 # into dynamic metadata keys of the same name, as strings.
 CASCADE_FILTER = "llmfleet.cascade"  # the downstream Lua filter cascade routes configure
+# Tenants: api_key_auth authenticates the key and names the tenant in TENANT_HEADER (set,
+# never appended, so a client cannot claim another tenant), RBAC lets a model's routes
+# admit only the tenants that may call it. Both do nothing until the routes configure
+# them, so the listener never changes when tenants come and go.
+AUTH_FILTER = "llmfleet.auth"
+ACCESS_FILTER = "llmfleet.access"
+TENANT_HEADER = "x-llmfleet-tenant"
+# Tenants' rate limits: the ratelimit filter asks the operator's rate-limit service
+# (cluster RATE_LIMIT_CLUSTER, the leader), which the virtual host's rate_limits name per
+# request; the usage Lua reads a response's tokens for its token limit.
+RATE_LIMIT_FILTER = "llmfleet.ratelimit"
+RATE_LIMIT_CLUSTER = "llmfleet_ratelimit"
+USAGE_FILTER = "llmfleet.usage"
+RATE_LIMIT_DOMAIN = "llmfleet"
+# A descriptor's entries: ("tenant", "ai/team-a"), ("limit", "requests" or "tokens").
+RATE_LIMIT_TENANT, RATE_LIMIT_KIND = "tenant", "limit"
+TOKENS_KEY = "tokens"  # dynamic metadata llmfleet.tokens: what a response used
 BODY_ERROR_KEY = "body_error"
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -138,6 +161,8 @@ class DataPlaneSettings:
     # it until outlier detection ejects it; the previous_hosts predicate needs enough
     # re-picks (cheap, local) to find a live one with few replicas.
     host_selection_retry_max_attempts: int = 25
+    # How long a request waits for the rate-limit service before it goes on unchecked.
+    rate_limit_timeout_seconds: float = 0.25
     # Engines queue internally; Envoy's default 1024-request circuit breaker (and its
     # 3 concurrent retries) would throttle a busy fleet, so keep them out of the way.
     max_requests_per_cluster: int = 100_000
@@ -403,7 +428,12 @@ def route_configuration(table: RouteTable, settings: DataPlaneSettings | None = 
             "direct_response": _json_response(200, _model_object(r.model, settings)),
         })
     for r in table.routes:
-        routes.extend(model_routes(r, table, settings))
+        entries = model_routes(r, table, settings)
+        if table.tenants is not None:
+            rbac = access(r.model, table.tenants)
+            for entry in entries:
+                entry.setdefault("typed_per_filter_config", {})[ACCESS_FILTER] = rbac
+        routes.extend(entries)
     metadata = f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{{key}})%"
     routes += [
         {
@@ -438,10 +468,20 @@ def route_configuration(table: RouteTable, settings: DataPlaneSettings | None = 
                 "You must provide a model parameter.")),
         },
     ]
-    return {
-        "name": ROUTE_CONFIG_NAME,
-        "virtual_hosts": [{"name": VIRTUAL_HOST, "domains": ["*"], "routes": routes}],
-    }
+    host: dict[str, Any] = {"name": VIRTUAL_HOST, "domains": ["*"], "routes": routes}
+    if table.tenants is not None:
+        host["typed_per_filter_config"] = {AUTH_FILTER: authentication(table.tenants)}
+        if _limited(table):
+            # In the filter's per-route config, not the host's own rate_limits: only these
+            # carry hits_addend to the service.
+            host["typed_per_filter_config"][RATE_LIMIT_FILTER] = {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute",
+                "rate_limits": rate_limits(table.tenants)}
+        if any(t.tokens for t in table.tenants):
+            host["typed_per_filter_config"][USAGE_FILTER] = {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+                "source_code": {"inline_string": usage_source()}}
+    return {"name": ROUTE_CONFIG_NAME, "virtual_hosts": [host]}
 
 
 # --------------------------------------------------------------------------- listener
@@ -467,7 +507,117 @@ ACCESS_LOG_FORMAT = {
     "bytes_received": "%BYTES_RECEIVED%",
     "bytes_sent": "%BYTES_SENT%",
     "request_id": "%REQ(X-REQUEST-ID)%",
+    # The tenant the ingress authenticated (with tenants; on a 401, what the client sent).
+    "tenant": f"%REQ({TENANT_HEADER})%",
+    # The tokens the response used (usage's total_tokens), with a tenant's token limit.
+    "tokens": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{TOKENS_KEY})%",
 }
+
+
+_API_KEY_AUTH = "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth"
+_API_KEY_AUTH_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuthPerRoute"
+_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+_RBAC_PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute"
+
+
+def _status_is(code: int) -> dict[str, Any]:
+    return {"status_code_filter": {"comparison": {
+        "op": "EQ", "value": {"default_value": code, "runtime_key": f"llmfleet.status_{code}"}}}}
+
+
+def _tenant_error_mappers() -> list[dict[str, Any]]:
+    """401 and 403 from the tenant filters, in OpenAI's shape (with the codes OpenAI uses)."""
+    no_key = {"header_filter": {"header": {"name": "authorization", "present_match": False}}}
+    return [
+        {
+            "filter": {"and_filter": {"filters": [_status_is(401), no_key]}},
+            "body_format_override": {"json_format": openai_error(
+                "You didn't provide an API key. Send it as `Authorization: Bearer <key>`.",
+                param=None, code="invalid_api_key")},
+        },
+        {
+            "filter": _status_is(401),
+            "body_format_override": {"json_format": openai_error(
+                "Incorrect API key provided.", param=None, code="invalid_api_key")},
+        },
+        {
+            "filter": _status_is(403),
+            "body_format_override": {"json_format": openai_error(
+                f"Your API key may not call the model `%DYNAMIC_METADATA({METADATA_NAMESPACE}:{MODEL_KEY})%`.",
+                code="model_not_allowed")},
+        },
+    ]
+
+
+def authentication(tenants: tuple[TenantAccess, ...]) -> dict[str, Any]:
+    """The virtual host's api_key_auth: every tenant's keys (Authorization: Bearer <key>)."""
+    credentials = sorted((key, t.name) for t in tenants for key in t.keys)
+    return {
+        "@type": _API_KEY_AUTH_PER_ROUTE,
+        "credentials": [{"key": key, "client": client} for key, client in credentials],
+        "key_sources": [{"header": "Authorization"}],
+        # The engines never see a key; the routes below see who sent the request.
+        "forwarding": {"header": TENANT_HEADER, "hide_credentials": True},
+    }
+
+
+def access(model: str, tenants: tuple[TenantAccess, ...]) -> dict[str, Any]:
+    """One model's RBAC: only the tenants that may call it (none: every request is refused)."""
+    allowed = sorted(t.name for t in tenants if t.may_call(model))
+    policies = {"tenants": {
+        "permissions": [{"any": True}],
+        "principals": [{"header": {"name": TENANT_HEADER, "string_match": {"exact": name}}} for name in allowed],
+    }} if allowed else {}
+    return {"@type": _RBAC_PER_ROUTE, "rbac": {"rules": {"action": "ALLOW", "policies": policies}}}
+
+
+_TENANT_DESCRIPTOR = {"request_headers": {"header_name": TENANT_HEADER, "descriptor_key": RATE_LIMIT_TENANT}}
+
+
+def _limit_descriptor(kind: str) -> list[dict[str, Any]]:
+    return [_TENANT_DESCRIPTOR,
+            {"generic_key": {"descriptor_key": RATE_LIMIT_KIND, "descriptor_value": kind}}]
+
+
+def rate_limits(tenants: tuple[TenantAccess, ...]) -> list[dict[str, Any]]:
+    """What Envoy asks the rate-limit service per request (nothing when no tenant has a
+    limit of that kind)."""
+    out: list[dict[str, Any]] = []
+    if any(t.requests for t in tenants):
+        out.append({"actions": _limit_descriptor(REQUESTS)})
+    if any(t.tokens for t in tenants):
+        out += [
+            # Before the request: is anything left? (takes nothing)
+            {"actions": _limit_descriptor(TOKENS), "hits_addend": {"number": 0}},
+            # Once the response has ended: the tokens it used (the usage Lua's count).
+            {"actions": _limit_descriptor(TOKENS), "apply_on_stream_done": True,
+             "hits_addend": {"format": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{TOKENS_KEY})%"}},
+        ]
+    return out
+
+
+def _limited(table: RouteTable) -> bool:
+    """Whether Envoy asks the rate-limit service anything (then it needs its cluster)."""
+    return table.tenants is not None and bool(rate_limits(table.tenants))
+
+
+def rate_limit_cluster(service: Endpoint | None, settings: DataPlaneSettings) -> dict[str, Any]:
+    """Where Envoy asks for rate limits: the operator replica that leads (no endpoint yet:
+    the filter's calls fail and requests go through)."""
+    endpoints = [{"endpoint": {"address": {"socket_address": {"address": service.address,
+                                                              "port_value": service.port}}}}] if service else []
+    return {
+        "name": RATE_LIMIT_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": f"{settings.connect_timeout_seconds}s",
+        "load_assignment": {"cluster_name": RATE_LIMIT_CLUSTER, "endpoints": [{"lb_endpoints": endpoints}]},
+        "typed_extension_protocol_options": {
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": {"http2_protocol_options": {}},
+            },
+        },
+    }
 
 
 def _size(n: int) -> str:
@@ -508,6 +658,23 @@ def listener(listener_port: int, listener_address: str = "0.0.0.0",
                     },
                 },
             },
+            {"name": AUTH_FILTER, "disabled": True, "typed_config": {"@type": _API_KEY_AUTH}},
+            # Not disabled: Envoy enables a disabled filter from the route it finds before
+            # the body is read, and a request's model route is known only after it. With no
+            # rules it lets everything through; a model's routes carry its rules.
+            {"name": ACCESS_FILTER, "typed_config": {"@type": _RBAC}},
+            {"name": RATE_LIMIT_FILTER, "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+                "domain": RATE_LIMIT_DOMAIN,
+                # Unreachable or slow: let the request through rather than refuse everyone.
+                "failure_mode_deny": False,
+                "timeout": f"{settings.rate_limit_timeout_seconds}s",
+                "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+                "rate_limit_service": {"grpc_service": {"envoy_grpc": {"cluster_name": RATE_LIMIT_CLUSTER}},
+                                       "transport_api_version": "V3"},
+            }},
+            {"name": USAGE_FILTER, "disabled": True,
+             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"}},
             # Runs only on routes that carry a cascade's per-route source.
             {"name": CASCADE_FILTER,
              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"}},
@@ -520,6 +687,7 @@ def listener(listener_port: int, listener_address: str = "0.0.0.0",
                     "body_format_override": {"json_format": openai_error(
                         "%LOCAL_REPLY_BODY%", err_type="server_error", param=None)},
                 },
+                *_tenant_error_mappers(),
                 {
                     "filter": {"status_code_filter": {"comparison": {
                         "op": "EQ", "value": {"default_value": 413, "runtime_key": "llmfleet.body_too_large"}}}},
@@ -813,7 +981,8 @@ def build_config(table: RouteTable, *, listener_port: int, listener_address: str
     config = {
         CLUSTER_TYPE: [cluster(c, settings) for c in clusters]
         + [aggregate_cluster(chain, settings) for chain in fallback_chains(table)]
-        + [cluster(c, settings, name=name) for name, c in copies],
+        + [cluster(c, settings, name=name) for name, c in copies]
+        + ([rate_limit_cluster(table.rate_limit_service, settings)] if _limited(table) else []),
         ENDPOINT_TYPE: [load_assignment(c) for c in clusters] + [load_assignment(c, name=name) for name, c in copies],
         LISTENER_TYPE: [listener(listener_port, listener_address, settings, body_fields(table))],
         ROUTE_TYPE: [route_configuration(table, settings)],
@@ -848,7 +1017,9 @@ def build_resources(table: RouteTable, *, listener_port: int, listener_address: 
     resources = {
         CLUSTER_TYPE: [_cluster_proto(c.name, c.served_model, settings) for c in clusters]
         + [_aggregate_proto(chain, settings) for chain in fallback_chains(table)]
-        + [_cluster_proto(c.name, c.served_model, settings, name) for name, c in copies],
+        + [_cluster_proto(c.name, c.served_model, settings, name) for name, c in copies]
+        + ([to_proto(CLUSTER_TYPE, rate_limit_cluster(table.rate_limit_service, settings))]
+           if _limited(table) else []),
         ENDPOINT_TYPE: [_assignment_proto(c.name, c.served_model, c.endpoints) for c in clusters]
         + [_assignment_proto(name, c.served_model, c.endpoints) for name, c in copies],
         LISTENER_TYPE: [_listener_proto(listener_port, listener_address, settings, tuple(body_fields(table)))],

@@ -54,6 +54,7 @@ from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from llmfleet.envoy.bootstrap import STATS_ADDRESS_KEY, STATS_PORT_KEY
+from llmfleet.envoy.ratelimit import RateLimitService
 from llmfleet.envoy.resources import (
     CLUSTER_TYPE,
     ENDPOINT_TYPE,
@@ -87,6 +88,15 @@ class _Metrics:
                               registry=registry)
         self.connected = Gauge("llmfleet_xds_connected_envoys",
                                "Envoy ADS streams currently connected.", registry=registry)
+        self.rate_limit_decisions = Counter(
+            "llmfleet_ratelimit_decisions_total",
+            "Rate-limit checks of tenants' requests by the rate-limit service (on the leader), by tenant, "
+            "kind of limit (requests, tokens) and decision (allowed, refused).",
+            ["tenant", "limit", "decision"], registry=registry)
+        self.tenant_tokens = Counter(
+            "llmfleet_ratelimit_tokens_total",
+            "Tokens (prompt and completion) of tenants' finished responses, as Envoy reported them to the "
+            "rate-limit service (tenants with a token limit).", ["tenant"], registry=registry)
         self.version = Gauge("llmfleet_xds_version",
                              "Configurations this xDS server has served since it started (1, 2, ...; "
                              "the xDS version itself is a hash of the content).", registry=registry)
@@ -451,6 +461,8 @@ class XdsServer:
         self.nacks: collections.deque[Nack] = collections.deque(maxlen=32)
         self.port: int | None = None
         self.started: float | None = None  # monotonic time start() began serving
+        # Served next to ADS: tenants' rate limits (Envoys use the leader's).
+        self.rate_limits = RateLimitService(self._metrics.rate_limit_decisions, self._metrics.tenant_tokens)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -468,6 +480,7 @@ class XdsServer:
             ("grpc.keepalive_permit_without_calls", 1),
         ])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
+        self.rate_limits.add_to(server)
         host = f"[{address}]" if ":" in address else address
         self.port = server.add_insecure_port(f"{host}:{port}")
         if not self.port:
@@ -497,6 +510,7 @@ class XdsServer:
 
     def update(self, table: RouteTable) -> str:
         """Build the resources for ``table`` and push them; returns their version."""
+        self.rate_limits.configure(table.tenants)
         return self.set_resources(build_resources(
             table, listener_port=self.listener_port, listener_address=self.listener_address,
             settings=self.settings))

@@ -48,14 +48,23 @@ def micro_time(when: dt.datetime | None = None) -> str:
     return (when or dt.datetime.now(dt.UTC)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
+# On the Lease: where its holder serves what only the leader may (Envoy's rate-limit service).
+ADDRESS_ANNOTATION = "llmfleet.io/leader-address"
+
+
 class LeaderElector:
     """Campaigns for one Lease; calls ``on_started`` on winning it and ``on_stopped`` on
     losing it (then campaigns again)."""
 
     def __init__(self, client: KubeClient, namespace: str, name: str, identity: str, *,
                  on_started: Callable[[], Awaitable[None]], on_stopped: Callable[[], Awaitable[None]],
-                 timings: LeaseTimings | None = None) -> None:
+                 timings: LeaseTimings | None = None, address: str | None = None,
+                 on_holder: Callable[[], None] | None = None) -> None:
+        """``address``: where this replica serves what only the leader may (published on
+        the Lease while it leads); ``on_holder``: called when the leader or its address changes."""
         self.client, self.namespace, self.name, self.identity = client, namespace, name, identity
+        self.address, self.on_holder = address, on_holder
+        self.holder_address: str | None = None  # the leader's address, as last seen
         self.owner: dict[str, Any] | None = None  # an ownerReference for the Lease it creates
         self.on_started, self.on_stopped = on_started, on_stopped
         self.timings = timings or LeaseTimings()
@@ -124,6 +133,8 @@ class LeaderElector:
             meta: dict[str, Any] = {"name": self.name, "namespace": self.namespace}
             if self.owner is not None:
                 meta["ownerReferences"] = [self.owner]
+            if self.address:
+                meta["annotations"] = {ADDRESS_ANNOTATION: self.address}
             body = {"apiVersion": LEASES.api_version, "kind": LEASES.kind, "metadata": meta,
                     "spec": {"holderIdentity": self.identity,
                              "leaseDurationSeconds": round(self.timings.duration),
@@ -141,6 +152,8 @@ class LeaderElector:
         if holder and holder != self.identity and time.monotonic() < self._observed_at + duration:
             return False
         mine = holder == self.identity
+        if self.address:
+            lease.setdefault("metadata", {}).setdefault("annotations", {})[ADDRESS_ANNOTATION] = self.address
         lease["spec"] = {
             "holderIdentity": self.identity,
             "leaseDurationSeconds": round(self.timings.duration),
@@ -161,3 +174,9 @@ class LeaderElector:
         if record != self._observed:
             self._observed, self._observed_at = record, time.monotonic()
         self.holder = spec.get("holderIdentity") or None
+        annotations = (lease.get("metadata") or {}).get("annotations") or {}
+        address = annotations.get(ADDRESS_ANNOTATION) if self.holder else None
+        if address != self.holder_address:
+            self.holder_address = address
+            if self.on_holder is not None:
+                self.on_holder()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..api.models import GROUP, MODEL_DEPLOYMENT_KIND, ROUTE_POLICY_KIND, VERSION
+from ..api.models import GROUP, MODEL_DEPLOYMENT_KIND, ROUTE_POLICY_KIND, TENANT_KIND, TENANT_PLURAL, VERSION
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class Resource:
 
 MODEL_DEPLOYMENTS = Resource(GROUP, VERSION, "modeldeployments", MODEL_DEPLOYMENT_KIND)
 ROUTE_POLICIES = Resource(GROUP, VERSION, "routepolicies", ROUTE_POLICY_KIND)
+TENANTS = Resource(GROUP, VERSION, TENANT_PLURAL, TENANT_KIND)
+SECRETS = Resource("", "v1", "secrets", "Secret")
 DEPLOYMENTS = Resource("apps", "v1", "deployments", "Deployment")
 REPLICA_SETS = Resource("apps", "v1", "replicasets", "ReplicaSet")
 SERVICES = Resource("", "v1", "services", "Service")
@@ -44,8 +46,8 @@ EVENTS = Resource("", "v1", "events", "Event")
 CONFIG_MAPS = Resource("", "v1", "configmaps", "ConfigMap")
 LEASES = Resource("coordination.k8s.io", "v1", "leases", "Lease")
 
-BY_KIND = {(r.api_version, r.kind): r for r in (MODEL_DEPLOYMENTS, ROUTE_POLICIES, DEPLOYMENTS, SERVICES, PODS,
-                                                 NODES, EVENTS, CONFIG_MAPS, LEASES)}
+BY_KIND = {(r.api_version, r.kind): r for r in (MODEL_DEPLOYMENTS, ROUTE_POLICIES, TENANTS, DEPLOYMENTS, SERVICES,
+                                                 PODS, NODES, EVENTS, CONFIG_MAPS, LEASES, SECRETS)}
 
 
 def resource_of(body: dict) -> Resource:

@@ -15,9 +15,21 @@ import logging
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Generic, TypeVar
 
+from ..api.models import API_KEYS_LABEL
 from ..render.deployment import SELECTOR_LABEL
 from .client import Gone, KubeClient
-from .resources import CONFIG_MAPS, DEPLOYMENTS, MODEL_DEPLOYMENTS, NODES, PODS, ROUTE_POLICIES, SERVICES, Resource
+from .resources import (
+    CONFIG_MAPS,
+    DEPLOYMENTS,
+    MODEL_DEPLOYMENTS,
+    NODES,
+    PODS,
+    ROUTE_POLICIES,
+    SECRETS,
+    SERVICES,
+    TENANTS,
+    Resource,
+)
 from .views import (
     XDS_REPORT_LABEL,
     DeploymentView,
@@ -26,7 +38,9 @@ from .views import (
     PodView,
     Ref,
     RoutePolicyView,
+    SecretView,
     ServiceView,
+    TenantView,
     XdsReportView,
 )
 
@@ -166,8 +180,13 @@ class Store:
             client, PODS, lambda body, _: PodView.from_body(body), namespaces=namespaces,
             label_selector=SELECTOR_LABEL, index=lambda p: (p.namespace, p.model_deployment))
         self.nodes: Informer[NodeView] = Informer(client, NODES, lambda body, _: NodeView.from_body(body))
+        self.tenants: Informer[TenantView] = Informer(client, TENANTS, TenantView.from_body, namespaces=namespaces)
+        # Only Secrets labelled as API keys: not every Secret of the cluster in memory.
+        self.api_keys: Informer[SecretView] = Informer(
+            client, SECRETS, lambda body, _: SecretView.from_body(body), namespaces=namespaces,
+            label_selector=API_KEYS_LABEL)
         self.informers: list[Informer[Any]] = [self.model_deployments, self.route_policies, self.deployments,
-                                               self.services, self.pods, self.nodes]
+                                               self.services, self.pods, self.nodes, self.tenants, self.api_keys]
         self.xds_reports: Informer[XdsReportView] = Informer(
             client, CONFIG_MAPS, lambda body, _: XdsReportView.from_body(body),
             namespaces=[replicas_namespace] if replicas_namespace else None, label_selector=XDS_REPORT_LABEL)

@@ -8,23 +8,27 @@ and the status, the autoscaler and the routes all use it.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from ..api.models import (
     API_VERSION,
     DEFAULT_TARGETS,
     MODEL_DEPLOYMENT_KIND,
     ROUTE_POLICY_KIND,
+    TENANT_KIND,
     AutoscalingMetric,
     ModelDeploymentSpec,
     RoutePolicySpec,
     SpecError,
+    TenantSpec,
     parse_model_deployment_spec,
     parse_route_policy_spec,
+    parse_tenant_spec,
 )
 from ..engines.base import PORT, PORT_NAME
 from ..render.deployment import SELECTOR_LABEL
@@ -270,25 +274,77 @@ class ModelDeploymentView(_ResourceView):
 
 
 @dataclass(frozen=True)
-class RoutePolicyView(_ResourceView):
-    KIND: ClassVar[str] = ROUTE_POLICY_KIND
+class _SpecView(_ResourceView):
+    """A resource whose spec routing reads whole (a RoutePolicy, a Tenant), parsed once per generation."""
+
     created: str = ""
-    spec: RoutePolicySpec | None = None
+    spec: Any = None  # None when the spec is refused: see `invalid`
     invalid: str | None = None
     status: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_body(cls, policy: dict[str, Any], previous: RoutePolicyView | None = None) -> RoutePolicyView:
-        meta = policy["metadata"]
-        generation = meta.get("generation", 0)
-        spec, invalid = _parsed_spec(policy, previous, parse_route_policy_spec)
-        return cls(meta["namespace"], meta["name"], meta.get("uid", ""), generation,
+    def from_body(cls, body: dict[str, Any], previous: Any = None) -> Self:
+        meta = body["metadata"]
+        spec, invalid = _parsed_spec(body, previous, cls.parse)
+        return cls(meta["namespace"], meta["name"], meta.get("uid", ""), meta.get("generation", 0),
                    meta.get("resourceVersion", ""), meta.get("creationTimestamp") or "", spec, invalid,
-                   policy.get("status") or {})
+                   body.get("status") or {})
+
+    @staticmethod
+    def parse(spec: dict[str, Any]) -> Any:
+        """The spec, validated (raises SpecError)."""
+        raise NotImplementedError
 
     def routing_facets(self) -> tuple[Any, ...]:
         """What routing reads, but the status it writes itself (its own write needs no recompute)."""
         return (self.generation, self.uid, self.created, self.spec, self.invalid)
+
+
+@dataclass(frozen=True)
+class RoutePolicyView(_SpecView):
+    KIND: ClassVar[str] = ROUTE_POLICY_KIND
+    spec: RoutePolicySpec | None = None
+
+    @staticmethod
+    def parse(spec: dict[str, Any]) -> RoutePolicySpec:
+        return parse_route_policy_spec(spec)
+
+
+@dataclass(frozen=True)
+class TenantView(_SpecView):
+    KIND: ClassVar[str] = TENANT_KIND
+    spec: TenantSpec | None = None
+
+    @staticmethod
+    def parse(spec: dict[str, Any]) -> TenantSpec:
+        return parse_tenant_spec(spec)
+
+
+@dataclass(frozen=True)
+class SecretView:
+    """A Secret of API keys: its values, decoded. They never appear in a repr, a log or a status."""
+
+    namespace: str
+    name: str
+    keys: tuple[tuple[str, str], ...] = field(repr=False)  # (the data key, the API key), by data key
+    undecodable: tuple[str, ...] = ()  # data keys whose value is not UTF-8 text
+
+    @property
+    def ref(self) -> Ref:
+        return (self.namespace, self.name)
+
+    @classmethod
+    def from_body(cls, secret: dict[str, Any]) -> SecretView:
+        meta = secret["metadata"]
+        keys, undecodable = [], []
+        for name, encoded in sorted((secret.get("data") or {}).items()):
+            try:
+                value = base64.b64decode(encoded or "", validate=True).decode()
+            except (ValueError, UnicodeDecodeError):
+                undecodable.append(name)
+                continue
+            keys.append((name, value.strip()))  # a trailing newline from `echo key > file` is not part of it
+        return cls(meta["namespace"], meta["name"], tuple(keys), tuple(undecodable))
 
 
 XDS_REPORT_LABEL = "llmfleet.io/xds-report"  # on each operator replica's report ConfigMap

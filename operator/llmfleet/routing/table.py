@@ -111,10 +111,45 @@ class Route:
     cascade: Cascade | None = None
 
 
+ALL_MODELS = "*"
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """A token bucket: ``burst`` units at most, refilled at ``limit`` per ``seconds``."""
+
+    limit: int
+    seconds: int
+    burst: int
+
+    @property
+    def per_second(self) -> float:
+        return self.limit / self.seconds
+
+
+@dataclass(frozen=True)
+class TenantAccess:
+    """A tenant as the ingress knows it: its keys, the public models it may call, its limits."""
+
+    name: str  # "<namespace>/<name>": the client Envoy authenticates and names in x-llmfleet-tenant
+    keys: tuple[str, ...] = field(repr=False)  # never in a repr, so never in a log line
+    models: tuple[str, ...] = ()  # public model names, or (ALL_MODELS,)
+    requests: RateLimit | None = None
+    tokens: RateLimit | None = None
+
+    def may_call(self, model: str) -> bool:
+        return ALL_MODELS in self.models or model in self.models
+
+
 @dataclass(frozen=True)
 class RouteTable:
     routes: tuple[Route, ...] = ()
     clusters: tuple[Cluster, ...] = ()
+    # None: no Tenant exists and the ingress is open, as before tenants; otherwise every
+    # request needs the key of one of these (none at all: every request is refused).
+    tenants: tuple[TenantAccess, ...] | None = None
+    # Where Envoy asks for tenants' rate limits (the leading operator replica); None: unknown.
+    rate_limit_service: Endpoint | None = None
 
     def cluster(self, name: str) -> Cluster | None:
         return self._by_name.get(name)

@@ -1,0 +1,95 @@
+"""Envoy's rate-limit service (``envoy.service.ratelimit.v3``), served by the operator.
+
+Every Envoy asks one place, the leader (the route table names it), so a tenant's limit
+holds across Envoy replicas. The decisions are the pure ``routing.ratelimit.Limiter``'s;
+this module only reads Envoy's descriptors and answers in its terms: a refusal carries
+OpenAI's 429 body (``rate_limit_exceeded``) and ``Retry-After``. When the service cannot
+be reached, Envoy lets requests through (``failure_mode_deny: false``): losing the limit
+for a moment is better than refusing everyone.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
+from prometheus_client import Counter
+
+from ..api import openai
+from ..routing.ratelimit import REQUESTS, TOKENS, Decision, Limiter
+from ..routing.table import TenantAccess
+from .resources import RATE_LIMIT_KIND, RATE_LIMIT_TENANT
+
+_UNITS = {1: "second", 60: "minute", 3600: "hour"}
+
+
+def refusal(tenant: str, kind: str, decision: Decision) -> dict[str, Any]:
+    """OpenAI's 429 body for a refused request."""
+    limit = decision.limit
+    assert limit is not None
+    unit = _UNITS.get(limit.seconds, f"{limit.seconds} s")
+    return openai.error_body(
+        f"Rate limit reached for {kind} of tenant {tenant}: limit {limit.limit} per {unit}. "
+        f"Please try again in {decision.retry_after}s.",
+        kind, code="rate_limit_exceeded")
+
+
+class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
+    """Answers ShouldRateLimit from the current tenants' limits (``configure``, any thread)."""
+
+    def __init__(self, decisions: Counter, tokens: Counter, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limiter = Limiter()
+        self._lock = threading.Lock()
+        self._clock = clock
+        self._decisions, self._tokens = decisions, tokens
+
+    def configure(self, tenants: tuple[TenantAccess, ...] | None) -> None:
+        with self._lock:
+            self.limiter.configure(tenants)
+
+    def add_to(self, server: grpc.aio.Server) -> None:
+        rls_pb2_grpc.add_RateLimitServiceServicer_to_server(self, server)
+
+    async def ShouldRateLimit(self, request: rls_pb2.RateLimitRequest,
+                              context: grpc.aio.ServicerContext) -> rls_pb2.RateLimitResponse:
+        return self.decide(request)
+
+    def decide(self, request: rls_pb2.RateLimitRequest) -> rls_pb2.RateLimitResponse:
+        response = rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OK)
+        refused: tuple[str, str, Decision] | None = None
+        now = self._clock()
+        for descriptor in request.descriptors:
+            entries = {e.key: e.value for e in descriptor.entries}
+            tenant, kind = entries.get(RATE_LIMIT_TENANT, ""), entries.get(RATE_LIMIT_KIND, "")
+            hits = descriptor.hits_addend.value if descriptor.HasField("hits_addend") else (request.hits_addend or 1)
+            if kind not in (REQUESTS, TOKENS) or not tenant:
+                response.statuses.add(code=rls_pb2.RateLimitResponse.OK)
+                continue
+            with self._lock:
+                decision = self.limiter.decide(tenant, kind, hits, now)
+            status = response.statuses.add(
+                code=rls_pb2.RateLimitResponse.OK if decision.allowed else rls_pb2.RateLimitResponse.OVER_LIMIT,
+                limit_remaining=decision.remaining)
+            if decision.limit is not None:
+                status.duration_until_reset.FromSeconds(decision.retry_after or decision.limit.seconds)
+                if kind == TOKENS and hits > 0:
+                    self._tokens.labels(tenant).inc(hits)
+                else:
+                    self._decisions.labels(tenant, kind, "allowed" if decision.allowed else "refused").inc()
+            if not decision.allowed and refused is None:
+                refused = (tenant, kind, decision)
+        if refused is not None:
+            tenant, kind, decision = refused
+            response.overall_code = rls_pb2.RateLimitResponse.OVER_LIMIT
+            response.raw_body = json.dumps(refusal(tenant, kind, decision)).encode()
+            response.response_headers_to_add.extend([
+                base_pb2.HeaderValue(key="retry-after", value=str(decision.retry_after)),
+                base_pb2.HeaderValue(key="content-type", value="application/json"),
+            ])
+        return response

@@ -1,0 +1,218 @@
+"""Tenants at a real Envoy: who gets in, with which key, to which model; errors in OpenAI's shape."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+from llmfleet.routing.table import Cluster, Endpoint, RateLimit, Route, RouteTable, TenantAccess, WeightedBackend
+from tests.dataplane.conftest import CHAT, LOCALHOST, DataPlane, free_port
+from tests.helpers import wait_for
+
+A_KEY, B_KEY, ALL_KEY = "sk-team-a-0123456789", "sk-team-b-0123456789", "sk-all-0123456789"
+
+
+@contextlib.asynccontextmanager
+async def _backend(handle: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[int]:
+    """An OpenAI-ish backend on 127.0.0.1 answering chat completions with ``handle``; yields its port."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, LOCALHOST, port).start()
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
+Echo = tuple[int, list[dict[str, str]]]  # the backend's port, the headers of each request it saw
+
+
+@pytest.fixture
+async def echo() -> AsyncIterator[Echo]:
+    """A backend that answers every model and remembers each request's headers: (port, headers seen)."""
+    seen: list[dict[str, str]] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append({k.lower(): v for k, v in request.headers.items()})
+        body = await request.json()
+        return web.json_response({"object": "chat.completion", "model": body["model"], "choices": []})
+
+    async with _backend(handle) as port:
+        yield port, seen
+
+
+def _table(port: int, tenants: tuple[TenantAccess, ...] | None) -> RouteTable:
+    cluster = Cluster("ai/echo", "echo", (Endpoint(LOCALHOST, port),))
+    return RouteTable(routes=(Route("chat", (WeightedBackend("ai/echo", 100),)),
+                              Route("embed", (WeightedBackend("ai/echo", 100),))),
+                      clusters=(cluster,), tenants=tenants)
+
+
+TENANTS = (TenantAccess("ai/team-a", (A_KEY,), ("chat",)), TenantAccess("ai/team-b", (B_KEY,), ("embed",)),
+           TenantAccess("ops/all", (ALL_KEY,), ("*",)))
+
+
+async def _post(dp: DataPlane, model: str, key: str | None = None, **headers: str) -> httpx.Response:
+    if key is not None:
+        headers["Authorization"] = f"Bearer {key}"
+    async with httpx.AsyncClient(base_url=dp.url, timeout=10) as client:
+        return await client.post("/v1/chat/completions", json={"model": model, **CHAT}, headers=headers)
+
+
+async def test_without_tenants_the_ingress_stays_open(dataplane: DataPlane, echo: Echo) -> None:
+    dataplane.apply(_table(echo[0], None))
+    r = await _post(dataplane, "chat")
+    assert r.status_code == 200, r.text
+
+
+async def test_keys_and_models_decide_who_gets_in(dataplane: DataPlane, echo: Echo) -> None:
+    dataplane.apply(_table(echo[0], TENANTS))
+
+    r = await _post(dataplane, "chat")
+    assert r.status_code == 401
+    assert r.json()["error"]["code"] == "invalid_api_key" and "didn't provide an API key" in r.text
+
+    r = await _post(dataplane, "chat", "sk-nobody")
+    assert r.status_code == 401 and r.json()["error"]["message"] == "Incorrect API key provided."
+
+    r = await _post(dataplane, "embed", A_KEY)
+    assert r.status_code == 403, r.text
+    assert r.json()["error"] == {"message": "Your API key may not call the model `embed`.",
+                                 "type": "invalid_request_error", "param": "model", "code": "model_not_allowed"}
+
+    for model, key in (("chat", A_KEY), ("embed", B_KEY), ("chat", ALL_KEY), ("embed", ALL_KEY)):
+        r = await _post(dataplane, model, key)
+        assert r.status_code == 200, (model, r.text)
+        assert r.json()["model"] == "echo"
+
+    async with httpx.AsyncClient(base_url=dataplane.url, timeout=10) as client:
+        assert (await client.get("/v1/models")).status_code == 401
+        listed = await client.get("/v1/models", headers={"Authorization": f"Bearer {B_KEY}"})
+        assert listed.status_code == 200 and [m["id"] for m in listed.json()["data"]] == ["chat", "embed"]
+
+
+async def test_the_engine_sees_the_tenant_never_the_key(dataplane: DataPlane, echo: Echo) -> None:
+    dataplane.apply(_table(echo[0], TENANTS))
+    r = await _post(dataplane, "chat", A_KEY, **{"x-llmfleet-tenant": "ops/all"})  # a claim it cannot make
+    assert r.status_code == 200
+    headers = echo[1][-1]
+    assert headers["x-llmfleet-tenant"] == "ai/team-a"
+    assert "authorization" not in headers
+    # Nor does Envoy's admin interface show a key.
+    status, dump = dataplane.envoy.admin("/config_dump")
+    assert status == 200 and "ai/team-a" in dump
+    assert not any(key in dump for key in (A_KEY, B_KEY, ALL_KEY))
+
+
+async def test_a_rotated_key_replaces_the_old_one(dataplane: DataPlane, echo: Echo) -> None:
+    port = echo[0]
+    dataplane.apply(_table(port, TENANTS))
+    assert (await _post(dataplane, "chat", A_KEY)).status_code == 200
+    rotated = (TenantAccess("ai/team-a", ("sk-team-a-rotated",), ("chat",)), *TENANTS[1:])
+    dataplane.apply(_table(port, rotated))
+    assert (await _post(dataplane, "chat", A_KEY)).status_code == 401
+    assert (await _post(dataplane, "chat", "sk-team-a-rotated")).status_code == 200
+    assert dataplane.nacks == []
+
+
+async def test_tenants_without_keys_let_nobody_in(dataplane: DataPlane, echo: Echo) -> None:
+    dataplane.apply(_table(echo[0], (TenantAccess("ai/team-a", (), ("chat",)),)))
+    assert (await _post(dataplane, "chat")).status_code == 401
+    assert (await _post(dataplane, "chat", A_KEY)).status_code == 401
+    assert dataplane.nacks == []
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+@pytest.fixture
+async def counted() -> AsyncIterator[int]:
+    """A backend whose every answer used 40 tokens: a JSON body, or a stream (with usage
+    when the request asks for it)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        usage = {"prompt_tokens": 30, "completion_tokens": 10, "total_tokens": 40}
+        if not body.get("stream"):
+            return web.json_response({"object": "chat.completion", "model": body["model"], "choices": [],
+                                      "usage": usage})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(10):
+            chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": f"t{i}"}}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await response.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    async with _backend(handle) as port:
+        yield port
+
+
+def _limited(dp: DataPlane, port: int, tenants: tuple[TenantAccess, ...], service: bool = True) -> RouteTable:
+    return dataclasses.replace(_table(port, tenants),
+                               rate_limit_service=Endpoint(LOCALHOST, dp.xds_port) if service else None)
+
+
+async def _burst(dp: DataPlane, n: int, key: str, **body: Any) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=dp.url, timeout=10, limits=httpx.Limits(max_connections=n)) as client:
+        return await asyncio.gather(*(client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {key}"},
+                                                  json={"model": "chat", **CHAT, **body}) for _ in range(n)))
+
+
+async def test_a_request_limit_admits_its_burst_and_refuses_the_rest(dataplane: DataPlane, counted: int) -> None:
+    tenants = (TenantAccess("ai/team-a", (A_KEY,), ("*",), requests=RateLimit(5, 1, 5)),
+               TenantAccess("ai/team-b", (B_KEY,), ("*",), requests=RateLimit(5, 1, 5)))
+    dataplane.apply(_limited(dataplane, counted, tenants))
+    answers = await _burst(dataplane, 20, A_KEY)
+    assert sorted(r.status_code for r in answers) == [200] * 5 + [429] * 15
+    refused = next(r for r in answers if r.status_code == 429)
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["error"]["code"] == "rate_limit_exceeded" and refused.json()["error"]["type"] == "requests"
+    assert "team-a" in refused.json()["error"]["message"]
+    # The other tenant's bucket is its own.
+    assert [r.status_code for r in await _burst(dataplane, 5, B_KEY)] == [200] * 5
+    # A second later the bucket has refilled.
+    await asyncio.sleep(1.1)
+    assert sorted(r.status_code for r in await _burst(dataplane, 6, A_KEY)) == [200] * 5 + [429]
+
+
+async def test_a_token_limit_holds_within_one_response(dataplane: DataPlane, counted: int) -> None:
+    tenants = (TenantAccess("ai/team-a", (A_KEY,), ("*",), tokens=RateLimit(100, 60, 100)),)
+    dataplane.apply(_limited(dataplane, counted, tenants))
+    statuses = []
+    for body in ({}, {"stream": True, "stream_options": {"include_usage": True}}, {"stream": True}, {}):
+        async with httpx.AsyncClient(base_url=dataplane.url, timeout=10) as client:
+            r = await client.post("/v1/chat/completions", headers={"Authorization": f"Bearer {A_KEY}"},
+                                  json={"model": "chat", **CHAT, **body})
+            statuses.append(r.status_code)
+            if r.status_code == 429:
+                assert r.json()["error"]["type"] == "tokens"
+                assert int(r.headers["retry-after"]) >= 1
+    # 40 (JSON usage) + 40 (stream usage) + 10 (a stream without usage: one per event)
+    # = 90 of 100: the fourth still goes; it takes 40 more, to -30.
+    assert statuses == [200, 200, 200, 200]
+    # Envoy reports a response's tokens once its stream is done, a moment after the client has it.
+    wait_for(lambda: dataplane.registry.get_sample_value(
+        "llmfleet_ratelimit_tokens_total", {"tenant": "ai/team-a"}) == 130, timeout=5,
+        what="the service counting each response's tokens")
+    r = (await _burst(dataplane, 1, A_KEY))[0]
+    assert r.status_code == 429, "the bucket is below zero: refused until it refills"
+
+
+async def test_without_the_service_requests_go_through(dataplane: DataPlane, counted: int) -> None:
+    tenants = (TenantAccess("ai/team-a", (A_KEY,), ("*",), requests=RateLimit(1, 60, 1)),)
+    dataplane.apply(_limited(dataplane, counted, tenants, service=False))
+    assert [r.status_code for r in await _burst(dataplane, 3, A_KEY)] == [200] * 3

@@ -1,0 +1,275 @@
+"""Tenants → what the ingress enforces and each Tenant's status (pure), and its Envoy config."""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from envoy.service.ratelimit.v3 import rls_pb2
+from prometheus_client import CollectorRegistry, Counter
+
+from llmfleet.api.models import SpecError, parse_tenant_spec
+from llmfleet.controller.operator import parse_endpoint
+from llmfleet.envoy.ratelimit import RateLimitService
+from llmfleet.envoy.resources import (
+    ACCESS_FILTER,
+    AUTH_FILTER,
+    CLUSTER_TYPE,
+    LISTENER_TYPE,
+    RATE_LIMIT_FILTER,
+    ROUTE_TYPE,
+    USAGE_FILTER,
+    build_config,
+    build_resources,
+)
+from llmfleet.kube.views import SecretView, TenantView
+from llmfleet.routing.ratelimit import REQUESTS, TOKENS, Decision, Limiter
+from llmfleet.routing.table import Cluster, Endpoint, RateLimit, Route, RouteTable, TenantAccess, WeightedBackend
+from llmfleet.routing.tenants import compute_tenants
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
+
+
+def _tenant(name: str, secret: str = "", models: tuple[str, ...] = ("chat",), *, created: str = "2026-12-01T00:00:00Z",
+            limits: dict | None = None, namespace: str = "ai") -> TenantView:
+    spec = {"apiKeys": {"secretName": secret or f"{name}-keys"}, "models": list(models)}
+    if limits:
+        spec["limits"] = limits
+    return TenantView.from_body({"metadata": {"namespace": namespace, "name": name, "uid": f"uid-{name}",
+                                              "generation": 1, "creationTimestamp": created}, "spec": spec})
+
+
+def _secret(name: str, namespace: str = "ai", **values: str | bytes) -> SecretView:
+    data = {k: base64.b64encode(v if isinstance(v, bytes) else v.encode()).decode() for k, v in values.items()}
+    return SecretView.from_body({"metadata": {"namespace": namespace, "name": name}, "data": data})
+
+
+def test_no_tenant_leaves_the_ingress_open() -> None:
+    access, results = compute_tenants([], [_secret("x", k="sk-1")], ["chat"])
+    assert access is None and results == []
+
+
+def test_keys_models_and_limits_reach_the_ingress() -> None:
+    tenant = _tenant("team-a", models=("chat", "embed"),
+                     limits={"requests": {"limit": 5, "per": "second"}, "tokens": {"limit": 6000}})
+    access, results = compute_tenants([tenant], [_secret("team-a-keys", old="sk-old\n", new="sk-new")], ["chat"])
+    assert access == (TenantAccess("ai/team-a", ("sk-new", "sk-old"), ("chat", "embed"),
+                                   RateLimit(5, 1, 5), RateLimit(6000, 60, 6000)),)
+    (result,) = results
+    assert result.keys == 2 and result.ready.status and result.ready.reason == "KeysAccepted"
+    assert "no RoutePolicy serves embed" in result.ready.message
+
+
+def test_a_missing_secret_fails_closed_and_says_how_to_fix_it() -> None:
+    access, results = compute_tenants([_tenant("team-a")], [], ["chat"])
+    assert access == (), "a Tenant exists, so the ingress asks every request for a key"
+    assert not results[0].ready.status and results[0].ready.reason == "SecretNotFound"
+    assert "kubectl label secret team-a-keys llmfleet.io/api-keys=true" in results[0].ready.message
+
+
+def test_a_key_two_tenants_claim_stays_with_the_older_and_is_never_quoted() -> None:
+    older = _tenant("team-a", created="2026-12-01T00:00:00Z")
+    newer = _tenant("team-b", created="2026-12-02T00:00:00Z")
+    secrets = [_secret("team-a-keys", k="sk-shared"), _secret("team-b-keys", mine="sk-b", copied="sk-shared")]
+    access, results = compute_tenants([newer, older], secrets, ["chat"])
+    assert access is not None
+    assert {t.name: t.keys for t in access} == {"ai/team-a": ("sk-shared",), "ai/team-b": ("sk-b",)}
+    b = next(r for r in results if r.name == "team-b")
+    assert not b.ready.status and b.ready.reason == "KeyConflict" and b.keys == 1
+    assert "entry 'copied' holds a key of Tenant ai/team-a" in b.ready.message
+    assert all("sk-" not in r.ready.message for r in results)
+
+
+def test_empty_and_binary_entries_are_named_not_accepted() -> None:
+    access, results = compute_tenants([_tenant("team-a")], [_secret("team-a-keys", blank="  ", raw=b"\xff\xfe")],
+                                      ["chat"])
+    assert access is not None and access[0].keys == ()
+    assert results[0].ready.reason == "NoKeys"
+    assert "entry 'blank' is empty" in results[0].ready.message
+    assert "entry 'raw' is not UTF-8 text" in results[0].ready.message
+
+
+def test_keys_never_show_in_a_repr() -> None:
+    secret = _secret("team-a-keys", k="sk-very-secret")
+    access, _ = compute_tenants([_tenant("team-a")], [secret], ["chat"])
+    assert "sk-very-secret" not in repr(secret) + repr(access) + repr(RouteTable(tenants=access))
+
+
+def test_a_refused_spec_names_the_field() -> None:
+    with pytest.raises(SpecError, match=r"spec\.models: .*at least 1"):
+        parse_tenant_spec({"apiKeys": {"secretName": "k"}, "models": []})
+    with pytest.raises(SpecError, match=r"spec\.models: .*only once"):
+        parse_tenant_spec({"apiKeys": {"secretName": "k"}, "models": ["chat", "chat"]})
+    tenant = TenantView.from_body({"metadata": {"namespace": "ai", "name": "t", "generation": 2},
+                                   "spec": {"apiKeys": {"secretName": "k"}, "models": ["chat"],
+                                            "limits": {"requests": {"limit": 0}}}})
+    _, (result,) = compute_tenants([tenant], [], [])
+    assert result.ready.reason == "InvalidSpec" and "spec.limits.requests.limit" in result.ready.message
+
+
+# --------------------------------------------------------------------------- Envoy
+
+
+def _table(tenants: tuple[TenantAccess, ...] | None) -> RouteTable:
+    return RouteTable(
+        routes=(Route("chat", (WeightedBackend("ai/a", 100),)), Route("embed", (WeightedBackend("ai/a", 100),))),
+        clusters=(Cluster("ai/a", "a", (Endpoint("10.0.0.1", 8000),)),),
+        tenants=tenants,
+    )
+
+
+def test_without_tenants_no_route_asks_for_a_key() -> None:
+    config = build_config(_table(None), listener_port=8080)
+    host = config[ROUTE_TYPE][0]["virtual_hosts"][0]
+    assert "typed_per_filter_config" not in host
+    assert all(ACCESS_FILTER not in r.get("typed_per_filter_config", {}) for r in host["routes"])
+
+
+def test_tenants_never_change_the_listener() -> None:
+    """Keys come and go through RDS: a listener change would drain every connection."""
+    tenants = (TenantAccess("ai/a", ("sk-1",), ("chat",)),)
+    assert build_resources(_table(None), listener_port=8080)[LISTENER_TYPE] == \
+        build_resources(_table(tenants), listener_port=8080)[LISTENER_TYPE]
+
+
+def test_each_model_admits_only_its_tenants() -> None:
+    tenants = (TenantAccess("ai/a", ("sk-a2", "sk-a1"), ("chat",)), TenantAccess("ai/all", ("sk-x",), ("*",)))
+    host = build_config(_table(tenants), listener_port=8080)[ROUTE_TYPE][0]["virtual_hosts"][0]
+    auth = host["typed_per_filter_config"][AUTH_FILTER]
+    assert auth["credentials"] == [{"key": "sk-a1", "client": "ai/a"}, {"key": "sk-a2", "client": "ai/a"},
+                                   {"key": "sk-x", "client": "ai/all"}]
+    assert auth["forwarding"] == {"header": "x-llmfleet-tenant", "hide_credentials": True}
+
+    def admitted(route_name: str) -> list[str]:
+        route = next(r for r in host["routes"] if r["name"] == route_name)
+        policies = route["typed_per_filter_config"][ACCESS_FILTER]["rbac"]["rules"]["policies"]
+        return [p["header"]["string_match"]["exact"] for p in policies.get("tenants", {}).get("principals", [])]
+
+    assert admitted("chat") == ["ai/a", "ai/all"]
+    assert admitted("embed") == ["ai/all"]
+    build_resources(_table(tenants), listener_port=8080)  # every field is one Envoy knows
+
+
+def test_a_model_nobody_may_call_refuses_everyone() -> None:
+    host = build_config(_table((TenantAccess("ai/a", ("k",), ("chat",)),)), listener_port=8080)[ROUTE_TYPE][0]
+    embed = next(r for r in host["virtual_hosts"][0]["routes"] if r["name"] == "embed")
+    assert embed["typed_per_filter_config"][ACCESS_FILTER]["rbac"]["rules"] == {"action": "ALLOW", "policies": {}}
+
+
+# --------------------------------------------------------------------------- rate limits
+
+
+def test_a_request_bucket_admits_its_burst_then_its_rate() -> None:
+    limiter = Limiter()
+    limiter.configure((TenantAccess("ai/a", ("k",), ("*",), requests=RateLimit(5, 1, 5)),))
+    answers = [limiter.decide("ai/a", REQUESTS, 1, now=100.0) for _ in range(7)]
+    assert [d.allowed for d in answers] == [True] * 5 + [False] * 2
+    assert answers[4].remaining == 0 and answers[5].retry_after == 1
+    assert limiter.decide("ai/a", REQUESTS, 1, now=100.2).allowed, "one more after a fifth of a second"
+    assert not limiter.decide("ai/a", REQUESTS, 1, now=100.2).allowed
+    assert [limiter.decide("ai/a", REQUESTS, 1, now=200.0).allowed for _ in range(6)] == [True] * 5 + [False], \
+        "a long pause refills to the burst, no more"
+
+
+def test_a_per_minute_limit_says_when_to_come_back() -> None:
+    limiter = Limiter()
+    limiter.configure((TenantAccess("ai/a", ("k",), ("*",), requests=RateLimit(6, 60, 2)),))
+    assert [limiter.decide("ai/a", REQUESTS, 1, now=0.0).allowed for _ in range(3)] == [True, True, False]
+    assert limiter.decide("ai/a", REQUESTS, 1, now=0.0).retry_after == 10  # one request per 10 s
+
+
+def test_tokens_are_checked_before_and_taken_after() -> None:
+    limiter = Limiter()
+    limiter.configure((TenantAccess("ai/a", ("k",), ("*",), tokens=RateLimit(100, 60, 100)),))
+    for _ in range(3):
+        assert limiter.decide("ai/a", TOKENS, 0, now=0.0).allowed
+        assert limiter.decide("ai/a", TOKENS, 40, now=0.0).allowed  # a response's tokens are never refused
+    refused = limiter.decide("ai/a", TOKENS, 0, now=0.0)
+    assert not refused.allowed and refused.retry_after == 13  # 20 below zero at 100/min: 12 s, and a bit
+    assert limiter.decide("ai/a", TOKENS, 0, now=13.0).allowed
+
+
+def test_tenants_without_limits_and_unknown_tenants_pass() -> None:
+    limiter = Limiter()
+    limiter.configure((TenantAccess("ai/a", ("k",), ("*",)),))
+    assert limiter.decide("ai/a", REQUESTS, 1, now=0.0) == Decision(True)
+    assert limiter.decide("ai/nobody", TOKENS, 0, now=0.0) == Decision(True)
+
+
+def test_reconfiguring_keeps_the_level_of_an_unchanged_limit() -> None:
+    """A key rotation, or another tenant's change, must not hand out a fresh burst."""
+    limiter = Limiter()
+    a = TenantAccess("ai/a", ("k1",), ("*",), requests=RateLimit(5, 60, 5))
+    limiter.configure((a,))
+    for _ in range(5):
+        limiter.decide("ai/a", REQUESTS, 1, now=0.0)
+    limiter.configure((dataclasses.replace(a, keys=("k2",)), TenantAccess("ai/b", ("k3",), ("*",))))
+    assert not limiter.decide("ai/a", REQUESTS, 1, now=0.0).allowed
+    limiter.configure((dataclasses.replace(a, requests=RateLimit(10, 60, 10)),))
+    assert limiter.decide("ai/a", REQUESTS, 1, now=0.0).allowed, "a new limit starts a new bucket"
+
+
+def test_the_service_answers_envoy_in_openai_terms() -> None:
+    registry = CollectorRegistry()
+    service = RateLimitService(Counter("d", "d", ["tenant", "limit", "decision"], registry=registry),
+                               Counter("t", "t", ["tenant"], registry=registry), clock=lambda: 0.0)
+    service.configure((TenantAccess("ai/a", ("k",), ("*",), requests=RateLimit(1, 60, 1)),))
+
+    def ask() -> rls_pb2.RateLimitResponse:
+        request = rls_pb2.RateLimitRequest(domain="llmfleet")
+        descriptor = request.descriptors.add()
+        descriptor.entries.add(key="tenant", value="ai/a")
+        descriptor.entries.add(key="limit", value="requests")
+        return service.decide(request)
+
+    assert ask().overall_code == rls_pb2.RateLimitResponse.OK
+    refused = ask()
+    assert refused.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT
+    assert {h.key: h.value for h in refused.response_headers_to_add} == {
+        "retry-after": "60", "content-type": "application/json"}
+    error = json.loads(refused.raw_body)["error"]
+    assert error["code"] == "rate_limit_exceeded" and error["type"] == "requests"
+    assert error["message"] == ("Rate limit reached for requests of tenant ai/a: limit 1 per minute. "
+                                "Please try again in 60s.")
+    assert registry.get_sample_value("d_total", {"tenant": "ai/a", "limit": "requests", "decision": "refused"}) == 1
+
+
+def test_the_example_tenant_is_valid() -> None:
+    secret, tenant = yaml.safe_load_all((EXAMPLES / "tenant-team-a.yaml").read_text())
+    spec = parse_tenant_spec(tenant["spec"])
+    assert spec.api_keys.secret_name == secret["metadata"]["name"]
+    assert "llmfleet.io/api-keys" in secret["metadata"]["labels"]
+
+
+def test_the_leaders_address_is_read_from_the_lease_annotation() -> None:
+    assert parse_endpoint("10.1.2.3:18000") == Endpoint("10.1.2.3", 18000)
+    assert parse_endpoint("[fd00::1]:18000") == Endpoint("fd00::1", 18000)
+    assert parse_endpoint(None) is None and parse_endpoint("operator:18000") is None
+
+
+def test_envoy_asks_the_leaders_service_only_about_limited_tenants() -> None:
+    def config(*tenants: TenantAccess) -> tuple[list[dict], dict]:
+        table = dataclasses.replace(_table(tenants), rate_limit_service=Endpoint("10.0.0.9", 18000))
+        built = build_config(table, listener_port=8080)
+        return built[CLUSTER_TYPE], built[ROUTE_TYPE][0]["virtual_hosts"][0]["typed_per_filter_config"]
+
+    clusters, host = config(TenantAccess("ai/a", ("k",), ("*",)))
+    assert "llmfleet_ratelimit" not in [c["name"] for c in clusters] and RATE_LIMIT_FILTER not in host
+
+    clusters, host = config(TenantAccess("ai/a", ("k",), ("*",), requests=RateLimit(5, 1, 5)))
+    (service,) = [c for c in clusters if c["name"] == "llmfleet_ratelimit"]
+    assert service["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"] == {
+        "socket_address": {"address": "10.0.0.9", "port_value": 18000}}
+    (requests,) = host[RATE_LIMIT_FILTER]["rate_limits"]
+    assert requests["actions"][1]["generic_key"]["descriptor_value"] == "requests"
+    assert USAGE_FILTER not in host
+
+    _, host = config(TenantAccess("ai/a", ("k",), ("*",), tokens=RateLimit(100, 60, 100)))
+    check, charge = host[RATE_LIMIT_FILTER]["rate_limits"]
+    assert check["hits_addend"] == {"number": 0} and "apply_on_stream_done" not in check
+    assert charge["apply_on_stream_done"] and charge["hits_addend"] == {"format": "%DYNAMIC_METADATA(llmfleet:tokens)%"}
+    assert "total_tokens" in host[USAGE_FILTER]["source_code"]["inline_string"]
