@@ -9,19 +9,22 @@ On a failure, the tails of Envoy's log and the sims' logs are attached to the re
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import signal
 import socket
 import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from aiohttp import web
 from llmfleet_devcluster.envoy import EnvoyProcess, find_envoy
 from llmfleet_devcluster.waiting import wait_until_serving
 from llmfleet_devcluster.xds import BackgroundXdsServer
@@ -298,3 +301,48 @@ async def post_many(url: str, n: int, *, concurrency: int = 16, body: dict[str, 
         async with asyncio.timeout(time_limit):
             await asyncio.gather(*(worker() for _ in range(concurrency)))
     return result
+
+
+# --------------------------------------------------------------------------- OpenAI-ish backends
+
+
+@contextlib.asynccontextmanager
+async def backend(handle: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[int]:
+    """An OpenAI-ish backend on 127.0.0.1 answering chat completions with ``handle``; yields its port."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, LOCALHOST, port).start()
+    try:
+        yield port
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def counted() -> AsyncIterator[int]:
+    """A backend whose every answer used 40 tokens: a JSON body, or a stream (with usage
+    when the request asks for it)."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        usage = {"prompt_tokens": 30, "completion_tokens": 10, "total_tokens": 40}
+        if not body.get("stream"):
+            return web.json_response({"object": "chat.completion", "model": body["model"], "choices": [],
+                                      "usage": usage})
+        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
+        await response.prepare(request)
+        for i in range(10):
+            chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": f"t{i}"}}]}
+            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
+        if (body.get("stream_options") or {}).get("include_usage"):
+            await response.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
+        await response.write(b"data: [DONE]\n\n")
+        return response
+
+    async with backend(handle) as port:
+        yield port
+
+

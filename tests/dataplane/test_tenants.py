@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -14,25 +12,10 @@ import pytest
 from aiohttp import web
 
 from llmfleet.routing.table import Cluster, Endpoint, RateLimit, Route, RouteTable, TenantAccess, WeightedBackend
-from tests.dataplane.conftest import CHAT, LOCALHOST, DataPlane, free_port
+from tests.dataplane.conftest import CHAT, LOCALHOST, DataPlane, backend
 from tests.helpers import wait_for
 
 A_KEY, B_KEY, ALL_KEY = "sk-team-a-0123456789", "sk-team-b-0123456789", "sk-all-0123456789"
-
-
-@contextlib.asynccontextmanager
-async def _backend(handle: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> AsyncIterator[int]:
-    """An OpenAI-ish backend on 127.0.0.1 answering chat completions with ``handle``; yields its port."""
-    app = web.Application()
-    app.router.add_post("/v1/chat/completions", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    port = free_port()
-    await web.TCPSite(runner, LOCALHOST, port).start()
-    try:
-        yield port
-    finally:
-        await runner.cleanup()
 
 
 Echo = tuple[int, list[dict[str, str]]]  # the backend's port, the headers of each request it saw
@@ -48,7 +31,7 @@ async def echo() -> AsyncIterator[Echo]:
         body = await request.json()
         return web.json_response({"object": "chat.completion", "model": body["model"], "choices": []})
 
-    async with _backend(handle) as port:
+    async with backend(handle) as port:
         yield port, seen
 
 
@@ -134,31 +117,6 @@ async def test_tenants_without_keys_let_nobody_in(dataplane: DataPlane, echo: Ec
 
 
 # --------------------------------------------------------------------------- rate limits
-
-
-@pytest.fixture
-async def counted() -> AsyncIterator[int]:
-    """A backend whose every answer used 40 tokens: a JSON body, or a stream (with usage
-    when the request asks for it)."""
-
-    async def handle(request: web.Request) -> web.StreamResponse:
-        body = await request.json()
-        usage = {"prompt_tokens": 30, "completion_tokens": 10, "total_tokens": 40}
-        if not body.get("stream"):
-            return web.json_response({"object": "chat.completion", "model": body["model"], "choices": [],
-                                      "usage": usage})
-        response = web.StreamResponse(headers={"content-type": "text/event-stream"})
-        await response.prepare(request)
-        for i in range(10):
-            chunk = {"object": "chat.completion.chunk", "choices": [{"index": 0, "delta": {"content": f"t{i}"}}]}
-            await response.write(f"data: {json.dumps(chunk)}\n\n".encode())
-        if (body.get("stream_options") or {}).get("include_usage"):
-            await response.write(f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n".encode())
-        await response.write(b"data: [DONE]\n\n")
-        return response
-
-    async with _backend(handle) as port:
-        yield port
 
 
 def _limited(dp: DataPlane, port: int, tenants: tuple[TenantAccess, ...], service: bool = True) -> RouteTable:

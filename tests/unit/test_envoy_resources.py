@@ -408,15 +408,18 @@ def test_rewrite_source_embeds_the_served_name_as_json() -> None:
 
 
 def test_access_log_is_one_json_line_per_request_and_can_be_turned_off() -> None:
+    """The stdout log can be turned off; the usage log to the operator cannot."""
     def hcm(settings: DataPlaneSettings) -> dict:
         (lst,) = build_config(_table(), listener_port=8080, settings=settings)[LISTENER_TYPE]
         return lst["filter_chains"][0]["filters"][0]["typed_config"]
 
-    (log,) = hcm(DataPlaneSettings())["access_log"]
+    usage, log = hcm(DataPlaneSettings())["access_log"]
     fmt = log["typed_config"]["log_format"]["json_format"]
     assert fmt["model"] == "%DYNAMIC_METADATA(llmfleet:model)%"
     assert fmt["cluster"] == "%UPSTREAM_CLUSTER_RAW%"
-    assert "access_log" not in hcm(DataPlaneSettings(access_log=False))
+    assert usage["name"] == "envoy.access_loggers.http_grpc"
+    assert usage["typed_config"]["common_config"]["grpc_service"] == {"envoy_grpc": {"cluster_name": "llmfleet_xds"}}
+    assert hcm(DataPlaneSettings(access_log=False))["access_log"] == [usage]
     build_resources(_table(), listener_port=8080, settings=DataPlaneSettings(access_log=False))
 
 

@@ -587,10 +587,27 @@ class Autoscaling(_Spec):
 
 
 class Cost(_Spec):
-    """What a replica costs, for cost-aware routing and reports."""
+    """What a replica costs, for cost-aware routing and usage accounting."""
 
     per_replica_hour: float = Field(
         ge=0, le=1_000_000, description="Cost of one replica for one hour, in your currency."
+    )
+    per_million_output_tokens: float | None = Field(
+        None,
+        ge=0,
+        le=1_000_000,
+        description=(
+            "Price of a million generated (completion) tokens, as usage accounting charges them and cost routing "
+            "ranks the backend. Default: perReplicaHour over the tokens per second one replica serves at its "
+            "autoscaling target (status.load.capacityTokensPerSecond, learned from the load)."
+        ),
+    )
+    per_million_input_tokens: float | None = Field(
+        None,
+        ge=0,
+        le=1_000_000,
+        description="Price of a million prompt tokens, as usage accounting charges them. Default: 0 (prefill is "
+        "counted in the price of the generated tokens).",
     )
 
 

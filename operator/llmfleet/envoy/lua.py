@@ -338,41 +338,61 @@ def saturation_gate_source() -> str:
     )
 
 
-_USAGE = r"""-- llmfleet: the tokens a response used, for the tenant's token limit. From the
--- last "total_tokens" of its usage (a JSON body; in a stream, the final chunk a client
--- gets with stream_options.include_usage), else, in a stream without usage, one per
--- event (an engine streams about one token per event). Streams pass through untouched.
-local function last_total(s)
+_USAGE = r"""-- llmfleet: what a response used and when its first token came, for tenants' token
+-- limits and for usage accounting. Tokens come from the last "usage" of the response: a
+-- JSON body's, or in a stream the final chunk's (sent when the client asks for it with
+-- stream_options.include_usage); a stream without usage counts one completion token per
+-- event (an engine streams about one token per event) and no prompt tokens. The body
+-- passes through untouched and unbuffered: each chunk is scanned as it goes by.
+local NS = "llmfleet"
+
+local function last_number(s, key)
   local found = nil
-  for n in string.gmatch(s, '"total_tokens"%s*:%s*(%d+)') do found = n end
+  for n in string.gmatch(s, '"' .. key .. '"%s*:%s*(%d+)') do found = n end
   return found and tonumber(found) or nil
 end
 
+function envoy_on_request(handle)
+  handle:streamInfo():dynamicMetadata():set(NS, "start_ms", handle:timestamp())
+end
+
 function envoy_on_response(handle)
-  local tokens = nil
-  local ctype = handle:headers():get("content-type") or ""
-  if string.find(ctype, "text/event-stream", 1, true) then
-    local tail, events = "", 0
-    for chunk in handle:bodyChunks() do
-      local new = chunk:getBytes(0, chunk:length())
+  local start = (handle:streamInfo():dynamicMetadata():get(NS) or {})["start_ms"]
+  local stream = string.find(handle:headers():get("content-type") or "", "text/event-stream", 1, true) ~= nil
+  local tail, events, first = "", 0, nil
+  local prompt, completion, total = nil, nil, nil
+  for chunk in handle:bodyChunks() do
+    local new = chunk:getBytes(0, chunk:length())
+    if stream then
       local _, n = string.gsub(new, "data: {", "")
+      if n > 0 and first == nil then first = handle:timestamp() end
       events = events + n
-      local s = tail .. new
-      tokens = last_total(s) or tokens
-      tail = string.sub(s, -256)
     end
-    tokens = tokens or events
-  elseif string.find(ctype, "json", 1, true) then
-    local body = handle:body()
-    if body ~= nil then tokens = last_total(body:getBytes(0, body:length())) end
+    local s = tail .. new
+    prompt = last_number(s, "prompt_tokens") or prompt
+    completion = last_number(s, "completion_tokens") or completion
+    total = last_number(s, "total_tokens") or total
+    tail = string.sub(s, -256)
   end
-  if tokens ~= nil then
-    handle:streamInfo():dynamicMetadata():set("llmfleet", "tokens", tokens)
+  if total == nil and stream then
+    completion, total = events, events
+  end
+  -- Fetched again: an object taken before the loop yielded is out of scope after it.
+  local meta = handle:streamInfo():dynamicMetadata()
+  if total ~= nil then
+    meta:set(NS, "tokens", total)
+    meta:set(NS, "prompt_tokens", prompt or 0)
+    meta:set(NS, "completion_tokens", completion or (total - (prompt or 0)))
+  end
+  if stream and first ~= nil and start ~= nil then
+    meta:set(NS, "first_token_ms", first - start)
   end
 end
 """
 
 
 def usage_source() -> str:
-    """The response Lua that puts the tokens a response used in dynamic metadata ``llmfleet.tokens``."""
+    """The Lua that puts a response's tokens (``llmfleet.tokens``, ``prompt_tokens``,
+    ``completion_tokens``) and a stream's time to its first token (``first_token_ms``)
+    in dynamic metadata."""
     return _USAGE

@@ -43,6 +43,7 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.access_loggers.grpc.v3 import als_pb2  # noqa: F401
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2  # noqa: F401
 from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2  # noqa: F401
@@ -63,6 +64,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from llmfleet.api import openai
+from llmfleet.envoy.bootstrap import XDS_CLUSTER
 from llmfleet.envoy.lua import (
     BACKEND_HEADER,
     MAX_TOKENS_HEADER,
@@ -123,7 +125,10 @@ USAGE_FILTER = "llmfleet.usage"
 RATE_LIMIT_DOMAIN = "llmfleet"
 # A descriptor's entries: ("tenant", "ai/team-a"), ("limit", "requests" or "tokens").
 RATE_LIMIT_TENANT, RATE_LIMIT_KIND = "tenant", "limit"
-TOKENS_KEY = "tokens"  # dynamic metadata llmfleet.tokens: what a response used
+TOKENS_KEY = "tokens"  # dynamic metadata llmfleet.tokens: what a response used (the usage Lua sets it)
+PROMPT_TOKENS_KEY, COMPLETION_TOKENS_KEY = "prompt_tokens", "completion_tokens"
+FIRST_TOKEN_KEY = "first_token_ms"  # a stream's first event, in ms after the request was read
+USAGE_LOG = "llmfleet-usage"  # the gRPC access log's name
 BODY_ERROR_KEY = "body_error"
 
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
@@ -163,6 +168,8 @@ class DataPlaneSettings:
     host_selection_retry_max_attempts: int = 25
     # How long a request waits for the rate-limit service before it goes on unchecked.
     rate_limit_timeout_seconds: float = 0.25
+    # How often each Envoy sends its requests' log entries to the operator's usage accounting.
+    usage_flush_seconds: float = 1.0
     # Engines queue internally; Envoy's default 1024-request circuit breaker (and its
     # 3 concurrent retries) would throttle a busy fleet, so keep them out of the way.
     max_requests_per_cluster: int = 100_000
@@ -477,10 +484,6 @@ def route_configuration(table: RouteTable, settings: DataPlaneSettings | None = 
             host["typed_per_filter_config"][RATE_LIMIT_FILTER] = {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute",
                 "rate_limits": rate_limits(table.tenants)}
-        if any(t.tokens for t in table.tenants):
-            host["typed_per_filter_config"][USAGE_FILTER] = {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
-                "source_code": {"inline_string": usage_source()}}
     return {"name": ROUTE_CONFIG_NAME, "virtual_hosts": [host]}
 
 
@@ -673,8 +676,10 @@ def listener(listener_port: int, listener_address: str = "0.0.0.0",
                 "rate_limit_service": {"grpc_service": {"envoy_grpc": {"cluster_name": RATE_LIMIT_CLUSTER}},
                                        "transport_api_version": "V3"},
             }},
-            {"name": USAGE_FILTER, "disabled": True,
-             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"}},
+            # Every response: its tokens and a stream's first token (token limits, accounting).
+            {"name": USAGE_FILTER, "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
+                "default_source_code": {"inline_string": usage_source()}}},
             # Runs only on routes that carry a cascade's per-route source.
             {"name": CASCADE_FILTER,
              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"}},
@@ -698,14 +703,29 @@ def listener(listener_port: int, listener_address: str = "0.0.0.0",
             ],
         },
     }
+    # Every request's entry streams to the operator (the replica this Envoy's xDS stream
+    # reaches), which counts usage per tenant, model and backend (envoy/accounting.py).
+    hcm["access_log"] = [{
+        "name": "envoy.access_loggers.http_grpc",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
+            "common_config": {
+                "log_name": USAGE_LOG,
+                "grpc_service": {"envoy_grpc": {"cluster_name": XDS_CLUSTER}},
+                "transport_api_version": "V3",
+                "buffer_flush_interval": f"{settings.usage_flush_seconds}s",
+            },
+            "additional_request_headers_to_log": [TENANT_HEADER],
+        },
+    }]
     if settings.access_log:
-        hcm["access_log"] = [{
+        hcm["access_log"].append({
             "name": "envoy.access_loggers.stdout",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog",
                 "log_format": {"json_format": ACCESS_LOG_FORMAT},
             },
-        }]
+        })
     return {
         "name": LISTENER_NAME,
         "address": {"socket_address": {"address": listener_address, "port_value": listener_port}},

@@ -53,6 +53,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from llmfleet.envoy.accounting import AccessLogService, UsageMetrics
 from llmfleet.envoy.bootstrap import STATS_ADDRESS_KEY, STATS_PORT_KEY
 from llmfleet.envoy.ratelimit import RateLimitService
 from llmfleet.envoy.resources import (
@@ -97,6 +98,7 @@ class _Metrics:
             "llmfleet_ratelimit_tokens_total",
             "Tokens (prompt and completion) of tenants' finished responses, as Envoy reported them to the "
             "rate-limit service (tenants with a token limit).", ["tenant"], registry=registry)
+        self.usage = UsageMetrics(registry)
         self.version = Gauge("llmfleet_xds_version",
                              "Configurations this xDS server has served since it started (1, 2, ...; "
                              "the xDS version itself is a hash of the content).", registry=registry)
@@ -463,6 +465,8 @@ class XdsServer:
         self.started: float | None = None  # monotonic time start() began serving
         # Served next to ADS: tenants' rate limits (Envoys use the leader's).
         self.rate_limits = RateLimitService(self._metrics.rate_limit_decisions, self._metrics.tenant_tokens)
+        # And Envoys' request logs: usage per tenant, model and backend.
+        self.accounting = AccessLogService(self._metrics.usage)
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -481,6 +485,7 @@ class XdsServer:
         ])
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(_Servicer(self), server)
         self.rate_limits.add_to(server)
+        self.accounting.add_to(server)
         host = f"[{address}]" if ":" in address else address
         self.port = server.add_insecure_port(f"{host}:{port}")
         if not self.port:
@@ -511,6 +516,7 @@ class XdsServer:
     def update(self, table: RouteTable) -> str:
         """Build the resources for ``table`` and push them; returns their version."""
         self.rate_limits.configure(table.tenants)
+        self.accounting.configure(table)
         return self.set_resources(build_resources(
             table, listener_port=self.listener_port, listener_address=self.listener_address,
             settings=self.settings))

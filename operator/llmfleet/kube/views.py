@@ -241,6 +241,12 @@ class ModelDeploymentView(_ResourceView):
         return self.spec.cost.per_replica_hour if self.spec and self.spec.cost else None
 
     @property
+    def declared_prices(self) -> tuple[float | None, float | None]:
+        """(input, output) price per million tokens, where the spec declares them."""
+        cost = self.spec.cost if self.spec else None
+        return (cost.per_million_input_tokens, cost.per_million_output_tokens) if cost else (None, None)
+
+    @property
     def load(self) -> dict[str, Any] | None:
         return self.status.get("load")
 
@@ -269,7 +275,8 @@ class ModelDeploymentView(_ResourceView):
 
     def routing_facets(self) -> tuple:
         """What routing reads: a change elsewhere (conditions, ready counts) needs no recompute."""
-        return (self.served_model, self.cost_per_replica_hour, self.metric, self.target, self.max_replicas,
+        return (self.served_model, self.cost_per_replica_hour, self.declared_prices, self.metric, self.target,
+                self.max_replicas,
                 self.scale_to_zero, str(self.load), self.invalid)
 
 

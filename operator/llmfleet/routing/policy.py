@@ -42,6 +42,7 @@ from .table import (
     RouteTable,
     Rule,
     RuleMatch,
+    TokenPrices,
     WeightedBackend,
     cluster_name,
 )
@@ -63,14 +64,31 @@ class BackendState:
     target: float | None = None
     scale_to_zero: bool = False  # autoscaling.scaleToZero.idleSeconds > 0
     max_replicas: int | None = None  # autoscaling.maxReplicas, else spec.replicas
+    declared_prices: tuple[float | None, float | None] = (None, None)  # (input, output) per million tokens
 
     @property
     def cluster(self) -> str:
         return cluster_name(self.namespace, self.name)
 
+    def output_price(self, capacity: float | None) -> float | None:
+        """A generated token's price: the declared one, else a replica-hour over what a
+        replica generates in an hour at ``capacity`` tokens/s (None: no cost, or no capacity)."""
+        if self.declared_prices[1] is not None:
+            return self.declared_prices[1] / 1e6
+        if self.cost_per_replica_hour is None or not capacity:
+            return None
+        return self.cost_per_replica_hour / 3600 / capacity
+
+    def prices(self) -> TokenPrices | None:
+        """What its tokens cost, for usage accounting (None: no cost set at all)."""
+        if self.cost_per_replica_hour is None and self.declared_prices == (None, None):
+            return None
+        capacity = (self.load or {}).get("capacityTokensPerSecond")
+        return TokenPrices((self.declared_prices[0] or 0.0) / 1e6, self.output_price(capacity))
+
     def to_cluster(self) -> Cluster:
         """Its Envoy cluster in the route table."""
-        return Cluster(self.cluster, self.served_model, self.endpoints)
+        return Cluster(self.cluster, self.served_model, self.endpoints, self.prices())
 
 
 @dataclass
@@ -112,7 +130,7 @@ def backend_states(model_deployments: Iterable[ModelDeploymentView],
         md.ref: BackendState(md.namespace, md.name, md.served_model, endpoints.get(md.ref, ()),
                              cost_per_replica_hour=md.cost_per_replica_hour, load=md.load, metric=md.metric,
                              target=md.target, scale_to_zero=md.scale_to_zero,
-                             max_replicas=md.max_replicas)
+                             max_replicas=md.max_replicas, declared_prices=md.declared_prices)
         for md in model_deployments
     }
 
@@ -413,8 +431,7 @@ def _cost_shares(states: list[BackendState], slo) -> tuple[list[float], dict[str
         learned[s.name] = float(known) if known else (capacity_sample(load, s.metric, s.target) if s.target else None)
     known_rates = [r for r in learned.values() if r]
     typical = sum(known_rates) / len(known_rates) if known_rates else 1.0
-    per_hour = {s.name: s.cost_per_replica_hour or 0.0 for s in states}
-    per_1k = {s.name: per_hour[s.name] / 3600 / (learned[s.name] or typical) * 1000 for s in states}
+    per_1k = {s.name: (s.output_price(learned[s.name] or typical) or 0.0) * 1000 for s in states}
 
     served = {s.name: (_per_replica(s, "tokensPerSecond") or 0.0) * len(s.endpoints) for s in states}
     demand = sum(_offered(s, served[s.name]) for s in states)
@@ -438,7 +455,8 @@ def _cost_shares(states: list[BackendState], slo) -> tuple[list[float], dict[str
                 shares[name] += remaining * (cap / total if total else 1 / len(states))
     reasons = {}
     for s in states:
-        price = f"${per_1k[s.name]:.4f}/1k tokens" if s.cost_per_replica_hour is not None else "no cost set (free)"
+        price = (f"${per_1k[s.name]:.4f}/1k tokens"
+                 if s.cost_per_replica_hour is not None or s.declared_prices[1] is not None else "no cost set (free)")
         reasons[s.name] = f"cost rank {order.index(s) + 1}: {price}; {notes[s.name]}"
     return [shares[s.name] for s in states], reasons, wanted
 

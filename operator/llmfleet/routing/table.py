@@ -27,6 +27,15 @@ class Cluster:
     name: str  # stable and unique: "<namespace>/<model deployment>"
     served_model: str  # what the engine answers to; the request body's model is rewritten to it
     endpoints: tuple[Endpoint, ...] = ()
+    prices: TokenPrices | None = None  # what its tokens cost (usage accounting); None: no cost set
+
+
+@dataclass(frozen=True)
+class TokenPrices:
+    """What one token costs on a backend, in the currency of its cost.perReplicaHour."""
+
+    input: float  # per prompt token
+    output: float | None  # per generated token; None: not known yet (no declared price, no capacity learned)
 
 
 def cluster_name(namespace: str, model_deployment: str) -> str:
