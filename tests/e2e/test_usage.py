@@ -1,0 +1,86 @@
+"""Usage accounting on the dev cluster: what clients were answered, the operator counted.
+
+Sim replicas answer with their usage; every Envoy streams its log entries to the
+operator replica it is connected to; summed over the replicas, the counters equal what
+the clients received, per model and backend, and the cost is its formula.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.e2e.test_routing import sim_md
+from tests.helpers import wait_for
+from tests.integration.test_modeldeployment import apply, wait_ready
+
+N = 40
+INPUT, OUTPUT = 0.5, 2.0  # per million tokens
+
+
+def _counters(operator, labels: dict[str, str]) -> dict[str, float]:
+    """llmfleet_usage_* counters matching ``labels``, summed over every operator replica."""
+    out: dict[str, float] = {}
+    for pod in operator.ready_pods():
+        try:
+            text = operator.metrics(pod)
+        except httpx.HTTPError:
+            continue
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name.startswith("llmfleet_usage_") and sample.name.endswith("_total") and \
+                        all(sample.labels.get(k) == v for k, v in labels.items()):
+                    key = sample.name + "".join(f",{k}={v}" for k, v in sorted(sample.labels.items())
+                                                if k in ("kind", "code"))
+                    out[key] = out.get(key, 0.0) + sample.value
+    return out
+
+
+def test_the_counters_equal_what_clients_got_and_the_cost_its_formula(dev_cluster, operator, fleet, envoy,
+                                                                      namespace):
+    ns = namespace
+    md = sim_md("priced", "llama-8b")
+    md["spec"]["cost"] = {"perReplicaHour": 1.0, "perMillionInputTokens": INPUT, "perMillionOutputTokens": OUTPUT}
+    assert apply(dev_cluster, ns, md).returncode == 0
+    wait_ready(dev_cluster, ns, "priced")
+    fleet.wait_ready(1, ns)
+    model = f"usage-{ns}"
+    apply(dev_cluster, ns, {"apiVersion": "llmfleet.io/v1alpha1", "kind": "RoutePolicy", "metadata": {"name": "u"},
+                            "spec": {"model": model, "backends": [{"modelDeployment": "priced"}]}})
+
+    async def ask(n: int) -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=envoy.url, timeout=30,
+                                     limits=httpx.Limits(max_connections=8, max_keepalive_connections=0)) as c:
+            sem = asyncio.Semaphore(8)
+
+            async def one(i: int) -> httpx.Response:
+                async with sem:
+                    return await c.post("/v1/chat/completions", json={
+                        "model": model, "max_tokens": 3 + i % 5,
+                        "messages": [{"role": "user", "content": "count " + "and more " * (i % 7)}]})
+            return await asyncio.gather(*(one(i) for i in range(n)))
+
+    wait_for(lambda: asyncio.run(ask(1))[0].status_code == 200, timeout=60, what="the model served")
+    labels = {"tenant": "", "model": model, "backend": f"{ns}/priced"}
+    wait_for(lambda: _counters(operator, labels).get("llmfleet_usage_requests_total,code=200", 0) >= 1,
+             timeout=15, what="the first request counted")
+    before = _counters(operator, labels)
+    answers = asyncio.run(ask(N))
+    assert [r.status_code for r in answers] == [200] * N
+    prompt = sum(r.json()["usage"]["prompt_tokens"] for r in answers)
+    completion = sum(r.json()["usage"]["completion_tokens"] for r in answers)
+
+    def counted() -> dict[str, float]:
+        now = _counters(operator, labels)
+        return {k: round(v - before.get(k, 0.0), 9) for k, v in now.items()}
+
+    wait_for(lambda: counted().get("llmfleet_usage_requests_total,code=200") == N, timeout=15,
+             what=f"all {N} requests counted (each Envoy flushes every second)")
+    got = counted()
+    print(f"\n{N} requests: {prompt} prompt and {completion} completion tokens answered; counted {got}")
+    assert got["llmfleet_usage_tokens_total,kind=prompt"] == prompt
+    assert got["llmfleet_usage_tokens_total,kind=completion"] == completion
+    assert got["llmfleet_usage_cost_total"] == pytest.approx((prompt * INPUT + completion * OUTPUT) / 1e6, rel=1e-9)
