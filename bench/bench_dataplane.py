@@ -50,6 +50,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -84,7 +85,7 @@ from llmfleet.envoy.resources import (
     stat_name,
     to_protos,
 )
-from llmfleet.routing.table import Cluster, Endpoint, Route, RouteTable, WeightedBackend
+from llmfleet.routing.table import Cluster, Endpoint, RateLimit, Route, RouteTable, TenantAccess, WeightedBackend
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dataplane.json"
 LOCALHOST = "127.0.0.1"
@@ -172,7 +173,7 @@ def bare_config(table: RouteTable, listener_port: int) -> dict[str, list[dict[st
     """Our listener and cluster with nothing of ours on the request path: HCM with only
     the router, one prefix route to the one cluster, no upstream Lua, no access log."""
     cfg = build_config(table, listener_port=listener_port, listener_address=LOCALHOST,
-                       settings=DataPlaneSettings(access_log=False))
+                       settings=DataPlaneSettings(access_log=False, usage_accounting=False))
     hcm = cfg[LISTENER_TYPE][0]["filter_chains"][0]["filters"][0]["typed_config"]
     hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.router"]
     hcm.pop("local_reply_config", None)
@@ -188,7 +189,7 @@ class EnvoyPath:
     """Our xDS server (own thread) + an Envoy it configures, pinned to the proxy core."""
 
     def __init__(self, workdir: Path, sim_port: int, settings: DataPlaneSettings,
-                 concurrency: int, node_id: str, *, bare: bool = False) -> None:
+                 concurrency: int, node_id: str, *, bare: bool = False, tenant_key: str | None = None) -> None:
         self.bare = bare
         self.listener_port = free_port()
         self.xds = BackgroundXdsServer(listener_port=self.listener_port, listener_address=LOCALHOST,
@@ -198,6 +199,13 @@ class EnvoyPath:
             routes=(Route(PUBLIC_MODEL, (WeightedBackend(CLUSTER, 1),)),),
             clusters=(Cluster(CLUSTER, SERVED_MODEL, (Endpoint(LOCALHOST, sim_port),)),),
         )
+        if tenant_key is not None:
+            # A tenant whose limits are never reached: every request authenticated, checked
+            # against the model's RBAC and the rate-limit service, its tokens reported.
+            unbounded = RateLimit(10**9, 1, 10**9)
+            self.table = dataclasses.replace(
+                self.table, tenants=(TenantAccess("bench/tenant", (tenant_key,), ("*",), unbounded, unbounded),),
+                rate_limit_service=Endpoint(LOCALHOST, self.xds_port))
         self.envoy = EnvoyProcess(bootstrap(LOCALHOST, self.xds_port, node_id, free_port()),
                                   workdir, concurrency=concurrency)
 
@@ -530,8 +538,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--proxy-core", type=int, default=0, help="CPU core of Envoy / LiteLLM (-1: none)")
     ap.add_argument("--client-core", type=int, default=1, help="CPU core of the load generator (-1: none)")
     ap.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
-    ap.add_argument("--envoy-variants", default="envoy,envoy-nolog,envoy-bare",
-                    help="Envoy paths to run (envoy = our config; envoy-nolog, envoy-bare: see above)")
+    ap.add_argument("--envoy-variants", default="envoy,envoy-nolog,envoy-bare,envoy-tenants",
+                    help="Envoy paths to run (envoy = our config; envoy-nolog, envoy-bare, envoy-tenants: see above)")
     ap.add_argument("--litellm-venv", type=Path, default=DEFAULT_LITELLM_VENV)
     ap.add_argument("--install-litellm", action="store_true",
                     help="create --litellm-venv and pip install 'litellm[proxy]' into it if missing")
@@ -574,16 +582,23 @@ def main(argv: list[str] | None = None) -> int:
                             SERVED_MODEL),
             "envoy-bare": ("same Envoy/listener/cluster, router only: no body routing, no Lua, no retries, "
                            "no access log", DataPlaneSettings(access_log=False), True, PUBLIC_MODEL),
+            "envoy-nousage": ("our config without usage accounting (no usage Lua, no request log to the operator)",
+                              DataPlaneSettings(usage_accounting=False), False, SERVED_MODEL),
+            "envoy-tenants": ("our config with a Tenant: API key, RBAC, request and token limits (the rate-limit "
+                              "service asked twice per request)", DataPlaneSettings(), False, SERVED_MODEL),
         }
+        tenant_key = "sk-bench-" + secrets.token_hex(16)
         for name in [v.strip() for v in args.envoy_variants.split(",") if v.strip()]:
             if name not in known:
                 raise SystemExit(f"unknown Envoy variant {name!r} (known: {', '.join(known)})")
             desc, settings, bare, expect = known[name]
-            ep = EnvoyPath(workdir / name, sim_port, settings, args.envoy_concurrency, f"bench-{name}", bare=bare)
+            tenants = name == "envoy-tenants"
+            ep = EnvoyPath(workdir / name, sim_port, settings, args.envoy_concurrency, f"bench-{name}", bare=bare,
+                           tenant_key=tenant_key if tenants else None)
             envoys.append(ep)
             ep.start(proxy_cores)
             p = Path_(name, desc, f"http://{LOCALHOST}:{ep.listener_port}", PUBLIC_MODEL, pid=ep.envoy.pid,
-                      expect_model=expect)
+                      expect_model=expect, headers={"Authorization": f"Bearer {tenant_key}"} if tenants else None)
             p.info["envoy_pid"] = ep.envoy.pid
             paths.append(p)
 

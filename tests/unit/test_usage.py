@@ -66,3 +66,15 @@ def test_streams_give_time_to_first_token_and_per_token() -> None:
     assert registry.get_sample_value("llmfleet_usage_time_to_first_token_seconds_sum", labels) == 0.5
     assert registry.get_sample_value("llmfleet_usage_time_per_output_token_seconds_sum", labels) == 0.2
     assert registry.get_sample_value("llmfleet_usage_cost_total", labels) == 11e-6
+
+
+def test_usage_accounting_can_be_left_out_of_the_listener() -> None:
+    from llmfleet.envoy.resources import LISTENER_TYPE, USAGE_FILTER, DataPlaneSettings, build_config
+
+    def hcm(settings: DataPlaneSettings) -> dict:
+        (lst,) = build_config(TABLE, listener_port=8080, settings=settings)[LISTENER_TYPE]
+        return lst["filter_chains"][0]["filters"][0]["typed_config"]
+
+    on, off = hcm(DataPlaneSettings()), hcm(DataPlaneSettings(usage_accounting=False, access_log=False))
+    assert USAGE_FILTER in [f["name"] for f in on["http_filters"]]
+    assert USAGE_FILTER not in [f["name"] for f in off["http_filters"]] and off["access_log"] == []

@@ -168,7 +168,9 @@ class DataPlaneSettings:
     host_selection_retry_max_attempts: int = 25
     # How long a request waits for the rate-limit service before it goes on unchecked.
     rate_limit_timeout_seconds: float = 0.25
-    # How often each Envoy sends its requests' log entries to the operator's usage accounting.
+    # Usage accounting: the usage Lua on every response and each request's log entry to the
+    # operator, flushed this often. Off: no usage metrics, and token limits count nothing.
+    usage_accounting: bool = True
     usage_flush_seconds: float = 1.0
     # Engines queue internally; Envoy's default 1024-request circuit breaker (and its
     # 3 concurrent retries) would throttle a busy fleet, so keep them out of the way.
@@ -677,9 +679,9 @@ def listener(listener_port: int, listener_address: str = "0.0.0.0",
                                        "transport_api_version": "V3"},
             }},
             # Every response: its tokens and a stream's first token (token limits, accounting).
-            {"name": USAGE_FILTER, "typed_config": {
+            *([{"name": USAGE_FILTER, "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
-                "default_source_code": {"inline_string": usage_source()}}},
+                "default_source_code": {"inline_string": usage_source()}}}] if settings.usage_accounting else []),
             # Runs only on routes that carry a cascade's per-route source.
             {"name": CASCADE_FILTER,
              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"}},
@@ -705,7 +707,7 @@ def listener(listener_port: int, listener_address: str = "0.0.0.0",
     }
     # Every request's entry streams to the operator (the replica this Envoy's xDS stream
     # reaches), which counts usage per tenant, model and backend (envoy/accounting.py).
-    hcm["access_log"] = [{
+    hcm["access_log"] = [] if not settings.usage_accounting else [{
         "name": "envoy.access_loggers.http_grpc",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig",
