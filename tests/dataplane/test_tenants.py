@@ -174,3 +174,21 @@ async def test_without_the_service_requests_go_through(dataplane: DataPlane, cou
     tenants = (TenantAccess("ai/team-a", (A_KEY,), ("*",), requests=RateLimit(1, 60, 1)),)
     dataplane.apply(_limited(dataplane, counted, tenants, service=False))
     assert [r.status_code for r in await _burst(dataplane, 3, A_KEY)] == [200] * 3
+
+
+async def test_a_concurrency_cap_admits_that_many_in_flight_and_frees_each_slot(dataplane: DataPlane) -> None:
+    async def slow(request: web.Request) -> web.Response:
+        body = await request.json()
+        await asyncio.sleep(0.5)
+        return web.json_response({"object": "chat.completion", "model": body["model"], "choices": []})
+
+    async with backend(slow) as port:
+        tenants = (TenantAccess("ai/team-a", (A_KEY,), ("*",), max_concurrent=3),)
+        dataplane.apply(_limited(dataplane, port, tenants))
+        answers = await _burst(dataplane, 6, A_KEY)
+        assert sorted(r.status_code for r in answers) == [200] * 3 + [429] * 3
+        refused = next(r for r in answers if r.status_code == 429)
+        assert "at most 3 at once" in refused.json()["error"]["message"], refused.text
+        # Every slot came back when its stream ended (the refused ones never held one).
+        await asyncio.sleep(0.3)
+        assert sorted(r.status_code for r in await _burst(dataplane, 4, A_KEY)) == [200] * 3 + [429]

@@ -26,7 +26,7 @@ from llmfleet.envoy.resources import (
     build_resources,
 )
 from llmfleet.kube.views import SecretView, TenantView
-from llmfleet.routing.ratelimit import REQUESTS, TOKENS, Decision, Limiter
+from llmfleet.routing.ratelimit import REQUESTS, SLOT_SECONDS, TOKENS, Decision, Limiter
 from llmfleet.routing.table import Cluster, Endpoint, RateLimit, Route, RouteTable, TenantAccess, WeightedBackend
 from llmfleet.routing.tenants import compute_tenants
 
@@ -270,3 +270,35 @@ def test_envoy_asks_the_leaders_service_only_about_limited_tenants() -> None:
     check, charge = host[RATE_LIMIT_FILTER]["rate_limits"]
     assert check["hits_addend"] == {"number": 0} and "apply_on_stream_done" not in check
     assert charge["apply_on_stream_done"] and charge["hits_addend"] == {"format": "%DYNAMIC_METADATA(llmfleet:tokens)%"}
+
+
+def test_a_concurrency_cap_counts_requests_in_flight_by_their_id() -> None:
+    limiter = Limiter()
+    limiter.configure((TenantAccess("ai/a", ("k",), ("*",), max_concurrent=2),))
+    assert [limiter.take_slot("ai/a", rid, now=0.0).allowed for rid in ("r1", "r2", "r3")] == [True, True, False]
+    limiter.release_slot("ai/a", "r1")
+    limiter.release_slot("ai/a", "never-taken")  # a refused request's end: nothing to give back
+    assert limiter.take_slot("ai/a", "r4", now=1.0).allowed
+    assert not limiter.take_slot("ai/a", "r5", now=1.0).allowed
+    assert limiter.take_slot("ai/a", "r6", now=1.0 + SLOT_SECONDS + 1).allowed, "a slot whose end was lost expires"
+
+
+def test_a_request_refused_by_another_limit_gives_its_slot_back() -> None:
+    registry = CollectorRegistry()
+    service = RateLimitService(Counter("d", "d", ["tenant", "limit", "decision"], registry=registry),
+                               Counter("t", "t", ["tenant"], registry=registry), clock=lambda: 0.0)
+    service.configure((TenantAccess("ai/a", ("k",), ("*",), requests=RateLimit(1, 60, 1), max_concurrent=5),))
+
+    def ask(request_id: str) -> rls_pb2.RateLimitResponse:
+        request = rls_pb2.RateLimitRequest(domain="llmfleet")
+        for kind in ("requests", "concurrency"):
+            descriptor = request.descriptors.add()
+            descriptor.entries.add(key="tenant", value="ai/a")
+            descriptor.entries.add(key="limit", value=kind)
+            descriptor.entries.add(key="request", value=request_id)
+        return service.decide(request)
+
+    assert ask("r1").overall_code == rls_pb2.RateLimitResponse.OK
+    assert ask("r2").overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT  # the request bucket is empty
+    assert [service.limiter.take_slot("ai/a", f"x{i}", now=0.0).allowed for i in range(5)] == [True] * 4 + [False], \
+        "r1 holds one slot; r2's was given back"

@@ -1239,6 +1239,12 @@ class TenantLimits(_Spec):
             "limit can be overshot by the responses in flight; then requests get 429 until the tokens refill."
         ),
     )
+    max_concurrent_requests: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Requests the tenant may have in flight at once, across every Envoy. Beyond it: 429.",
+    )
 
 
 class ApiKeysRef(_Spec):

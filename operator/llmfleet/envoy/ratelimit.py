@@ -22,9 +22,9 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from prometheus_client import Counter
 
 from ..api import openai
-from ..routing.ratelimit import REQUESTS, TOKENS, Decision, Limiter
+from ..routing.ratelimit import CONCURRENCY, DONE, REQUESTS, TOKENS, Decision, Limiter
 from ..routing.table import TenantAccess
-from .resources import RATE_LIMIT_KIND, RATE_LIMIT_TENANT
+from .resources import RATE_LIMIT_KIND, RATE_LIMIT_REQUEST, RATE_LIMIT_TENANT
 
 _UNITS = {1: "second", 60: "minute", 3600: "hour"}
 
@@ -33,6 +33,10 @@ def refusal(tenant: str, kind: str, decision: Decision) -> dict[str, Any]:
     """OpenAI's 429 body for a refused request."""
     limit = decision.limit
     assert limit is not None
+    if kind == CONCURRENCY:
+        return openai.error_body(
+            f"Too many requests in flight for tenant {tenant}: at most {limit.limit} at once. "
+            f"Please try again in {decision.retry_after}s.", "requests", code="rate_limit_exceeded")
     unit = _UNITS.get(limit.seconds, f"{limit.seconds} s")
     return openai.error_body(
         f"Rate limit reached for {kind} of tenant {tenant}: limit {limit.limit} per {unit}. "
@@ -63,16 +67,25 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
     def decide(self, request: rls_pb2.RateLimitRequest) -> rls_pb2.RateLimitResponse:
         response = rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OK)
         refused: tuple[str, str, Decision] | None = None
+        taken: list[tuple[str, str]] = []  # concurrency slots this call took
         now = self._clock()
         for descriptor in request.descriptors:
             entries = {e.key: e.value for e in descriptor.entries}
             tenant, kind = entries.get(RATE_LIMIT_TENANT, ""), entries.get(RATE_LIMIT_KIND, "")
             hits = descriptor.hits_addend.value if descriptor.HasField("hits_addend") else (request.hits_addend or 1)
-            if kind not in (REQUESTS, TOKENS) or not tenant:
-                response.statuses.add(code=rls_pb2.RateLimitResponse.OK)
-                continue
+            request_id = entries.get(RATE_LIMIT_REQUEST, "")
             with self._lock:
-                decision = self.limiter.decide(tenant, kind, hits, now)
+                if not tenant or kind not in (REQUESTS, TOKENS, CONCURRENCY, DONE):
+                    decision = Decision(True)
+                elif kind == DONE:
+                    self.limiter.release_slot(tenant, request_id)
+                    decision = Decision(True)
+                elif kind == CONCURRENCY:
+                    decision = self.limiter.take_slot(tenant, request_id, now)
+                    if decision.allowed and decision.limit is not None:
+                        taken.append((tenant, request_id))
+                else:
+                    decision = self.limiter.decide(tenant, kind, hits, now)
             status = response.statuses.add(
                 code=rls_pb2.RateLimitResponse.OK if decision.allowed else rls_pb2.RateLimitResponse.OVER_LIMIT,
                 limit_remaining=decision.remaining)
@@ -85,6 +98,9 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             if not decision.allowed and refused is None:
                 refused = (tenant, kind, decision)
         if refused is not None:
+            with self._lock:
+                for tenant, request_id in taken:  # the request does not go on: its slot is free
+                    self.limiter.release_slot(tenant, request_id)
             tenant, kind, decision = refused
             response.overall_code = rls_pb2.RateLimitResponse.OVER_LIMIT
             response.raw_body = json.dumps(refusal(tenant, kind, decision)).encode()

@@ -75,7 +75,7 @@ from llmfleet.envoy.lua import (
     saturation_gate_source,
     usage_source,
 )
-from llmfleet.routing.ratelimit import REQUESTS, TOKENS
+from llmfleet.routing.ratelimit import CONCURRENCY, DONE, REQUESTS, TOKENS
 from llmfleet.routing.table import (
     ENDPOINT_PATHS,
     Cluster,
@@ -123,8 +123,9 @@ RATE_LIMIT_FILTER = "llmfleet.ratelimit"
 RATE_LIMIT_CLUSTER = "llmfleet_ratelimit"
 USAGE_FILTER = "llmfleet.usage"
 RATE_LIMIT_DOMAIN = "llmfleet"
-# A descriptor's entries: ("tenant", "ai/team-a"), ("limit", "requests" or "tokens").
-RATE_LIMIT_TENANT, RATE_LIMIT_KIND = "tenant", "limit"
+# A descriptor's entries: ("tenant", "ai/team-a"), ("limit", "requests", "tokens", ...), and
+# for a concurrency slot ("request", its x-request-id).
+RATE_LIMIT_TENANT, RATE_LIMIT_KIND, RATE_LIMIT_REQUEST = "tenant", "limit", "request"
 TOKENS_KEY = "tokens"  # dynamic metadata llmfleet.tokens: what a response used (the usage Lua sets it)
 PROMPT_TOKENS_KEY, COMPLETION_TOKENS_KEY = "prompt_tokens", "completion_tokens"
 FIRST_TOKEN_KEY = "first_token_ms"  # a stream's first event, in ms after the request was read
@@ -597,6 +598,13 @@ def rate_limits(tenants: tuple[TenantAccess, ...]) -> list[dict[str, Any]]:
             # Once the response has ended: the tokens it used (the usage Lua's count).
             {"actions": _limit_descriptor(TOKENS), "apply_on_stream_done": True,
              "hits_addend": {"format": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{TOKENS_KEY})%"}},
+        ]
+    if any(t.max_concurrent for t in tenants):
+        request_id = {"request_headers": {"header_name": "x-request-id", "descriptor_key": RATE_LIMIT_REQUEST}}
+        out += [
+            # A slot for the request, by its ID; given back when its stream ends.
+            {"actions": [*_limit_descriptor(CONCURRENCY), request_id]},
+            {"actions": [*_limit_descriptor(DONE), request_id], "apply_on_stream_done": True},
         ]
     return out
 

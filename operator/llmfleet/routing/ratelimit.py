@@ -9,6 +9,11 @@ responses in flight when it ran out, and then the tenant waits until it refills.
 A bucket starts full, holds at most its burst, and refills continuously at its rate.
 A bucket whose limit did not change keeps its level when the tenants are reconfigured
 (a key rotation does not hand out a fresh burst).
+
+A concurrency cap counts requests in flight by their request ID: Envoy takes a slot
+before a request and gives it back when the request's stream ends. A slot whose end
+never came (an Envoy that died, a moment without the service) is freed after
+SLOT_SECONDS, so a lost report cannot lock a tenant out for good.
 """
 
 from __future__ import annotations
@@ -19,7 +24,9 @@ from dataclasses import dataclass
 
 from .table import RateLimit, TenantAccess
 
-REQUESTS, TOKENS = "requests", "tokens"  # the kinds of limit, as Envoy names them in a descriptor
+# The kinds of limit, as Envoy names them in a descriptor; DONE gives a concurrency slot back.
+REQUESTS, TOKENS, CONCURRENCY, DONE = "requests", "tokens", "concurrency", "done"
+SLOT_SECONDS = 7200.0
 
 
 @dataclass
@@ -48,16 +55,40 @@ class Limiter:
     def __init__(self) -> None:
         self._limits: dict[tuple[str, str], RateLimit] = {}
         self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._caps: dict[str, int] = {}
+        self._slots: dict[str, dict[str, float]] = {}  # tenant → request ID → when its slot was taken
 
     def configure(self, tenants: Iterable[TenantAccess] | None) -> None:
         limits: dict[tuple[str, str], RateLimit] = {}
+        caps: dict[str, int] = {}
         for tenant in tenants or ():
             if tenant.requests is not None:
                 limits[(tenant.name, REQUESTS)] = tenant.requests
             if tenant.tokens is not None:
                 limits[(tenant.name, TOKENS)] = tenant.tokens
-        self._limits = limits
+            if tenant.max_concurrent is not None:
+                caps[tenant.name] = tenant.max_concurrent
+        self._limits, self._caps = limits, caps
         self._buckets = {key: b for key, b in self._buckets.items() if limits.get(key) == b.limit}
+        self._slots = {name: slots for name, slots in self._slots.items() if name in caps}
+
+    def take_slot(self, tenant: str, request_id: str, now: float) -> Decision:
+        """A slot for one request in flight, if the tenant has one free."""
+        cap = self._caps.get(tenant)
+        if cap is None:
+            return Decision(True)
+        limit = RateLimit(cap, 1, cap)
+        slots = self._slots.setdefault(tenant, {})
+        for rid in [r for r, at in slots.items() if now - at > SLOT_SECONDS]:
+            del slots[rid]  # its end was never reported
+        if len(slots) >= cap:
+            return Decision(False, limit, 0, 1)
+        slots[request_id] = now
+        return Decision(True, limit, cap - len(slots))
+
+    def release_slot(self, tenant: str, request_id: str) -> None:
+        """The request's stream ended (or it was refused after all): its slot is free."""
+        self._slots.get(tenant, {}).pop(request_id, None)
 
     def decide(self, tenant: str, kind: str, hits: int, now: float) -> Decision:
         """Take ``hits`` from the tenant's ``kind`` bucket if it allows them.

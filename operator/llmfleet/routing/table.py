@@ -145,7 +145,7 @@ class TenantAccess:
     models: tuple[str, ...] = ()  # public model names, or (ALL_MODELS,)
     requests: RateLimit | None = None
     tokens: RateLimit | None = None
-
+    max_concurrent: int | None = None  # requests in flight at once, across every Envoy
     def may_call(self, model: str) -> bool:
         return ALL_MODELS in self.models or model in self.models
 

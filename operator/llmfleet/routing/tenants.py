@@ -93,7 +93,8 @@ def compute_tenants(tenants: Sequence[TenantView], secrets: Iterable[SecretView]
                 owners[key] = name
         problems += [f"entry {entry!r} is not UTF-8 text" for entry in secret.undecodable]
         requests, tokens = _limits(spec.limits)
-        access.append(TenantAccess(name, tuple(keys), tuple(spec.models), requests, tokens))
+        cap = spec.limits.max_concurrent_requests if spec.limits else None
+        access.append(TenantAccess(name, tuple(keys), tuple(spec.models), requests, tokens, cap))
         unknown = [m for m in spec.models if m != ALL_MODELS and m not in served]
         notes = [f"no RoutePolicy serves {', '.join(unknown)} (yet)"] if unknown else []
         if not keys:
