@@ -10,6 +10,7 @@ ingress; it works the same against a single model server (vLLM, SGLang, ``llmfle
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -21,7 +22,7 @@ class EndpointError(Exception):
     """The endpoint did not answer with an OpenAI model list; the message says why."""
 
 
-def served_models(endpoint: str, *, timeout: float = 10.0,
+def served_models(endpoint: str, *, timeout: float = 10.0, api_key: str | None = None,
                   transport: httpx.BaseTransport | None = None) -> list[str]:
     """The model ids ``GET {endpoint}/models`` lists, in the order it lists them.
 
@@ -30,11 +31,17 @@ def served_models(endpoint: str, *, timeout: float = 10.0,
     url = endpoint.rstrip("/") + "/models"
     try:
         with httpx.Client(timeout=timeout, transport=transport) as client:
-            response = client.get(url, headers={"Accept": "application/json"})
+            headers = {"Accept": "application/json"}
+            if api_key:
+                headers["Authorization"] = f"Bearer {api_key}"
+            response = client.get(url, headers=headers)
     except httpx.TimeoutException as exc:
         raise EndpointError(f"GET {url}: no answer within {timeout:g} s ({type(exc).__name__})") from exc
     except httpx.HTTPError as exc:
         raise EndpointError(f"GET {url}: cannot connect: {exc or type(exc).__name__}") from exc
+    if response.status_code == 401 and not api_key:
+        raise EndpointError(f"GET {url}: HTTP 401: the endpoint asks for an API key (behind llmfleet's ingress: "
+                            "Tenants exist); pass --api-key or set OPENAI_API_KEY")
     if response.status_code != 200:
         raise EndpointError(f"GET {url}: HTTP {response.status_code}: {_snippet(response.text)}")
     try:
@@ -61,13 +68,15 @@ def build_parser(prog: str = "llmfleet models") -> argparse.ArgumentParser:
     p.add_argument("--expect", action="append", default=[], metavar="MODEL",
                    help="fail unless this model id is listed (repeatable)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for the answer (default 10)")
+    p.add_argument("--api-key", default=os.environ.get("OPENAI_API_KEY"),
+                   help="sent as Authorization: Bearer (default: $OPENAI_API_KEY)")
     return p
 
 
 def main(argv: Sequence[str] | None = None, *, transport: httpx.BaseTransport | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        models = served_models(args.endpoint, timeout=args.timeout, transport=transport)
+        models = served_models(args.endpoint, timeout=args.timeout, api_key=args.api_key, transport=transport)
     except EndpointError as exc:
         print(f"llmfleet models: {exc}", file=sys.stderr)
         return 1

@@ -11,7 +11,17 @@ import httpx
 import pytest
 from aiohttp import web
 
-from llmfleet.routing.table import Cluster, Endpoint, RateLimit, Route, RouteTable, TenantAccess, WeightedBackend
+from llmfleet.routing.table import (
+    BudgetLimit,
+    Cluster,
+    Endpoint,
+    RateLimit,
+    Route,
+    RouteTable,
+    TenantAccess,
+    TokenPrices,
+    WeightedBackend,
+)
 from tests.dataplane.conftest import CHAT, LOCALHOST, DataPlane, backend
 from tests.helpers import wait_for
 
@@ -80,6 +90,7 @@ async def test_keys_and_models_decide_who_gets_in(dataplane: DataPlane, echo: Ec
         assert r.json()["model"] == "echo"
 
     async with httpx.AsyncClient(base_url=dataplane.url, timeout=10) as client:
+        assert (await client.get("/healthz")).status_code == 200, "the readiness probe needs no key"
         assert (await client.get("/v1/models")).status_code == 401
         listed = await client.get("/v1/models", headers={"Authorization": f"Bearer {B_KEY}"})
         assert listed.status_code == 200 and [m["id"] for m in listed.json()["data"]] == ["chat", "embed"]
@@ -192,3 +203,22 @@ async def test_a_concurrency_cap_admits_that_many_in_flight_and_frees_each_slot(
         # Every slot came back when its stream ended (the refused ones never held one).
         await asyncio.sleep(0.3)
         assert sorted(r.status_code for r in await _burst(dataplane, 4, A_KEY)) == [200] * 3 + [429]
+
+
+async def test_a_spent_budget_refuses_with_insufficient_quota(dataplane: DataPlane, counted: int) -> None:
+    # Each answer: 30 prompt and 10 completion tokens, at $1 and $10 per million: $0.00013.
+    budget = BudgetLimit("day", dollars=0.0005)  # spent by the fourth answer
+    tenants = (TenantAccess("ai/team-a", (A_KEY,), ("*",), budgets=(budget,)),)
+    table = _limited(dataplane, counted, tenants)
+    (cluster,) = table.clusters
+    dataplane.apply(dataclasses.replace(table, clusters=(dataclasses.replace(
+        cluster, prices=TokenPrices(1e-6, 1e-5)),)))
+    statuses = []
+    for _ in range(8):  # one after another: each charged when it ends
+        statuses.append((await _burst(dataplane, 1, A_KEY))[0].status_code)
+        await asyncio.sleep(0.05)
+        if statuses[-1] == 429:
+            break
+    assert statuses == [200, 200, 200, 200, 429]
+    refused = (await _burst(dataplane, 1, A_KEY))[0]
+    assert refused.json()["error"]["code"] == "insufficient_quota" and int(refused.headers["retry-after"]) > 0

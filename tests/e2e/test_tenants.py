@@ -55,8 +55,11 @@ def _post(url: str, model: str, key: str | None = None, max_tokens: int = 2) -> 
 
 
 def _open(url: str) -> bool:
-    with httpx.Client(base_url=url, timeout=10) as client:
-        return client.get("/v1/models").status_code == 200
+    try:
+        with httpx.Client(base_url=url, timeout=10) as client:
+            return client.get("/v1/models").status_code == 200
+    except httpx.HTTPError:
+        return False  # a moment without a ready Envoy (an operator restart): ask again
 
 
 def _ready(cluster, ns: str, name: str) -> dict | None:
@@ -175,3 +178,62 @@ def test_a_token_limit_holds_within_one_response(dev_cluster, envoy, tenanted):
     assert refused.json()["error"]["type"] == "tokens" and int(refused.headers["retry-after"]) >= 1
     print(f"\ntoken limit {TOKEN_LIMIT}: served {used} tokens (responses up to {largest}) before the first 429")
     assert TOKEN_LIMIT <= used < TOKEN_LIMIT + largest, "within one response's overshoot"
+
+
+def test_a_budget_spent_under_load_refuses_at_once_and_after_an_operator_restart(dev_cluster, operator, envoy,
+                                                                                 tenanted):
+    ns, chat, _ = tenanted
+    budget = {"period": "day", "tokens": 300}
+    dev_cluster.kubectl("patch", "tenant", "team-a", "-n", ns, "--type=merge", "-p",
+                        json.dumps({"spec": {"budgets": [budget]}}))
+
+    def refused() -> httpx.Response | None:
+        try:
+            r = _post(envoy.url, chat, KEY_A, max_tokens=20)
+        except httpx.HTTPError:
+            return None  # the ingress between two states of the restart: ask again
+        return r if r.status_code == 429 else None
+
+    wait_for(lambda: kubectl_json(dev_cluster, "get", "tenant", "team-a", "-n", ns).get("status", {}).get("budgets"),
+             timeout=15, what="the budget in the Tenant's status")
+    used, refusal = 0, None
+    for _ in range(60):  # bounded: 300 tokens run out after a dozen answers
+        r = _post(envoy.url, chat, KEY_A, max_tokens=20)
+        if r.status_code == 429:
+            refusal = r
+            break
+        assert r.status_code == 200, r.text
+        used += r.json()["usage"]["total_tokens"]
+        time.sleep(0.1)  # Envoy reports a response's tokens once its stream ends
+    assert refusal is not None, f"{used} tokens served, never refused"
+    assert refusal.json()["error"]["code"] == "insufficient_quota", refusal.text
+    assert 300 <= used < 300 + 40, f"refused after {used} tokens: at most one answer over the budget"
+
+    def exceeded() -> dict | None:
+        status = kubectl_json(dev_cluster, "get", "tenant", "team-a", "-n", ns).get("status", {})
+        cond = next((c for c in status.get("conditions", []) if c["type"] == "BudgetExceeded"), None)
+        return status if cond and cond["status"] == "True" else None
+
+    status = wait_for(exceeded, timeout=10, what="BudgetExceeded=True in the Tenant's status")
+    assert status["budgets"][0]["spentTokens"] >= 300
+    events = kubectl_json(dev_cluster, "get", "events", "-n", ns, "--field-selector", "involvedObject.name=team-a")
+    assert any(e["reason"] == "BudgetExceeded" for e in events["items"])
+
+    operator.restart()
+    # The new leader starts from the spend in the status: refused again once it serves.
+    def explain() -> str:
+        lease = kubectl_json(dev_cluster, "get", "lease", "-n", operator.release.namespace)["items"]
+        rls = {p["metadata"]["name"]: p["status"].get("podIP") for p in operator.ready_pods()}
+        decisions = {name: [line for line in operator.metrics(p).splitlines()
+                            if line.startswith(("llmfleet_ratelimit", "llmfleet_leader"))]
+                     for p in operator.ready_pods() for name in [p["metadata"]["name"]]}
+        tenant = kubectl_json(dev_cluster, "get", "tenant", "team-a", "-n", ns).get("status")
+        return (f"leases: {[(x['metadata']['name'], x['metadata'].get('annotations'), x['spec']) for x in lease]}\n"
+                f"operator pods: {rls}\nmetrics: {decisions}\ntenant status: {tenant}\n"
+                f"a request now: {_post(envoy.url, chat, KEY_A).text[:300]}")
+
+    wait_for(refused, timeout=90, interval=0.5, what="the spent budget refusing again after the operator's restart",
+             explain=explain)
+    for _ in range(5):
+        assert _post(envoy.url, chat, KEY_A).status_code == 429
+    assert _post(envoy.url, chat, KEY_C).status_code == 200, "another tenant's requests go on"

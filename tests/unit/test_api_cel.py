@@ -136,6 +136,8 @@ ENV_CONFIG_MAP = {"configMapKeyRef": {"name": "c", "key": "k"}}
 
 # One object breaking each rule (at least); the last test checks every rule is hit.
 RULE_CASES = [
+    ("budget-amount", {"apiVersion": m.API_VERSION, "kind": "Tenant", "metadata": {"name": "t"}, "spec": {
+        "apiKeys": {"secretName": "k"}, "models": ["*"], "budgets": [{"period": "day", "dollars": 5, "tokens": 9}]}}),
     ("uri", md(_md_spec(model={"uri": "ftp://x"}))),
     ("uri-newline", md(_md_spec(model={"uri": "hf://org/model\n"}))),
     ("quantization", md(_md_spec(engine={"kind": "tensorrt-llm", "quantization": "gguf"}))),
@@ -188,7 +190,7 @@ RULE_CASES = [
     ),
 ]
 
-CLASSES = {"ModelDeployment": m.ModelDeployment, "RoutePolicy": m.RoutePolicy}
+CLASSES = {"ModelDeployment": m.ModelDeployment, "RoutePolicy": m.RoutePolicy, "Tenant": m.Tenant}
 
 
 @pytest.mark.parametrize("obj", [c[1] for c in RULE_CASES], ids=[c[0] for c in RULE_CASES])

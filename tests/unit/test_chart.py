@@ -500,7 +500,7 @@ def test_envoy_deployment() -> None:
     assert c["env"] == [{"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                         {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
     assert [(p["name"], p["containerPort"]) for p in c["ports"]] == [("http", 8080), ("ready", 19001)]
-    assert c["readinessProbe"]["httpGet"] == {"path": "/v1/models", "port": "http"}
+    assert c["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert c["livenessProbe"]["tcpSocket"] == {"port": "ready"}
     assert c["startupProbe"]["tcpSocket"] == {"port": "ready"}
     assert c["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
@@ -759,3 +759,13 @@ def test_network_policy_for_envoys_outside_the_release() -> None:
 
 def test_network_policies_can_be_turned_off() -> None:
     assert not _policies("networkPolicy.enabled=false")
+
+
+def test_the_helm_test_pod_can_send_an_api_key() -> None:
+    def env(*sets: str) -> list | None:
+        pod = find(render(*sets), "Pod", "llmfleet-test")
+        return pod["spec"]["containers"][0].get("env")
+
+    assert env() is None
+    assert env("test.apiKeySecretRef.name=team-a-keys", "test.apiKeySecretRef.key=primary") == [
+        {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "team-a-keys", "key": "primary"}}}]

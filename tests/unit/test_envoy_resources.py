@@ -229,7 +229,7 @@ def test_a_saturation_limit_without_another_backend_to_go_to_adds_no_gate() -> N
 def test_route_order_puts_catch_alls_last() -> None:
     t = RouteTable(routes=(Route("b", ()), Route("a", ())))
     names = [r["name"] for r in _routes(t)]
-    assert names == ["models", "models/b", "models/a", "b", "a",
+    assert names == ["healthz", "models", "models/b", "models/a", "b", "a",
                      "unknown-model", "not-found", "invalid-json", "missing-model"]
     not_found = _route(t, "not-found")["match"]["headers"]
     assert not_found == [{"name": ":method", "string_match": {"exact": "POST"}, "invert_match": True}]

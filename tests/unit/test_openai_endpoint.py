@@ -111,3 +111,18 @@ def test_endpoint_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         main([])
     assert exc.value.code == 2 and "--endpoint" in capsys.readouterr().err
+
+
+def test_an_api_key_is_sent_and_its_absence_explained(capsys: pytest.CaptureFixture[str],
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.headers.get("authorization") != "Bearer sk-test":
+            return httpx.Response(401, json={"error": {"message": "no", "code": "invalid_api_key"}})
+        return httpx.Response(200, json={"object": "list", "data": [{"id": "chat"}]})
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    assert main(["--endpoint", "http://ingress/v1"], transport=httpx.MockTransport(handler)) == 1
+    assert "asks for an API key" in capsys.readouterr().err
+    assert main(["--endpoint", "http://ingress/v1", "--api-key", "sk-test"],
+                transport=httpx.MockTransport(handler)) == 0
+    assert capsys.readouterr().out == "chat\n"

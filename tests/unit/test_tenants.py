@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -26,9 +27,19 @@ from llmfleet.envoy.resources import (
     build_resources,
 )
 from llmfleet.kube.views import SecretView, TenantView
-from llmfleet.routing.ratelimit import REQUESTS, SLOT_SECONDS, TOKENS, Decision, Limiter
-from llmfleet.routing.table import Cluster, Endpoint, RateLimit, Route, RouteTable, TenantAccess, WeightedBackend
-from llmfleet.routing.tenants import compute_tenants
+from llmfleet.routing.ratelimit import REQUESTS, SLOT_SECONDS, TOKENS, Decision, Limiter, Spend, window_start
+from llmfleet.routing.table import (
+    BudgetLimit,
+    Cluster,
+    Endpoint,
+    RateLimit,
+    Route,
+    RouteTable,
+    TenantAccess,
+    TokenPrices,
+    WeightedBackend,
+)
+from llmfleet.routing.tenants import budget_report, compute_tenants
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
 
@@ -216,7 +227,7 @@ def test_the_service_answers_envoy_in_openai_terms() -> None:
     registry = CollectorRegistry()
     service = RateLimitService(Counter("d", "d", ["tenant", "limit", "decision"], registry=registry),
                                Counter("t", "t", ["tenant"], registry=registry), clock=lambda: 0.0)
-    service.configure((TenantAccess("ai/a", ("k",), ("*",), requests=RateLimit(1, 60, 1)),))
+    service.configure(RouteTable(tenants=(TenantAccess("ai/a", ("k",), ("*",), requests=RateLimit(1, 60, 1)),)))
 
     def ask() -> rls_pb2.RateLimitResponse:
         request = rls_pb2.RateLimitRequest(domain="llmfleet")
@@ -287,7 +298,8 @@ def test_a_request_refused_by_another_limit_gives_its_slot_back() -> None:
     registry = CollectorRegistry()
     service = RateLimitService(Counter("d", "d", ["tenant", "limit", "decision"], registry=registry),
                                Counter("t", "t", ["tenant"], registry=registry), clock=lambda: 0.0)
-    service.configure((TenantAccess("ai/a", ("k",), ("*",), requests=RateLimit(1, 60, 1), max_concurrent=5),))
+    service.configure(RouteTable(tenants=(
+        TenantAccess("ai/a", ("k",), ("*",), requests=RateLimit(1, 60, 1), max_concurrent=5),)))
 
     def ask(request_id: str) -> rls_pb2.RateLimitResponse:
         request = rls_pb2.RateLimitRequest(domain="llmfleet")
@@ -302,3 +314,75 @@ def test_a_request_refused_by_another_limit_gives_its_slot_back() -> None:
     assert ask("r2").overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT  # the request bucket is empty
     assert [service.limiter.take_slot("ai/a", f"x{i}", now=0.0).allowed for i in range(5)] == [True] * 4 + [False], \
         "r1 holds one slot; r2's was given back"
+
+
+# --------------------------------------------------------------------------- budgets
+
+DAY = BudgetLimit("day", dollars=1.0)
+NOON = dt.datetime(2026, 12, 3, 12, tzinfo=dt.UTC).timestamp()
+
+
+def test_periods_are_calendar_periods_in_utc() -> None:
+    assert window_start("hour", NOON + 1799) == NOON
+    assert window_start("day", NOON) == NOON - 12 * 3600
+    assert window_start("month", NOON) == dt.datetime(2026, 12, 1, tzinfo=dt.UTC).timestamp()
+
+
+def test_a_spent_budget_refuses_until_its_next_period() -> None:
+    limiter = Limiter()
+    limiter.configure((TenantAccess("ai/a", ("k",), ("*",), budgets=(DAY, BudgetLimit("hour", tokens=100,
+                                                                                     refuse=False))),))
+    limiter.charge("ai/a", 0.6, 60, NOON)
+    assert limiter.check_budgets("ai/a", NOON).allowed, "the hourly token budget only notifies"
+    limiter.charge("ai/a", 0.5, 50, NOON + 1)
+    refused = limiter.check_budgets("ai/a", NOON + 2)
+    assert not refused.allowed and refused.retry_after == 12 * 3600 - 2
+    assert limiter.check_budgets("ai/a", NOON + 12 * 3600).allowed, "a new day starts from nothing"
+
+
+def test_a_new_leader_starts_from_the_spend_its_predecessor_recorded() -> None:
+    limiter = Limiter()
+    limiter.configure((TenantAccess("ai/a", ("k",), ("*",), budgets=(DAY,)),))
+    limiter.seed("ai/a", "day", Spend(window_start("day", NOON), 1.2, 500), NOON)
+    assert not limiter.check_budgets("ai/a", NOON).allowed
+    limiter.seed("ai/b", "day", Spend(window_start("day", NOON) - 86400, 9.0, 1), NOON)  # yesterday's: ignored
+    assert limiter.spending("ai/a", NOON)[0][1].dollars == 1.2
+
+
+def test_the_report_says_the_spend_and_marks_crossings_once() -> None:
+    spend = Spend(window_start("day", NOON), 0.85, 400)
+    report = budget_report([(DAY, spend)], {})
+    assert report.budgets == [{"period": "day", "windowStart": "2026-12-03T00:00:00Z", "spentDollars": 0.85,
+                               "spentTokens": 400, "usedPercent": 85.0}]
+    assert [e[1] for e in report.events] == ["BudgetWarning"] and not report.exceeded.status
+    assert budget_report([(DAY, spend)], {"day": 0.85}).events == [], "no second Event for the same crossing"
+    spent = budget_report([(DAY, Spend(spend.window, 1.01, 500))], {"day": 0.85})
+    assert spent.exceeded.status and [e[1] for e in spent.events] == ["BudgetExceeded"]
+    assert "day budget: 1.01 of 1.00 spent" in spent.exceeded.message
+
+
+def test_the_service_charges_each_kind_of_token_at_the_answering_backends_price() -> None:
+    registry = CollectorRegistry()
+    service = RateLimitService(Counter("d", "d", ["tenant", "limit", "decision"], registry=registry),
+                               Counter("t", "t", ["tenant"], registry=registry), wall=lambda: NOON)
+    table = RouteTable(clusters=(Cluster("ai/a", "a", (), TokenPrices(1e-3, 1e-2)),),
+                       tenants=(TenantAccess("ai/t", ("k",), ("*",), budgets=(BudgetLimit("day", dollars=0.5),)),))
+    service.configure(table)
+
+    def ask(kind: str, hits: int, cluster: str = "") -> rls_pb2.RateLimitResponse:
+        request = rls_pb2.RateLimitRequest(domain="llmfleet")
+        descriptor = request.descriptors.add()
+        descriptor.entries.add(key="tenant", value="ai/t")
+        descriptor.entries.add(key="limit", value=kind)
+        if cluster:
+            descriptor.entries.add(key="destination_cluster", value=cluster)
+        descriptor.hits_addend.value = hits
+        return service.decide(request)
+
+    ask("spent-prompt", 100, "fallback-for:chat:ai/a")  # a policy's copy of ai/a: its price
+    ask("spent-completion", 40, "ai/a")
+    (_, spend), = service.limiter.spending("ai/t", NOON)
+    assert (spend.dollars, spend.tokens) == (pytest.approx(0.1 + 0.4), 140)
+    refused = ask("budget", 0)
+    assert refused.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT
+    assert json.loads(refused.raw_body)["error"]["code"] == "insufficient_quota"

@@ -1247,6 +1247,50 @@ class TenantLimits(_Spec):
     )
 
 
+class BudgetPeriod(StrEnum):
+    """A budget's calendar period (UTC)."""
+
+    HOUR = "hour"
+    DAY = "day"
+    MONTH = "month"
+
+
+class BudgetAction(StrEnum):
+    """What happens once a budget is spent."""
+
+    REFUSE = "refuse"
+    NOTIFY = "notify"
+
+
+BUDGET_AMOUNT_MESSAGE = "a budget is in dollars or in tokens: set exactly one of them"
+BUDGET_AMOUNT_RULE = CelRule(rule="has(self.dollars) != has(self.tokens)", message=BUDGET_AMOUNT_MESSAGE)
+
+
+class Budget(_Spec):
+    """What a tenant may spend per hour, day or month (calendar periods, UTC)."""
+
+    model_config = ConfigDict(json_schema_extra=x_validations(BUDGET_AMOUNT_RULE))
+
+    period: BudgetPeriod = Field(description="hour, day or month (a calendar period in UTC).")
+    dollars: float | None = Field(
+        None, gt=0, le=1e9,
+        description="Spend allowed in the period, in the currency of the backends' cost (usage accounting's prices).")
+    tokens: int | None = Field(
+        None, ge=1, le=10**15, description="Tokens (prompt and completion) allowed in the period.")
+    warn_at_percent: int = Field(80, ge=1, le=100, description="Share of the budget at which a Warning Event says so.")
+    action: BudgetAction = Field(
+        BudgetAction.REFUSE,
+        description="refuse: once spent, requests get 429 insufficient_quota until the next period. "
+        "notify: Events and the BudgetExceeded condition only.",
+    )
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> Budget:
+        if (self.dollars is None) == (self.tokens is None):
+            raise rule_error(BUDGET_AMOUNT_MESSAGE)
+        return self
+
+
 class ApiKeysRef(_Spec):
     """Where a tenant's API keys are."""
 
@@ -1276,6 +1320,10 @@ class TenantSpec(_Spec):
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
     limits: TenantLimits | None = Field(None, description="Request and token rate limits.")
+    budgets: list[Budget] = Field(
+        default_factory=list, max_length=4,
+        description="What the tenant may spend per hour, day or month. Spend is kept in status.budgets, so it "
+        "survives operator restarts.")
 
     @field_validator("models")
     @classmethod
@@ -1285,15 +1333,28 @@ class TenantSpec(_Spec):
         return names
 
 
+class BudgetStatus(_Status):
+    """What a tenant spent in a budget's current period."""
+
+    period: BudgetPeriod = Field(description="The budget's period.")
+    window_start: datetime = Field(description="When the current period began (UTC).")
+    spent_dollars: float = Field(0.0, ge=0, description="Spent in the period, at the backends' prices.")
+    spent_tokens: int = Field(0, ge=0, description="Tokens used in the period.")
+    used_percent: float = Field(0.0, ge=0, description="Share of the budget used, in percent.")
+
+
 class TenantStatus(_Status):
     """Observed state of a Tenant."""
 
     observed_generation: int | None = Field(None, description="metadata.generation this status reflects.")
     keys: int | None = Field(None, ge=0, description="API keys the ingress accepts for the tenant (never the keys).")
+    budgets: list[BudgetStatus] = Field(
+        default_factory=list, max_length=4, description="Spend in each budget's current period (the leader writes "
+        "it every few seconds while it changes).")
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=MAX_CONDITIONS,
-        description="Ready: the ingress accepts the tenant's keys.",
+        description="Ready: the ingress accepts the tenant's keys. BudgetExceeded: a budget is spent.",
         json_schema_extra=_CONDITIONS_SCHEMA,
     )
 

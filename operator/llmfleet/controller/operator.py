@@ -44,6 +44,7 @@ from ..kube.views import DeploymentView, ModelDeploymentView, PodView, RoutePoli
 from ..routing.table import Endpoint
 from .activator import Activator, ReadyEndpoints
 from .autoscaler import Autoscaler
+from .budgets import BudgetReporter
 from .modeldeployment import ModelDeploymentReconciler
 from .replicas import ReplicaWriter
 from .routepolicy import ROUTES, NoDataPlane, Publisher, RoutePolicyReconciler, XdsPublisher
@@ -54,6 +55,7 @@ from .xdsreports import ReportWriter
 
 log = logging.getLogger("llmfleet")
 SYNC_LOG_SECONDS = 30.0  # say what the operator waits for when listing takes this long
+BUDGET_INTERVAL = 2.0  # seconds between the leader's writes of the tenants' budget spend
 
 
 class Operator:
@@ -81,6 +83,7 @@ class Operator:
         self.activator: Activator | None = None
         self.autoscaler: Autoscaler | None = None
         self.traffic: TrafficReporter | None = None
+        self.budgets: BudgetReporter | None = None
         self.md_queue = WorkQueue(ModelDeploymentReconciler(self.client, self.store).reconcile,
                                   workers=options.workers)
         self.route_queue: WorkQueue | None = None
@@ -172,6 +175,8 @@ class Operator:
                             "trend_window": options.trend_window, "panic_threshold": options.panic_threshold}
             self.autoscaler = Autoscaler(self.client, self.store, self.replicas,
                                          interval=options.autoscale_interval, waker=self.waker, knobs=knobs)
+        if self.xds is not None:
+            self.budgets = BudgetReporter(self.client, self.store, self.xds.rate_limits, interval=BUDGET_INTERVAL)
         if options.traffic_interval > 0 and self.xds is not None:
             self.traffic = TrafficReporter(self.client, self.store, self.xds.stats_urls,
                                            interval=options.traffic_interval)
@@ -200,6 +205,8 @@ class Operator:
             self.autoscaler.start()
         if self.traffic is not None:
             self.traffic.start()
+        if self.budgets is not None:
+            self.budgets.start()
         if self.routes is not None:
             self.routes.writes = True
             self._route_queue_later()
@@ -210,7 +217,7 @@ class Operator:
         if self.routes is not None:
             self.routes.writes = False
         await self.md_queue.stop()
-        for component in (self.autoscaler, self.traffic):
+        for component in (self.autoscaler, self.traffic, self.budgets):
             if component is not None:
                 await component.stop()
 
@@ -255,7 +262,7 @@ class Operator:
         if self._election is not None:
             self._election.cancel()
             await asyncio.gather(self._election, return_exceptions=True)
-        for component in (self.autoscaler, self.traffic):
+        for component in (self.autoscaler, self.traffic, self.budgets):
             if component is not None:
                 await component.stop()
         for queue in (self.md_queue, self.route_queue):

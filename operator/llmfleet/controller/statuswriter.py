@@ -20,6 +20,7 @@ from ..kube.views import Ref
 RECONCILER = "llmfleet"  # children, ModelDeployment and RoutePolicy status, their Events
 AUTOSCALER = "llmfleet-autoscaler"  # spec.replicas (scale), status.load and the scaling fields
 TRAFFIC = "llmfleet-traffic"  # RoutePolicy status.traffic (controller/traffic.py)
+BUDGETS = "llmfleet-budgets"  # Tenant status.budgets and BudgetExceeded (controller/budgets.py)
 
 
 def overlay(status: dict[str, Any], written: dict[str, Any], dropped: Iterable[str] = ()) -> dict[str, Any]:

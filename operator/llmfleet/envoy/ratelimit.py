@@ -22,15 +22,31 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from prometheus_client import Counter
 
 from ..api import openai
-from ..routing.ratelimit import CONCURRENCY, DONE, REQUESTS, TOKENS, Decision, Limiter
-from ..routing.table import TenantAccess
+from ..routing.ratelimit import (
+    BUDGET,
+    CONCURRENCY,
+    DONE,
+    REQUESTS,
+    SPENT_COMPLETION,
+    SPENT_PROMPT,
+    TOKENS,
+    Decision,
+    Limiter,
+)
+from ..routing.table import RouteTable
+from .accounting import backend_of
 from .resources import RATE_LIMIT_KIND, RATE_LIMIT_REQUEST, RATE_LIMIT_TENANT
 
 _UNITS = {1: "second", 60: "minute", 3600: "hour"}
+KINDS = (REQUESTS, TOKENS, CONCURRENCY, DONE, BUDGET, SPENT_PROMPT, SPENT_COMPLETION)
 
 
 def refusal(tenant: str, kind: str, decision: Decision) -> dict[str, Any]:
     """OpenAI's 429 body for a refused request."""
+    if kind == BUDGET:
+        return openai.error_body(
+            f"You exceeded your current quota: a budget of tenant {tenant} is spent. "
+            f"It renews in {decision.retry_after}s.", "insufficient_quota", code="insufficient_quota")
     limit = decision.limit
     assert limit is not None
     if kind == CONCURRENCY:
@@ -47,15 +63,23 @@ def refusal(tenant: str, kind: str, decision: Decision) -> dict[str, Any]:
 class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
     """Answers ShouldRateLimit from the current tenants' limits (``configure``, any thread)."""
 
-    def __init__(self, decisions: Counter, tokens: Counter, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, decisions: Counter, tokens: Counter, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], float] = time.time) -> None:
         self.limiter = Limiter()
+        self.table = RouteTable()  # the clusters' prices, for budgets
         self._lock = threading.Lock()
-        self._clock = clock
+        self._clock, self._wall = clock, wall
         self._decisions, self._tokens = decisions, tokens
 
-    def configure(self, tenants: tuple[TenantAccess, ...] | None) -> None:
+    def configure(self, table: RouteTable) -> None:
         with self._lock:
-            self.limiter.configure(tenants)
+            self.table = table
+            self.limiter.configure(table.tenants)
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while the limiter changes: take it to read spend consistently."""
+        return self._lock
 
     def add_to(self, server: grpc.aio.Server) -> None:
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(self, server)
@@ -75,8 +99,15 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             hits = descriptor.hits_addend.value if descriptor.HasField("hits_addend") else (request.hits_addend or 1)
             request_id = entries.get(RATE_LIMIT_REQUEST, "")
             with self._lock:
-                if not tenant or kind not in (REQUESTS, TOKENS, CONCURRENCY, DONE):
+                if not tenant or kind not in KINDS:
                     decision = Decision(True)
+                elif kind in (SPENT_PROMPT, SPENT_COMPLETION):
+                    self._charge(tenant, kind, entries.get("destination_cluster", ""), hits)
+                    decision = Decision(True)
+                elif kind == BUDGET:
+                    decision = self.limiter.check_budgets(tenant, self._wall())
+                    if not decision.allowed:
+                        self._decisions.labels(tenant, kind, "refused").inc()
                 elif kind == DONE:
                     self.limiter.release_slot(tenant, request_id)
                     decision = Decision(True)
@@ -109,3 +140,10 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                 base_pb2.HeaderValue(key="content-type", value="application/json"),
             ])
         return response
+
+    def _charge(self, tenant: str, kind: str, cluster_name: str, tokens: int) -> None:
+        """A response's prompt or completion tokens, at the price of the cluster that answered."""
+        cluster = self.table.cluster(backend_of(cluster_name, self.table))
+        prices = cluster.prices if cluster is not None else None
+        price = None if prices is None else (prices.input if kind == SPENT_PROMPT else prices.output)
+        self.limiter.charge(tenant, tokens * (price or 0.0), tokens, self._wall())

@@ -75,7 +75,15 @@ from llmfleet.envoy.lua import (
     saturation_gate_source,
     usage_source,
 )
-from llmfleet.routing.ratelimit import CONCURRENCY, DONE, REQUESTS, TOKENS
+from llmfleet.routing.ratelimit import (
+    BUDGET,
+    CONCURRENCY,
+    DONE,
+    REQUESTS,
+    SPENT_COMPLETION,
+    SPENT_PROMPT,
+    TOKENS,
+)
 from llmfleet.routing.table import (
     ENDPOINT_PATHS,
     Cluster,
@@ -116,6 +124,9 @@ CASCADE_FILTER = "llmfleet.cascade"  # the downstream Lua filter cascade routes 
 AUTH_FILTER = "llmfleet.auth"
 ACCESS_FILTER = "llmfleet.access"
 TENANT_HEADER = "x-llmfleet-tenant"
+# Answered by Envoy itself, with or without tenants: the readiness probe of the chart's
+# Envoys (it says the listener the operator programs is there).
+HEALTH_PATH = "/healthz"
 # Tenants' rate limits: the ratelimit filter asks the operator's rate-limit service
 # (cluster RATE_LIMIT_CLUSTER, the leader), which the virtual host's rate_limits name per
 # request; the usage Lua reads a response's tokens for its token limit.
@@ -425,7 +436,13 @@ def route_configuration(table: RouteTable, settings: DataPlaneSettings | None = 
     """The RouteConfiguration (RDS) for the whole table."""
     settings = settings or DataPlaneSettings()
     get = [{"name": ":method", "string_match": {"exact": "GET"}}]
-    routes: list[dict[str, Any]] = [{
+    health: dict[str, Any] = {"name": "healthz", "match": {"path": HEALTH_PATH, "headers": get},
+                              "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}
+    if table.tenants is not None:
+        # Kubelet's readiness probe has no API key.
+        health["typed_per_filter_config"] = {AUTH_FILTER: {
+            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}}
+    routes: list[dict[str, Any]] = [health, {
         "name": "models",
         "match": {"path": "/v1/models", "headers": get},
         "direct_response": _json_response(200, {
@@ -598,6 +615,17 @@ def rate_limits(tenants: tuple[TenantAccess, ...]) -> list[dict[str, Any]]:
             # Once the response has ended: the tokens it used (the usage Lua's count).
             {"actions": _limit_descriptor(TOKENS), "apply_on_stream_done": True,
              "hits_addend": {"format": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{TOKENS_KEY})%"}},
+        ]
+    if any(t.budgets for t in tenants):
+        cluster: dict[str, Any] = {"destination_cluster": {}}
+        out += [
+            # Before the request: is a budget that refuses spent?
+            {"actions": _limit_descriptor(BUDGET), "hits_addend": {"number": 0}},
+            # Once the response has ended: its prompt and completion tokens, and the cluster
+            # that answered (their price).
+            *({"actions": [*_limit_descriptor(kind), cluster], "apply_on_stream_done": True,
+               "hits_addend": {"format": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{key})%"}}
+              for kind, key in ((SPENT_PROMPT, PROMPT_TOKENS_KEY), (SPENT_COMPLETION, COMPLETION_TOKENS_KEY))),
         ]
     if any(t.max_concurrent for t in tenants):
         request_id = {"request_headers": {"header_name": "x-request-id", "descriptor_key": RATE_LIMIT_REQUEST}}

@@ -515,7 +515,7 @@ class XdsServer:
 
     def update(self, table: RouteTable) -> str:
         """Build the resources for ``table`` and push them; returns their version."""
-        self.rate_limits.configure(table.tenants)
+        self.rate_limits.configure(table)
         self.accounting.configure(table)
         return self.set_resources(build_resources(
             table, listener_port=self.listener_port, listener_address=self.listener_address,

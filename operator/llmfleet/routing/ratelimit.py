@@ -18,15 +18,45 @@ SLOT_SECONDS, so a lost report cannot lock a tenant out for good.
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .table import RateLimit, TenantAccess
+from .table import BudgetLimit, RateLimit, TenantAccess
 
-# The kinds of limit, as Envoy names them in a descriptor; DONE gives a concurrency slot back.
+# The kinds of limit, as Envoy names them in a descriptor; DONE gives a concurrency slot back;
+# BUDGET checks a tenant's budgets, SPENT_PROMPT / SPENT_COMPLETION charge a response's tokens.
 REQUESTS, TOKENS, CONCURRENCY, DONE = "requests", "tokens", "concurrency", "done"
+BUDGET, SPENT_PROMPT, SPENT_COMPLETION = "budget", "spent-prompt", "spent-completion"
 SLOT_SECONDS = 7200.0
+
+
+def window_start(period: str, now: float) -> float:
+    """The start (epoch seconds) of the calendar period, UTC, that ``now`` falls in."""
+    t = dt.datetime.fromtimestamp(now, dt.UTC)
+    if period == "hour":
+        t = t.replace(minute=0, second=0, microsecond=0)
+    elif period == "day":
+        t = t.replace(hour=0, minute=0, second=0, microsecond=0)
+    else:
+        t = t.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    return t.timestamp()
+
+
+@dataclass
+class Spend:
+    """What a tenant spent in one budget's current period."""
+
+    window: float  # the period's start, epoch seconds
+    dollars: float = 0.0
+    tokens: int = 0
+
+    def used(self, budget: BudgetLimit) -> float:
+        """The share of the budget used (1.0: all of it)."""
+        if budget.dollars is not None:
+            return self.dollars / budget.dollars
+        return self.tokens / budget.tokens if budget.tokens else 0.0
 
 
 @dataclass
@@ -57,6 +87,8 @@ class Limiter:
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._caps: dict[str, int] = {}
         self._slots: dict[str, dict[str, float]] = {}  # tenant → request ID → when its slot was taken
+        self._budgets: dict[str, tuple[BudgetLimit, ...]] = {}
+        self._spend: dict[tuple[str, str], Spend] = {}  # (tenant, period) → spend in its current window
 
     def configure(self, tenants: Iterable[TenantAccess] | None) -> None:
         limits: dict[tuple[str, str], RateLimit] = {}
@@ -68,6 +100,7 @@ class Limiter:
                 limits[(tenant.name, TOKENS)] = tenant.tokens
             if tenant.max_concurrent is not None:
                 caps[tenant.name] = tenant.max_concurrent
+        self._budgets = {t.name: t.budgets for t in tenants or () if t.budgets}
         self._limits, self._caps = limits, caps
         self._buckets = {key: b for key, b in self._buckets.items() if limits.get(key) == b.limit}
         self._slots = {name: slots for name, slots in self._slots.items() if name in caps}
@@ -85,6 +118,43 @@ class Limiter:
             return Decision(False, limit, 0, 1)
         slots[request_id] = now
         return Decision(True, limit, cap - len(slots))
+
+    # ---- budgets (wall-clock time: calendar periods)
+
+    def _spend_in(self, tenant: str, period: str, now: float) -> Spend:
+        start = window_start(period, now)
+        spend = self._spend.get((tenant, period))
+        if spend is None or spend.window != start:
+            spend = self._spend[(tenant, period)] = Spend(start)  # a new period starts from nothing
+        return spend
+
+    def charge(self, tenant: str, dollars: float, tokens: int, now: float) -> None:
+        """A response's cost, against every budget period of the tenant."""
+        for period in {b.period for b in self._budgets.get(tenant, ())}:
+            spend = self._spend_in(tenant, period, now)
+            spend.dollars += dollars
+            spend.tokens += tokens
+
+    def check_budgets(self, tenant: str, now: float) -> Decision:
+        """Refused while a budget that refuses is spent: until its next period."""
+        for budget in self._budgets.get(tenant, ()):
+            spend = self._spend_in(tenant, budget.period, now)
+            if budget.refuse and spend.used(budget) >= 1.0:
+                retry = max(1, math.ceil(window_start(budget.period, _next(budget.period, spend.window)) - now))
+                return Decision(False, None, 0, retry)
+        return Decision(True)
+
+    def spending(self, tenant: str, now: float) -> list[tuple[BudgetLimit, Spend]]:
+        """Each budget of the tenant with what was spent in its current period."""
+        return [(b, self._spend_in(tenant, b.period, now)) for b in self._budgets.get(tenant, ())]
+
+    def seed(self, tenant: str, period: str, spend: Spend, now: float) -> None:
+        """What an earlier leader recorded (the tenant's status), if it is still this period's."""
+        if spend.window == window_start(period, now):
+            current = self._spend.get((tenant, period))
+            if current is None or current.window != spend.window or current.dollars < spend.dollars \
+                    or current.tokens < spend.tokens:
+                self._spend[(tenant, period)] = Spend(spend.window, spend.dollars, spend.tokens)
 
     def release_slot(self, tenant: str, request_id: str) -> None:
         """The request's stream ended (or it was refused after all): its slot is free."""
@@ -113,3 +183,8 @@ class Limiter:
             return Decision(True, limit, max(0, math.floor(bucket.level)))
         wait = (need - bucket.level) / limit.per_second
         return Decision(False, limit, 0, max(1, math.ceil(wait)))
+
+
+def _next(period: str, start: float) -> float:
+    """A moment inside the period after the one that starts at ``start``."""
+    return start + {"hour": 3600 + 60, "day": 86400 + 3600}.get(period, 32 * 86400)

@@ -137,6 +137,17 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class BudgetLimit:
+    """What a tenant may spend per calendar period (UTC): dollars or tokens."""
+
+    period: str  # "hour", "day" or "month"
+    dollars: float | None = None
+    tokens: int | None = None
+    warn_percent: int = 80
+    refuse: bool = True  # once spent: 429 until the next period (else Events and a condition only)
+
+
+@dataclass(frozen=True)
 class TenantAccess:
     """A tenant as the ingress knows it: its keys, the public models it may call, its limits."""
 
@@ -146,6 +157,7 @@ class TenantAccess:
     requests: RateLimit | None = None
     tokens: RateLimit | None = None
     max_concurrent: int | None = None  # requests in flight at once, across every Envoy
+    budgets: tuple[BudgetLimit, ...] = ()
     def may_call(self, model: str) -> bool:
         return ALL_MODELS in self.models or model in self.models
 

@@ -1,0 +1,88 @@
+"""The leader writes each Tenant's budget spend into its status, where it outlives the leader.
+
+Spend is counted by the leader's rate-limit service (each response's tokens at the price
+of the backend that answered, as Envoy reports them when the response ends). Every
+``interval`` the leader writes each tenant's status.budgets and its BudgetExceeded
+condition under its own field manager, only when they changed, with an Event when a
+period crosses its warning share or is spent. A new leader starts its counts from those
+statuses (``seed``), so a budget spent stays spent across restarts (what the last few
+seconds before a crash added may be lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+
+from ..envoy.ratelimit import RateLimitService
+from ..kube.client import ApiError, KubeClient
+from ..kube.store import Store
+from ..routing.ratelimit import Spend
+from ..routing.tenants import budget_report, client_name
+from ..status.conditions import merge_conditions
+from .statuswriter import BUDGETS as FIELD_MANAGER
+from .statuswriter import StatusWriter
+
+log = logging.getLogger(__name__)
+
+
+class BudgetReporter:
+    def __init__(self, client: KubeClient, store: Store, service: RateLimitService, *, interval: float) -> None:
+        self.client, self.store, self.service, self.interval = client, store, service, interval
+        self.status = StatusWriter(client, FIELD_MANAGER)
+        self._used: dict[str, dict[str, float]] = {}  # tenant → period → share used when last reported
+        self._task: asyncio.Task[None] | None = None
+
+    def seed(self) -> None:
+        """Start counting from what the tenants' statuses say was spent this period."""
+        now = time.time()
+        with self.service.lock:
+            for tenant in self.store.tenants.values():
+                for row in tenant.status.get("budgets") or []:
+                    try:
+                        window = dt.datetime.fromisoformat(row["windowStart"].replace("Z", "+00:00")).timestamp()
+                        spend = Spend(window, float(row.get("spentDollars") or 0), int(row.get("spentTokens") or 0))
+                    except (KeyError, TypeError, ValueError):
+                        continue
+                    self.service.limiter.seed(client_name(tenant.namespace, tenant.name), row["period"], spend, now)
+
+    def start(self) -> None:
+        self.seed()
+        self._task = asyncio.create_task(self._run(), name="budgets")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.round()
+            except Exception:  # one bad round must not end the reporting
+                log.exception("writing the tenants' budgets failed")
+            await asyncio.sleep(self.interval)
+
+    async def round(self) -> None:
+        now = time.time()
+        for tenant in self.store.tenants.values():
+            name = client_name(tenant.namespace, tenant.name)
+            with self.service.lock:
+                rows = [(b, Spend(s.window, s.dollars, s.tokens)) for b, s in self.service.limiter.spending(name, now)]
+            if not rows and not tenant.status.get("budgets"):
+                continue
+            report = budget_report(rows, self._used.get(name, {}))
+            current = self.status.current(tenant.ref, tenant.status)
+            owned = {"budgets": report.budgets,
+                     "conditions": merge_conditions(current.get("conditions"), [report.exceeded], tenant.generation)}
+            try:
+                await self.status.write(tenant.involved(), tenant.status, owned)
+                for type_, reason, message in report.events:
+                    await self.client.event(tenant.involved(), type_, reason, message, FIELD_MANAGER)
+            except ApiError as exc:
+                log.warning("could not write the budgets of Tenant %s: %s", name, exc)
+                continue
+            self._used[name] = {b.period: s.used(b) for b, s in rows}
