@@ -504,3 +504,47 @@ def test_a_wake_is_conditional_so_two_replicas_waking_one_model_make_one_change(
     store = store_with(client, mds=[sleepy])
     asyncio.run(Waker(store, ReplicaWriter(client)).wake(NS, "sleepy"))
     assert client.take() == []
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def test_budget_spend_is_written_once_per_change_and_seeds_the_next_leader() -> None:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client import Counter as PromCounter
+
+    from llmfleet.controller.budgets import BudgetReporter
+    from llmfleet.envoy.ratelimit import RateLimitService
+    from llmfleet.routing.table import BudgetLimit, TenantAccess
+
+    def service() -> RateLimitService:
+        registry = CollectorRegistry()
+        rls = RateLimitService(PromCounter("d", "d", ["tenant", "limit", "decision"], registry=registry),
+                               PromCounter("t", "t", ["tenant"], registry=registry))
+        rls.configure(RouteTable(tenants=(TenantAccess(f"{NS}/team", ("k",), ("*",),
+                                                       budgets=(BudgetLimit("day", tokens=100),)),)))
+        return rls
+
+    client = FakeClient()
+    store = Store(client)
+    tenant = {"metadata": {"name": "team", "namespace": NS, "generation": 1, "uid": "u"},
+              "spec": {"apiKeys": {"secretName": "k"}, "models": ["*"], "budgets": [{"period": "day", "tokens": 100}]}}
+    store.tenants.put(tenant)
+    rls = service()
+    reporter = BudgetReporter(client, store, rls, interval=1)
+    rls.limiter.charge(f"{NS}/team", 0.0, 120, time.time())
+    asyncio.run(reporter.round())
+    writes = client.take()
+    (apply,) = [w for w in writes if w[0] == "apply"]
+    status = apply[5]["status"]
+    assert apply[4] == "llmfleet-budgets" and status["budgets"][0]["spentTokens"] == 120
+    assert status["conditions"][0]["type"] == "BudgetExceeded" and status["conditions"][0]["status"] == "True"
+    assert [w[2] for w in writes if w[0] == "event"] == ["BudgetExceeded"]
+    asyncio.run(reporter.round())
+    assert client.take() == [], "nothing changed: nothing written"
+
+    # A new leader (its own service, nothing counted) starts from the status.
+    store.tenants.put({**tenant, "status": status})
+    successor = service()
+    BudgetReporter(client, store, successor, interval=1).seed()
+    assert not successor.limiter.check_budgets(f"{NS}/team", time.time()).allowed

@@ -78,3 +78,22 @@ def test_usage_accounting_can_be_left_out_of_the_listener() -> None:
     on, off = hcm(DataPlaneSettings()), hcm(DataPlaneSettings(usage_accounting=False, access_log=False))
     assert USAGE_FILTER in [f["name"] for f in on["http_filters"]]
     assert USAGE_FILTER not in [f["name"] for f in off["http_filters"]] and off["access_log"] == []
+
+
+def test_readiness_probes_are_nobodys_usage() -> None:
+    from envoy.service.accesslog.v3 import als_pb2
+
+    from llmfleet.envoy.accounting import AccessLogService
+
+    registry = CollectorRegistry()
+    service = AccessLogService(UsageMetrics(registry))
+    service.configure(TABLE)
+    probe = _entry("ai/team-a", "", "")
+    probe.common_properties.route_name = "healthz"
+    request = _entry("ai/team-a", "chat", "ai/small")
+    service.count(als_pb2.StreamAccessLogsMessage(
+        http_logs=als_pb2.StreamAccessLogsMessage.HTTPAccessLogEntries(log_entry=[probe, request])))
+    assert registry.get_sample_value("llmfleet_usage_requests_total", {
+        "tenant": "ai/team-a", "model": "chat", "backend": "ai/small", "code": "200"}) == 1
+    assert registry.get_sample_value("llmfleet_usage_requests_total", {
+        "tenant": "ai/team-a", "model": "", "backend": "", "code": "200"}) is None

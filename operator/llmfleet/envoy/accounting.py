@@ -28,6 +28,7 @@ from ..routing.table import RouteTable, TokenPrices
 from .resources import (
     COMPLETION_TOKENS_KEY,
     FIRST_TOKEN_KEY,
+    HEALTH_ROUTE,
     METADATA_NAMESPACE,
     MODEL_KEY,
     PROMPT_TOKENS_KEY,
@@ -162,6 +163,8 @@ class AccessLogService(als_pb2_grpc.AccessLogServiceServicer):
         with self._lock:
             table = self._table
         for entry in message.http_logs.log_entry:
+            if entry.common_properties.route_name == HEALTH_ROUTE:
+                continue  # a readiness probe, nobody's usage
             usage = usage_of(entry, table)
             cluster = table.cluster(usage.backend) if usage.backend else None
             self.metrics.record(usage, cluster.prices if cluster is not None else None)

@@ -126,7 +126,7 @@ ACCESS_FILTER = "llmfleet.access"
 TENANT_HEADER = "x-llmfleet-tenant"
 # Answered by Envoy itself, with or without tenants: the readiness probe of the chart's
 # Envoys (it says the listener the operator programs is there).
-HEALTH_PATH = "/healthz"
+HEALTH_PATH, HEALTH_ROUTE = "/healthz", "healthz"
 # Tenants' rate limits: the ratelimit filter asks the operator's rate-limit service
 # (cluster RATE_LIMIT_CLUSTER, the leader), which the virtual host's rate_limits name per
 # request; the usage Lua reads a response's tokens for its token limit.
@@ -436,12 +436,13 @@ def route_configuration(table: RouteTable, settings: DataPlaneSettings | None = 
     """The RouteConfiguration (RDS) for the whole table."""
     settings = settings or DataPlaneSettings()
     get = [{"name": ":method", "string_match": {"exact": "GET"}}]
-    health: dict[str, Any] = {"name": "healthz", "match": {"path": HEALTH_PATH, "headers": get},
+    health: dict[str, Any] = {"name": HEALTH_ROUTE, "match": {"path": HEALTH_PATH, "headers": get},
                               "direct_response": {"status": 200, "body": {"inline_string": "ok\n"}}}
     if table.tenants is not None:
-        # Kubelet's readiness probe has no API key.
-        health["typed_per_filter_config"] = {AUTH_FILTER: {
-            "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}}
+        # Kubelet's readiness probe has no API key; nor is it a tenant's request (a client
+        # naming a tenant in its header here must not spend that tenant's limits).
+        off = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
+        health["typed_per_filter_config"] = {AUTH_FILTER: off, RATE_LIMIT_FILTER: off}
     routes: list[dict[str, Any]] = [health, {
         "name": "models",
         "match": {"path": "/v1/models", "headers": get},
