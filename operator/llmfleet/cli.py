@@ -24,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("crds", "write the CRD YAML generated from the API models"),
         ("envoy-bootstrap", "print the Envoy bootstrap that points Envoy at the operator's xDS server"),
         ("models", "list the models an OpenAI-compatible endpoint serves (the chart's helm test)"),
+        ("usage", "requests, tokens and cost by tenant and model (from Prometheus or the operator's /metrics)"),
     ):
         p = sub.add_parser(name, help=help_text, add_help=False)
         p.add_argument("rest", nargs=argparse.REMAINDER)
@@ -66,6 +67,10 @@ def main(argv: list[str] | None = None) -> int:
         from .openai_endpoint import main as models_main
 
         return models_main(argv[1:])
+    if argv and argv[0] == "usage":
+        from .usage_report import main as usage_main
+
+        return usage_main(argv[1:])
     plugins = _plugin_commands()
     if argv and argv[0] in plugins:
         command: Callable[[list[str]], int] = plugins[argv[0]].load()

@@ -13,6 +13,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from llmfleet.usage_report import from_metrics_text
 from tests.e2e.test_routing import sim_md
 from tests.helpers import wait_for
 from tests.integration.test_modeldeployment import apply, wait_ready
@@ -84,3 +85,8 @@ def test_the_counters_equal_what_clients_got_and_the_cost_its_formula(dev_cluste
     assert got["llmfleet_usage_tokens_total,kind=prompt"] == prompt
     assert got["llmfleet_usage_tokens_total,kind=completion"] == completion
     assert got["llmfleet_usage_cost_total"] == pytest.approx((prompt * INPUT + completion * OUTPUT) / 1e6, rel=1e-9)
+
+    # `llmfleet usage --metrics ...` reads the same replicas: its row for the model has them all.
+    row = from_metrics_text(operator.metrics(pod) for pod in operator.ready_pods())[("", model)]
+    assert row.requests == before["llmfleet_usage_requests_total,code=200"] + N
+    assert row.completion == before["llmfleet_usage_tokens_total,kind=completion"] + completion

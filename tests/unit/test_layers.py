@@ -51,7 +51,7 @@ def test_the_package_never_imports_the_dev_harness_or_the_benches():
 
 # The layers, lowest first (README.md, "Code layout"): each imports only from those before it.
 LAYERS = ("api", "engines", "render", "signals", "kube", "status", "autoscale", "routing", "config", "telemetry",
-          "envoy", "controller", "sim", "openai_endpoint", "cli")
+          "envoy", "controller", "sim", "openai_endpoint", "usage_report", "cli")
 
 
 def test_imports_point_down_the_layers():
