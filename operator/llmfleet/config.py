@@ -41,6 +41,10 @@ class OperatorOptions:
               "resolved once at start, so every replica publishes the same address); "
               "without it, models scaled to zero answer 503 until scaled up")
     activator_port: int = _option(18001, "activator port")
+    no_usage_accounting: bool = _option(
+        False, "leave usage accounting out of Envoy's config (the usage Lua on every response, each request's "
+               "log entry to the operator): no llmfleet_usage_* metrics, and token limits and budgets count "
+               "nothing; saves Envoy ~65 us of CPU per request", action="store_true")
     advertise_address: str | None = _option(
         None, "IP at which Envoy reaches this replica's rate-limit service (on the xDS port) when it leads "
               "(default: $POD_IP, else the xDS address when it is one, else 127.0.0.1)")

@@ -97,3 +97,15 @@ def test_readiness_probes_are_nobodys_usage() -> None:
         "tenant": "ai/team-a", "model": "chat", "backend": "ai/small", "code": "200"}) == 1
     assert registry.get_sample_value("llmfleet_usage_requests_total", {
         "tenant": "ai/team-a", "model": "", "backend": "", "code": "200"}) is None
+
+
+def test_the_operator_flag_leaves_usage_accounting_out_of_every_replicas_config() -> None:
+    from llmfleet.cli import build_parser
+    from llmfleet.config import OperatorOptions
+    from llmfleet.controller.operator import data_plane_settings
+
+    def settings(*args: str):
+        return data_plane_settings(OperatorOptions.from_args(build_parser().parse_args(["run", *args])))
+
+    assert settings().usage_accounting
+    assert not settings("--no-usage-accounting").usage_accounting

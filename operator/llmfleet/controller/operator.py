@@ -35,6 +35,7 @@ from prometheus_client import start_http_server
 from .. import telemetry
 from ..autoscale.scaler import Knobs
 from ..config import LOG_LEVELS, OperatorOptions
+from ..envoy.resources import DataPlaneSettings
 from ..envoy.xds import XdsServer
 from ..kube.client import ApiError, KubeClient
 from ..kube.lease import LeaderElector
@@ -152,7 +153,7 @@ class Operator:
             queue = self._route_queue_later
             # Envoy's ACKs and NACKs change what Programmed says: recompute then.
             self.xds = XdsServer(listener_address=options.envoy_listener_address,
-                                 listener_port=options.envoy_listener_port,
+                                 listener_port=options.envoy_listener_port, settings=data_plane_settings(options),
                                  on_nack=lambda _: queue(), on_synced=lambda *_: queue())
             await self.xds.start(options.xds_address, options.xds_port)
             publisher = XdsPublisher(self.xds, self.store.xds_reports.values, self.identity)
@@ -291,6 +292,11 @@ def _reference(body: dict[str, Any]) -> dict[str, Any]:
     meta = body["metadata"]
     return {"apiVersion": body.get("apiVersion", "v1"), "kind": body.get("kind", "Pod"), "name": meta["name"],
             "uid": meta["uid"]}
+
+
+def data_plane_settings(options: OperatorOptions) -> DataPlaneSettings:
+    """The knobs of the Envoy config the options set (every replica must be given the same)."""
+    return DataPlaneSettings(usage_accounting=not options.no_usage_accounting)
 
 
 def advertised_address(options: OperatorOptions) -> str:
