@@ -18,6 +18,8 @@ from llmfleet.routing.table import (
     RateLimit,
     Route,
     RouteTable,
+    Rule,
+    RuleMatch,
     TenantAccess,
     TokenPrices,
     WeightedBackend,
@@ -225,3 +227,19 @@ async def test_a_spent_budget_refuses_with_insufficient_quota(dataplane: DataPla
     assert statuses == [200, 200, 200, 200, 429]
     refused = (await _burst(dataplane, 1, A_KEY))[0]
     assert refused.json()["error"]["code"] == "insufficient_quota" and int(refused.headers["retry-after"]) > 0
+
+
+async def test_rules_match_the_authenticated_tenant_never_a_claimed_one(dataplane: DataPlane,
+                                                                        echo: Echo) -> None:
+    port = echo[0]
+    premium = Rule(RuleMatch(headers=(("x-llmfleet-tenant", "ops/all"),)), (WeightedBackend("ai/premium", 100),))
+    table = RouteTable(
+        routes=(Route("chat", (WeightedBackend("ai/echo", 100),), rules=(premium,)),),
+        clusters=(Cluster("ai/echo", "echo", (Endpoint(LOCALHOST, port),)),
+                  Cluster("ai/premium", "premium", (Endpoint(LOCALHOST, port),))),
+        tenants=TENANTS)
+    dataplane.apply(table)
+    r = await _post(dataplane, "chat", ALL_KEY)
+    assert r.status_code == 200 and r.json()["model"] == "premium", "ops/all's requests take its rule"
+    r = await _post(dataplane, "chat", A_KEY, **{"x-llmfleet-tenant": "ops/all"})
+    assert r.status_code == 200 and r.json()["model"] == "echo", "a claimed tenant takes nobody's rule"

@@ -330,8 +330,8 @@ def test_listener_reads_model_from_body_with_room_for_long_prompts() -> None:
     assert hcm["rds"] == {"config_source": {"ads": {}, "resource_api_version": "V3"}, "route_config_name": "llmfleet"}
     assert hcm["stream_idle_timeout"] == "3600s" and hcm["request_timeout"] == "0s"
     names = [f["name"] for f in hcm["http_filters"]]
-    assert names == ["envoy.filters.http.json_to_metadata", "llmfleet.auth", "llmfleet.access", "llmfleet.ratelimit",
-                     "llmfleet.usage", "llmfleet.cascade", "envoy.filters.http.router"]
+    assert names == ["envoy.filters.http.json_to_metadata", "llmfleet.auth", "llmfleet.reroute", "llmfleet.access",
+                     "llmfleet.ratelimit", "llmfleet.usage", "llmfleet.cascade", "envoy.filters.http.router"]
     rule = hcm["http_filters"][0]["typed_config"]["request_rules"]["rules"][0]
     assert rule["selectors"] == [{"key": "model"}]
     assert rule["on_present"] == {"metadata_namespace": "llmfleet", "key": "model", "type": "STRING"}

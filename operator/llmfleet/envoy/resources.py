@@ -122,6 +122,8 @@ CASCADE_FILTER = "llmfleet.cascade"  # the downstream Lua filter cascade routes 
 # admit only the tenants that may call it. Both do nothing until the routes configure
 # them, so the listener never changes when tenants come and go.
 AUTH_FILTER = "llmfleet.auth"
+REROUTE_FILTER = "llmfleet.reroute"
+REROUTE_SOURCE = "function envoy_on_request(handle)\n  handle:clearRouteCache()\nend\n"
 ACCESS_FILTER = "llmfleet.access"
 TENANT_HEADER = "x-llmfleet-tenant"
 # Answered by Envoy itself, with or without tenants: the readiness probe of the chart's
@@ -498,7 +500,10 @@ def route_configuration(table: RouteTable, settings: DataPlaneSettings | None = 
     ]
     host: dict[str, Any] = {"name": VIRTUAL_HOST, "domains": ["*"], "routes": routes}
     if table.tenants is not None:
-        host["typed_per_filter_config"] = {AUTH_FILTER: authentication(table.tenants)}
+        host["typed_per_filter_config"] = {
+            AUTH_FILTER: authentication(table.tenants),
+            REROUTE_FILTER: {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+                             "source_code": {"inline_string": REROUTE_SOURCE}}}
         if _limited(table):
             # In the filter's per-route config, not the host's own rate_limits: only these
             # carry hits_addend to the service.
@@ -701,6 +706,11 @@ def listener(listener_port: int, listener_address: str = "0.0.0.0",
                 },
             },
             {"name": AUTH_FILTER, "disabled": True, "typed_config": {"@type": _API_KEY_AUTH}},
+            # With tenants: the route is chosen again once auth has named the tenant, so
+            # rules may match x-llmfleet-tenant (the route found before named whatever the
+            # client sent).
+            {"name": REROUTE_FILTER, "disabled": True,
+             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"}},
             # Not disabled: Envoy enables a disabled filter from the route it finds before
             # the body is read, and a request's model route is known only after it. With no
             # rules it lets everything through; a model's routes carry its rules.
