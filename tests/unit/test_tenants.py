@@ -27,7 +27,16 @@ from llmfleet.envoy.resources import (
     build_resources,
 )
 from llmfleet.kube.views import SecretView, TenantView
-from llmfleet.routing.ratelimit import REQUESTS, SLOT_SECONDS, TOKENS, Decision, Limiter, Spend, window_start
+from llmfleet.routing.ratelimit import (
+    REQUESTS,
+    SLOT_SECONDS,
+    TOKENS,
+    Decision,
+    Limiter,
+    Spend,
+    window_end,
+    window_start,
+)
 from llmfleet.routing.table import (
     BudgetLimit,
     Cluster,
@@ -326,6 +335,8 @@ def test_periods_are_calendar_periods_in_utc() -> None:
     assert window_start("hour", NOON + 1799) == NOON
     assert window_start("day", NOON) == NOON - 12 * 3600
     assert window_start("month", NOON) == dt.datetime(2026, 12, 1, tzinfo=dt.UTC).timestamp()
+    assert window_end("month", window_start("month", NOON)) == dt.datetime(2027, 1, 1, tzinfo=dt.UTC).timestamp()
+    assert window_end("day", window_start("day", NOON)) == window_start("day", NOON) + 86400
 
 
 def test_a_spent_budget_refuses_until_its_next_period() -> None:

@@ -12,7 +12,6 @@ seconds before a crash added may be lost).
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import logging
 import time
 
@@ -21,7 +20,7 @@ from ..kube.client import ApiError, KubeClient
 from ..kube.store import Store
 from ..routing.ratelimit import Spend
 from ..routing.tenants import budget_report, client_name
-from ..status.conditions import merge_conditions
+from ..status.conditions import merge_conditions, parse_rfc3339
 from .statuswriter import BUDGETS as FIELD_MANAGER
 from .statuswriter import StatusWriter
 
@@ -42,8 +41,8 @@ class BudgetReporter:
             for tenant in self.store.tenants.values():
                 for row in tenant.status.get("budgets") or []:
                     try:
-                        window = dt.datetime.fromisoformat(row["windowStart"].replace("Z", "+00:00")).timestamp()
-                        spend = Spend(window, float(row.get("spentDollars") or 0), int(row.get("spentTokens") or 0))
+                        spend = Spend(parse_rfc3339(row["windowStart"]), float(row.get("spentDollars") or 0),
+                                      int(row.get("spentTokens") or 0))
                     except (KeyError, TypeError, ValueError):
                         continue
                     self.service.limiter.seed(client_name(tenant.namespace, tenant.name), row["period"], spend, now)

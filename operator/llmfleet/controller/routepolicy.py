@@ -169,8 +169,7 @@ class RoutePolicyReconciler:
         tenants = self.store.tenants.values()
         routing = await asyncio.to_thread(compute_routing, policies, mds, endpoints, self.activator, self._loads)
         self._loads = routing.loads
-        access, tenant_results = compute_tenants(tenants, self.store.api_keys.values(),
-                                                 (r.model for r in routing.table.routes))
+        access, tenant_results = compute_tenants(tenants, self.store.api_keys.values(), routing.table.models)
         table = dataclasses.replace(routing.table, tenants=access, rate_limit_service=self.rate_limit_service())
         if self.ready is not None:
             self.ready.update(endpoints)

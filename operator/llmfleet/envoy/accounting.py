@@ -85,13 +85,12 @@ def usage_of(entry: accesslog_pb2.HTTPAccessLogEntry, table: RouteTable) -> Usag
     def meta(key: str) -> Any:
         return _field(ours, key) if ours is not None else None
 
-    tenants = {t.name for t in table.tenants or ()}
     tenant = entry.request.request_headers.get(TENANT_HEADER, "")
     model = meta(MODEL_KEY) or ""
     first = meta(FIRST_TOKEN_KEY)
     return Usage(
-        tenant=tenant if tenant in tenants else "",
-        model=model if any(r.model == model for r in table.routes) else "",
+        tenant=tenant if tenant in table.tenant_names else "",
+        model=model if model in table.models else "",
         backend=backend_of(common.upstream_cluster, table),
         code=entry.response.response_code.value,
         prompt_tokens=int(meta(PROMPT_TOKENS_KEY) or 0),

@@ -22,6 +22,7 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from prometheus_client import Counter
 
 from ..api import openai
+from ..api.models import RATE_UNIT_SECONDS
 from ..routing.ratelimit import (
     BUDGET,
     CONCURRENCY,
@@ -37,7 +38,7 @@ from ..routing.table import RouteTable
 from .accounting import backend_of
 from .resources import RATE_LIMIT_KIND, RATE_LIMIT_REQUEST, RATE_LIMIT_TENANT
 
-_UNITS = {1: "second", 60: "minute", 3600: "hour"}
+_UNITS = {seconds: unit.value for unit, seconds in RATE_UNIT_SECONDS.items()}  # 60 → "minute"
 KINDS = (REQUESTS, TOKENS, CONCURRENCY, DONE, BUDGET, SPENT_PROMPT, SPENT_COMPLETION)
 
 
@@ -67,19 +68,14 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                  wall: Callable[[], float] = time.time) -> None:
         self.limiter = Limiter()
         self.table = RouteTable()  # the clusters' prices, for budgets
-        self._lock = threading.Lock()
+        self.lock = threading.Lock()  # held while the limiter changes: take it to read spend consistently
         self._clock, self._wall = clock, wall
         self._decisions, self._tokens = decisions, tokens
 
     def configure(self, table: RouteTable) -> None:
-        with self._lock:
+        with self.lock:
             self.table = table
             self.limiter.configure(table.tenants)
-
-    @property
-    def lock(self) -> threading.Lock:
-        """Held while the limiter changes: take it to read spend consistently."""
-        return self._lock
 
     def add_to(self, server: grpc.aio.Server) -> None:
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(self, server)
@@ -98,7 +94,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             tenant, kind = entries.get(RATE_LIMIT_TENANT, ""), entries.get(RATE_LIMIT_KIND, "")
             hits = descriptor.hits_addend.value if descriptor.HasField("hits_addend") else (request.hits_addend or 1)
             request_id = entries.get(RATE_LIMIT_REQUEST, "")
-            with self._lock:
+            with self.lock:
                 if not tenant or kind not in KINDS:
                     decision = Decision(True)
                 elif kind in (SPENT_PROMPT, SPENT_COMPLETION):
@@ -129,7 +125,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             if not decision.allowed and refused is None:
                 refused = (tenant, kind, decision)
         if refused is not None:
-            with self._lock:
+            with self.lock:
                 for tenant, request_id in taken:  # the request does not go on: its slot is free
                     self.limiter.release_slot(tenant, request_id)
             tenant, kind, decision = refused

@@ -44,6 +44,18 @@ def window_start(period: str, now: float) -> float:
     return t.timestamp()
 
 
+def window_end(period: str, start: float) -> float:
+    """The end (epoch seconds) of the calendar period that begins at ``start``."""
+    t = dt.datetime.fromtimestamp(start, dt.UTC)
+    if period == "hour":
+        t += dt.timedelta(hours=1)
+    elif period == "day":
+        t += dt.timedelta(days=1)
+    else:
+        t = t.replace(year=t.year + t.month // 12, month=t.month % 12 + 1)
+    return t.timestamp()
+
+
 @dataclass
 class Spend:
     """What a tenant spent in one budget's current period."""
@@ -140,7 +152,7 @@ class Limiter:
         for budget in self._budgets.get(tenant, ()):
             spend = self._spend_in(tenant, budget.period, now)
             if budget.refuse and spend.used(budget) >= 1.0:
-                retry = max(1, math.ceil(window_start(budget.period, _next(budget.period, spend.window)) - now))
+                retry = max(1, math.ceil(window_end(budget.period, spend.window) - now))
                 return Decision(False, None, 0, retry)
         return Decision(True)
 
@@ -183,8 +195,3 @@ class Limiter:
             return Decision(True, limit, max(0, math.floor(bucket.level)))
         wait = (need - bucket.level) / limit.per_second
         return Decision(False, limit, 0, max(1, math.ceil(wait)))
-
-
-def _next(period: str, start: float) -> float:
-    """A moment inside the period after the one that starts at ``start``."""
-    return start + {"hour": 3600 + 60, "day": 86400 + 3600}.get(period, 32 * 86400)

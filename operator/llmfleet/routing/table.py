@@ -178,3 +178,12 @@ class RouteTable:
     @functools.cached_property
     def _by_name(self) -> dict[str, Cluster]:
         return {c.name: c for c in self.clusters}
+
+    @functools.cached_property
+    def models(self) -> frozenset[str]:
+        """The public model names it routes."""
+        return frozenset(r.model for r in self.routes)
+
+    @functools.cached_property
+    def tenant_names(self) -> frozenset[str]:
+        return frozenset(t.name for t in self.tenants or ())

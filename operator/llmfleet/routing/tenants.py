@@ -9,14 +9,13 @@ every request needs a key, so a Tenant whose Secret is missing fails closed.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from ..api.models import API_KEYS_LABEL, RATE_UNIT_SECONDS, BudgetAction, TenantLimits
 from ..kube.views import Ref, SecretView, TenantView
-from ..status.conditions import WantedCondition
+from ..status.conditions import WantedCondition, rfc3339
 from .ratelimit import Spend
 from .table import ALL_MODELS, BudgetLimit, RateLimit, TenantAccess
 
@@ -115,10 +114,6 @@ def compute_tenants(tenants: Sequence[TenantView], secrets: Iterable[SecretView]
     return tuple(access), results
 
 
-def _iso(epoch: float) -> str:
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
 def _amount(budget: BudgetLimit, spend: Spend) -> str:
     if budget.dollars is not None:
         return f"{spend.dollars:.2f} of {budget.dollars:.2f}"
@@ -140,11 +135,11 @@ def budget_report(rows: Sequence[tuple[BudgetLimit, Spend]], before: Mapping[str
     budgets, spent, events = [], [], []
     for budget, spend in rows:
         used = spend.used(budget)
-        budgets.append({"period": budget.period, "windowStart": _iso(spend.window),
+        budgets.append({"period": budget.period, "windowStart": rfc3339(spend.window),
                         "spentDollars": round(spend.dollars, 6), "spentTokens": spend.tokens,
                         "usedPercent": round(100 * used, 2)})
         was = before.get(budget.period, 0.0)
-        what = f"{budget.period} budget: {_amount(budget, spend)} spent since {_iso(spend.window)}"
+        what = f"{budget.period} budget: {_amount(budget, spend)} spent since {rfc3339(spend.window)}"
         if used >= 1.0:
             spent.append(what + ("; requests are refused until the next period" if budget.refuse else ""))
             if was < 1.0:

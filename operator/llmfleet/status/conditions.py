@@ -25,6 +25,11 @@ def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).replace(microsecond=0).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def rfc3339(epoch: float) -> str:
+    """A Kubernetes timestamp ("2026-11-22T10:00:00Z") of seconds since the epoch."""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 def parse_rfc3339(text: str) -> float:
     """Seconds since the epoch of a Kubernetes timestamp ("2026-11-22T10:00:00Z", fractions allowed)."""
     return dt.datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
