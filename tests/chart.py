@@ -11,8 +11,8 @@ import importlib.util
 import subprocess
 import sys
 from collections.abc import Iterable, Iterator
-from types import ModuleType
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -123,3 +123,36 @@ def pod_specs(objects: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 def container(objects: list[dict[str, Any]], deployment: str) -> dict[str, Any]:
     (c,) = find(objects, "Deployment", deployment)["spec"]["template"]["spec"]["containers"]
     return c
+
+
+def tool(name: str) -> Path:
+    """A pinned tool built or fetched by build-tools.sh (promtool, prometheus, ...): fail, never skip."""
+    from llmfleet_devcluster.tools import ToolsMissing, require_tools
+
+    try:
+        return require_tools().path(name)
+    except ToolsMissing as exc:
+        pytest.fail(f"this test needs the pinned {name}: {exc}", pytrace=False)
+
+
+def rule_file(*sets: str, values: Iterable[str | Path] = (), release: str = RELEASE,
+              annotations: bool = True) -> dict[str, Any]:
+    """The chart's PrometheusRule (enabled, with ``sets``) as a Prometheus rule file; without
+    its alerts' annotations when ``annotations`` is false (promtool's unit tests compare them
+    whole)."""
+    spec = find(render("metrics.prometheusRule.enabled=true", *sets, values=values, release=release),
+                "PrometheusRule")["spec"]
+    if not annotations:
+        for group in spec["groups"]:
+            for rule in group["rules"]:
+                rule.pop("annotations", None)
+    return spec
+
+
+def dashboard(*sets: str, release: str = RELEASE) -> dict[str, Any]:
+    """The Grafana dashboard of the chart's ConfigMap (enabled, with ``sets``)."""
+    import json
+
+    (configmap,) = [c for c in select(render("metrics.dashboards.enabled=true", *sets, release=release), "ConfigMap")
+                    if c["metadata"]["name"].endswith("-dashboard")]
+    return json.loads(configmap["data"]["llmfleet.json"])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from llmfleet.signals.scrape import SCRAPE_ERROR_REASONS
+
 REGISTRY = CollectorRegistry(auto_describe=True)
 
 RECONCILES = Counter(
@@ -49,9 +51,50 @@ SCRAPE_ERRORS = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+for _reason in SCRAPE_ERROR_REASONS:
+    SCRAPE_ERRORS.labels(_reason)  # at 0 until the first failure, so rates and alerts see the series
+CONDITION = Gauge(
+    "llmfleet_modeldeployment_condition",
+    "A ModelDeployment's status conditions (Ready, Progressing, Degraded): 1 while True, else 0.",
+    ["namespace", "name", "type"],
+    registry=REGISTRY,
+)
+QUEUED = Gauge(
+    "llmfleet_modeldeployment_queued_requests",
+    "Requests waiting for a batch slot on a ModelDeployment's replicas (summed), as last scraped.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+RUNNING = Gauge(
+    "llmfleet_modeldeployment_running_requests",
+    "Requests in the running batch of a ModelDeployment's replicas (summed), as last scraped.",
+    ["namespace", "name"],
+    registry=REGISTRY,
+)
+BUDGET_USED = Gauge(
+    "llmfleet_tenant_budget_used_ratio",
+    "Share of a Tenant's budget spent in the current period (1: all of it), by tenant "
+    "(namespace/name, as in llmfleet_usage_*) and budget period; exported by the leader.",
+    ["tenant", "period"],
+    registry=REGISTRY,
+)
+BUDGET_WARN = Gauge(
+    "llmfleet_tenant_budget_warn_ratio",
+    "The share of a Tenant's budget at which it warns (its warnAtPercent / 100), by budget period; "
+    "exported by the leader.",
+    ["tenant", "period"],
+    registry=REGISTRY,
+)
 
 LEADER = Gauge(
     "llmfleet_leader",
     "1 while this operator replica leads (the one that writes children, status and scale), else 0.",
     registry=REGISTRY,
 )
+
+
+def clear_leader_series() -> None:
+    """Drop the per-object series only the leader keeps current, when this replica stops
+    leading, so that a follower never exports a stale value beside the new leader's."""
+    for gauge in (REPLICAS, CONDITION, DESIRED_REPLICAS, QUEUED, RUNNING, BUDGET_USED, BUDGET_WARN):
+        gauge.clear()

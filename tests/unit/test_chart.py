@@ -24,7 +24,9 @@ from tests.chart import (
     NAMESPACE,
     REPO,
     container,
+    dashboard,
     find,
+    load_script,
     pod_specs,
     refusal,
     render,
@@ -593,7 +595,8 @@ def test_service_monitors_only_when_enabled() -> None:
         assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
         assert monitor["metadata"]["labels"]["release"] == "prom"
     (operator,) = monitors["llmfleet-operator"]["spec"]["endpoints"]
-    assert operator == {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s"}
+    assert operator == {"port": "metrics", "path": "/metrics", "interval": "30s", "scrapeTimeout": "10s",
+                        "honorLabels": True}  # a ModelDeployment's namespace stays `namespace`
     (envoy,) = monitors["llmfleet-ingress"]["spec"]["endpoints"]
     assert envoy["port"] == "metrics" and envoy["path"] == "/stats/prometheus"
     # The Envoy monitor selects the metrics Service, not the public one.
@@ -769,3 +772,46 @@ def test_the_helm_test_pod_can_send_an_api_key() -> None:
     assert env() is None
     assert env("test.apiKeySecretRef.name=team-a-keys", "test.apiKeySecretRef.key=primary") == [
         {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "team-a-keys", "key": "primary"}}}]
+
+
+def test_the_dashboard_configmap_carries_the_committed_dashboard_for_grafanas_sidecar() -> None:
+    assert not list(select(render(), "ConfigMap", "llmfleet-dashboard"))
+    objects = render("metrics.dashboards.enabled=true", "metrics.dashboards.namespace=grafana",
+                     "metrics.dashboards.annotations.grafana_folder=LLM", "commonLabels.team=ml")
+    configmap = find(objects, "ConfigMap", "llmfleet-dashboard", namespace="grafana")
+    assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert configmap["metadata"]["labels"]["team"] == "ml"
+    assert configmap["metadata"]["annotations"] == {"grafana_folder": "LLM"}
+    committed = (CHART / "dashboards" / "llmfleet.json").read_text()
+    assert json.loads(configmap["data"]["llmfleet.json"]) == json.loads(committed)
+    # The sidecar's label is the user's to choose.
+    relabelled = find(render("metrics.dashboards.enabled=true", "metrics.dashboards.labels.grafana_dashboard=null",
+                             "metrics.dashboards.labels.dashboards=llm"), "ConfigMap", "llmfleet-dashboard")
+    assert relabelled["metadata"]["labels"]["dashboards"] == "llm"
+    assert "grafana_dashboard" not in relabelled["metadata"]["labels"]
+
+
+def test_the_committed_dashboard_is_what_its_script_writes() -> None:
+    module = load_script("render-dashboard.py")
+    assert (CHART / "dashboards" / "llmfleet.json").read_text() == module.render(), \
+        "run .venv/bin/python scripts/render-dashboard.py"
+
+
+def test_the_dashboard_covers_the_fleet_tenants_autoscaling_and_routing() -> None:
+    board = dashboard()
+    rows = [p["title"] for p in board["panels"] if p["type"] == "row"]
+    assert rows == ["Fleet overview", "Tenants", "Autoscaling", "Routing", "Control plane"]
+    exprs = " ".join(t["expr"] for p in board["panels"] for t in p.get("targets", []))
+    for metric in ("llmfleet_usage_requests_total", "llmfleet_usage_time_to_first_token_seconds_bucket",
+                   "llmfleet_usage_tokens_total", "llmfleet_usage_cost_total", "llmfleet_modeldeployment_replicas",
+                   "llmfleet_autoscaler_desired_replicas", "llmfleet_modeldeployment_queued_requests",
+                   "llmfleet_route_weight", "llmfleet_tenant_budget_used_ratio", "llmfleet_xds_nacks_total"):
+        assert metric in exprs
+    assert all('job="$job"' in t["expr"] for p in board["panels"] for t in p.get("targets", []))
+    # Panels never overlap on Grafana's grid.
+    cells = set()
+    for panel in board["panels"]:
+        g = panel["gridPos"]
+        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])}
+        assert not cells & mine and g["x"] + g["w"] <= 24, panel["title"]
+        cells |= mine

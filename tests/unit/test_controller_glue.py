@@ -123,6 +123,23 @@ def test_a_reconcile_applies_the_children_and_the_reconcilers_status_then_an_unc
     assert client.take() == []
 
 
+def test_the_reconcilers_conditions_are_exported_for_alerts_and_leave_with_the_model():
+    from llmfleet import telemetry
+
+    def condition(type_: str) -> float | None:
+        return telemetry.REGISTRY.get_sample_value("llmfleet_modeldeployment_condition",
+                                                   {"namespace": NS, "name": "llm", "type": type_})
+
+    client = FakeClient()
+    store = store_with(client, mds=[md_body()], pods=[pod_body("llm", 0)])
+    reconciler = ModelDeploymentReconciler(client, store)
+    asyncio.run(reconciler.reconcile((NS, "llm")))
+    assert (condition("Ready"), condition("Degraded")) == (0.0, 0.0)  # its pod is not ready yet
+    store.model_deployments.delete(md_body())
+    asyncio.run(reconciler.reconcile((NS, "llm")))
+    assert condition("Ready") is None and condition("Degraded") is None
+
+
 def test_someone_elses_change_to_the_deployment_is_applied_over():
     client = FakeClient()
     store = store_with(client, mds=[md_body()])
@@ -184,6 +201,13 @@ def test_an_autoscaling_round_scales_through_the_one_writer_and_applies_its_own_
     assert set(owned) == {"load", "scaleReason", "lastScaleTime", "conditions"}
     assert [c["type"] for c in owned["conditions"]] == ["ScalingLimited"]
     assert owned["load"]["queueDepth"] == 8.0
+    from llmfleet import telemetry
+
+    assert telemetry.REGISTRY.get_sample_value("llmfleet_modeldeployment_queued_requests",
+                                               {"namespace": NS, "name": "llm"}) == 8.0
+    telemetry.clear_leader_series()  # a follower exports none of it
+    assert telemetry.REGISTRY.get_sample_value("llmfleet_modeldeployment_queued_requests",
+                                               {"namespace": NS, "name": "llm"}) is None
 
 
 def test_a_steady_load_is_not_rewritten_every_round():
@@ -540,6 +564,11 @@ def test_budget_spend_is_written_once_per_change_and_seeds_the_next_leader() -> 
     assert apply[4] == "llmfleet-budgets" and status["budgets"][0]["spentTokens"] == 120
     assert status["conditions"][0]["type"] == "BudgetExceeded" and status["conditions"][0]["status"] == "True"
     assert [w[2] for w in writes if w[0] == "event"] == ["BudgetExceeded"]
+    from llmfleet import telemetry
+
+    labels = {"tenant": f"{NS}/team", "period": "day"}
+    assert telemetry.REGISTRY.get_sample_value("llmfleet_tenant_budget_used_ratio", labels) == 1.2
+    assert telemetry.REGISTRY.get_sample_value("llmfleet_tenant_budget_warn_ratio", labels) == 0.8
     asyncio.run(reporter.round())
     assert client.take() == [], "nothing changed: nothing written"
 

@@ -20,6 +20,7 @@ steady load do not turn into a stream of status writes and recomputes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import statistics
 import time
@@ -161,6 +162,9 @@ class Autoscaler:
             self.load_written_at.pop(key, None)
             self.capacities.pop(key, None)
             self.status.forget(key)
+            for gauge in (telemetry.QUEUED, telemetry.RUNNING):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*key)
         self.routed = routed_demand(self.store.route_policies.values())
         await asyncio.gather(*(self._one(md, pods[md.ref], loads.get(md.ref), now) for md in mds))
 
@@ -169,6 +173,12 @@ class Autoscaler:
         current = self.status.current(md.ref, md.status)
         owned: dict[str, Any] = {}
         news = False  # whether this round's load is worth writing
+        if load is not None and load.sampled_replicas:
+            telemetry.QUEUED.labels(*md.ref).set(load.queue_depth * load.sampled_replicas)
+            telemetry.RUNNING.labels(*md.ref).set(load.running_requests * load.sampled_replicas)
+        elif not any(p.serving for p in pods):
+            telemetry.QUEUED.labels(*md.ref).set(0)  # nothing serves (scaled to zero, starting)
+            telemetry.RUNNING.labels(*md.ref).set(0)
         if load is not None and load.sampled_replicas:
             new = load.status(self._capacity(md, load, current.get("load")))
             written = self.load_written_at.get(md.ref)

@@ -12,9 +12,11 @@ seconds before a crash added may be lost).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 
+from .. import telemetry
 from ..envoy.ratelimit import RateLimitService
 from ..kube.client import ApiError, KubeClient
 from ..kube.store import Store
@@ -33,6 +35,7 @@ class BudgetReporter:
         self.status = StatusWriter(client, FIELD_MANAGER)
         self._used: dict[str, dict[str, float]] = {}  # tenant → period → share used when last reported
         self._task: asyncio.Task[None] | None = None
+        self._exported: set[tuple[str, str]] = set()  # (tenant, period) of the budget gauges
 
     def seed(self) -> None:
         """Start counting from what the tenants' statuses say was spent this period."""
@@ -67,10 +70,15 @@ class BudgetReporter:
 
     async def round(self) -> None:
         now = time.time()
+        exported: set[tuple[str, str]] = set()
         for tenant in self.store.tenants.values():
             name = client_name(tenant.namespace, tenant.name)
             with self.service.lock:
                 rows = [(b, Spend(s.window, s.dollars, s.tokens)) for b, s in self.service.limiter.spending(name, now)]
+            for budget, spend in rows:
+                telemetry.BUDGET_USED.labels(name, budget.period).set(spend.used(budget))
+                telemetry.BUDGET_WARN.labels(name, budget.period).set(budget.warn_percent / 100)
+                exported.add((name, budget.period))
             if not rows and not tenant.status.get("budgets"):
                 continue
             report = budget_report(rows, self._used.get(name, {}))
@@ -85,3 +93,8 @@ class BudgetReporter:
                 log.warning("could not write the budgets of Tenant %s: %s", name, exc)
                 continue
             self._used[name] = {b.period: s.used(b) for b, s in rows}
+        for gauge in (telemetry.BUDGET_USED, telemetry.BUDGET_WARN):
+            for labels in set(self._exported) - exported:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(*labels)
+        self._exported = exported

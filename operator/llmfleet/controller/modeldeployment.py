@@ -23,7 +23,7 @@ from ..kube.resources import DEPLOYMENTS
 from ..kube.store import Store
 from ..kube.views import APPLIED_ANNOTATION, DeploymentView, ModelDeploymentView, Ref, ServiceView
 from ..render.deployment import render_deployment, render_service
-from ..status.modeldeployment import GpuNeed, StatusResult, model_deployment_status
+from ..status.modeldeployment import CONDITION_TYPES, GpuNeed, StatusResult, model_deployment_status
 from .statuswriter import RECONCILER as FIELD_MANAGER
 from .statuswriter import StatusWriter
 
@@ -70,6 +70,9 @@ class ModelDeploymentReconciler:
             for state in ("desired", "ready"):
                 with contextlib.suppress(KeyError):
                     telemetry.REPLICAS.remove(ref[0], ref[1], state)
+            for type_ in CONDITION_TYPES:
+                with contextlib.suppress(KeyError):
+                    telemetry.CONDITION.remove(ref[0], ref[1], type_)
             for kind in ("Deployment", "Service"):
                 self._applied_generation.pop((kind, *ref), None)
             self.status.forget(ref)
@@ -129,5 +132,7 @@ class ModelDeploymentReconciler:
 
     async def _write_status(self, md: ModelDeploymentView, result: StatusResult) -> None:
         await self.status.write(md.involved(), md.status, result.status)
+        for condition in result.status.get("conditions") or []:
+            telemetry.CONDITION.labels(*md.ref, condition["type"]).set(condition.get("status") == "True")
         for event in result.events:
             await self.client.event(md.involved(), event.type, event.reason, event.message, FIELD_MANAGER)

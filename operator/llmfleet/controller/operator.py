@@ -215,6 +215,7 @@ class Operator:
     async def _follow(self) -> None:
         """Stop writing (the Lease is lost); keep computing and serving routes."""
         telemetry.LEADER.set(0)
+        telemetry.clear_leader_series()
         if self.routes is not None:
             self.routes.writes = False
         await self.md_queue.stop()

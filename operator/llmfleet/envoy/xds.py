@@ -87,6 +87,9 @@ class _Metrics:
         self.pushes = Counter("llmfleet_xds_pushes_total",
                               "xDS responses sent to Envoy, by resource type.", ["type"],
                               registry=registry)
+        for short in SHORT_TYPE.values():  # at 0 from the start, so a rate or an alert sees the series
+            self.nacks.labels(type=short)
+            self.pushes.labels(type=short)
         self.connected = Gauge("llmfleet_xds_connected_envoys",
                                "Envoy ADS streams currently connected.", registry=registry)
         self.rate_limit_decisions = Counter(

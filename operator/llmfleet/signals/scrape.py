@@ -67,6 +67,8 @@ class ScrapeError:
 
 
 ScrapeResult = RawSample | ScrapeError
+# Every ScrapeError.reason, so the failure counters exist (at 0) before the first failure.
+SCRAPE_ERROR_REASONS = ("connect", "timeout", "status", "http", "too_large", "parse", "missing_metrics", "error")
 
 
 async def scrape(

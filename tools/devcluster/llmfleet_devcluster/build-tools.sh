@@ -7,8 +7,9 @@
 #                    helm (helm.sh/helm/v4)
 #   etcd             etcd (go.etcd.io/etcd/server/v3)
 #   kube-score       kube-score (github.com/zegl/kube-score)
-#   monitoring-crds  the ServiceMonitor and PodMonitor CRDs
+#   monitoring-crds  the ServiceMonitor, PodMonitor and PrometheusRule CRDs
 #                    (github.com/prometheus-operator/prometheus-operator, no build)
+#   prometheus       prometheus and promtool from Debian's `prometheus` package (apt, no build)
 # Prints the bin directory on the last line.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -29,6 +30,7 @@ source "$here/versions.env"
 cache_root=${LLMFLEET_TOOLS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/llmfleet/tools}
 key="k8s-${KUBERNETES_VERSION}_etcd-${ETCD_VERSION}_kwok-${KWOK_VERSION}_helm-${HELM_VERSION}"
 key+="_kube-score-${KUBE_SCORE_VERSION}_prometheus-operator-${PROMETHEUS_OPERATOR_VERSION}"
+key+="_prometheus-${PROMETHEUS_DEB_VERSION}"
 dir="$cache_root/$key"
 bin="$dir/bin"
 
@@ -37,10 +39,11 @@ bin="$dir/bin"
 stages=(node/fast/node-initialize.yaml node/heartbeat-with-lease/node-heartbeat-with-lease.yaml
         pod/fast/pod-ready.yaml pod/fast/pod-complete.yaml pod/fast/pod-delete.yaml)
 crds_dir=example/prometheus-operator-crd
-crds=(monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_podmonitors.yaml)
+crds=(monitoring.coreos.com_servicemonitors.yaml monitoring.coreos.com_podmonitors.yaml
+      monitoring.coreos.com_prometheusrules.yaml)
 
 # Each group's files (relative to <key>/) and the key parts they depend on.
-groups=(cluster etcd kube-score monitoring-crds)
+groups=(cluster etcd kube-score monitoring-crds prometheus)
 declare -A files versions
 files[cluster]="bin/kube-apiserver bin/kube-controller-manager bin/kube-scheduler bin/kubectl bin/kwok bin/helm"
 for s in "${stages[@]}"; do files[cluster]+=" kwok-stages/$(basename "$s")"; done
@@ -51,6 +54,8 @@ files[kube-score]="bin/kube-score"
 versions[kube-score]="kube-score-${KUBE_SCORE_VERSION}"
 files[monitoring-crds]="${crds[*]/#/crds/}"
 versions[monitoring-crds]="prometheus-operator-${PROMETHEUS_OPERATOR_VERSION}"
+files[prometheus]="bin/prometheus bin/promtool"
+versions[prometheus]="prometheus-${PROMETHEUS_DEB_VERSION}"
 
 # complete DIR GROUP: DIR holds every file of GROUP (binaries executable).
 complete() {
@@ -90,14 +95,22 @@ if [ ${#todo[@]} -eq 0 ]; then
   echo "$bin"
   exit 0
 fi
-command -v go >/dev/null || { echo "build-tools.sh: the Go toolchain is required (go not on PATH)" >&2; exit 1; }
-echo "building ${todo[*]} into $dir (go $(go env GOVERSION))" >&2
+needs_go=false
+for g in "${todo[@]}"; do [ "$g" = prometheus ] || needs_go=true; done
+if $needs_go; then
+  command -v go >/dev/null || { echo "build-tools.sh: the Go toolchain is required (go not on PATH)" >&2; exit 1; }
+  echo "building ${todo[*]} into $dir (go $(go env GOVERSION))" >&2
+else
+  echo "fetching ${todo[*]} into $dir" >&2
+fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/llmfleet-tools.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 export GOFLAGS="-mod=mod -buildvcs=false" GOTOOLCHAIN=local GOWORK=off CGO_ENABLED=0
-proxy=${GOPROXY:-$(go env GOPROXY)}; proxy=${proxy%%,*}
-gover=$(go env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')
+if $needs_go; then
+  proxy=${GOPROXY:-$(go env GOPROXY)}; proxy=${proxy%%,*}
+  gover=$(go env GOVERSION | sed -E 's/^go([0-9]+\.[0-9]+).*/\1/')
+fi
 out="$work/out"; mkdir -p "$out/bin"
 
 # new_module DIR: a throwaway main module whose replaces come from stdin.
@@ -182,6 +195,25 @@ fetch_monitoring_crds() {
   done
 }
 
+# Debian's package of the pinned version, unpacked without installing it (no service is
+# started, no root needed once apt's package lists are there). apt-get download checks the
+# .deb against the archive's signed index. The binaries are Go, linked only to libc.
+fetch_prometheus() {
+  command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null ||
+    { echo "build-tools.sh: prometheus comes from Debian's package: apt-get and dpkg-deb are required" >&2; exit 1; }
+  local pkg="prometheus=${PROMETHEUS_DEB_VERSION}" deb
+  mkdir -p "$work/deb" && chmod 0777 "$work/deb"  # apt's sandbox user writes there
+  if ! (cd "$work/deb" && apt-get download -q "$pkg" >&2); then
+    # A fresh machine may have no package lists yet.
+    [ "$(id -u)" = 0 ] || { echo "build-tools.sh: apt-get download $pkg failed; run apt-get update as root" >&2; exit 1; }
+    apt-get update -qq >&2
+    (cd "$work/deb" && apt-get download -q "$pkg" >&2)
+  fi
+  deb=$(ls "$work"/deb/prometheus_*.deb)
+  dpkg-deb -x "$deb" "$work/deb/root"
+  cp "$work/deb/root/usr/bin/prometheus" "$work/deb/root/usr/bin/promtool" "$out/bin/"
+}
+
 # runs NAME: the built binary NAME prints its version.
 runs() {
   local v
@@ -200,6 +232,7 @@ for g in "${todo[@]}"; do
     etcd) build_etcd ;;
     kube-score) build_kube_score ;;
     monitoring-crds) fetch_monitoring_crds ;;
+    prometheus) fetch_prometheus ;;
   esac
   echo "$g: done in $(( $(date +%s) - start )) s" >&2
   for f in ${files[$g]}; do

@@ -20,11 +20,14 @@ BINARIES = (
     "kwok",
     "helm",
     "kube-score",
+    "prometheus",
+    "promtool",
 )
 # prometheus-operator's CRDs for the monitoring.coreos.com kinds the chart can render.
 MONITORING_CRDS = (
     "monitoring.coreos.com_servicemonitors.yaml",
     "monitoring.coreos.com_podmonitors.yaml",
+    "monitoring.coreos.com_prometheusrules.yaml",
 )
 
 
@@ -91,6 +94,7 @@ def locate_tools() -> Tools:
         f"_kwok-{v['KWOK_VERSION']}_helm-{v['HELM_VERSION']}"
         f"_kube-score-{v['KUBE_SCORE_VERSION']}"
         f"_prometheus-operator-{v['PROMETHEUS_OPERATOR_VERSION']}"
+        f"_prometheus-{v['PROMETHEUS_DEB_VERSION']}"
     )
     return Tools(cache_root() / key)
 
