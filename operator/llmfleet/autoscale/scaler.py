@@ -29,7 +29,8 @@ How one decision is made (target tracking, like Kubernetes' HorizontalPodAutosca
    anything. It rises above the current count only while the latest sample is above
    the band too (the level of a load that just ended is not a reason to add
    replicas), and once the level is of at least ``MIN_LEVEL_SAMPLES`` (3) fresh
-   samples (one sample after a start is no level).
+   samples (one sample after a start is no level); without a scale-down stabilization
+   window, it falls below the current count only on such a level too.
    **Panic** (Knative's name): a sample at least ``panic_threshold`` (2) times what
    the current replicas hold at the target is answered at once, sized for that
    sample, and nothing scales down for the next ``trend_window``: a sudden rise is
@@ -330,8 +331,11 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
             rec = current
         elif rec > current and now_ratio <= 1 + policy.tolerance:
             rec, denied = current, True  # the level of a load that has passed, or a rise the sample denies
-        elif rec > current and reading.fresh and reading.samples < MIN_LEVEL_SAMPLES:
-            rec, denied = current, True  # one or two samples are no level yet (a start, a restart)
+        elif (rec > current or not policy.scale_down_window) and reading.fresh \
+                and reading.samples < MIN_LEVEL_SAMPLES:
+            # One or two samples are no level yet (a start, a restart): no rise on them, nor a
+            # fall where no stabilization window would wait for more.
+            rec, denied = current, True
         if reading.floor is not None:
             rec = max(rec, min(reading.floor, current))
         if not reading.fresh:
