@@ -529,7 +529,7 @@ def _rising(history: tuple[tuple[float, float], ...], policy: ScalingPolicy) -> 
     slope = sum((t - tm) * (x - xm) for t, x in history) / sxx
     if slope <= 0:
         return None
-    if slope * (history[-1][0] - history[0][0]) < policy.tolerance * max(history[-1][1], policy.target):
+    if slope * (history[-1][0] - history[0][0]) < policy.tolerance * max(history[-1][1], policy.sized_target):
         return None
     residual = sum((x - xm - slope * (t - tm)) ** 2 for t, x in history)
     if slope < policy.trend_significance * math.sqrt(residual / (n - 2) / sxx):
