@@ -102,10 +102,12 @@ ROWS = [
               unit="currencyUSD", stack=True),
     ]),
     Row("Tenants", [
-        Panel("Budget used", "Share of each Tenant budget spent in its current period (1 = spent; with "
-              "`action: refuse` its requests are then answered 429 insufficient_quota).",
-              [('max by (tenant, period) (llmfleet_tenant_budget_used_ratio{job="$job",tenant=~"$tenant"})',
-                "{{tenant}} {{period}}")], unit="percentunit", thresholds=[(0.8, "orange"), (1, "red")], width=12),
+        Panel("Budget used", "Share of each Tenant's and RoutePolicy's budget spent in its current period "
+              "(1 = spent: then its action applies, refuse (429 insufficient_quota), downgrade (the cheapest "
+              "backend) or notify).",
+              [('max by (kind, name, period) (llmfleet_budget_used_ratio{job="$job"})',
+                "{{kind}} {{name}} {{period}}")], unit="percentunit", thresholds=[(0.8, "orange"), (1, "red")],
+              width=12),
         Panel("Rate-limit decisions", "Checks of the tenants' request and token limits by the leader's "
               "rate-limit service, allowed and refused (429).",
               [('sum by (tenant, limit, decision) (rate(llmfleet_ratelimit_decisions_total'

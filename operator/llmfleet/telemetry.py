@@ -72,20 +72,20 @@ RUNNING = Gauge(
     registry=REGISTRY,
 )
 BUDGET_USED = Gauge(
-    "llmfleet_tenant_budget_used_ratio",
-    "Share of a Tenant's budget spent in the current period (1: all of it), by tenant "
-    "(namespace/name, as in llmfleet_usage_*) and budget period; exported by the leader.",
-    ["tenant", "period"],
+    "llmfleet_budget_used_ratio",
+    "Share of a budget spent in its current period (1: all of it), by owner kind (Tenant, RoutePolicy), "
+    "owner (namespace/name; a Tenant's is its tenant label in llmfleet_usage_*) and period; exported by the "
+    "leader.",
+    ["kind", "name", "period"],
     registry=REGISTRY,
 )
 BUDGET_WARN = Gauge(
-    "llmfleet_tenant_budget_warn_ratio",
-    "The share of a Tenant's budget at which it warns (its warnAtPercent / 100), by budget period; "
+    "llmfleet_budget_warn_ratio",
+    "The share of a budget at which it warns (its warnAtPercent / 100), by owner kind, owner and period; "
     "exported by the leader.",
-    ["tenant", "period"],
+    ["kind", "name", "period"],
     registry=REGISTRY,
 )
-
 LEADER = Gauge(
     "llmfleet_leader",
     "1 while this operator replica leads (the one that writes children, status and scale), else 0.",

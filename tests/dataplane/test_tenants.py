@@ -243,3 +243,42 @@ async def test_rules_match_the_authenticated_tenant_never_a_claimed_one(dataplan
     assert r.status_code == 200 and r.json()["model"] == "premium", "ops/all's requests take its rule"
     r = await _post(dataplane, "chat", A_KEY, **{"x-llmfleet-tenant": "ops/all"})
     assert r.status_code == 200 and r.json()["model"] == "echo", "a claimed tenant takes nobody's rule"
+
+
+async def test_a_route_policys_budget_refuses_everyone_once_spent(dataplane: DataPlane, counted: int) -> None:
+    # No tenants: the ingress is open, and the policy's budget counts every request's tokens.
+    budget = BudgetLimit("day", dollars=0.0005)  # 4 answers at $0.00013
+    table = RouteTable(routes=(Route("chat", (WeightedBackend("ai/echo", 100),), budgets=(budget,),
+                                     budget_subject="routepolicy:ai/chat"),),
+                       clusters=(Cluster("ai/echo", "echo", (Endpoint(LOCALHOST, counted),), TokenPrices(1e-6, 1e-5)),),
+                       rate_limit_service=Endpoint(LOCALHOST, dataplane.xds_port))
+    dataplane.apply(table)
+    statuses = []
+    for _ in range(8):
+        statuses.append((await _post(dataplane, "chat")).status_code)
+        await asyncio.sleep(0.05)
+        if statuses[-1] == 429:
+            break
+    assert statuses == [200, 200, 200, 200, 429]
+    refused = await _post(dataplane, "chat", A_KEY)  # a key changes nothing: the ingress has no tenants
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert error["code"] == "insufficient_quota" and "RoutePolicy ai/chat" in error["message"]
+
+
+async def test_a_spent_downgrading_budget_sends_its_traffic_to_the_cheapest_backend(dataplane: DataPlane,
+                                                                                  echo: Echo) -> None:
+    port = echo[0]
+    clusters = (Cluster("ai/big", "big", (Endpoint(LOCALHOST, port),)),
+                Cluster("ai/cheap", "cheap", (Endpoint(LOCALHOST, port),)))
+    route = Route("chat", (WeightedBackend("ai/big", 100),), cheapest="ai/cheap")
+    # A tenant's budget: its requests (authenticated, never claimed) go to the cheapest backend.
+    tenants = (dataclasses.replace(TENANTS[0], downgraded=True), *TENANTS[1:])
+    dataplane.apply(RouteTable(routes=(route,), clusters=clusters, tenants=tenants))
+    assert (await _post(dataplane, "chat", A_KEY)).json()["model"] == "cheap"
+    assert (await _post(dataplane, "chat", ALL_KEY)).json()["model"] == "big"
+    claimed = await _post(dataplane, "chat", ALL_KEY, **{"x-llmfleet-tenant": "ai/team-a"})
+    assert claimed.json()["model"] == "big", "claiming a downgraded tenant's name changes nothing"
+    # The policy's budget: everyone's requests.
+    dataplane.apply(RouteTable(routes=(dataclasses.replace(route, downgraded=True),), clusters=clusters))
+    assert [(await _post(dataplane, "chat")).json()["model"] for _ in range(3)] == ["cheap"] * 3

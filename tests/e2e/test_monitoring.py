@@ -278,7 +278,7 @@ def test_prometheus_scrapes_the_fleet_every_panel_and_rule_has_data_and_breaches
         empty = [r["record"] for r in rules if "record" in r and not prometheus.query(r["record"])]
         assert empty == [], f"recording rules without data: {empty}"
         read = {s for r in rules if "alert" in r for s in selectors(r["expr"])}
-        assert {"llmfleet_model:availability_errors:ratio_rate1h", "llmfleet_tenant_budget_used_ratio"} <= \
+        assert {"llmfleet_model:availability_errors:ratio_rate1h", "llmfleet_budget_used_ratio"} <= \
             {s.split("{")[0] for s in read}, read
         empty = sorted(s for s in read if not prometheus.query(s))
         assert empty == [], f"series the alerts read without data: {empty}"
@@ -288,7 +288,7 @@ def test_prometheus_scrapes_the_fleet_every_panel_and_rule_has_data_and_breaches
 
         # The scripted breach and overrun fire; the healthy model does not page.
         def firing() -> set[tuple[str, str, str]]:
-            return {(a["labels"]["alertname"], a["labels"].get("model") or a["labels"].get("tenant", ""),
+            return {(a["labels"]["alertname"], a["labels"].get("model") or a["labels"].get("name", ""),
                      a["labels"]["severity"]) for a in prometheus.alerts() if a["state"] == "firing"}
         expected = {("LLMFleetAvailabilityBudgetBurn", broken, "critical"),
                     ("LLMFleetAvailabilityBudgetBurn", broken, "warning"),
@@ -298,7 +298,7 @@ def test_prometheus_scrapes_the_fleet_every_panel_and_rule_has_data_and_breaches
         for alert in prometheus.alerts():
             for text in alert["annotations"].values():
                 assert "<no value>" not in text and "error expanding" not in text, alert
-        used = prometheus.query(f'llmfleet_tenant_budget_used_ratio{{tenant="{ns}/team"}}')
+        used = prometheus.query(f'llmfleet_budget_used_ratio{{kind="Tenant",name="{ns}/team"}}')
         print(f"\nPrometheus: {len(ups)} targets up, {len(_dashboard_queries(board, op_job))} dashboard queries and "
               f"{len(rules)} rules with data; answers {codes}; budget used "
               f"{float(used[0]['value'][1]):.2f}; firing: {sorted(firing())}")

@@ -48,7 +48,7 @@ def test_every_alert_fires_in_its_promtool_unit_test(tmp_path):
 def test_a_broken_expectation_fails_the_unit_test(tmp_path):
     """The unit test above can fail: the budget alert expected for the tenant at half its budget."""
     (tmp_path / "rules.yaml").write_text(yaml.safe_dump(rule_file(annotations=False)))
-    text = TESTS.read_text().replace("tenant: ml/a, period: day", "tenant: ml/c, period: day")
+    text = TESTS.read_text().replace("name: ml/a, period: day", "name: ml/c, period: day")
     (tmp_path / TESTS.name).write_text(text)
     done = promtool("test", "rules", TESTS.name, cwd=tmp_path)
     assert done.returncode != 0 and "LLMFleetBudgetWarning" in done.stdout + done.stderr

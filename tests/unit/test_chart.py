@@ -805,7 +805,7 @@ def test_the_dashboard_covers_the_fleet_tenants_autoscaling_and_routing() -> Non
     for metric in ("llmfleet_usage_requests_total", "llmfleet_usage_time_to_first_token_seconds_bucket",
                    "llmfleet_usage_tokens_total", "llmfleet_usage_cost_total", "llmfleet_modeldeployment_replicas",
                    "llmfleet_autoscaler_desired_replicas", "llmfleet_modeldeployment_queued_requests",
-                   "llmfleet_route_weight", "llmfleet_tenant_budget_used_ratio", "llmfleet_xds_nacks_total"):
+                   "llmfleet_route_weight", "llmfleet_budget_used_ratio", "llmfleet_xds_nacks_total"):
         assert metric in exprs
     assert all('job="$job"' in t["expr"] for p in board["panels"] for t in p.get("targets", []))
     # Panels never overlap on Grafana's grid.

@@ -566,9 +566,9 @@ def test_budget_spend_is_written_once_per_change_and_seeds_the_next_leader() -> 
     assert [w[2] for w in writes if w[0] == "event"] == ["BudgetExceeded"]
     from llmfleet import telemetry
 
-    labels = {"tenant": f"{NS}/team", "period": "day"}
-    assert telemetry.REGISTRY.get_sample_value("llmfleet_tenant_budget_used_ratio", labels) == 1.2
-    assert telemetry.REGISTRY.get_sample_value("llmfleet_tenant_budget_warn_ratio", labels) == 0.8
+    labels = {"kind": "Tenant", "name": f"{NS}/team", "period": "day"}
+    assert telemetry.REGISTRY.get_sample_value("llmfleet_budget_used_ratio", labels) == 1.2
+    assert telemetry.REGISTRY.get_sample_value("llmfleet_budget_warn_ratio", labels) == 0.8
     asyncio.run(reporter.round())
     assert client.take() == [], "nothing changed: nothing written"
 
@@ -577,3 +577,37 @@ def test_budget_spend_is_written_once_per_change_and_seeds_the_next_leader() -> 
     successor = service()
     BudgetReporter(client, store, successor, interval=1).seed()
     assert not successor.limiter.check_budgets(f"{NS}/team", time.time()).allowed
+
+
+def test_a_route_policys_budget_is_written_to_its_own_status_beside_a_tenant_of_the_same_name() -> None:
+    from prometheus_client import CollectorRegistry
+    from prometheus_client import Counter as PromCounter
+
+    from llmfleet import telemetry
+    from llmfleet.controller.budgets import BudgetReporter
+    from llmfleet.envoy.ratelimit import RateLimitService
+    from llmfleet.routing.table import BudgetLimit, Route
+
+    registry = CollectorRegistry()
+    rls = RateLimitService(PromCounter("d", "d", ["tenant", "limit", "decision"], registry=registry),
+                           PromCounter("t", "t", ["tenant"], registry=registry))
+    budget = BudgetLimit("hour", dollars=2.0, action="downgrade")
+    rls.configure(RouteTable(routes=(Route("chat", (), budgets=(budget,), budget_subject=f"routepolicy:{NS}/chat"),)))
+    client = FakeClient()
+    store = Store(client)
+    store.route_policies.put({"metadata": {"name": "chat", "namespace": NS, "generation": 1, "uid": "p"},
+                              "spec": {"model": "chat", "backends": [{"modelDeployment": "llm"}],
+                                       "budgets": [{"period": "hour", "dollars": 2, "action": "downgrade"}]}})
+    store.tenants.put({"metadata": {"name": "chat", "namespace": NS, "generation": 1, "uid": "t"},
+                       "spec": {"apiKeys": {"secretName": "k"}, "models": ["*"]}})
+    rls.limiter.charge(f"routepolicy:{NS}/chat", 3.0, 1000, time.time())
+    asyncio.run(BudgetReporter(client, store, rls, interval=1).round())
+    writes = client.take()
+    (apply,) = [w for w in writes if w[0] == "apply"]
+    assert (apply[1], apply[4]) == ("RoutePolicy", "llmfleet-budgets")
+    status = apply[5]["status"]
+    assert status["budgets"][0]["usedPercent"] == 150.0
+    assert "requests go to the cheapest backend" in status["conditions"][0]["message"]
+    assert [(w[1], w[2]) for w in writes if w[0] == "event"] == [("chat", "BudgetExceeded")]
+    assert telemetry.REGISTRY.get_sample_value(
+        "llmfleet_budget_used_ratio", {"kind": "RoutePolicy", "name": f"{NS}/chat", "period": "hour"}) == 1.5

@@ -26,7 +26,9 @@ from llmfleet.envoy.resources import (
     build_config,
     build_resources,
 )
-from llmfleet.kube.views import SecretView, TenantView
+from llmfleet.kube.views import ModelDeploymentView, RoutePolicyView, SecretView, TenantView
+from llmfleet.routing.budgets import budget_report, policy_subject
+from llmfleet.routing.policy import compute_routing
 from llmfleet.routing.ratelimit import (
     REQUESTS,
     SLOT_SECONDS,
@@ -48,7 +50,8 @@ from llmfleet.routing.table import (
     TokenPrices,
     WeightedBackend,
 )
-from llmfleet.routing.tenants import budget_report, compute_tenants
+from llmfleet.routing.tenants import compute_tenants
+from llmfleet.status.conditions import rfc3339
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
 
@@ -68,14 +71,14 @@ def _secret(name: str, namespace: str = "ai", **values: str | bytes) -> SecretVi
 
 
 def test_no_tenant_leaves_the_ingress_open() -> None:
-    access, results = compute_tenants([], [_secret("x", k="sk-1")], ["chat"])
+    access, results = compute_tenants([], [_secret("x", k="sk-1")], ["chat"], 0.0)
     assert access is None and results == []
 
 
 def test_keys_models_and_limits_reach_the_ingress() -> None:
     tenant = _tenant("team-a", models=("chat", "embed"),
                      limits={"requests": {"limit": 5, "per": "second"}, "tokens": {"limit": 6000}})
-    access, results = compute_tenants([tenant], [_secret("team-a-keys", old="sk-old\n", new="sk-new")], ["chat"])
+    access, results = compute_tenants([tenant], [_secret("team-a-keys", old="sk-old\n", new="sk-new")], ["chat"], 0.0)
     assert access == (TenantAccess("ai/team-a", ("sk-new", "sk-old"), ("chat", "embed"),
                                    RateLimit(5, 1, 5), RateLimit(6000, 60, 6000)),)
     (result,) = results
@@ -84,7 +87,7 @@ def test_keys_models_and_limits_reach_the_ingress() -> None:
 
 
 def test_a_missing_secret_fails_closed_and_says_how_to_fix_it() -> None:
-    access, results = compute_tenants([_tenant("team-a")], [], ["chat"])
+    access, results = compute_tenants([_tenant("team-a")], [], ["chat"], 0.0)
     assert access == (), "a Tenant exists, so the ingress asks every request for a key"
     assert not results[0].ready.status and results[0].ready.reason == "SecretNotFound"
     assert "kubectl label secret team-a-keys llmfleet.io/api-keys=true" in results[0].ready.message
@@ -94,7 +97,7 @@ def test_a_key_two_tenants_claim_stays_with_the_older_and_is_never_quoted() -> N
     older = _tenant("team-a", created="2026-12-01T00:00:00Z")
     newer = _tenant("team-b", created="2026-12-02T00:00:00Z")
     secrets = [_secret("team-a-keys", k="sk-shared"), _secret("team-b-keys", mine="sk-b", copied="sk-shared")]
-    access, results = compute_tenants([newer, older], secrets, ["chat"])
+    access, results = compute_tenants([newer, older], secrets, ["chat"], 0.0)
     assert access is not None
     assert {t.name: t.keys for t in access} == {"ai/team-a": ("sk-shared",), "ai/team-b": ("sk-b",)}
     b = next(r for r in results if r.name == "team-b")
@@ -105,7 +108,7 @@ def test_a_key_two_tenants_claim_stays_with_the_older_and_is_never_quoted() -> N
 
 def test_empty_and_binary_entries_are_named_not_accepted() -> None:
     access, results = compute_tenants([_tenant("team-a")], [_secret("team-a-keys", blank="  ", raw=b"\xff\xfe")],
-                                      ["chat"])
+                                      ["chat"], 0.0)
     assert access is not None and access[0].keys == ()
     assert results[0].ready.reason == "NoKeys"
     assert "entry 'blank' is empty" in results[0].ready.message
@@ -114,7 +117,7 @@ def test_empty_and_binary_entries_are_named_not_accepted() -> None:
 
 def test_keys_never_show_in_a_repr() -> None:
     secret = _secret("team-a-keys", k="sk-very-secret")
-    access, _ = compute_tenants([_tenant("team-a")], [secret], ["chat"])
+    access, _ = compute_tenants([_tenant("team-a")], [secret], ["chat"], 0.0)
     assert "sk-very-secret" not in repr(secret) + repr(access) + repr(RouteTable(tenants=access))
 
 
@@ -126,7 +129,7 @@ def test_a_refused_spec_names_the_field() -> None:
     tenant = TenantView.from_body({"metadata": {"namespace": "ai", "name": "t", "generation": 2},
                                    "spec": {"apiKeys": {"secretName": "k"}, "models": ["chat"],
                                             "limits": {"requests": {"limit": 0}}}})
-    _, (result,) = compute_tenants([tenant], [], [])
+    _, (result,) = compute_tenants([tenant], [], [], 0.0)
     assert result.ready.reason == "InvalidSpec" and "spec.limits.requests.limit" in result.ready.message
 
 
@@ -342,7 +345,7 @@ def test_periods_are_calendar_periods_in_utc() -> None:
 def test_a_spent_budget_refuses_until_its_next_period() -> None:
     limiter = Limiter()
     limiter.configure((TenantAccess("ai/a", ("k",), ("*",), budgets=(DAY, BudgetLimit("hour", tokens=100,
-                                                                                     refuse=False))),))
+                                                                                     action="notify"))),))
     limiter.charge("ai/a", 0.6, 60, NOON)
     assert limiter.check_budgets("ai/a", NOON).allowed, "the hourly token budget only notifies"
     limiter.charge("ai/a", 0.5, 50, NOON + 1)
@@ -372,6 +375,19 @@ def test_the_report_says_the_spend_and_marks_crossings_once() -> None:
     assert "day budget: 1.01 of 1.00 spent" in spent.exceeded.message
 
 
+def _ask_budget(service: RateLimitService, subject: tuple[str, str], kind: str, hits: int,
+                cluster: str = "") -> rls_pb2.RateLimitResponse:
+    """What Envoy sends for a budget: whose, the kind, the tokens (and the answering cluster)."""
+    request = rls_pb2.RateLimitRequest(domain="llmfleet")
+    descriptor = request.descriptors.add()
+    descriptor.entries.add(key=subject[0], value=subject[1])
+    descriptor.entries.add(key="limit", value=kind)
+    if cluster:
+        descriptor.entries.add(key="destination_cluster", value=cluster)
+    descriptor.hits_addend.value = hits
+    return service.decide(request)
+
+
 def test_the_service_charges_each_kind_of_token_at_the_answering_backends_price() -> None:
     registry = CollectorRegistry()
     service = RateLimitService(Counter("d", "d", ["tenant", "limit", "decision"], registry=registry),
@@ -381,14 +397,7 @@ def test_the_service_charges_each_kind_of_token_at_the_answering_backends_price(
     service.configure(table)
 
     def ask(kind: str, hits: int, cluster: str = "") -> rls_pb2.RateLimitResponse:
-        request = rls_pb2.RateLimitRequest(domain="llmfleet")
-        descriptor = request.descriptors.add()
-        descriptor.entries.add(key="tenant", value="ai/t")
-        descriptor.entries.add(key="limit", value=kind)
-        if cluster:
-            descriptor.entries.add(key="destination_cluster", value=cluster)
-        descriptor.hits_addend.value = hits
-        return service.decide(request)
+        return _ask_budget(service, ("tenant", "ai/t"), kind, hits, cluster)
 
     ask("spent-prompt", 100, "fallback-for:chat:ai/a")  # a policy's copy of ai/a: its price
     ask("spent-completion", 40, "ai/a")
@@ -397,3 +406,129 @@ def test_the_service_charges_each_kind_of_token_at_the_answering_backends_price(
     refused = ask("budget", 0)
     assert refused.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT
     assert json.loads(refused.raw_body)["error"]["code"] == "insufficient_quota"
+
+
+# --------------------------------------------------------------------------- RoutePolicy budgets, downgrade
+
+
+def _policy_view(budgets: list[dict], status_budgets: list[dict] | None = None) -> RoutePolicyView:
+    return RoutePolicyView.from_body({
+        "metadata": {"namespace": "ai", "name": "chat", "uid": "u", "generation": 1,
+                     "creationTimestamp": "2026-12-01T00:00:00Z"},
+        "spec": {"model": "chat", "backends": [{"modelDeployment": "big", "weight": 80},
+                                               {"modelDeployment": "small", "weight": 20}],
+                 "budgets": budgets},
+        "status": {"budgets": status_budgets or []}})
+
+
+def _md(name: str, price: float | None) -> ModelDeploymentView:
+    spec: dict = {"model": {"uri": "hf://org/m", "servedName": name}, "engine": {"kind": "sim"}, "replicas": 1}
+    if price is not None:
+        spec["cost"] = {"perReplicaHour": 1.0, "perMillionOutputTokens": price}
+    return ModelDeploymentView.from_body({"metadata": {"namespace": "ai", "name": name, "uid": name, "generation": 1},
+                                          "spec": spec})
+
+
+ENDPOINTS = {("ai", "big"): (Endpoint("10.0.0.1", 8000),), ("ai", "small"): (Endpoint("10.0.0.2", 8000),)}
+
+
+def _spent_row(period: str, now: float, used: float = 100.0) -> dict:
+    return {"period": period, "windowStart": rfc3339(window_start(period, now)), "spentDollars": 1.0,
+            "spentTokens": 10, "usedPercent": used}
+
+
+def test_a_policys_budgets_are_counted_under_its_own_name_and_its_cheapest_backend_is_known() -> None:
+    mds = [_md("big", 10.0), _md("small", 0.5)]
+    routing = compute_routing([_policy_view([{"period": "day", "dollars": 5}])], mds, ENDPOINTS, now=NOON)
+    (route,) = routing.table.routes
+    assert route.budget_subject == policy_subject("ai", "chat") == "routepolicy:ai/chat"
+    assert route.budgets == (BudgetLimit("day", dollars=5.0),)
+    assert route.cheapest == "ai/small" and not route.downgraded
+    # Without a price, a backend is never the cheapest; with none priced there is none.
+    assert compute_routing([_policy_view([])], [_md("big", 10.0), _md("small", None)], ENDPOINTS).table \
+        .routes[0].cheapest == "ai/big"
+    assert compute_routing([_policy_view([])], [_md("big", None), _md("small", None)], ENDPOINTS).table \
+        .routes[0].cheapest is None
+
+
+def test_a_spent_downgrading_budget_in_the_current_period_sends_all_traffic_to_the_cheapest_backend() -> None:
+    mds = [_md("big", 10.0), _md("small", 0.5)]
+    budget = {"period": "day", "dollars": 1, "action": "downgrade"}
+
+    def route(rows: list[dict], now: float = NOON) -> Route:
+        return compute_routing([_policy_view([budget], rows)], mds, ENDPOINTS, now=now).table.routes[0]
+
+    assert route([_spent_row("day", NOON)]).downgraded
+    assert not route([_spent_row("day", NOON, used=99.0)]).downgraded
+    assert not route([_spent_row("day", NOON)], now=NOON + 86400).downgraded, "yesterday's spend: a new day"
+    refusing = compute_routing([_policy_view([{"period": "day", "dollars": 1}], [_spent_row("day", NOON)])],
+                               mds, ENDPOINTS, now=NOON).table.routes[0]
+    assert not refusing.downgraded, "a refusing budget refuses (the rate-limit service), it does not reroute"
+
+    table = dataclasses.replace(compute_routing([_policy_view([budget], [_spent_row("day", NOON)])], mds, ENDPOINTS,
+                                                now=NOON).table)
+    routes = {r["name"]: r for r in build_config(table, listener_port=1)[ROUTE_TYPE][0]["virtual_hosts"][0]["routes"]}
+    assert routes["chat"]["route"]["cluster"] == "ai/small" and "chat/rule-0" not in routes
+
+
+def test_a_tenant_whose_downgrading_budget_is_spent_gets_each_models_cheapest_backend_others_the_split() -> None:
+    tenant = TenantView.from_body({
+        "metadata": {"namespace": "ai", "name": "team", "uid": "t", "generation": 1,
+                     "creationTimestamp": "2026-12-01T00:00:00Z"},
+        "spec": {"apiKeys": {"secretName": "keys"}, "models": ["*"],
+                 "budgets": [{"period": "month", "tokens": 1000, "action": "downgrade"}]},
+        "status": {"budgets": [_spent_row("month", NOON)]}})
+    access, _ = compute_tenants([tenant], [_secret("keys", k="sk-1")], ["chat"], NOON)
+    assert access is not None and access[0].downgraded
+    mds = [_md("big", 10.0), _md("small", 0.5)]
+    table = dataclasses.replace(compute_routing([_policy_view([])], mds, ENDPOINTS).table, tenants=access)
+    routes = build_config(table, listener_port=1)[ROUTE_TYPE][0]["virtual_hosts"][0]["routes"]
+    chat = [r for r in routes if r["name"].startswith("chat")]
+    assert [r["name"] for r in chat] == ["chat/downgraded", "chat"]
+    assert chat[0]["route"]["cluster"] == "ai/small"
+    assert chat[0]["match"]["headers"] == [{"name": "x-llmfleet-tenant",
+                                            "string_match": {"safe_regex": {"regex": "ai/team"}}}]
+    assert {c["name"] for c in chat[1]["route"]["weighted_clusters"]["clusters"]} == {"ai/big", "ai/small"}
+    assert ACCESS_FILTER in chat[0]["typed_per_filter_config"], "the downgraded route checks model access too"
+
+
+def test_a_policys_budget_is_asked_on_its_routes_beside_the_tenants_limits_and_refuses_everyone() -> None:
+    mds = [_md("big", 10.0), _md("small", 0.5)]
+    table = compute_routing([_policy_view([{"period": "day", "dollars": 0.001}])], mds, ENDPOINTS, now=NOON).table
+    tenants = (TenantAccess("ai/t", ("k",), ("*",), RateLimit(10, 1, 10)),)
+    config = build_config(dataclasses.replace(table, tenants=tenants), listener_port=1)
+    assert "llmfleet_ratelimit" in {c["name"] for c in config[CLUSTER_TYPE]}
+    (host,) = config[ROUTE_TYPE][0]["virtual_hosts"]
+    chat = next(r for r in host["routes"] if r["name"] == "chat")
+    limits = chat["typed_per_filter_config"][RATE_LIMIT_FILTER]["rate_limits"]
+    kinds = [[a.get("generic_key", {}).get("descriptor_value") for a in rl["actions"]] for rl in limits]
+    assert [None, "requests"] in kinds, "the tenants' request limit still applies on this route"
+    assert ["routepolicy:ai/chat", "budget"] in kinds and ["routepolicy:ai/chat", "spent-completion", None] in kinds
+    # Without tenants the policy's budget alone.
+    open_config = build_config(table, listener_port=1)
+    chat = next(r for r in open_config[ROUTE_TYPE][0]["virtual_hosts"][0]["routes"] if r["name"] == "chat")
+    assert len(chat["typed_per_filter_config"][RATE_LIMIT_FILTER]["rate_limits"]) == 3
+
+    registry = CollectorRegistry()
+    service = RateLimitService(Counter("d", "d", ["tenant", "limit", "decision"], registry=registry),
+                               Counter("t", "t", ["tenant"], registry=registry), wall=lambda: NOON)
+    service.configure(table)
+
+    def ask(kind: str, hits: int, cluster: str = "") -> rls_pb2.RateLimitResponse:
+        return _ask_budget(service, ("policy", "routepolicy:ai/chat"), kind, hits, cluster)
+
+    assert ask("budget", 0).overall_code == rls_pb2.RateLimitResponse.OK
+    ask("spent-completion", 200, "ai/big")  # 200 × $10 per million: $0.002
+    refused = ask("budget", 0)
+    assert refused.overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT
+    error = json.loads(refused.raw_body)["error"]
+    assert error["code"] == "insufficient_quota" and "RoutePolicy ai/chat" in error["message"]
+
+
+def test_the_report_says_what_a_spent_budget_does() -> None:
+    window = window_start("day", NOON)
+    for action, says in (("refuse", "requests are refused"), ("downgrade", "requests go to the cheapest backend")):
+        report = budget_report([(BudgetLimit("day", dollars=1.0, action=action), Spend(window, 1.5, 9))], {})
+        assert says in report.exceeded.message
+    notify = budget_report([(BudgetLimit("day", dollars=1.0, action="notify"), Spend(window, 1.5, 9))], {})
+    assert notify.exceeded.status and notify.exceeded.message.endswith("spent since 2026-12-03T00:00:00Z")

@@ -1056,6 +1056,70 @@ class Fallback(_Spec):
     )
 
 
+# --------------------------------------------------------------------------- budgets
+
+
+class BudgetPeriod(StrEnum):
+    """A budget's calendar period (UTC)."""
+
+    HOUR = "hour"
+    DAY = "day"
+    MONTH = "month"
+
+
+class BudgetAction(StrEnum):
+    """What happens once a budget is spent."""
+
+    REFUSE = "refuse"
+    DOWNGRADE = "downgrade"
+    NOTIFY = "notify"
+
+
+BUDGET_AMOUNT_MESSAGE = "a budget is in dollars or in tokens: set exactly one of them"
+BUDGET_AMOUNT_RULE = CelRule(rule="has(self.dollars) != has(self.tokens)", message=BUDGET_AMOUNT_MESSAGE)
+
+
+class Budget(_Spec):
+    """What a tenant, or all the traffic of a RoutePolicy, may spend per hour, day or month (calendar
+    periods, UTC)."""
+
+    model_config = ConfigDict(json_schema_extra=x_validations(BUDGET_AMOUNT_RULE))
+
+    period: BudgetPeriod = Field(description="hour, day or month (a calendar period in UTC).")
+    dollars: float | None = Field(
+        None, gt=0, le=1e9,
+        description="Spend allowed in the period, in the currency of the backends' cost (usage accounting's prices).")
+    tokens: int | None = Field(
+        None, ge=1, le=10**15, description="Tokens (prompt and completion) allowed in the period.")
+    warn_at_percent: int = Field(80, ge=1, le=100, description="Share of the budget at which a Warning Event says so.")
+    action: BudgetAction = Field(
+        BudgetAction.REFUSE,
+        description="refuse: once spent, requests get 429 insufficient_quota until the next period. "
+        "downgrade: once spent, requests go to the cheapest ready backend of the public model they name "
+        "(by its price per output token) until the next period. "
+        "notify: Events and the BudgetExceeded condition only.",
+    )
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> Budget:
+        if (self.dollars is None) == (self.tokens is None):
+            raise rule_error(BUDGET_AMOUNT_MESSAGE)
+        return self
+
+
+class BudgetStatus(_Status):
+    """What was spent in a budget's current period."""
+
+    period: BudgetPeriod = Field(description="The budget's period.")
+    window_start: datetime = Field(description="When the current period began (UTC).")
+    spent_dollars: float = Field(0.0, ge=0, description="Spent in the period, at the backends' prices.")
+    spent_tokens: int = Field(0, ge=0, description="Tokens used in the period.")
+    used_percent: float = Field(0.0, ge=0, description="Share of the budget used, in percent.")
+
+
+# --------------------------------------------------------------------------- RoutePolicy spec and status
+
+
 class RoutePolicySpec(_Spec):
     """One public model name and how its traffic is split across ModelDeployments."""
 
@@ -1109,6 +1173,11 @@ class RoutePolicySpec(_Spec):
             "sent on to these backends in turn, with the client seeing only the final answer."
         ),
     )
+    budgets: list[Budget] = Field(
+        default_factory=list, max_length=4,
+        description="What all the public model's traffic (every tenant's, and every request's without tenants) "
+        "may spend per hour, day or month, at the answering backends' prices. Spend is kept in status.budgets, "
+        "so it survives operator restarts.")
 
     @model_validator(mode="after")
     def _cascade_only_with_its_strategy(self) -> RoutePolicySpec:
@@ -1184,12 +1253,15 @@ class RoutePolicyStatus(_Status):
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=MAX_CONDITIONS,
-        description="Accepted, ResolvedRefs and Programmed, as in Gateway API.",
+        description="Accepted, ResolvedRefs and Programmed, as in Gateway API; BudgetExceeded: a budget is spent.",
         json_schema_extra=_CONDITIONS_SCHEMA,
     )
     traffic: TrafficStatus | None = Field(
         None, description="Requests, fallback share and cascade escalation rates over the last minutes."
     )
+    budgets: list[BudgetStatus] = Field(
+        default_factory=list, max_length=4, description="Spend in each budget's current period (the leader writes "
+        "it every few seconds while it changes).")
 
 
 # --------------------------------------------------------------------------- Tenant
@@ -1247,50 +1319,6 @@ class TenantLimits(_Spec):
     )
 
 
-class BudgetPeriod(StrEnum):
-    """A budget's calendar period (UTC)."""
-
-    HOUR = "hour"
-    DAY = "day"
-    MONTH = "month"
-
-
-class BudgetAction(StrEnum):
-    """What happens once a budget is spent."""
-
-    REFUSE = "refuse"
-    NOTIFY = "notify"
-
-
-BUDGET_AMOUNT_MESSAGE = "a budget is in dollars or in tokens: set exactly one of them"
-BUDGET_AMOUNT_RULE = CelRule(rule="has(self.dollars) != has(self.tokens)", message=BUDGET_AMOUNT_MESSAGE)
-
-
-class Budget(_Spec):
-    """What a tenant may spend per hour, day or month (calendar periods, UTC)."""
-
-    model_config = ConfigDict(json_schema_extra=x_validations(BUDGET_AMOUNT_RULE))
-
-    period: BudgetPeriod = Field(description="hour, day or month (a calendar period in UTC).")
-    dollars: float | None = Field(
-        None, gt=0, le=1e9,
-        description="Spend allowed in the period, in the currency of the backends' cost (usage accounting's prices).")
-    tokens: int | None = Field(
-        None, ge=1, le=10**15, description="Tokens (prompt and completion) allowed in the period.")
-    warn_at_percent: int = Field(80, ge=1, le=100, description="Share of the budget at which a Warning Event says so.")
-    action: BudgetAction = Field(
-        BudgetAction.REFUSE,
-        description="refuse: once spent, requests get 429 insufficient_quota until the next period. "
-        "notify: Events and the BudgetExceeded condition only.",
-    )
-
-    @model_validator(mode="after")
-    def _one_amount(self) -> Budget:
-        if (self.dollars is None) == (self.tokens is None):
-            raise rule_error(BUDGET_AMOUNT_MESSAGE)
-        return self
-
-
 class ApiKeysRef(_Spec):
     """Where a tenant's API keys are."""
 
@@ -1331,16 +1359,6 @@ class TenantSpec(_Spec):
         if len(set(names)) != len(names):
             raise ValueError("each model may appear only once")
         return names
-
-
-class BudgetStatus(_Status):
-    """What a tenant spent in a budget's current period."""
-
-    period: BudgetPeriod = Field(description="The budget's period.")
-    window_start: datetime = Field(description="When the current period began (UTC).")
-    spent_dollars: float = Field(0.0, ge=0, description="Spent in the period, at the backends' prices.")
-    spent_tokens: int = Field(0, ge=0, description="Tokens used in the period.")
-    used_percent: float = Field(0.0, ge=0, description="Share of the budget used, in percent.")
 
 
 class TenantStatus(_Status):

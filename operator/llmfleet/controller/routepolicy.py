@@ -167,9 +167,11 @@ class RoutePolicyReconciler:
         mds = self.store.model_deployments.values()
         endpoints = ready_endpoints(self.store.pods.values())
         tenants = self.store.tenants.values()
-        routing = await asyncio.to_thread(compute_routing, policies, mds, endpoints, self.activator, self._loads)
+        now = time.time()
+        routing = await asyncio.to_thread(compute_routing, policies, mds, endpoints, self.activator, self._loads,
+                                          now=now)
         self._loads = routing.loads
-        access, tenant_results = compute_tenants(tenants, self.store.api_keys.values(), routing.table.models)
+        access, tenant_results = compute_tenants(tenants, self.store.api_keys.values(), routing.table.models, now)
         table = dataclasses.replace(routing.table, tenants=access, rate_limit_service=self.rate_limit_service())
         if self.ready is not None:
             self.ready.update(endpoints)

@@ -23,6 +23,7 @@ from prometheus_client import Counter
 
 from ..api import openai
 from ..api.models import RATE_UNIT_SECONDS
+from ..routing.budgets import POLICY_PREFIX
 from ..routing.ratelimit import (
     BUDGET,
     CONCURRENCY,
@@ -36,7 +37,7 @@ from ..routing.ratelimit import (
 )
 from ..routing.table import RouteTable
 from .accounting import backend_of
-from .resources import RATE_LIMIT_KIND, RATE_LIMIT_REQUEST, RATE_LIMIT_TENANT
+from .resources import RATE_LIMIT_KIND, RATE_LIMIT_POLICY, RATE_LIMIT_REQUEST, RATE_LIMIT_TENANT
 
 _UNITS = {seconds: unit.value for unit, seconds in RATE_UNIT_SECONDS.items()}  # 60 → "minute"
 KINDS = (REQUESTS, TOKENS, CONCURRENCY, DONE, BUDGET, SPENT_PROMPT, SPENT_COMPLETION)
@@ -45,8 +46,10 @@ KINDS = (REQUESTS, TOKENS, CONCURRENCY, DONE, BUDGET, SPENT_PROMPT, SPENT_COMPLE
 def refusal(tenant: str, kind: str, decision: Decision) -> dict[str, Any]:
     """OpenAI's 429 body for a refused request."""
     if kind == BUDGET:
+        owner = (f"RoutePolicy {tenant.removeprefix(POLICY_PREFIX)}" if tenant.startswith(POLICY_PREFIX)
+                 else f"tenant {tenant}")
         return openai.error_body(
-            f"You exceeded your current quota: a budget of tenant {tenant} is spent. "
+            f"You exceeded your current quota: a budget of {owner} is spent. "
             f"It renews in {decision.retry_after}s.", "insufficient_quota", code="insufficient_quota")
     limit = decision.limit
     assert limit is not None
@@ -62,7 +65,8 @@ def refusal(tenant: str, kind: str, decision: Decision) -> dict[str, Any]:
 
 
 class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
-    """Answers ShouldRateLimit from the current tenants' limits (``configure``, any thread)."""
+    """Answers ShouldRateLimit from the current tenants' limits and the tenants' and
+    RoutePolicies' budgets (``configure``, any thread)."""
 
     def __init__(self, decisions: Counter, tokens: Counter, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], float] = time.time) -> None:
@@ -75,7 +79,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
     def configure(self, table: RouteTable) -> None:
         with self.lock:
             self.table = table
-            self.limiter.configure(table.tenants)
+            self.limiter.configure(table.tenants, table.routes)
 
     def add_to(self, server: grpc.aio.Server) -> None:
         rls_pb2_grpc.add_RateLimitServiceServicer_to_server(self, server)
@@ -91,7 +95,9 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         now = self._clock()
         for descriptor in request.descriptors:
             entries = {e.key: e.value for e in descriptor.entries}
-            tenant, kind = entries.get(RATE_LIMIT_TENANT, ""), entries.get(RATE_LIMIT_KIND, "")
+            # Whose limit: a tenant's, or a RoutePolicy's budget (its subject).
+            tenant = entries.get(RATE_LIMIT_TENANT) or entries.get(RATE_LIMIT_POLICY, "")
+            kind = entries.get(RATE_LIMIT_KIND, "")
             hits = descriptor.hits_addend.value if descriptor.HasField("hits_addend") else (request.hits_addend or 1)
             request_id = entries.get(RATE_LIMIT_REQUEST, "")
             with self.lock:

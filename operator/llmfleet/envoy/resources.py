@@ -32,8 +32,10 @@ diff and golden-test), then converted to xds-protos messages.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -139,6 +141,7 @@ RATE_LIMIT_DOMAIN = "llmfleet"
 # A descriptor's entries: ("tenant", "ai/team-a"), ("limit", "requests", "tokens", ...), and
 # for a concurrency slot ("request", its x-request-id).
 RATE_LIMIT_TENANT, RATE_LIMIT_KIND, RATE_LIMIT_REQUEST = "tenant", "limit", "request"
+RATE_LIMIT_POLICY = "policy"  # a RoutePolicy's budgets: its routing.budgets.policy_subject
 TOKENS_KEY = "tokens"  # dynamic metadata llmfleet.tokens: what a response used (the usage Lua sets it)
 PROMPT_TOKENS_KEY, COMPLETION_TOKENS_KEY = "prompt_tokens", "completion_tokens"
 FIRST_TOKEN_KEY = "first_token_ms"  # a stream's first event, in ms after the request was read
@@ -385,9 +388,33 @@ def _no_backend(model: str) -> dict[str, Any]:
         err_type="server_error", param=None))
 
 
+def _cheapest_route(route: Route, table: RouteTable, settings: DataPlaneSettings,
+                    match: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """A route entry sending ``match`` to the route's cheapest backend alone (no rule, cascade
+    or fallback tier), or None when it has no live cheapest backend."""
+    backends = live_backends([WeightedBackend(route.cheapest, 1)], table) if route.cheapest else []
+    if not backends:
+        return None
+    entry = {"name": name, "stat_prefix": route_stat_prefix(route.model), "match": match,
+             "route": _route_action(backends, dataclasses.replace(route, fallback=None), settings)}
+    _cap(entry, None)
+    return entry
+
+
 def model_routes(route: Route, table: RouteTable, settings: DataPlaneSettings) -> list[dict[str, Any]]:
-    """The routes of one public model: header rules first, then the split."""
+    """The routes of one public model: header rules first, then the split. A spent budget
+    that downgrades sends the policy's traffic (or its tenant's) to the cheapest backend."""
+    if route.downgraded:
+        cheap = _cheapest_route(route, table, settings, _model_match(route.model), route.model)
+        if cheap is not None:
+            return [cheap]
     out = []
+    downgraded = sorted(t.name for t in table.tenants or () if t.downgraded)
+    if downgraded:
+        tenants = RuleMatch(header_patterns=((TENANT_HEADER, "|".join(re.escape(t) for t in downgraded)),))
+        cheap = _cheapest_route(route, table, settings, _model_match(route.model, tenants), f"{route.model}/downgraded")
+        if cheap is not None:
+            out.append(cheap)
     for i, rule in enumerate(route.rules):
         backends = live_backends(rule.backends, table)
         entry: dict[str, Any] = {"name": f"{route.model}/rule-{i}", "stat_prefix": route_stat_prefix(route.model),
@@ -457,12 +484,18 @@ def route_configuration(table: RouteTable, settings: DataPlaneSettings | None = 
             "match": {"path": f"/v1/models/{r.model}", "headers": get},
             "direct_response": _json_response(200, _model_object(r.model, settings)),
         })
+    tenant_limits = rate_limits(table.tenants) if table.tenants is not None else []
     for r in table.routes:
         entries = model_routes(r, table, settings)
         if table.tenants is not None:
             rbac = access(r.model, table.tenants)
             for entry in entries:
                 entry.setdefault("typed_per_filter_config", {})[ACCESS_FILTER] = rbac
+        if policy_limits := policy_rate_limits(r):
+            # The route's own config replaces the virtual host's: the tenants' limits again.
+            for entry in entries:
+                entry.setdefault("typed_per_filter_config", {})[RATE_LIMIT_FILTER] = \
+                    _rate_limit_per_route(tenant_limits + policy_limits)
         routes.extend(entries)
     metadata = f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{{key}})%"
     routes += [
@@ -504,12 +537,10 @@ def route_configuration(table: RouteTable, settings: DataPlaneSettings | None = 
             AUTH_FILTER: authentication(table.tenants),
             REROUTE_FILTER: {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
                              "source_code": {"inline_string": REROUTE_SOURCE}}}
-        if _limited(table):
+        if tenant_limits:
             # In the filter's per-route config, not the host's own rate_limits: only these
             # carry hits_addend to the service.
-            host["typed_per_filter_config"][RATE_LIMIT_FILTER] = {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute",
-                "rate_limits": rate_limits(table.tenants)}
+            host["typed_per_filter_config"][RATE_LIMIT_FILTER] = _rate_limit_per_route(tenant_limits)
     return {"name": ROUTE_CONFIG_NAME, "virtual_hosts": [host]}
 
 
@@ -623,16 +654,7 @@ def rate_limits(tenants: tuple[TenantAccess, ...]) -> list[dict[str, Any]]:
              "hits_addend": {"format": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{TOKENS_KEY})%"}},
         ]
     if any(t.budgets for t in tenants):
-        cluster: dict[str, Any] = {"destination_cluster": {}}
-        out += [
-            # Before the request: is a budget that refuses spent?
-            {"actions": _limit_descriptor(BUDGET), "hits_addend": {"number": 0}},
-            # Once the response has ended: its prompt and completion tokens, and the cluster
-            # that answered (their price).
-            *({"actions": [*_limit_descriptor(kind), cluster], "apply_on_stream_done": True,
-               "hits_addend": {"format": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{key})%"}}
-              for kind, key in ((SPENT_PROMPT, PROMPT_TOKENS_KEY), (SPENT_COMPLETION, COMPLETION_TOKENS_KEY))),
-        ]
+        out += _budget_limits(_TENANT_DESCRIPTOR, check=any(b.refuse for t in tenants for b in t.budgets))
     if any(t.max_concurrent for t in tenants):
         request_id = {"request_headers": {"header_name": "x-request-id", "descriptor_key": RATE_LIMIT_REQUEST}}
         out += [
@@ -643,9 +665,39 @@ def rate_limits(tenants: tuple[TenantAccess, ...]) -> list[dict[str, Any]]:
     return out
 
 
+def _budget_limits(subject: dict[str, Any], *, check: bool) -> list[dict[str, Any]]:
+    """Budgets of ``subject`` (a descriptor entry naming the tenant or the RoutePolicy)."""
+    def kind(k: str) -> list[dict[str, Any]]:
+        return [subject, {"generic_key": {"descriptor_key": RATE_LIMIT_KIND, "descriptor_value": k}}]
+    cluster: dict[str, Any] = {"destination_cluster": {}}
+    return [
+        # Before the request: is a budget that refuses spent?
+        *([{"actions": kind(BUDGET), "hits_addend": {"number": 0}}] if check else []),
+        # Once the response has ended: its prompt and completion tokens, and the cluster that
+        # answered (their price).
+        *({"actions": [*kind(k), cluster], "apply_on_stream_done": True,
+           "hits_addend": {"format": f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{key})%"}}
+          for k, key in ((SPENT_PROMPT, PROMPT_TOKENS_KEY), (SPENT_COMPLETION, COMPLETION_TOKENS_KEY))),
+    ]
+
+
+def policy_rate_limits(route: Route) -> list[dict[str, Any]]:
+    """What Envoy asks the rate-limit service for the budgets of the route's RoutePolicy."""
+    if not route.budget_subject or not route.budgets:
+        return []
+    subject = {"generic_key": {"descriptor_key": RATE_LIMIT_POLICY, "descriptor_value": route.budget_subject}}
+    return _budget_limits(subject, check=any(b.refuse for b in route.budgets))
+
+
+def _rate_limit_per_route(rate_limits: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute",
+            "rate_limits": rate_limits}
+
+
 def _limited(table: RouteTable) -> bool:
     """Whether Envoy asks the rate-limit service anything (then it needs its cluster)."""
-    return table.tenants is not None and bool(rate_limits(table.tenants))
+    return (table.tenants is not None and bool(rate_limits(table.tenants))) or \
+        any(policy_rate_limits(r) for r in table.routes)
 
 
 def rate_limit_cluster(service: Endpoint | None, settings: DataPlaneSettings) -> dict[str, Any]:

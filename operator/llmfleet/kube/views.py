@@ -303,8 +303,11 @@ class _SpecView(_ResourceView):
         raise NotImplementedError
 
     def routing_facets(self) -> tuple[Any, ...]:
-        """What routing reads, but the status it writes itself (its own write needs no recompute)."""
-        return (self.generation, self.uid, self.created, self.spec, self.invalid)
+        """What routing reads, but the status it writes itself (its own write needs no recompute):
+        of the status, only which budget periods are spent (a budget that downgrades reroutes)."""
+        spent = tuple((row.get("period"), row.get("windowStart")) for row in self.status.get("budgets") or []
+                      if float(row.get("usedPercent") or 0) >= 100)
+        return (self.generation, self.uid, self.created, self.spec, self.invalid, spent)
 
 
 @dataclass(frozen=True)

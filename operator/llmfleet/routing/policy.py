@@ -23,6 +23,7 @@ weights they set).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -31,6 +32,7 @@ from ..api.models import Cascade as CascadeSpec
 from ..kube.views import ModelDeploymentView, PodView, Ref, RoutePolicyView
 from ..signals.values import capacity_sample
 from ..status.conditions import WantedCondition
+from .budgets import budget_limits, policy_subject, spent_to_downgrade
 from .table import (
     Cascade,
     CascadeStage,
@@ -142,9 +144,13 @@ def _age_key(policy: RoutePolicyView) -> tuple[str, str, str]:
 def compute_routing(
     policies: Sequence[RoutePolicyView], model_deployments: Sequence[ModelDeploymentView],
     endpoints: Mapping[Ref, tuple[Endpoint, ...]], activator: Endpoint | None = None,
-    previous_loads: dict[Ref, dict | None] | None = None,
+    previous_loads: dict[Ref, dict | None] | None = None, *, now: float = 0.0,
 ) -> RoutingResult:
     """The route table and every policy's status.
+
+    `now` (epoch seconds) tells which budget periods in the policies' status.budgets are
+    current: a policy whose downgrading budget is spent in its current period sends all
+    its traffic to its cheapest backend (at 0, none is current).
 
     With `activator`, a route none of whose backends has a ready replica sends its
     traffic to the backends that scale to zero, through the activator, which wakes
@@ -197,6 +203,11 @@ def compute_routing(
         ):
             previous = {**previous, HOLD: True}
         route, result.backends, missing = _route(spec, namespace, states, used_clusters, previous, activator)
+        if spec.budgets:
+            budgets = budget_limits(spec.budgets)
+            route = dataclasses.replace(
+                route, budgets=budgets, budget_subject=policy_subject(namespace, policy.name),
+                downgraded=spent_to_downgrade(budgets, policy.status.get("budgets"), now))
         routes.append(route)
         result.conditions = [
             WantedCondition("Accepted", True, "Accepted",
@@ -234,8 +245,28 @@ def _route(spec: RoutePolicySpec, namespace: str, states, used_clusters, previou
         on=tuple(r.value for r in spec.retry.retry_on),
     )
     fallback, fallback_status = _fallback(spec, namespace, states, used_clusters, missing)
-    return (Route(spec.model, split, tuple(rules), retry, fallback, cascade), backend_status + fallback_status,
-            sorted(set(missing)))
+    cheapest = _cheapest(spec, namespace, states)
+    if cheapest is not None:
+        used_clusters.setdefault(cheapest.cluster, cheapest.to_cluster())
+    return (Route(spec.model, split, tuple(rules), retry, fallback, cascade,
+                  cheapest=cheapest.cluster if cheapest else None),
+            backend_status + fallback_status, sorted(set(missing)))
+
+
+def _cheapest(spec: RoutePolicySpec, namespace: str, states: Mapping[Ref, BackendState]) -> BackendState | None:
+    """The policy's ready backend with the lowest price per output token (declared, or its
+    replica-hour over its learned capacity); the first listed on a tie. None: none priced."""
+    names = [b.model_deployment for b in spec.backends]
+    names += [b.model_deployment for rule in spec.rules for b in rule.backends]
+    names += [b.model_deployment for b in (spec.fallback.backends if spec.fallback else [])]
+    best: tuple[float, BackendState] | None = None
+    for name in dict.fromkeys(names):
+        state = states.get((namespace, name))
+        prices = state.prices() if state is not None and state.endpoints else None
+        if state is not None and prices is not None and prices.output is not None \
+                and (best is None or prices.output < best[0]):
+            best = (prices.output, state)
+    return best[1] if best else None
 
 
 def _cascade(spec: RoutePolicySpec, namespace, states, used_clusters, missing

@@ -1,4 +1,5 @@
-"""Tenants' rate limits as token buckets: what the rate-limit service decides. Pure.
+"""Tenants' rate limits as token buckets, and tenants' and RoutePolicies' budgets: what the
+rate-limit service decides. Pure.
 
 Envoy asks, before a tenant's request goes on, whether its requests bucket holds one
 request and whether its tokens bucket is not empty (a check that takes nothing); when
@@ -23,7 +24,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .table import BudgetLimit, RateLimit, TenantAccess
+from .table import BudgetLimit, RateLimit, Route, TenantAccess
 
 # The kinds of limit, as Envoy names them in a descriptor; DONE gives a concurrency slot back;
 # BUDGET checks a tenant's budgets, SPENT_PROMPT / SPENT_COMPLETION charge a response's tokens.
@@ -102,7 +103,10 @@ class Limiter:
         self._budgets: dict[str, tuple[BudgetLimit, ...]] = {}
         self._spend: dict[tuple[str, str], Spend] = {}  # (tenant, period) → spend in its current window
 
-    def configure(self, tenants: Iterable[TenantAccess] | None) -> None:
+    def configure(self, tenants: Iterable[TenantAccess] | None, routes: Iterable[Route] = ()) -> None:
+        """The tenants' limits and budgets, and the budgets of the routes' policies (counted
+        under their budget_subject)."""
+        tenants = tuple(tenants or ())
         limits: dict[tuple[str, str], RateLimit] = {}
         caps: dict[str, int] = {}
         for tenant in tenants or ():
@@ -113,6 +117,7 @@ class Limiter:
             if tenant.max_concurrent is not None:
                 caps[tenant.name] = tenant.max_concurrent
         self._budgets = {t.name: t.budgets for t in tenants or () if t.budgets}
+        self._budgets.update({r.budget_subject: r.budgets for r in routes if r.budget_subject and r.budgets})
         self._limits, self._caps = limits, caps
         self._buckets = {key: b for key, b in self._buckets.items() if limits.get(key) == b.limit}
         self._slots = {name: slots for name, slots in self._slots.items() if name in caps}

@@ -118,6 +118,14 @@ class Route:
     retry: Retry = field(default_factory=Retry)
     fallback: Fallback | None = None
     cascade: Cascade | None = None
+    # The RoutePolicy's budgets (on all its traffic), and the name the rate-limit service
+    # keeps their spend under (budget_subject); empty: none.
+    budgets: tuple[BudgetLimit, ...] = ()
+    budget_subject: str | None = None
+    # The cheapest ready backend (lowest price per output token): where a spent budget
+    # that downgrades sends traffic. None: no ready backend has a price.
+    cheapest: str | None = None
+    downgraded: bool = False  # a downgrading budget of the policy is spent: every request goes to `cheapest`
 
 
 ALL_MODELS = "*"
@@ -138,13 +146,19 @@ class RateLimit:
 
 @dataclass(frozen=True)
 class BudgetLimit:
-    """What a tenant may spend per calendar period (UTC): dollars or tokens."""
+    """What a tenant or a RoutePolicy's traffic may spend per calendar period (UTC): dollars or tokens."""
 
     period: str  # "hour", "day" or "month"
     dollars: float | None = None
     tokens: int | None = None
     warn_percent: int = 80
-    refuse: bool = True  # once spent: 429 until the next period (else Events and a condition only)
+    # Once spent, until the next period: "refuse" (429 insufficient_quota), "downgrade" (to the
+    # cheapest backend of each public model) or "notify" (Events and a condition only).
+    action: str = "refuse"
+
+    @property
+    def refuse(self) -> bool:
+        return self.action == "refuse"
 
 
 @dataclass(frozen=True)
@@ -158,6 +172,8 @@ class TenantAccess:
     tokens: RateLimit | None = None
     max_concurrent: int | None = None  # requests in flight at once, across every Envoy
     budgets: tuple[BudgetLimit, ...] = ()
+    downgraded: bool = False  # a downgrading budget is spent: its requests go to each model's cheapest backend
+
     def may_call(self, model: str) -> bool:
         return ALL_MODELS in self.models or model in self.models
 

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from ..api.models import API_KEYS_LABEL, RATE_UNIT_SECONDS, BudgetAction, TenantLimits
+from ..api.models import API_KEYS_LABEL, RATE_UNIT_SECONDS, TenantLimits
 from ..kube.views import Ref, SecretView, TenantView
-from ..status.conditions import WantedCondition, rfc3339
-from .ratelimit import Spend
-from .table import ALL_MODELS, BudgetLimit, RateLimit, TenantAccess
+from ..status.conditions import WantedCondition
+from .budgets import budget_limits, spent_to_downgrade
+from .table import ALL_MODELS, RateLimit, TenantAccess
 
 
 @dataclass(frozen=True)
@@ -53,9 +52,10 @@ def _age_key(tenant: TenantView) -> tuple[str, str, str]:
     return (tenant.created, tenant.namespace, tenant.name)
 
 
-def compute_tenants(tenants: Sequence[TenantView], secrets: Iterable[SecretView],
-                    public_models: Iterable[str]) -> tuple[tuple[TenantAccess, ...] | None, list[TenantResult]]:
-    """What the ingress enforces (None: no Tenant, the ingress is open) and each Tenant's status."""
+def compute_tenants(tenants: Sequence[TenantView], secrets: Iterable[SecretView], public_models: Iterable[str],
+                    now: float) -> tuple[tuple[TenantAccess, ...] | None, list[TenantResult]]:
+    """What the ingress enforces (None: no Tenant, the ingress is open) and each Tenant's status.
+    ``now`` (epoch seconds) tells which budget periods of the statuses are current."""
     if not tenants:
         return None, []
     by_ref: Mapping[Ref, SecretView] = {s.ref: s for s in secrets}
@@ -96,9 +96,9 @@ def compute_tenants(tenants: Sequence[TenantView], secrets: Iterable[SecretView]
         problems += [f"entry {entry!r} is not UTF-8 text" for entry in secret.undecodable]
         requests, tokens = _limits(spec.limits)
         cap = spec.limits.max_concurrent_requests if spec.limits else None
-        budgets = tuple(BudgetLimit(b.period.value, b.dollars, b.tokens, b.warn_at_percent,
-                                    b.action == BudgetAction.REFUSE) for b in spec.budgets)
-        access.append(TenantAccess(name, tuple(keys), tuple(spec.models), requests, tokens, cap, budgets))
+        budgets = budget_limits(spec.budgets)
+        access.append(TenantAccess(name, tuple(keys), tuple(spec.models), requests, tokens, cap, budgets,
+                                   downgraded=spent_to_downgrade(budgets, tenant.status.get("budgets"), now)))
         unknown = [m for m in spec.models if m != ALL_MODELS and m not in served]
         notes = [f"no RoutePolicy serves {', '.join(unknown)} (yet)"] if unknown else []
         if not keys:
@@ -112,40 +112,3 @@ def compute_tenants(tenants: Sequence[TenantView], secrets: Iterable[SecretView]
                 f"{len(keys)} key(s) of Secret {tenant.namespace}/{secret_name} accepted for "
                 f"{', '.join(spec.models)}", *notes])))
     return tuple(access), results
-
-
-def _amount(budget: BudgetLimit, spend: Spend) -> str:
-    if budget.dollars is not None:
-        return f"{spend.dollars:.2f} of {budget.dollars:.2f}"
-    return f"{spend.tokens} of {budget.tokens} tokens"
-
-
-@dataclass(frozen=True)
-class BudgetReport:
-    """A tenant's budgets as its status says them, and the Events of a change."""
-
-    budgets: list[dict[str, Any]]  # status.budgets
-    exceeded: WantedCondition  # BudgetExceeded
-    events: list[tuple[str, str, str]]  # (type, reason, message)
-
-
-def budget_report(rows: Sequence[tuple[BudgetLimit, Spend]], before: Mapping[str, float]) -> BudgetReport:
-    """``rows``: each budget and its spend now; ``before``: the share each period had
-    used when last reported (an Event marks crossing the warning share and the whole)."""
-    budgets, spent, events = [], [], []
-    for budget, spend in rows:
-        used = spend.used(budget)
-        budgets.append({"period": budget.period, "windowStart": rfc3339(spend.window),
-                        "spentDollars": round(spend.dollars, 6), "spentTokens": spend.tokens,
-                        "usedPercent": round(100 * used, 2)})
-        was = before.get(budget.period, 0.0)
-        what = f"{budget.period} budget: {_amount(budget, spend)} spent since {rfc3339(spend.window)}"
-        if used >= 1.0:
-            spent.append(what + ("; requests are refused until the next period" if budget.refuse else ""))
-            if was < 1.0:
-                events.append(("Warning", "BudgetExceeded", spent[-1]))
-        elif used * 100 >= budget.warn_percent > was * 100:
-            events.append(("Warning", "BudgetWarning", f"{what} ({100 * used:.0f} %)"))
-    exceeded = (WantedCondition("BudgetExceeded", True, "BudgetSpent", "; ".join(spent)) if spent
-                else WantedCondition("BudgetExceeded", False, "WithinBudget", "every budget has room"))
-    return BudgetReport(budgets, exceeded, events)
