@@ -94,8 +94,16 @@ async def test_keys_and_models_decide_who_gets_in(dataplane: DataPlane, echo: Ec
     async with httpx.AsyncClient(base_url=dataplane.url, timeout=10) as client:
         assert (await client.get("/healthz")).status_code == 200, "the readiness probe needs no key"
         assert (await client.get("/v1/models")).status_code == 401
-        listed = await client.get("/v1/models", headers={"Authorization": f"Bearer {B_KEY}"})
-        assert listed.status_code == 200 and [m["id"] for m in listed.json()["data"]] == ["chat", "embed"]
+        for key, models in ((B_KEY, ["embed"]), (ALL_KEY, ["chat", "embed"])):
+            listed = await client.get("/v1/models", headers={"Authorization": f"Bearer {key}"})
+            assert listed.status_code == 200 and [m["id"] for m in listed.json()["data"]] == models, listed.text
+        claimed = await client.get("/v1/models", headers={"Authorization": f"Bearer {B_KEY}",
+                                                          "x-llmfleet-tenant": "ops/all"})
+        assert [m["id"] for m in claimed.json()["data"]] == ["embed"], "the list of the key's tenant, not a claimed one"
+        one = await client.get("/v1/models/chat", headers={"Authorization": f"Bearer {B_KEY}"})
+        assert one.status_code == 403 and one.json()["error"]["code"] == "model_not_allowed", one.text
+        one = await client.get("/v1/models/chat", headers={"Authorization": f"Bearer {A_KEY}"})
+        assert one.status_code == 200 and one.json()["id"] == "chat"
 
 
 async def test_the_engine_sees_the_tenant_never_the_key(dataplane: DataPlane, echo: Echo) -> None:

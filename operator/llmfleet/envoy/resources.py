@@ -472,18 +472,29 @@ def route_configuration(table: RouteTable, settings: DataPlaneSettings | None = 
         # naming a tenant in its header here must not spend that tenant's limits).
         off = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
         health["typed_per_filter_config"] = {AUTH_FILTER: off, RATE_LIMIT_FILTER: off}
-    routes: list[dict[str, Any]] = [health, {
+    routes: list[dict[str, Any]] = [health]
+    # With tenants, each one lists the models it may call (the route is chosen again once
+    # auth has named the tenant); without, every public model.
+    for t in sorted(table.tenants or (), key=lambda t: t.name):
+        tenant = {"name": TENANT_HEADER, "string_match": {"exact": t.name}}
+        mine = [_model_object(r.model, settings) for r in table.routes if t.may_call(r.model)]
+        routes.append({"name": f"models/tenant/{t.name}", "match": {"path": "/v1/models", "headers": [*get, tenant]},
+                       "direct_response": _json_response(200, {"object": "list", "data": mine})})
+    routes.append({
         "name": "models",
         "match": {"path": "/v1/models", "headers": get},
         "direct_response": _json_response(200, {
             "object": "list", "data": [_model_object(r.model, settings) for r in table.routes]}),
-    }]
+    })
     for r in table.routes:
-        routes.append({
+        one: dict[str, Any] = {
             "name": f"models/{r.model}",
             "match": {"path": f"/v1/models/{r.model}", "headers": get},
             "direct_response": _json_response(200, _model_object(r.model, settings)),
-        })
+        }
+        if table.tenants is not None:
+            one["typed_per_filter_config"] = {ACCESS_FILTER: access(r.model, table.tenants)}
+        routes.append(one)
     tenant_limits = rate_limits(table.tenants) if table.tenants is not None else []
     for r in table.routes:
         entries = model_routes(r, table, settings)
