@@ -136,6 +136,9 @@ ENV_CONFIG_MAP = {"configMapKeyRef": {"name": "c", "key": "k"}}
 
 # One object breaking each rule (at least); the last test checks every rule is hit.
 RULE_CASES = [
+    ("prefix-not-cascade", {"apiVersion": m.API_VERSION, "kind": "RoutePolicy", "metadata": {"name": "p"}, "spec": {
+        "model": "chat", "strategy": "cascade", "backends": [{"modelDeployment": "a"}, {"modelDeployment": "b"}],
+        "prefixAffinity": {}}}),
     ("budget-amount", {"apiVersion": m.API_VERSION, "kind": "Tenant", "metadata": {"name": "t"}, "spec": {
         "apiKeys": {"secretName": "k"}, "models": ["*"], "budgets": [{"period": "day", "dollars": 5, "tokens": 9}]}}),
     ("uri", md(_md_spec(model={"uri": "ftp://x"}))),

@@ -331,7 +331,8 @@ def test_listener_reads_model_from_body_with_room_for_long_prompts() -> None:
     assert hcm["stream_idle_timeout"] == "3600s" and hcm["request_timeout"] == "0s"
     names = [f["name"] for f in hcm["http_filters"]]
     assert names == ["envoy.filters.http.json_to_metadata", "llmfleet.auth", "llmfleet.reroute", "llmfleet.access",
-                     "llmfleet.ratelimit", "llmfleet.usage", "llmfleet.cascade", "envoy.filters.http.router"]
+                     "llmfleet.ratelimit", "llmfleet.usage", "llmfleet.prefix", "llmfleet.cascade",
+                     "envoy.filters.http.router"]
     rule = hcm["http_filters"][0]["typed_config"]["request_rules"]["rules"][0]
     assert rule["selectors"] == [{"key": "model"}]
     assert rule["on_present"] == {"metadata_namespace": "llmfleet", "key": "model", "type": "STRING"}
@@ -434,3 +435,36 @@ def test_oversized_body_and_upstream_failures_answer_in_openai_shape() -> None:
     assert too_large["filter"]["status_code_filter"]["comparison"]["value"]["default_value"] == 413
     assert too_large["body_format_override"]["json_format"]["error"]["message"] == (
         "The request body is larger than the 4 MiB this gateway accepts.")
+
+
+def test_prefix_affinity_sends_the_split_to_ring_hash_copies_keyed_by_the_prefix_header() -> None:
+    from llmfleet.envoy.lua import PREFIX_HEADER
+    from llmfleet.envoy.resources import PREFIX_FILTER, prefix_cluster
+    from llmfleet.routing.table import PrefixAffinity
+
+    base = _table(rules=(Rule(RuleMatch(headers=(("x-tier", "gold"),)), (WeightedBackend("ai/llama-70b", 1),)),))
+    (route,) = base.routes
+    table = replace(base, routes=(replace(route, prefix=PrefixAffinity(chars=512, balance_percent=150)),))
+    config = build_config(table, listener_port=10000)
+    clusters = {c["name"]: c for c in config[CLUSTER_TYPE]}
+    copy = clusters[prefix_cluster("chat", "ai/llama-8b")]
+    assert copy["lb_policy"] == "RING_HASH"
+    assert copy["common_lb_config"] == {"consistent_hashing_lb_config": {"hash_balance_factor": 150}}
+    assert clusters["ai/llama-8b"]["lb_policy"] == "LEAST_REQUEST", "the backend's own cluster keeps least request"
+    assert {a["cluster_name"] for a in config[ENDPOINT_TYPE]} >= {prefix_cluster("chat", "ai/llama-70b")}
+    routes = {r["name"]: r for r in config[ROUTE_TYPE][0]["virtual_hosts"][0]["routes"]}
+    split = routes["chat"]["route"]
+    assert {c["name"] for c in split["weighted_clusters"]["clusters"]} == {
+        prefix_cluster("chat", "ai/llama-8b"), prefix_cluster("chat", "ai/llama-70b")}
+    assert split["hash_policy"] == [{"header": {"header_name": PREFIX_HEADER}}]
+    assert routes["chat/rule-0"]["route"]["cluster"] == prefix_cluster("chat", "ai/llama-70b")
+    for name in ("chat", "chat/rule-0"):
+        lua = routes[name]["typed_per_filter_config"][PREFIX_FILTER]["source_code"]["inline_string"]
+        assert "local CHARS = 512" in lua
+    assert referenced_clusters(build_resources(table, listener_port=10000)[ROUTE_TYPE][0]) >= {
+        prefix_cluster("chat", "ai/llama-8b")}
+    # Without it, nothing of the kind.
+    plain = build_config(base, listener_port=10000)
+    assert not any(c["name"].startswith("prefix-for:") for c in plain[CLUSTER_TYPE])
+    assert "hash_policy" not in {k for r in plain[ROUTE_TYPE][0]["virtual_hosts"][0]["routes"]
+                                 for k in r.get("route", {})}

@@ -410,3 +410,16 @@ def test_cost_tells_each_backends_autoscaler_what_it_should_carry_once_scaled():
     assert rows["cheap"]["weight"] == 24
     weighted = rp("chat", "chat", [{"modelDeployment": "cheap"}, {"modelDeployment": "dear"}])
     assert all("demandTokensPerSecond" not in b for b in compute_routing([weighted], fleet, TWO_PODS).policies[0].backends)
+
+
+def test_prefix_affinity_reaches_the_route_with_its_balance_in_percent():
+    from llmfleet.routing.table import PrefixAffinity
+
+    policy = rp("chat", "chat", [{"modelDeployment": "small"}, {"modelDeployment": "big"}])
+    policy["spec"]["prefixAffinity"] = {"prefixChars": 1024, "maxLoadFactor": 1.5}
+    (route,) = compute_routing([policy], FLEET, PODS).table.routes
+    assert route.prefix == PrefixAffinity(chars=1024, balance_percent=150)
+    policy["spec"]["prefixAffinity"] = {}
+    assert compute_routing([policy], FLEET, PODS).table.routes[0].prefix == PrefixAffinity(256, 125)
+    del policy["spec"]["prefixAffinity"]
+    assert compute_routing([policy], FLEET, PODS).table.routes[0].prefix is None

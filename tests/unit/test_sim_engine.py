@@ -132,3 +132,55 @@ async def test_time_scale_zero_serves_many_requests_without_sleeping() -> None:
         assert eng.metrics.generation_tokens == 4000
     finally:
         await eng.close()
+
+
+def _metric(eng: Simulator, name: str) -> float:
+    value = eng.metrics.registry.get_sample_value(name, {"model_name": "sim-model", "engine": "0"})
+    assert value is not None, name
+    return value
+
+
+def test_a_prompt_sharing_a_cached_prefix_skips_its_prefill_and_the_counters_say_so() -> None:
+    from llmfleet.sim.protocol import count_text_tokens, prefix_blocks
+
+    system = "You are a careful assistant for the llmfleet docs. " * 20
+    first = f"<|system|> {system} <|user|> how do I install it"
+    second = f"{first} <|assistant|> with helm <|user|> and then"
+    eng = _engine(enable_prefix_caching=True, prefill_tokens_per_second=1000, decode_step_ms=0,
+                  decode_step_ms_per_seq=0)
+    n1, n2 = count_text_tokens(first), count_text_tokens(second)
+    eng.submit(n1, 1, "length", stream=False, blocks=prefix_blocks(first))
+    assert eng.begin_step(0.0) == pytest.approx(n1 / 1000), "nothing cached yet: the whole prompt"
+    eng.end_step(0.0)
+    eng.submit(n2, 1, "length", stream=False, blocks=prefix_blocks(second))
+    cached = len(prefix_blocks(first)) * 16
+    assert cached > n1 - 16
+    assert eng.begin_step(0.0) == pytest.approx((n2 - cached) / 1000), "only what follows the cached blocks"
+    eng.end_step(0.0)
+    assert _metric(eng, "vllm:prefix_cache_queries_total") == n1 + n2
+    assert _metric(eng, "vllm:prefix_cache_hits_total") == cached
+    # Another conversation shares nothing but what its blocks share (the same system prompt).
+    other = f"<|system|> {system} <|user|> something else entirely"
+    eng.submit(count_text_tokens(other), 1, "length", stream=False, blocks=prefix_blocks(other))
+    eng.begin_step(0.0)
+    eng.end_step(0.0)
+    assert _metric(eng, "vllm:prefix_cache_hits_total") > cached
+
+
+def test_cached_blocks_give_way_to_running_sequences_and_caching_is_off_by_default() -> None:
+    from llmfleet.sim.protocol import count_text_tokens, prefix_blocks
+
+    text = "word " * 600
+    eng = _engine(enable_prefix_caching=True, kv_cache_tokens=1000, max_model_len=1000)
+    eng.submit(count_text_tokens(text), 1, "length", stream=False, blocks=prefix_blocks(text))
+    _drain(eng)
+    assert eng.prefix_cache is not None and len(eng.prefix_cache) == 600 // 16
+    eng.submit(900, 50, "length", stream=False)  # needs most of the KV memory: the cache shrinks
+    eng.begin_step(0.0)
+    eng.end_step(0.0)
+    assert len(eng.prefix_cache) <= (1000 - 901) // 16
+    off = _engine()
+    assert off.prefix_cache is None
+    off.submit(10, 1, "length", stream=False, blocks=prefix_blocks(text))
+    _drain(off)
+    assert _metric(off, "vllm:prefix_cache_hits_total") == 0

@@ -602,3 +602,28 @@ def test_cli_rejects_bad_flags(argv: list[str], capsys: pytest.CaptureFixture[st
         main(argv)
     assert info.value.code == 2
     assert "error" in capsys.readouterr().err
+
+
+async def test_a_conversations_next_turn_finds_its_history_and_answer_in_the_prefix_cache(
+        make_sim: MakeSim, http: httpx.AsyncClient) -> None:
+    server = await make_sim(enable_prefix_caching=True)
+    client = _client(server, http)
+    history = [{"role": "system", "content": "You answer questions about llmfleet. " * 12},
+               {"role": "user", "content": "How does the operator route a request to a model? " * 4}]
+    first = await client.chat.completions.create(model=MODEL, messages=history, max_tokens=40)
+    m = await _scrape(server, http)
+    assert m["vllm:prefix_cache_hits_total"] == 0 and m["vllm:prefix_cache_queries_total"] == first.usage.prompt_tokens
+    history += [{"role": "assistant", "content": first.choices[0].message.content},
+                {"role": "user", "content": "And how does it scale it?"}]
+    second = await client.chat.completions.create(model=MODEL, messages=history, max_tokens=4)
+    m = await _scrape(server, http)
+    hits = m["vllm:prefix_cache_hits_total"]
+    # All of the first turn and its answer but the last partial block and the new question.
+    assert first.usage.prompt_tokens + 40 - 16 <= hits < second.usage.prompt_tokens, (hits, second.usage)
+    assert m["vllm:prefix_cache_queries_total"] == first.usage.prompt_tokens + second.usage.prompt_tokens
+
+
+def test_prefix_caching_is_vllms_flag_and_off_by_default() -> None:
+    assert config_from_args(build_parser().parse_args([])).enable_prefix_caching is False
+    assert config_from_args(build_parser().parse_args(["--enable-prefix-caching"])).enable_prefix_caching
+    assert not config_from_args(build_parser().parse_args(["--no-enable-prefix-caching"])).enable_prefix_caching

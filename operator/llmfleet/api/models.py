@@ -992,6 +992,9 @@ class Slo(_Spec):
     )
 
 
+PREFIX_NOT_CASCADE_MESSAGE = "prefixAffinity does not apply to strategy cascade (its stages are tried in order)"
+PREFIX_NOT_CASCADE_RULE = CelRule(rule="!has(self.prefixAffinity) || self.strategy != 'cascade'",
+                                  message=PREFIX_NOT_CASCADE_MESSAGE, field_path=".prefixAffinity")
 CASCADE_ONLY_MESSAGE = "cascade settings need strategy: cascade"
 CASCADE_ONLY_RULE = CelRule(rule="!has(self.cascade) || self.strategy == 'cascade'", message=CASCADE_ONLY_MESSAGE,
                             field_path=".cascade")
@@ -1019,6 +1022,28 @@ class Cascade(_Spec):
 
 
 FALLBACK_ON_DEFAULT = ("5xx", "429", "reset", "connect-failure")
+
+
+class PrefixAffinity(_Spec):
+    """Prefix-cache-aware balancing: requests that start alike go to the same replica, whose
+    engine still holds their prefix in its KV cache, while no replica takes more than
+    maxLoadFactor times the average load (consistent hashing with bounded load)."""
+
+    prefix_chars: int = Field(
+        256, ge=16, le=8192,
+        description=(
+            "Characters of the request's first user message (chat; the prompt for completions) that "
+            "choose its replica: every turn of a conversation carries the same first message, so its "
+            "turns land on the replica that served the earlier ones. Requests without one are spread."
+        ),
+    )
+    max_load_factor: float = Field(
+        1.25, ge=1.0, le=10.0,
+        description=(
+            "A replica holding this many times the average of its cluster's requests in flight takes no "
+            "more: the request goes to the next replica on the hash ring (Envoy's hash_balance_factor)."
+        ),
+    )
 
 
 class Fallback(_Spec):
@@ -1123,7 +1148,7 @@ class BudgetStatus(_Status):
 class RoutePolicySpec(_Spec):
     """One public model name and how its traffic is split across ModelDeployments."""
 
-    model_config = ConfigDict(json_schema_extra=x_validations(CASCADE_ONLY_RULE))
+    model_config = ConfigDict(json_schema_extra=x_validations(CASCADE_ONLY_RULE, PREFIX_NOT_CASCADE_RULE))
 
     model: str = Field(
         min_length=1,
@@ -1173,6 +1198,14 @@ class RoutePolicySpec(_Spec):
             "sent on to these backends in turn, with the client seeing only the final answer."
         ),
     )
+    prefix_affinity: PrefixAffinity | None = Field(
+        None,
+        description=(
+            "Balance each backend's replicas by the request's leading content instead of least request, "
+            "so the engines' prefix caches hit (the split between backends is unchanged). Unset: least "
+            "request."
+        ),
+    )
     budgets: list[Budget] = Field(
         default_factory=list, max_length=4,
         description="What all the public model's traffic (every tenant's, and every request's without tenants) "
@@ -1183,6 +1216,8 @@ class RoutePolicySpec(_Spec):
     def _cascade_only_with_its_strategy(self) -> RoutePolicySpec:
         if self.cascade is not None and self.strategy is not RouteStrategy.CASCADE:
             raise rule_error(CASCADE_ONLY_MESSAGE, "cascade")
+        if self.prefix_affinity is not None and self.strategy is RouteStrategy.CASCADE:
+            raise rule_error(PREFIX_NOT_CASCADE_MESSAGE, "prefixAffinity")
         return self
 
 

@@ -25,6 +25,7 @@ BACKEND_HEADER = "x-llmfleet-backend"  # the ModelDeployment an upstream request
 SERVED_HEADER = "x-llmfleet-served-json"  # a fallback chain's endpoint's served name (from EDS metadata)
 MAX_TOKENS_HEADER = "x-llmfleet-max-tokens"  # a routing rule's cap on max_tokens
 SATURATED_HEADER = "x-llmfleet-saturated"  # a saturation gate's answer: the backend is full, try the fallback
+PREFIX_HEADER = "x-llmfleet-prefix"  # prefix affinity: a hash of the request's leading content, what Envoy hashes on
 
 _SCANNER = r"""-- Index of the quote closing the JSON string that opens at i.
 local function string_end(s, i)
@@ -396,3 +397,73 @@ def usage_source() -> str:
     ``completion_tokens``) and a stream's time to its first token (``first_token_ms``)
     in dynamic metadata."""
     return _USAGE
+
+
+_PREFIX = r"""-- llmfleet: prefix affinity. The hash of the first CHARS characters of the request's
+-- first user message (chat) or its prompt (completions), in a header the route's hash
+-- policy hashes on: every turn of a conversation carries the same first message, so its
+-- turns reach the replica whose prefix cache holds the earlier ones. No such text (parts
+-- instead of a string, no user message): no header, and the replica is any.
+{scanner}
+local CHARS = {chars}
+
+-- Start and end of the text the key is made of, or nil. Strings are skipped whole, so
+-- braces inside them do not count; a message object is judged when it closes (its
+-- "content" may come before its "role").
+local function key_span(s)
+  local stack, depth, obj, i = {}, 0, nil, 1
+  while true do
+    local p = string.find(s, '[{}"]', i)
+    if p == nil then return nil end
+    local c = string.byte(s, p)
+    if c == 123 then
+      depth = depth + 1
+      stack[depth] = obj or false
+      obj, i = {}, p + 1
+    elseif c == 125 then
+      if obj and obj.user and obj.cs then return obj.cs, obj.ce end
+      obj = stack[depth] or nil
+      depth, i = depth - 1, p + 1
+    else
+      local e = string_end(s, p)
+      if e == nil then return nil end
+      local _, colon = string.find(s, '^%s*:%s*', e + 1)
+      i = e + 1
+      if colon ~= nil and obj and string.byte(s, colon + 1) == 34 then
+        local key = string.sub(s, p + 1, e - 1)
+        local vs, ve = colon + 1, string_end(s, colon + 1)
+        if ve == nil then return nil end
+        if key == "role" then
+          obj.user = string.sub(s, vs + 1, ve - 1) == "user"
+        elseif key == "content" then
+          obj.cs, obj.ce = vs + 1, ve - 1
+        elseif key == "prompt" and depth == 1 then
+          return vs + 1, ve - 1
+        end
+        i = ve + 1
+      end
+    end
+  end
+end
+
+function envoy_on_request(handle)
+  local body = handle:body()  -- waits for the whole body: fetch the headers after it
+  local headers = handle:headers()
+  headers:remove("{header}")
+  if body == nil then return end
+  local s = body:getBytes(0, body:length())
+  local first, last = key_span(s)
+  if first == nil or last < first then return end
+  last = math.min(last, first + CHARS - 1)
+  local h = 0
+  for k = first, last do
+    h = (h * 31 + string.byte(s, k)) % 4294967291
+  end
+  headers:replace("{header}", string.format("%x", h))
+end
+"""
+
+
+def prefix_key_source(chars: int) -> str:
+    """Lua source of the downstream filter that sets PREFIX_HEADER for a route with prefix affinity."""
+    return _fill(_PREFIX, {"{scanner}": _SCANNER, "{chars}": str(int(chars)), "{header}": PREFIX_HEADER})

@@ -70,10 +70,12 @@ from llmfleet.envoy.bootstrap import XDS_CLUSTER
 from llmfleet.envoy.lua import (
     BACKEND_HEADER,
     MAX_TOKENS_HEADER,
+    PREFIX_HEADER,
     SATURATED_HEADER,
     SERVED_HEADER,
     cascade_source,
     model_rewrite_source,
+    prefix_key_source,
     saturation_gate_source,
     usage_source,
 )
@@ -119,6 +121,7 @@ MODEL_KEY = "model"
 # Body fields rules match on ("user", "metadata.<key>") are copied by json_to_metadata
 # into dynamic metadata keys of the same name, as strings.
 CASCADE_FILTER = "llmfleet.cascade"  # the downstream Lua filter cascade routes configure
+PREFIX_FILTER = "llmfleet.prefix"  # the downstream Lua filter that names a request's prefix (prefix affinity)
 # Tenants: api_key_auth authenticates the key and names the tenant in TENANT_HEADER (set,
 # never appended, so a client cannot claim another tenant), RBAC lets a model's routes
 # admit only the tenants that may call it. Both do nothing until the routes configure
@@ -350,10 +353,20 @@ def _route_action(backends: list[WeightedBackend], route: Route,
             "clusters": [{"name": n, "weight": b.weight} for n, b in zip(names, backends, strict=True)]
         }
     action["timeout"] = "0s"  # no overall limit: streams last as long as generation does
+    if route.prefix is not None:
+        # The prefix copies' ring hash picks the replica from the prefix filter's header.
+        action["hash_policy"] = [{"header": {"header_name": PREFIX_HEADER}}]
     policy = retry_policy(route, settings)
     if policy is not None:
         action["retry_policy"] = policy
     return action
+
+
+def _prefix_config(route: Route) -> dict[str, Any]:
+    """The per-route Lua that names the request's prefix for the route's hash policy."""
+    assert route.prefix is not None
+    return {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
+            "source_code": {"inline_string": prefix_key_source(route.prefix.chars)}}
 
 
 def _cascade_config(route: Route) -> dict[str, Any]:
@@ -396,7 +409,7 @@ def _cheapest_route(route: Route, table: RouteTable, settings: DataPlaneSettings
     if not backends:
         return None
     entry = {"name": name, "stat_prefix": route_stat_prefix(route.model), "match": match,
-             "route": _route_action(backends, dataclasses.replace(route, fallback=None), settings)}
+             "route": _route_action(backends, dataclasses.replace(route, fallback=None, prefix=None), settings)}
     _cap(entry, None)
     return entry
 
@@ -423,6 +436,8 @@ def model_routes(route: Route, table: RouteTable, settings: DataPlaneSettings) -
             entry["route"] = _route_action(backends, route, settings)
             _cap(entry, rule.max_tokens)
             _reaches(entry, route, backends)
+            if route.prefix is not None:
+                entry["typed_per_filter_config"] = {PREFIX_FILTER: _prefix_config(route)}
         else:
             entry["direct_response"] = _no_backend(route.model)
         out.append(entry)
@@ -433,6 +448,8 @@ def model_routes(route: Route, table: RouteTable, settings: DataPlaneSettings) -
         _cap(entry, None)
         if route.cascade is not None:
             entry["typed_per_filter_config"] = {CASCADE_FILTER: _cascade_config(route)}
+        if route.prefix is not None:
+            entry["typed_per_filter_config"] = {PREFIX_FILTER: _prefix_config(route)}
         _reaches(entry, route, backends)
     else:
         entry["direct_response"] = _no_backend(route.model)
@@ -792,6 +809,9 @@ def listener(listener_port: int, listener_address: str = "0.0.0.0",
             *([{"name": USAGE_FILTER, "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua",
                 "default_source_code": {"inline_string": usage_source()}}}] if settings.usage_accounting else []),
+            # Runs only on routes with prefix affinity (their per-route source).
+            {"name": PREFIX_FILTER,
+             "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"}},
             # Runs only on routes that carry a cascade's per-route source.
             {"name": CASCADE_FILTER,
              "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.Lua"}},
@@ -863,20 +883,26 @@ def route_stat_prefix(model: str) -> str:
 
 
 def cluster(c: Cluster, settings: DataPlaneSettings | None = None, *, name: str | None = None,
-            max_requests: int | None = None) -> dict[str, Any]:
+            max_requests: int | None = None, balance_percent: int | None = None) -> dict[str, Any]:
     """One ModelDeployment as an EDS cluster (CDS). Nothing here depends on weights or
     endpoints, so the resource stays byte-identical while those change. ``name`` and
     ``max_requests``: a copy of it under another name (its own EDS resource) that takes
-    at most that many requests at once (a saturation gate's)."""
+    at most that many requests at once (a saturation gate's). ``balance_percent``: a
+    prefix-affinity copy, balanced by consistent hashing with bounded load (a replica over
+    that percent of the average requests in flight is passed over)."""
     settings = settings or DataPlaneSettings()
     name = name or c.name
+    lb: dict[str, Any] = {"lb_policy": "LEAST_REQUEST"}
+    if balance_percent is not None:
+        lb = {"lb_policy": "RING_HASH",
+              "common_lb_config": {"consistent_hashing_lb_config": {"hash_balance_factor": balance_percent}}}
     return {
         "name": name,
         "alt_stat_name": stat_name(name),
         "type": "EDS",
         "eds_cluster_config": {"eds_config": _ADS, "service_name": name},
         "connect_timeout": f"{settings.connect_timeout_seconds}s",
-        "lb_policy": "LEAST_REQUEST",
+        **lb,
         "per_connection_buffer_limit_bytes": settings.max_request_body_bytes,
         "circuit_breakers": _circuit_breakers(settings, max_requests),
         "outlier_detection": {
@@ -924,6 +950,7 @@ LIMITED_PREFIX = "limited:"  # "limited:<limit>:<cluster>": the cluster behind a
 # that policy's requests to it apart (envoy/traffic.py):
 CASCADE_PREFIX = "cascade:"  # "cascade:<public model>:<cluster>": a cascade stage's
 FALLBACK_COPY_PREFIX = "fallback-for:"  # "fallback-for:<public model>:<cluster>": a fallback tier's
+PREFIX_COPY_PREFIX = "prefix-for:"  # "prefix-for:<public model>:<cluster>": a ring-hash copy (prefix affinity)
 REACHES_KEY = "reaches"  # route metadata: the clusters a route reaches besides those its action names
 
 
@@ -935,13 +962,33 @@ def fallback_cluster(model: str, cluster_name: str) -> str:
     return f"{FALLBACK_COPY_PREFIX}{model}:{cluster_name}"
 
 
+def prefix_cluster(model: str, cluster_name: str) -> str:
+    return f"{PREFIX_COPY_PREFIX}{model}:{cluster_name}"
+
+
+def prefix_copies(table: RouteTable) -> dict[str, int]:
+    """The ring-hash copies of the clusters that routes with prefix affinity split over:
+    copy name → its hash_balance_factor."""
+    out = {}
+    for route in table.routes:
+        if route.prefix is not None:
+            for backends in (route.backends, *(rule.backends for rule in route.rules)):
+                for b in backends:
+                    out[prefix_cluster(route.model, b.cluster)] = route.prefix.balance_percent
+    return out
+
+
 def policy_copies(table: RouteTable) -> list[tuple[str, Cluster]]:
-    """(copy name, the cluster it copies) for every cascade stage and fallback tier."""
+    """(copy name, the cluster it copies) for every cascade stage, fallback tier and
+    prefix-affine backend."""
     out = {}
     for route in table.routes:
         pairs = [(cascade_cluster(route.model, s.cluster), s.cluster) for s in route.cascade.stages] \
             if route.cascade else []
         pairs += [(fallback_cluster(route.model, c), c) for c in route.fallback.clusters] if route.fallback else []
+        if route.prefix is not None:
+            pairs += [(prefix_cluster(route.model, b.cluster), b.cluster)
+                      for backends in (route.backends, *(rule.backends for rule in route.rules)) for b in backends]
         for name, copied in pairs:
             backend = table.cluster(copied)
             if backend is not None:
@@ -951,14 +998,17 @@ def policy_copies(table: RouteTable) -> list[tuple[str, Cluster]]:
 
 def fallback_chain(route: Route, primary: str) -> tuple[str, ...]:
     """The clusters an attempt goes through, in order, when the split picks ``primary``
-    (through its saturation gate when the fallback sets a limit), then the route's own
-    copies of its fallback clusters."""
+    (through its saturation gate when the fallback sets a limit, through the route's
+    ring-hash copy with prefix affinity), then the route's own copies of its fallback
+    clusters."""
     fallback = route.fallback
+    first = prefix_cluster(route.model, primary) if route.prefix is not None else primary
     if fallback is None:
-        return (primary,)
+        return (first,)
     rest = tuple(fallback_cluster(route.model, c) for c in fallback.clusters if c != primary)
     limit = fallback.max_in_flight_per_replica
-    return (f"{GATE_PREFIX}{limit}:{primary}" if limit and rest else primary, *rest)
+    # A saturation gate counts one cluster's requests: with prefix affinity the copy's own.
+    return (f"{GATE_PREFIX}{limit}:{primary}" if limit and rest and route.prefix is None else first, *rest)
 
 
 def gate_of(name: str) -> tuple[int, str] | None:
@@ -1110,10 +1160,11 @@ def build_config(table: RouteTable, *, listener_port: int, listener_address: str
     _check(table)
     clusters = sorted(table.clusters, key=lambda c: c.name)
     copies = policy_copies(table)
+    balances = prefix_copies(table)
     config = {
         CLUSTER_TYPE: [cluster(c, settings) for c in clusters]
         + [aggregate_cluster(chain, settings) for chain in fallback_chains(table)]
-        + [cluster(c, settings, name=name) for name, c in copies]
+        + [cluster(c, settings, name=name, balance_percent=balances.get(name)) for name, c in copies]
         + ([rate_limit_cluster(table.rate_limit_service, settings)] if _limited(table) else []),
         ENDPOINT_TYPE: [load_assignment(c) for c in clusters] + [load_assignment(c, name=name) for name, c in copies],
         LISTENER_TYPE: [listener(listener_port, listener_address, settings, body_fields(table))],
@@ -1146,10 +1197,11 @@ def build_resources(table: RouteTable, *, listener_port: int, listener_address: 
     _check(table)
     clusters = sorted(table.clusters, key=lambda c: c.name)
     copies = policy_copies(table)
+    balances = prefix_copies(table)
     resources = {
         CLUSTER_TYPE: [_cluster_proto(c.name, c.served_model, settings) for c in clusters]
         + [_aggregate_proto(chain, settings) for chain in fallback_chains(table)]
-        + [_cluster_proto(c.name, c.served_model, settings, name) for name, c in copies]
+        + [_cluster_proto(c.name, c.served_model, settings, name, balances.get(name)) for name, c in copies]
         + ([to_proto(CLUSTER_TYPE, rate_limit_cluster(table.rate_limit_service, settings))]
            if _limited(table) else []),
         ENDPOINT_TYPE: [_assignment_proto(c.name, c.served_model, c.endpoints) for c in clusters]
@@ -1165,8 +1217,10 @@ def build_resources(table: RouteTable, *, listener_port: int, listener_address: 
 
 # The messages are shared between builds: nothing may modify them after conversion.
 @functools.lru_cache(maxsize=16384)
-def _cluster_proto(name: str, served_model: str, settings: DataPlaneSettings, copy: str | None = None) -> Message:
-    return to_proto(CLUSTER_TYPE, cluster(Cluster(name, served_model), settings, name=copy))
+def _cluster_proto(name: str, served_model: str, settings: DataPlaneSettings, copy: str | None = None,
+                   balance_percent: int | None = None) -> Message:
+    return to_proto(CLUSTER_TYPE, cluster(Cluster(name, served_model), settings, name=copy,
+                                          balance_percent=balance_percent))
 
 
 @functools.lru_cache(maxsize=16384)

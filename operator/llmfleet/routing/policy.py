@@ -39,6 +39,7 @@ from .table import (
     Cluster,
     Endpoint,
     Fallback,
+    PrefixAffinity,
     Retry,
     Route,
     RouteTable,
@@ -248,8 +249,10 @@ def _route(spec: RoutePolicySpec, namespace: str, states, used_clusters, previou
     cheapest = _cheapest(spec, namespace, states)
     if cheapest is not None:
         used_clusters.setdefault(cheapest.cluster, cheapest.to_cluster())
+    affinity = spec.prefix_affinity
+    prefix = PrefixAffinity(affinity.prefix_chars, round(affinity.max_load_factor * 100)) if affinity else None
     return (Route(spec.model, split, tuple(rules), retry, fallback, cascade,
-                  cheapest=cheapest.cluster if cheapest else None),
+                  cheapest=cheapest.cluster if cheapest else None, prefix=prefix),
             backend_status + fallback_status, sorted(set(missing)))
 
 

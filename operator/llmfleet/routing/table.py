@@ -109,6 +109,14 @@ class Cascade:
 
 
 @dataclass(frozen=True)
+class PrefixAffinity:
+    """Consistent hashing with bounded load on the request's leading content."""
+
+    chars: int = 256  # of the first user message (chat) or the prompt (completions)
+    balance_percent: int = 125  # Envoy's hash_balance_factor: at most this percent of the average load
+
+
+@dataclass(frozen=True)
 class Route:
     """One public model name (what clients put in the body's "model")."""
 
@@ -126,6 +134,7 @@ class Route:
     # that downgrades sends traffic. None: no ready backend has a price.
     cheapest: str | None = None
     downgraded: bool = False  # a downgrading budget of the policy is spent: every request goes to `cheapest`
+    prefix: PrefixAffinity | None = None  # balance each backend's replicas by the request's prefix
 
 
 ALL_MODELS = "*"

@@ -96,6 +96,10 @@ class SimConfig:
     max_num_seqs: int = 256
     kv_cache_tokens: int = 262_144
     prefill_tokens_per_second: float = 20_000.0
+    # vLLM's automatic prefix caching: a prompt's leading blocks already in the KV cache
+    # skip prefill. Off by default here (vLLM v1 has it on), so loads sized without it keep
+    # their timing.
+    enable_prefix_caching: bool = False
     decode_step_ms: float = 10.0
     decode_step_ms_per_seq: float = 0.1
     max_model_len: int = 8192

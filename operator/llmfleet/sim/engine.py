@@ -21,6 +21,15 @@ the same step, and inter-token latency grows with batch size: an overloaded
 replica is visibly slower, which is what the autoscaler and router must notice.
 
 A sequence holds ``prompt + generated`` tokens of KV cache while running.
+
+With ``enable_prefix_caching`` (vLLM's automatic prefix caching), the full 16-token
+blocks of every admitted prompt (and of a chat's answer, once it ends) stay in the cache,
+named by a hash chained over the prompt (protocol.prefix_blocks); a later prompt's
+leading blocks found there skip prefill (at least its last token is computed, as in
+vLLM). Cached blocks live in the KV memory running sequences do not use (and in the
+running prompts' own blocks): when that shrinks, the least recently used go.
+``vllm:prefix_cache_queries`` and ``vllm:prefix_cache_hits`` count prompt tokens looked
+up and found.
 """
 
 from __future__ import annotations
@@ -30,10 +39,11 @@ import contextlib
 import logging
 import random
 import time
-from collections import deque
+from collections import OrderedDict, deque
 
 from llmfleet.sim.config import SimConfig
 from llmfleet.sim.metrics import EngineState, SimMetrics
+from llmfleet.sim.protocol import PREFIX_BLOCK_TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +58,7 @@ class Sequence:
 
     __slots__ = (
         "arrival",
+        "blocks",
         "finish_reason",
         "first_token_time",
         "generated",
@@ -63,8 +74,9 @@ class Sequence:
     )
 
     def __init__(self, prompt_tokens: int, target_tokens: int, target_reason: str,
-                 stream: bool, arrival: float) -> None:
+                 stream: bool, arrival: float, blocks: tuple[int, ...] = ()) -> None:
         self.prompt_tokens = prompt_tokens
+        self.blocks = blocks                  # the prompt's full KV blocks (prefix caching)
         self.target_tokens = target_tokens    # tokens generated before it finishes
         self.target_reason = target_reason    # finish_reason once it gets there
         self.stream = stream                  # wake the handler on every token?
@@ -84,6 +96,37 @@ class Sequence:
         return self.state is FINISHED
 
 
+class PrefixCache:
+    """Cached KV blocks by hash, least recently used first."""
+
+    def __init__(self) -> None:
+        self._blocks: OrderedDict[int, None] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._blocks)
+
+    def match(self, blocks: tuple[int, ...]) -> int:
+        """How many of ``blocks``, from the first, are cached (those are used again)."""
+        n = 0
+        for block in blocks:
+            if block not in self._blocks:
+                break
+            self._blocks.move_to_end(block)
+            n += 1
+        return n
+
+    def keep(self, blocks: tuple[int, ...], room: int) -> None:
+        """Cache ``blocks`` (just computed), then evict down to ``room`` blocks."""
+        for block in blocks:
+            self._blocks[block] = None
+            self._blocks.move_to_end(block)
+        self.shrink(room)
+
+    def shrink(self, room: int) -> None:
+        while len(self._blocks) > max(0, room):
+            self._blocks.popitem(last=False)
+
+
 class Simulator:
     """Scheduler, KV-cache accounting and token emission for one replica."""
 
@@ -94,6 +137,7 @@ class Simulator:
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._kv_used = 0
+        self.prefix_cache = PrefixCache() if config.enable_prefix_caching else None
         self._task: asyncio.Task[None] | None = None
         self._idle: asyncio.Future[None] | None = None
         self._deadline = 0.0
@@ -153,12 +197,13 @@ class Simulator:
         return (room, "length") if want > room else (want, "stop")
 
     def submit(self, prompt_tokens: int, target_tokens: int, target_reason: str, *,
-               stream: bool) -> Sequence:
-        """Queue a sequence; the caller awaits :meth:`wait` for its tokens.
+               stream: bool, blocks: tuple[int, ...] = ()) -> Sequence:
+        """Queue a sequence; the caller awaits :meth:`wait` for its tokens. ``blocks``:
+        its prompt's KV blocks (protocol.prefix_blocks), for the prefix cache.
 
         Times are ``time.monotonic()``, the clock asyncio's loop uses too.
         """
-        seq = Sequence(prompt_tokens, target_tokens, target_reason, stream, time.monotonic())
+        seq = Sequence(prompt_tokens, target_tokens, target_reason, stream, time.monotonic(), blocks)
         self._waiting.append(seq)
         idle = self._idle
         if idle is not None and not idle.done():
@@ -260,11 +305,35 @@ class Simulator:
             seq.kv_held = need
             self._kv_used += need
             free -= need + 1
-            prefill += need
             if seq.scheduled is None:
                 seq.scheduled = now
                 self.metrics.request_queue_time.observe(now - seq.arrival)
+                need -= self._cached_prefix(seq)
+            prefill += need
         return prefill
+
+    def _cached_prefix(self, seq: Sequence) -> int:
+        """On a prompt's first admission: the tokens the prefix cache saves it (and its
+        blocks cached for the next prompts)."""
+        cache = self.prefix_cache
+        if cache is None:
+            return 0
+        hit = min(cache.match(seq.blocks) * PREFIX_BLOCK_TOKENS, seq.prompt_tokens - 1)
+        self.metrics.prefix_cache_queries += seq.prompt_tokens
+        self.metrics.prefix_cache_hits += hit
+        cache.keep(seq.blocks, self._cache_room())
+        return hit
+
+    def cache_blocks(self, blocks: tuple[int, ...]) -> None:
+        """Keep the blocks of a finished chat's prompt and answer (its KV, computed)."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.keep(blocks, self._cache_room())
+
+    def _cache_room(self) -> int:
+        """Blocks the prefix cache may hold: the KV memory running sequences do not use, and
+        the running prompts' own blocks (in use and cached at once, as vLLM shares them)."""
+        free = (self.config.kv_cache_tokens - self._kv_used) // PREFIX_BLOCK_TOKENS
+        return free + sum(len(seq.blocks) for seq in self._running)
 
     def end_step(self, now: float) -> None:
         """Every running sequence emits one token; finished ones leave the batch."""
@@ -274,6 +343,8 @@ class Simulator:
         running = self._running
         m.generation_tokens += len(running)
         self._kv_used += len(running)
+        if self.prefix_cache is not None:
+            self.prefix_cache.shrink(self._cache_room())
         for seq in running:
             seq.generated += 1
             seq.kv_held += 1

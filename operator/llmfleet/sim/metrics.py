@@ -96,6 +96,8 @@ class SimMetrics(Collector):
         self.prompt_tokens = 0
         self.generation_tokens = 0
         self.num_preemptions = 0
+        self.prefix_cache_queries = 0  # prompt tokens looked up in the prefix cache
+        self.prefix_cache_hits = 0  # of those, found cached
         self.request_success = dict.fromkeys(FINISH_REASONS, 0)
         self.time_to_first_token = LatencyRecorder(TTFT_BUCKETS)
         self.inter_token_latency = LatencyRecorder(INTER_TOKEN_BUCKETS)
@@ -137,6 +139,10 @@ class SimMetrics(Collector):
                       self.num_preemptions)
         yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.",
                       self.prompt_tokens)
+        yield counter("vllm:prefix_cache_queries",
+                      "Prefix cache queries, in terms of number of queried tokens.", self.prefix_cache_queries)
+        yield counter("vllm:prefix_cache_hits",
+                      "Prefix cache hits, in terms of number of cached tokens.", self.prefix_cache_hits)
         yield counter("vllm:generation_tokens", "Number of generation tokens processed.",
                       self.generation_tokens)
         success = CounterMetricFamily("vllm:request_success",

@@ -60,6 +60,22 @@ def count_text_tokens(text: str) -> int:
     return len(_TOKEN_RE.findall(text))
 
 
+PREFIX_BLOCK_TOKENS = 16  # vLLM's default KV block size
+
+
+def prefix_blocks(text: str) -> tuple[int, ...]:
+    """The prompt's full KV blocks as vLLM's prefix cache names them: each block's hash
+    chains the hash of the block before it, so two prompts share a block only when they
+    share everything up to its end. Within one process (Python's string hash)."""
+    tokens = _TOKEN_RE.findall(text)
+    out: list[int] = []
+    h = 0
+    for i in range(0, len(tokens) - PREFIX_BLOCK_TOKENS + 1, PREFIX_BLOCK_TOKENS):
+        h = hash((h, *tokens[i:i + PREFIX_BLOCK_TOKENS]))
+        out.append(h)
+    return tuple(out)
+
+
 # ---------------------------------------------------------------------------
 # Filler output
 # ---------------------------------------------------------------------------
@@ -119,6 +135,7 @@ class GenerationRequest:
     include_usage: bool
     prompt_text: str = ""  # what answer quality keys on: the last user message, or the prompt
     logprobs: int | None = None  # None: not asked for; k: with k top alternatives per token
+    whole_text: str = ""  # the whole prompt (every message, with its role), what a prefix cache keys on
 
 
 def parse_json_body(raw: bytes) -> dict[str, Any]:
@@ -231,8 +248,9 @@ def parse_chat_request(body: dict[str, Any]) -> GenerationRequest:
         if msg.get("tool_calls"):
             tokens += count_text_tokens(json.dumps(msg["tool_calls"]))
     user = [m for m in messages if m.get("role") == "user"]
+    whole = " ".join(f"<|{m['role']}|> {_text(m.get('content'))}" for m in messages)
     return GenerationRequest("chat", model, tokens, max_tokens, stream, include_usage,
-                             _text(user[-1].get("content")) if user else "", _chat_logprobs(body))
+                             _text(user[-1].get("content")) if user else "", _chat_logprobs(body), whole)
 
 
 def _text(content: object) -> str:
@@ -284,7 +302,8 @@ def parse_completion_request(body: dict[str, Any]) -> GenerationRequest:
     wanted = body.get("logprobs")
     return GenerationRequest("completion", model, tokens, max_tokens, stream, include_usage,
                              prompt if isinstance(prompt, str) else "",
-                             None if wanted is None else _top(wanted, "logprobs"))
+                             None if wanted is None else _top(wanted, "logprobs"),
+                             prompt if isinstance(prompt, str) else " ".join(map(str, prompt)))
 
 
 def check_context_length(req: GenerationRequest, max_model_len: int) -> None:

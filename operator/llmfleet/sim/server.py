@@ -68,6 +68,7 @@ from llmfleet.sim.protocol import (
     parse_chat_request,
     parse_completion_request,
     parse_json_body,
+    prefix_blocks,
 )
 from llmfleet.sim.quality import ANSWER_TOKENS, QualityModel, load_dataset
 
@@ -280,7 +281,8 @@ class SimServer:
             return await self._answer(request, _json_response(exc.body(), exc.status))
 
         output = self._plan(req)
-        seq = self.engine.submit(req.prompt_tokens, output.tokens, output.reason, stream=req.stream)
+        blocks = prefix_blocks(req.whole_text) if self.config.enable_prefix_caching else ()
+        seq = self.engine.submit(req.prompt_tokens, output.tokens, output.reason, stream=req.stream, blocks=blocks)
         try:
             if req.stream:
                 resp = await self._stream(request, req, seq, output)
@@ -292,6 +294,9 @@ class SimServer:
             # (handler cancelled, write failed): free its slot.
             if not seq.finished:
                 self.engine.abort(seq)
+        if blocks and req.kind == "chat" and seq.finish_reason != "abort":
+            # The answer's KV stays cached too: the next turn sends it back in its history.
+            self.engine.cache_blocks(prefix_blocks(f"{req.whole_text} <|assistant|> {output.text(seq.generated)}"))
         return await self._answer(request, resp)
 
     def _new_id(self, kind: str) -> str:
@@ -468,6 +473,11 @@ def build_parser(prog: str = "llmfleet sim") -> argparse.ArgumentParser:
                         "tokens (default %(default)s)")
     g.add_argument("--prefill-tokens-per-second", type=float, default=d.prefill_tokens_per_second,
                    help="prompt processing speed (default %(default)s)")
+    g.add_argument("--enable-prefix-caching", action=argparse.BooleanOptionalAction,
+                   default=d.enable_prefix_caching,
+                   help="vLLM's automatic prefix caching: a prompt's leading 16-token blocks still in the KV "
+                        "cache from an earlier request skip prefill; cached blocks are evicted, least "
+                        "recently used first, as running sequences need the room (default: off)")
     g.add_argument("--decode-step-ms", type=float, default=d.decode_step_ms,
                    help="base model time of one decode step for the whole batch (default %(default)s)")
     g.add_argument("--decode-step-ms-per-seq", type=float, default=d.decode_step_ms_per_seq,
@@ -520,6 +530,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         host=args.host, port=args.port, served_model_names=names,
         max_num_seqs=args.max_num_seqs, kv_cache_tokens=args.kv_cache_tokens,
         prefill_tokens_per_second=args.prefill_tokens_per_second,
+        enable_prefix_caching=args.enable_prefix_caching,
         decode_step_ms=args.decode_step_ms, decode_step_ms_per_seq=args.decode_step_ms_per_seq,
         max_model_len=args.max_model_len, output_tokens=args.output_tokens,
         time_scale=args.time_scale, load_seconds=args.load_seconds,
