@@ -14,7 +14,7 @@ from llmfleet.engines.base import PORT, Engine, MetricNames, ModelMount, paralle
 if TYPE_CHECKING:
     from llmfleet.api.models import ModelDeploymentSpec
 
-IMAGE = "lmsysorg/sglang:v0.5.18"
+IMAGE = "lmsysorg/sglang:v0.5.18"  # where the tag was verified: README, "Engines: what is verified here"
 
 
 class SGLangEngine(Engine):

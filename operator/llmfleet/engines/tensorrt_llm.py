@@ -19,6 +19,7 @@ from llmfleet.engines.base import PORT, Engine, MetricNames, ModelMount, paralle
 if TYPE_CHECKING:
     from llmfleet.api.models import ModelDeploymentSpec
 
+# Where the tag was verified: README, "Engines: what is verified here".
 IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:1.3.0rc27"
 
 

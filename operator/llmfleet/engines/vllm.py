@@ -14,7 +14,7 @@ from llmfleet.engines.base import PORT, Engine, MetricNames, ModelMount, paralle
 if TYPE_CHECKING:
     from llmfleet.api.models import ModelDeploymentSpec
 
-IMAGE = "vllm/vllm-openai:v0.26.0"
+IMAGE = "vllm/vllm-openai:v0.26.0"  # where the tag was verified: README, "Engines: what is verified here"
 
 
 class VllmEngine(Engine):
