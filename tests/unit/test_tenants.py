@@ -306,6 +306,17 @@ def test_a_concurrency_cap_counts_requests_in_flight_by_their_id() -> None:
     assert limiter.take_slot("ai/a", "r6", now=1.0 + SLOT_SECONDS + 1).allowed, "a slot whose end was lost expires"
 
 
+def _ask_request(service: RateLimitService, request_id: str) -> rls_pb2.RateLimitResponse:
+    """What Envoy asks before one request of tenant ai/a: its request limit and a slot."""
+    request = rls_pb2.RateLimitRequest(domain="llmfleet")
+    for kind in ("requests", "concurrency"):
+        descriptor = request.descriptors.add()
+        descriptor.entries.add(key="tenant", value="ai/a")
+        descriptor.entries.add(key="limit", value=kind)
+        descriptor.entries.add(key="request", value=request_id)
+    return service.decide(request)
+
+
 def test_a_request_refused_by_another_limit_gives_its_slot_back() -> None:
     registry = CollectorRegistry()
     service = RateLimitService(Counter("d", "d", ["tenant", "limit", "decision"], registry=registry),
@@ -314,18 +325,34 @@ def test_a_request_refused_by_another_limit_gives_its_slot_back() -> None:
         TenantAccess("ai/a", ("k",), ("*",), requests=RateLimit(1, 60, 1), max_concurrent=5),)))
 
     def ask(request_id: str) -> rls_pb2.RateLimitResponse:
-        request = rls_pb2.RateLimitRequest(domain="llmfleet")
-        for kind in ("requests", "concurrency"):
-            descriptor = request.descriptors.add()
-            descriptor.entries.add(key="tenant", value="ai/a")
-            descriptor.entries.add(key="limit", value=kind)
-            descriptor.entries.add(key="request", value=request_id)
-        return service.decide(request)
+        return _ask_request(service, request_id)
 
     assert ask("r1").overall_code == rls_pb2.RateLimitResponse.OK
     assert ask("r2").overall_code == rls_pb2.RateLimitResponse.OVER_LIMIT  # the request bucket is empty
     assert [service.limiter.take_slot("ai/a", f"x{i}", now=0.0).allowed for i in range(5)] == [True] * 4 + [False], \
         "r1 holds one slot; r2's was given back"
+
+
+def test_a_request_refused_by_its_concurrency_cap_leaves_its_request_limit_untouched() -> None:
+    registry = CollectorRegistry()
+    service = RateLimitService(Counter("d", "d", ["tenant", "limit", "decision"], registry=registry),
+                               Counter("t", "t", ["tenant"], registry=registry), clock=lambda: 0.0)
+    service.configure(RouteTable(tenants=(
+        TenantAccess("ai/a", ("k",), ("*",), requests=RateLimit(3, 60, 3), max_concurrent=1),)))
+
+    def ask(request_id: str) -> rls_pb2.RateLimitResponse:
+        return _ask_request(service, request_id)
+
+    assert ask("r1").overall_code == rls_pb2.RateLimitResponse.OK  # holds the one slot
+    assert [ask(f"r{i}").overall_code for i in range(2, 7)] == [rls_pb2.RateLimitResponse.OVER_LIMIT] * 5
+    service.limiter.release_slot("ai/a", "r1")
+    assert [ask(f"s{i}").overall_code for i in range(2)] == [rls_pb2.RateLimitResponse.OK,
+                                                            rls_pb2.RateLimitResponse.OVER_LIMIT], \
+        "two requests of the three left: the refused ones took none"
+    service.limiter.release_slot("ai/a", "s0")
+    assert ask("s2").overall_code == rls_pb2.RateLimitResponse.OK
+    refused = ask("s3")
+    assert json.loads(refused.raw_body)["error"]["type"] == "requests", "now the request limit itself is spent"
 
 
 # --------------------------------------------------------------------------- budgets

@@ -92,6 +92,7 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
         response = rls_pb2.RateLimitResponse(overall_code=rls_pb2.RateLimitResponse.OK)
         refused: tuple[str, str, Decision] | None = None
         taken: list[tuple[str, str]] = []  # concurrency slots this call took
+        spent: list[tuple[str, int]] = []  # requests taken from buckets by this call
         now = self._clock()
         for descriptor in request.descriptors:
             entries = {e.key: e.value for e in descriptor.entries}
@@ -119,6 +120,8 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
                         taken.append((tenant, request_id))
                 else:
                     decision = self.limiter.decide(tenant, kind, hits, now)
+                    if kind == REQUESTS and decision.allowed and decision.limit is not None:
+                        spent.append((tenant, hits))
             status = response.statuses.add(
                 code=rls_pb2.RateLimitResponse.OK if decision.allowed else rls_pb2.RateLimitResponse.OVER_LIMIT,
                 limit_remaining=decision.remaining)
@@ -134,6 +137,8 @@ class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):
             with self.lock:
                 for tenant, request_id in taken:  # the request does not go on: its slot is free
                     self.limiter.release_slot(tenant, request_id)
+                for tenant, hits in spent:  # nor did it use up a request of its limit
+                    self.limiter.give_back(tenant, REQUESTS, hits)
             tenant, kind, decision = refused
             response.overall_code = rls_pb2.RateLimitResponse.OVER_LIMIT
             response.raw_body = json.dumps(refusal(tenant, kind, decision)).encode()

@@ -177,6 +177,12 @@ class Limiter:
         """The request's stream ended (or it was refused after all): its slot is free."""
         self._slots.get(tenant, {}).pop(request_id, None)
 
+    def give_back(self, tenant: str, kind: str, hits: int) -> None:
+        """Return ``hits`` a refused request took from a bucket (another limit refused it)."""
+        bucket = self._buckets.get((tenant, kind))
+        if bucket is not None:
+            bucket.level = min(float(bucket.limit.burst), bucket.level + hits)
+
     def decide(self, tenant: str, kind: str, hits: int, now: float) -> Decision:
         """Take ``hits`` from the tenant's ``kind`` bucket if it allows them.
 
