@@ -136,6 +136,9 @@ ENV_CONFIG_MAP = {"configMapKeyRef": {"name": "c", "key": "k"}}
 
 # One object breaking each rule (at least); the last test checks every rule is hit.
 RULE_CASES = [
+    ("prefix-not-gated", {"apiVersion": m.API_VERSION, "kind": "RoutePolicy", "metadata": {"name": "p"}, "spec": {
+        "model": "chat", "backends": [{"modelDeployment": "a"}], "prefixAffinity": {},
+        "fallback": {"backends": [{"modelDeployment": "b"}], "maxInFlightPerReplica": 4}}}),
     ("prefix-not-cascade", {"apiVersion": m.API_VERSION, "kind": "RoutePolicy", "metadata": {"name": "p"}, "spec": {
         "model": "chat", "strategy": "cascade", "backends": [{"modelDeployment": "a"}, {"modelDeployment": "b"}],
         "prefixAffinity": {}}}),

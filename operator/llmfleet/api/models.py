@@ -993,6 +993,11 @@ class Slo(_Spec):
 
 
 PREFIX_NOT_CASCADE_MESSAGE = "prefixAffinity does not apply to strategy cascade (its stages are tried in order)"
+PREFIX_NOT_GATED_MESSAGE = ("prefixAffinity and fallback.maxInFlightPerReplica cannot be combined (the saturation "
+                            "gate counts the backend's requests, not the prefix-affine ones)")
+PREFIX_NOT_GATED_RULE = CelRule(
+    rule="!has(self.prefixAffinity) || !has(self.fallback) || !has(self.fallback.maxInFlightPerReplica)",
+    message=PREFIX_NOT_GATED_MESSAGE, field_path=".prefixAffinity")
 PREFIX_NOT_CASCADE_RULE = CelRule(rule="!has(self.prefixAffinity) || self.strategy != 'cascade'",
                                   message=PREFIX_NOT_CASCADE_MESSAGE, field_path=".prefixAffinity")
 CASCADE_ONLY_MESSAGE = "cascade settings need strategy: cascade"
@@ -1148,7 +1153,8 @@ class BudgetStatus(_Status):
 class RoutePolicySpec(_Spec):
     """One public model name and how its traffic is split across ModelDeployments."""
 
-    model_config = ConfigDict(json_schema_extra=x_validations(CASCADE_ONLY_RULE, PREFIX_NOT_CASCADE_RULE))
+    model_config = ConfigDict(json_schema_extra=x_validations(CASCADE_ONLY_RULE, PREFIX_NOT_CASCADE_RULE,
+                                                              PREFIX_NOT_GATED_RULE))
 
     model: str = Field(
         min_length=1,
@@ -1218,6 +1224,9 @@ class RoutePolicySpec(_Spec):
             raise rule_error(CASCADE_ONLY_MESSAGE, "cascade")
         if self.prefix_affinity is not None and self.strategy is RouteStrategy.CASCADE:
             raise rule_error(PREFIX_NOT_CASCADE_MESSAGE, "prefixAffinity")
+        if self.prefix_affinity is not None and self.fallback is not None \
+                and self.fallback.max_in_flight_per_replica is not None:
+            raise rule_error(PREFIX_NOT_GATED_MESSAGE, "prefixAffinity")
         return self
 
 

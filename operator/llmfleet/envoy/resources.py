@@ -966,16 +966,19 @@ def prefix_cluster(model: str, cluster_name: str) -> str:
     return f"{PREFIX_COPY_PREFIX}{model}:{cluster_name}"
 
 
+def _prefix_pairs(route: Route) -> list[tuple[str, str]]:
+    """(ring-hash copy, the cluster it copies) for every backend a route with prefix
+    affinity splits over."""
+    if route.prefix is None:
+        return []
+    return [(prefix_cluster(route.model, b.cluster), b.cluster)
+            for backends in (route.backends, *(rule.backends for rule in route.rules)) for b in backends]
+
+
 def prefix_copies(table: RouteTable) -> dict[str, int]:
-    """The ring-hash copies of the clusters that routes with prefix affinity split over:
-    copy name → its hash_balance_factor."""
-    out = {}
-    for route in table.routes:
-        if route.prefix is not None:
-            for backends in (route.backends, *(rule.backends for rule in route.rules)):
-                for b in backends:
-                    out[prefix_cluster(route.model, b.cluster)] = route.prefix.balance_percent
-    return out
+    """The ring-hash copies of prefix affinity: copy name → its hash_balance_factor."""
+    return {name: route.prefix.balance_percent for route in table.routes if route.prefix is not None
+            for name, _ in _prefix_pairs(route)}
 
 
 def policy_copies(table: RouteTable) -> list[tuple[str, Cluster]]:
@@ -986,9 +989,7 @@ def policy_copies(table: RouteTable) -> list[tuple[str, Cluster]]:
         pairs = [(cascade_cluster(route.model, s.cluster), s.cluster) for s in route.cascade.stages] \
             if route.cascade else []
         pairs += [(fallback_cluster(route.model, c), c) for c in route.fallback.clusters] if route.fallback else []
-        if route.prefix is not None:
-            pairs += [(prefix_cluster(route.model, b.cluster), b.cluster)
-                      for backends in (route.backends, *(rule.backends for rule in route.rules)) for b in backends]
+        pairs += _prefix_pairs(route)
         for name, copied in pairs:
             backend = table.cluster(copied)
             if backend is not None:
@@ -1007,7 +1008,7 @@ def fallback_chain(route: Route, primary: str) -> tuple[str, ...]:
         return (first,)
     rest = tuple(fallback_cluster(route.model, c) for c in fallback.clusters if c != primary)
     limit = fallback.max_in_flight_per_replica
-    # A saturation gate counts one cluster's requests: with prefix affinity the copy's own.
+    # (The API refuses a saturation limit with prefix affinity: the gate would count another cluster.)
     return (f"{GATE_PREFIX}{limit}:{primary}" if limit and rest and route.prefix is None else first, *rest)
 
 
