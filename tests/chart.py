@@ -38,12 +38,7 @@ def load_script(name: str) -> ModuleType:
 
 @functools.cache
 def helm_binary() -> Path:
-    from llmfleet_devcluster.tools import ToolsMissing, require_tools
-
-    try:
-        return require_tools().path("helm")
-    except ToolsMissing as exc:
-        pytest.fail(f"the chart tests need the pinned helm binary: {exc}", pytrace=False)
+    return tool("helm")
 
 
 def run_helm(*args: str) -> subprocess.CompletedProcess[str]:

@@ -169,3 +169,11 @@ maxUnavailable: {{ $max }}
 {{- fail (printf "%s: set minAvailable or maxUnavailable" $where) }}
 {{- end }}
 {{- end }}
+
+{{/*
+An alert's labels: its severity, then metrics.prometheusRule.alertLabels (severity wins).
+Call with (list "warning" .Values.metrics.prometheusRule.alertLabels).
+*/}}
+{{- define "llmfleet.alertLabels" -}}
+{{- toYaml (merge (dict "severity" (index . 0)) (index . 1 | default dict)) }}
+{{- end }}

@@ -23,11 +23,12 @@ from prometheus_client import Counter
 
 from ..api import openai
 from ..api.models import RATE_UNIT_SECONDS
-from ..routing.budgets import POLICY_PREFIX
+from ..routing.budgets import subject_owner
 from ..routing.ratelimit import (
     BUDGET,
     CONCURRENCY,
     DONE,
+    KINDS,
     REQUESTS,
     SPENT_COMPLETION,
     SPENT_PROMPT,
@@ -40,16 +41,13 @@ from .accounting import backend_of
 from .resources import RATE_LIMIT_KIND, RATE_LIMIT_POLICY, RATE_LIMIT_REQUEST, RATE_LIMIT_TENANT
 
 _UNITS = {seconds: unit.value for unit, seconds in RATE_UNIT_SECONDS.items()}  # 60 → "minute"
-KINDS = (REQUESTS, TOKENS, CONCURRENCY, DONE, BUDGET, SPENT_PROMPT, SPENT_COMPLETION)
 
 
 def refusal(tenant: str, kind: str, decision: Decision) -> dict[str, Any]:
     """OpenAI's 429 body for a refused request."""
     if kind == BUDGET:
-        owner = (f"RoutePolicy {tenant.removeprefix(POLICY_PREFIX)}" if tenant.startswith(POLICY_PREFIX)
-                 else f"tenant {tenant}")
         return openai.error_body(
-            f"You exceeded your current quota: a budget of {owner} is spent. "
+            f"You exceeded your current quota: a budget of {subject_owner(tenant)} is spent. "
             f"It renews in {decision.retry_after}s.", "insufficient_quota", code="insufficient_quota")
     limit = decision.limit
     assert limit is not None

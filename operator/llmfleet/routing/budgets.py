@@ -35,6 +35,13 @@ def policy_subject(namespace: str, name: str) -> str:
     return f"{POLICY_PREFIX}{namespace}/{name}"
 
 
+def subject_owner(subject: str) -> str:
+    """Who a budget's subject belongs to, for a person: "tenant ns/name" or "RoutePolicy ns/name"."""
+    if subject.startswith(POLICY_PREFIX):
+        return f"RoutePolicy {subject.removeprefix(POLICY_PREFIX)}"
+    return f"tenant {subject}"
+
+
 def _window(row: Mapping[str, Any]) -> float | None:
     try:
         return parse_rfc3339(str(row["windowStart"]))

@@ -30,6 +30,7 @@ from .table import BudgetLimit, RateLimit, Route, TenantAccess
 # BUDGET checks a tenant's budgets, SPENT_PROMPT / SPENT_COMPLETION charge a response's tokens.
 REQUESTS, TOKENS, CONCURRENCY, DONE = "requests", "tokens", "concurrency", "done"
 BUDGET, SPENT_PROMPT, SPENT_COMPLETION = "budget", "spent-prompt", "spent-completion"
+KINDS = (REQUESTS, TOKENS, CONCURRENCY, DONE, BUDGET, SPENT_PROMPT, SPENT_COMPLETION)
 SLOT_SECONDS = 7200.0
 
 
