@@ -29,7 +29,11 @@ def audited(audit_log: Path, user: str) -> list[dict]:
     events = []
     for line in audit_log.read_text().splitlines():
         event = json.loads(line)
-        if event["user"]["username"] == user and event.get("stage") == "ResponseComplete":
+        # A watch completes only when it ends (5 to 10 minutes after it starts): its
+        # ResponseStarted stage already says whether it was allowed.
+        stage = event.get("stage")
+        if event["user"]["username"] == user and (
+                stage == "ResponseComplete" or (stage == "ResponseStarted" and event["verb"] == "watch")):
             events.append(event)
     return events
 
@@ -97,11 +101,15 @@ def exercise_everything(cluster, namespace: str, fleet, url: str) -> None:
     md["spec"]["autoscaling"] = {"minReplicas": 1, "maxReplicas": 2, "metric": "queueDepth", "target": 4,
                                  "scaleToZero": {"idleSeconds": 3}}
     md["spec"].pop("replicas", None)
+    md["spec"]["adapters"] = [{"name": "napper-sql", "uri": "hf://llmfleet/sql-lora"}]  # recorded on the pod
     assert apply(cluster, namespace, md).returncode == 0
     apply(cluster, namespace, {"apiVersion": "llmfleet.io/v1alpha1", "kind": "RoutePolicy",
                                "metadata": {"name": "napper"},
                                "spec": {"model": "napper-rbac", "backends": [{"modelDeployment": "napper"}]}})
     fleet.wait_ready(1, namespace, timeout=60)
+    wait_for(lambda: any("llmfleet.io/adapters" in (p["metadata"].get("annotations") or {}) for p in kubectl_json(
+        cluster, "get", "pods", "-n", namespace, "-l", "llmfleet.io/model-deployment=napper")["items"]),
+        timeout=30, what="the adapter loaded and recorded on the pod")
     wait_for(lambda: kubectl_json(cluster, "get", "md", "napper", "-n", namespace)["spec"]["replicas"] == 0,
              timeout=90, what="scale to zero (autoscaler: scale subresource, status, Events)")
     wait_for(lambda: "activator" in (kubectl_json(cluster, "get", "rp", "napper", "-n", namespace)

@@ -100,6 +100,12 @@ def test_example_runs_on_matching_gpu_nodes(dev_cluster, operator, namespace, ex
     assert deployment["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "llmfleet"
     container = server_container(deployment)
     args = [*container.get("command", []), *container.get("args", [])]
+    if spec["engine"]["kind"] == "triton":
+        # Triton's model repository, written by the container's command: its directory is the
+        # served name, model.json holds vLLM's engine arguments.
+        env = {e["name"]: e.get("value") for e in container.get("env", [])}
+        engine_args = json.loads(env["LLMFLEET_TRITON_MODEL_JSON"])
+        args += [env["LLMFLEET_TRITON_MODEL_NAME"], *(str(x) for item in engine_args.items() for x in item)]
     served = spec["model"].get("servedName", name)
     assert served in args, args
     if spec.get("engine", {}).get("maxModelLen"):
@@ -113,7 +119,8 @@ def test_example_runs_on_matching_gpu_nodes(dev_cluster, operator, namespace, ex
     if kind != "sim" or spec.get("accelerator"):
         assert limits.get("nvidia.com/gpu") == str(gpus)
         if par.get("tensor", 1) > 1:
-            tp_flag = {"vllm": "--tensor-parallel-size", "sglang": "--tp-size", "tensorrt-llm": "--tp_size"}[kind]
+            tp_flag = {"vllm": "--tensor-parallel-size", "sglang": "--tp-size", "tensorrt-llm": "--tp_size",
+                       "triton": "tensor_parallel_size"}[kind]
             assert flag_value(args, tp_flag) == str(par["tensor"]), args
     # Load-time quantization is a flag; pre-quantized checkpoints (awq, gptq) are detected
     # by the engine from the checkpoint itself.

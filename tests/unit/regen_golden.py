@@ -49,6 +49,18 @@ EXTRA_CASES: dict[str, dict[str, Any]] = {
         "parallelism": {"tensor": 8},
         "accelerator": {"product": "NVIDIA-H100-80GB-HBM3"},
     },
+    "triton-vllm-tp2": {
+        "model": {"uri": "hf://meta-llama/Llama-3.1-8B-Instruct", "servedName": "llama-3.1-8b",
+                  "credentialsSecret": "hf-token"},
+        "engine": {"kind": "triton", "quantization": "fp8", "maxModelLen": 8192},
+        "parallelism": {"tensor": 2},
+        "accelerator": {"product": "NVIDIA-H100-80GB-HBM3"},
+    },
+    "triton-pvc-extra-args": {
+        "model": {"uri": "pvc://models/qwen2.5-7b-instruct-awq"},
+        "engine": {"kind": "triton", "quantization": "awq", "dtype": "float16",
+                   "extraArgs": ["--tool-call-parser", "llama3"]},
+    },
     "sim-on-gpu-nodes": {
         "model": {"uri": "hf://meta-llama/Llama-3.1-70B-Instruct"},
         "engine": {"kind": "sim", "extraArgs": ["--max-num-seqs", "64"]},

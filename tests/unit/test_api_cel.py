@@ -149,6 +149,11 @@ RULE_CASES = [
     ("quantization", md(_md_spec(engine={"kind": "tensorrt-llm", "quantization": "gguf"}))),
     ("dtype", md(_md_spec(engine={"kind": "tensorrt-llm", "dtype": "float16"}))),
     ("uri-scheme", md(_md_spec(model={"uri": "gs://bucket/llama"}, engine={"kind": "tensorrt-llm"}))),
+    ("uri-scheme-triton", md(_md_spec(model={"uri": "s3://bucket/llama"}, engine={"kind": "triton"}))),
+    ("triton-served-name", md(_md_spec(model={"uri": "hf://org/model", "servedName": "meta-llama/Llama-3"},
+                                       engine={"kind": "triton"}))),
+    ("triton-served-name-dot", md(_md_spec(model={"uri": "hf://org/model", "servedName": ".."},
+                                           engine={"kind": "triton"}))),
     ("parallelism", md(_md_spec(parallelism={"tensor": 8, "pipeline": 2}))),
     ("parallelism-default-pipeline", md(_md_spec(parallelism={"pipeline": 3, "tensor": 3}))),
     ("replicas", md(_md_spec(autoscaling={"minReplicas": 5, "maxReplicas": 2}))),
@@ -162,6 +167,11 @@ RULE_CASES = [
         "env-two-sources",
         md(_md_spec(engine={"kind": "vllm", "env": [{"name": "A", "valueFrom": {**ENV_SECRET, **ENV_CONFIG_MAP}}]})),
     ),
+    ("adapters-engine", md(_md_spec(engine={"kind": "sglang"}, adapters=[{"name": "sql", "uri": "hf://o/sql"}]))),
+    ("lora-engine", md(_md_spec(engine={"kind": "tensorrt-llm"}, lora={"maxRank": 64}))),
+    ("adapter-uri", md(_md_spec(engine={"kind": "vllm"}, adapters=[{"name": "sql", "uri": "s3://bucket/sql"}]))),
+    ("adapters-unique", md(_md_spec(engine={"kind": "vllm"}, adapters=[{"name": "sql", "uri": "hf://o/a"},
+                                                                       {"name": "sql", "uri": "hf://o/b"}]))),
     ("name", md(_md_spec(), name="Llama")),
     ("name-dot", md(_md_spec(), name="llama.8b")),
     ("rule-no-condition", rp({"model": "chat", "backends": [{"modelDeployment": "a"}],
@@ -269,7 +279,8 @@ def test_crd_defaults_equal_pydantic_defaults(spec):
     schema = ROOTS["ModelDeployment"]["properties"]["spec"]
     defaulted = apply_defaults(schema, spec)
     parsed = m.dump(m.parse_model_deployment_spec(spec))
-    parsed["engine"] = {k: v for k, v in parsed["engine"].items() if v != []}  # empty lists are not defaults
+    parsed = {k: v for k, v in parsed.items() if v != []}  # empty lists are not defaults
+    parsed["engine"] = {k: v for k, v in parsed["engine"].items() if v != []}
     assert defaulted == parsed
 
 

@@ -98,11 +98,21 @@ def test_snake_case_names_are_accepted_too():
 # --------------------------------------------------------------------------- accelerator
 
 
-@pytest.mark.parametrize("kind", ["vllm", "sglang", "tensorrt-llm"])
+@pytest.mark.parametrize("kind", ["vllm", "sglang", "tensorrt-llm", "triton"])
 def test_real_engines_request_nvidia_gpus_by_default(kind):
     spec = parse_model_deployment_spec(md_spec(engine={"kind": kind}, parallelism={"tensor": 2, "pipeline": 2}))
     assert spec.effective_accelerator.resource == "nvidia.com/gpu"
     assert spec.gpus_per_replica == 4
+
+
+def test_triton_served_name_must_name_one_directory():
+    msg = refusal(md_spec(model={"uri": "hf://org/model", "servedName": "org/model"}, engine={"kind": "triton"}))
+    assert msg == f"spec.model.servedName: {m.TRITON_SERVED_NAME_MESSAGE}"
+    spec = parse_model_deployment_spec(md_spec(model={"uri": "hf://o/m", "servedName": "Llama-3.1_8b"},
+                                               engine={"kind": "triton"}))
+    assert spec.served_name_for("x") == "Llama-3.1_8b"
+    # Other engines take any name without whitespace.
+    parse_model_deployment_spec(md_spec(model={"uri": "hf://o/m", "servedName": "org/model"}))
 
 
 def test_sim_requests_no_gpu_unless_asked():
@@ -331,10 +341,15 @@ def test_backends_are_required():
     )
 
 
+def test_a_model_deployment_may_back_a_policy_once_per_adapter():
+    spec = {"model": "chat", "backends": [{"modelDeployment": "a", "adapter": "sql"}, {"modelDeployment": "a"}]}
+    assert [b.key for b in parse_route_policy_spec(spec).backends] == ["a/sql", "a"]
+
+
 def test_backend_names_are_unique():
     spec = {"model": "chat", "backends": [{"modelDeployment": "a"}, {"modelDeployment": "b"}, {"modelDeployment": "a"}]}
     assert refusal(spec, parse_route_policy_spec) == (
-        "spec.backends: each modelDeployment may appear only once in a backend list"
+        "spec.backends: each modelDeployment (or modelDeployment and adapter) may appear only once in a backend list"
     )
 
 

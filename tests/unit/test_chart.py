@@ -260,7 +260,7 @@ NAMESPACED_RULES = {
     # Server-side apply creates with PATCH, which the API server also authorizes as create.
     ("apps", "deployments"): ["create", "list", "patch", "watch"],
     ("", "services"): ["create", "list", "patch", "watch"],
-    ("", "pods"): ["list", "watch"],
+    ("", "pods"): ["list", "patch", "watch"],
     ("", "events"): ["create"],
 }
 CLUSTER_RULES = {

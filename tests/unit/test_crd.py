@@ -269,8 +269,8 @@ def test_status_declares_what_the_operator_writes():
         "capacityTokensPerSecond",
     }
     rp_status = _schema("RoutePolicy")["properties"]["status"]["properties"]
-    assert set(rp_status["backends"]["items"]["properties"]) == {"modelDeployment", "weight", "readyReplicas", "reason",
-                                                                 "demandTokensPerSecond"}
+    assert set(rp_status["backends"]["items"]["properties"]) == {"modelDeployment", "adapter", "weight", "readyReplicas",
+                                                                 "reason", "demandTokensPerSecond"}
 
 
 def test_status_schema_has_no_defaults():
@@ -284,7 +284,7 @@ def test_defaults_and_enums_in_the_schema():
     assert props["replicas"]["default"] == 1
     assert props["parallelism"]["default"] == {"tensor": 1, "pipeline": 1}
     assert props["parallelism"]["properties"]["tensor"]["default"] == 1
-    assert props["engine"]["properties"]["kind"]["enum"] == ["vllm", "tensorrt-llm", "sglang", "sim"]
+    assert props["engine"]["properties"]["kind"]["enum"] == ["vllm", "tensorrt-llm", "sglang", "triton", "sim"]
     assert props["engine"]["properties"]["dtype"]["default"] == "auto"
     auto = props["autoscaling"]["properties"]
     assert auto["metric"]["enum"] == ["queueDepth", "runningRequests", "kvCacheUtilization", "tokensPerSecond"]

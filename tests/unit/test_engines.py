@@ -18,6 +18,7 @@ from llmfleet.engines import (
     SGLangEngine,
     SimEngine,
     TensorRTLLMEngine,
+    TritonEngine,
     VllmEngine,
     all_engines,
     get_engine,
@@ -41,6 +42,12 @@ VLLM_FLAGS = {
     "--max-model-len",
     "--load-format",
     "--shutdown-timeout",  # vLLM >= 0.18 (vllm-project/vllm#34730)
+    # LoRA: docs.vllm.ai engine arguments, "LoRAConfig" (--enable-lora, --max-loras default 1,
+    # --max-lora-rank with choices 1/8/16/32/64/128/256/320/512), and features/lora "Dynamically
+    # serving LoRA Adapters" (VLLM_ALLOW_RUNTIME_LORA_UPDATING, /v1/load_lora_adapter).
+    "--enable-lora",
+    "--max-loras",
+    "--max-lora-rank",
 }
 VLLM_CHOICES = {
     "--dtype": {"auto", "half", "float16", "bfloat16", "float", "float32"},
@@ -132,6 +139,16 @@ def test_rendered_flags_are_documented(kind, documented, choices):
         for flag, allowed in choices.items():
             if flag in args:
                 assert _value(args, flag) in allowed, (variant, flag)
+
+
+def test_vllm_lora_flags_are_documented():
+    s = spec(adapters=[{"name": "sql", "uri": "hf://org/sql-lora"}], lora={"maxRank": 64, "maxLoaded": 8})
+    container = get_engine("vllm").container(s, "llama")
+    assert container["args"][-5:] == ["--enable-lora", "--max-loras", "8", "--max-lora-rank", "64"]
+    assert set(_flags(container["args"])) <= VLLM_FLAGS
+    assert _value(container["args"], "--max-lora-rank") in {"1", "8", "16", "32", "64", "128", "256", "320", "512"}
+    assert {"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"} in container["env"]
+    assert "--lora-modules" not in container["args"]  # loaded at runtime: the list can change without a restart
 
 
 def test_vllm_command_and_args():
@@ -253,6 +270,7 @@ def test_registry():
     assert isinstance(get_engine("sglang"), SGLangEngine)
     assert isinstance(get_engine("tensorrt-llm"), TensorRTLLMEngine)
     assert isinstance(get_engine("sim"), SimEngine)
+    assert isinstance(get_engine("triton"), TritonEngine)
     with pytest.raises(KeyError, match="unknown engine kind 'tgi'"):
         get_engine("tgi")
 
@@ -261,6 +279,7 @@ def test_default_images_are_pinned():
     assert VllmEngine.default_image.startswith("vllm/vllm-openai:v")
     assert SGLangEngine.default_image.startswith("lmsysorg/sglang:v")
     assert TensorRTLLMEngine.default_image.startswith("nvcr.io/nvidia/tensorrt-llm/release:")
+    assert TritonEngine.default_image.startswith("nvcr.io/nvidia/tritonserver:")
     for engine in all_engines():
         assert not engine.default_image.endswith(":latest")
     custom = spec(engine={"kind": "vllm", "image": "my/vllm:1"})
@@ -381,3 +400,114 @@ def test_metrics_endpoints_and_names():
     assert get_engine("vllm").metric_names.kv_cache_utilization_fallbacks == ("vllm:gpu_cache_usage_perc",)
     assert get_engine("sim").metric_names == get_engine("vllm").metric_names
     assert get_engine("sglang").metric_names.queue_depth == "sglang:num_queue_reqs"
+
+
+# --------------------------------------------------------------------------- triton
+
+# Triton's OpenAI-compatible frontend, python/openai/openai_frontend/main.py in
+# triton-inference-server/server (branch r26.08, argparse): --model-repository (required),
+# --tokenizer (HF id or local folder), --host (default 0.0.0.0), --openai-port (default 9000).
+TRITON_FLAGS = {"--model-repository", "--tokenizer", "--host", "--openai-port"}
+# model.json keys: vLLM's engine arguments (vllm/engine/arg_utils.py EngineArgs fields), which the
+# vLLM backend passes on (vllm_backend README, "Using the vLLM Backend").
+VLLM_ENGINE_ARGS = {"model", "tensor_parallel_size", "pipeline_parallel_size", "dtype", "quantization",
+                    "max_model_len", "disable_log_stats"}
+
+
+def _triton_files(container: dict) -> dict[str, str]:
+    from llmfleet.engines import triton
+
+    env = {e["name"]: e["value"] for e in container["env"]}
+    return {"name": env[triton.SERVED_NAME_ENV], "config": env[triton.CONFIG_ENV],
+            "engine_args": env[triton.ENGINE_ARGS_ENV]}
+
+
+def test_triton_rendered_flags_and_engine_args_are_documented():
+    import json
+
+    for variant in _variants("triton"):
+        container = get_engine("triton").container(
+            spec(model={"uri": variant.pop("uri")}, engine={"kind": "triton", **variant}), "llama")
+        assert set(_flags(container["args"])) <= TRITON_FLAGS
+        engine_args = json.loads(_triton_files(container)["engine_args"])
+        assert set(engine_args) <= VLLM_ENGINE_ARGS, set(engine_args) - VLLM_ENGINE_ARGS
+        assert engine_args["dtype"] in VLLM_CHOICES["--dtype"]
+        assert engine_args.get("quantization", "fp8") in VLLM_CHOICES["--quantization"]
+
+
+def test_triton_command_args_and_model_repository():
+    import json
+
+    from llmfleet.engines import triton
+
+    s = spec(model={"uri": "hf://org/model", "servedName": "llama-3.1-8b"},
+             engine={"kind": "triton", "quantization": "fp8", "dtype": "bfloat16", "maxModelLen": 8192},
+             parallelism={"tensor": 2, "pipeline": 2})
+    pod = get_engine("triton").pod_spec(s, "md-name")
+    (container,) = pod["containers"]
+    assert container["command"][:2] == ["/bin/sh", "-c"]
+    assert container["image"] == "nvcr.io/nvidia/tritonserver:26.08-vllm-python-py3"
+    assert container["args"] == [
+        "--model-repository", "/model-repository",
+        "--tokenizer", "org/model",
+        "--host", "0.0.0.0",
+        "--openai-port", "8000",
+    ]  # fmt: skip
+    files = _triton_files(container)
+    assert files["name"] == "llama-3.1-8b"  # the repository directory, so the name clients ask for
+    assert json.loads(files["engine_args"]) == {
+        "model": "org/model", "tensor_parallel_size": 2, "pipeline_parallel_size": 2, "dtype": "bfloat16",
+        "disable_log_stats": False, "quantization": "fp8", "max_model_len": 8192,
+    }
+    assert 'backend: "vllm"' in files["config"] and "kind: KIND_MODEL" in files["config"]
+    assert 'key: "REPORT_CUSTOM_METRICS"' in files["config"]
+    assert {"name": "model-repository", "emptyDir": {}} in pod["volumes"]
+    assert {"name": "model-repository", "mountPath": "/model-repository"} in container["volumeMounts"]
+    assert container["resources"]["limits"] == {"nvidia.com/gpu": "4"}
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"] == {"path": "/health/ready", "port": "http"}
+    assert triton.TritonEngine.metrics_path == "/metrics"
+
+
+def test_triton_container_command_writes_the_repository_and_starts_the_frontend(tmp_path):
+    # Run the rendered command with /bin/sh, the repository and the frontend moved under tmp_path.
+    import json
+    import subprocess
+    import sys
+
+    from llmfleet.engines import triton
+
+    s = spec(model={"uri": "pvc://models/llama"}, engine={
+        "kind": "triton", "extraArgs": ["--tool-call-parser", "llama3"],
+        "env": [{"name": "EXTRA", "value": "1"}]})
+    container = get_engine("triton").container(s, "chat")
+    frontend = tmp_path / "main.py"
+    frontend.write_text("import json, sys; print(json.dumps(sys.argv[1:]))\n")
+    command = [c.replace(triton.MODEL_REPOSITORY, str(tmp_path / "repo")).replace(triton.FRONTEND, str(frontend))
+               .replace("exec python3", f"exec {sys.executable}") for c in container["command"]]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    out = subprocess.run([*command, *container["args"]], env=env, capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)[-2:] == ["--tool-call-parser", "llama3"]  # extraArgs reach the frontend
+    assert json.loads(out.stdout)[:4] == ["--model-repository", "/model-repository", "--tokenizer",
+                                          "/models/models/llama"]
+    model = tmp_path / "repo" / "chat"
+    assert (model / "config.pbtxt").read_text() == triton.CONFIG_PBTXT
+    assert json.loads((model / "1" / "model.json").read_text())["model"] == "/models/models/llama"
+
+
+def test_triton_user_env_replaces_the_rendered_files():
+    from llmfleet.engines import triton
+
+    mine = '{"model": "/models/x", "gpu_memory_utilization": 0.5}'
+    s = spec(engine={"kind": "triton", "env": [{"name": triton.ENGINE_ARGS_ENV, "value": mine},
+                                               {"name": triton.SERVED_NAME_ENV, "value": "other"}]})
+    env = get_engine("triton").container(s, "x")["env"]
+    assert [e["value"] for e in env if e["name"] == triton.ENGINE_ARGS_ENV] == [mine]
+    assert [e["value"] for e in env if e["name"] == triton.SERVED_NAME_ENV] == ["other"]
+
+
+def test_triton_metric_names_select_by_label():
+    names = get_engine("triton").metric_names
+    assert names.queue_depth == 'nv_trt_llm_request_metrics{request_type="waiting"}'
+    assert names.running_requests == 'nv_trt_llm_request_metrics{request_type="scheduled"}'
+    assert names.kv_cache_utilization == 'nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction"}'

@@ -48,7 +48,7 @@ def test_rendering_matches_golden(name):
 def test_goldens_cover_every_engine_and_model_source():
     kinds = {md["spec"]["engine"]["kind"] for md in GOLDEN_CASES.values()}
     schemes = {md["spec"]["model"]["uri"].split("://")[0] for md in GOLDEN_CASES.values()}
-    assert kinds == {"vllm", "sglang", "tensorrt-llm", "sim"}
+    assert kinds == {"vllm", "sglang", "tensorrt-llm", "triton", "sim"}
     assert schemes == {"hf", "s3", "pvc", "oci"}
 
 

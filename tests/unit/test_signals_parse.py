@@ -3,8 +3,9 @@
 Fixtures in tests/data/metrics/ follow each engine's real exposition: vLLM v1 with two
 data-parallel engines (labels engine/model_name, ``_created`` series, histograms whose
 names end in ``_total``), vLLM v0 (``gpu_cache_usage_perc``), SGLang (scheduler gauges
-labelled by tp/pp rank, tokenizer counters by model only) and trtllm-serve
-(tensorrt_llm/metrics/collector.py names).
+labelled by tp/pp rank, tokenizer counters by model only), trtllm-serve
+(tensorrt_llm/metrics/collector.py names) and Triton (the samples its documentation prints,
+for the TensorRT-LLM and the vLLM backend; each file says where it came from).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from llmfleet.engines import all_engines
-from llmfleet.signals.parse import INF, Histogram, RawSample, metric_names, parse_sample
+from llmfleet.engines.base import MetricNames
+from llmfleet.signals.parse import INF, Histogram, RawSample, metric_names, parse_sample, parse_selector
 from llmfleet.sim.config import SimConfig
 from llmfleet.sim.server import SimServer
 
@@ -88,6 +90,58 @@ def test_tensorrt_llm_names():
     assert sample.ttft_seconds is not None and sample.ttft_seconds.count == 155
 
 
+def test_triton_tensorrt_llm_backend_names():
+    # The samples printed in the tensorrtllm_backend README and Triton's metrics guide.
+    sample = parse_sample(fixture("triton-tensorrt-llm.txt"), "triton")
+    # nv_trt_llm_request_metrics: request_type="waiting" 1, "scheduled" 1 (not "max" 512,
+    # "context" 1 or "active" 0, which a name-only lookup would have summed in).
+    assert (sample.queue_depth, sample.running_requests) == (1, 1)
+    # nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction"}, not used/free/max.
+    assert sample.kv_cache_utilization == pytest.approx(0.4875)
+    assert sample.has_load_signals
+    assert sample.finished_requests_total == 161  # nv_inference_request_success, untyped
+    # The TensorRT-LLM backend reports no token counters and no TTFT histogram.
+    assert sample.generation_tokens_total is None and sample.ttft_seconds is None
+
+
+def test_triton_vllm_backend_reports_no_load_gauges():
+    # The vLLM backend re-exports vLLM's counters and histograms only.
+    sample = parse_sample(fixture("triton-vllm.txt"), "triton")
+    assert sample.missing_gauges == ("queue_depth", "running_requests", "kv_cache_utilization")
+    assert (sample.generation_tokens_total, sample.prompt_tokens_total) == (16, 10)
+    assert sample.finished_requests_total == 161
+    assert sample.ttft_seconds == Histogram(buckets=((0.001, 0), (INF, 1)), sum=pytest.approx(0.0323312282))
+
+
+def test_label_matchers_select_samples():
+    assert parse_selector('m{a="x", b="y"}') == ("m", {"a": "x", "b": "y"})
+    assert parse_selector("vllm:num_requests_waiting") == ("vllm:num_requests_waiting", {})
+    for bad in ("m{a=x}", 'm{a="x"', "m n"):
+        with pytest.raises(ValueError):
+            parse_selector(bad)
+    names = MetricNames(
+        queue_depth='g{kind="waiting"}', running_requests='g{kind="running"}',
+        kv_cache_utilization='kv{kind="fraction"}', finished_requests_total='done_total{reason="stop"}',
+    )
+    text = (
+        "# TYPE g gauge\n"
+        'g{kind="waiting",model="a"} 2\ng{kind="waiting",model="b"} 3\ng{kind="running",model="a"} 4\n'
+        'g{kind="max",model="a"} 512\n'
+        'kv{kind="fraction",model="a"} 0.25\nkv{kind="fraction",model="b"} 0.75\nkv{kind="used",model="a"} 9\n'
+        "# TYPE done counter\n"
+        'done_total{reason="stop"} 5\ndone_total{reason="length"} 7\n'
+    )
+    sample = parse_sample(text, names)
+    assert (sample.queue_depth, sample.running_requests) == (5, 4)  # summed over the matching label sets
+    assert sample.kv_cache_utilization == pytest.approx(0.5)  # averaged
+    assert sample.finished_requests_total == 5
+    # A label value nobody reports: a gauge is missing, a counter not yet incremented is 0.
+    other = MetricNames(queue_depth='g{kind="queued"}', running_requests="g", kv_cache_utilization="kv",
+                        finished_requests_total='done_total{reason="abort"}')
+    sample = parse_sample(text, other)
+    assert sample.queue_depth is None and sample.finished_requests_total == 0
+
+
 def test_the_simulator_reads_as_vllm():
     # The sim's own exposition (not started: no socket needed to render /metrics).
     server = SimServer(SimConfig(port=0, served_model_names=("a", "b")))
@@ -98,6 +152,15 @@ def test_the_simulator_reads_as_vllm():
     assert (sample.queue_depth, sample.running_requests, sample.kv_cache_utilization) == (0, 0, 0)
     assert sample.generation_tokens_total == 0 and sample.finished_requests_total == 0
     assert sample.ttft_seconds is not None and sample.ttft_seconds.count == 0
+
+
+def test_the_simulator_serving_as_triton_reads_as_triton():
+    server = SimServer(SimConfig(port=0, served_model_names=("a",), serve_as="triton"))
+    text = generate_latest(server.engine.metrics.registry).decode()
+    sample = parse_sample(text, "triton")
+    assert sample.has_load_signals and sample.ttft_seconds is not None
+    assert "vllm:num_requests_waiting" not in text  # Triton's gauges instead of vLLM's
+    assert not parse_sample(text, "vllm").has_load_signals
 
 
 def test_every_engine_names_every_signal():

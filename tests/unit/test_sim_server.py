@@ -86,6 +86,20 @@ async def test_models_and_health(make_sim: MakeSim, http: httpx.AsyncClient) -> 
     assert (await http.get(f"http://127.0.0.1:{server.port}/health")).status_code == 200
 
 
+async def test_serving_as_triton_answers_its_health_path_and_metrics(make_sim: MakeSim,
+                                                                     http: httpx.AsyncClient) -> None:
+    vllm = await make_sim()
+    assert (await http.get(f"http://127.0.0.1:{vllm.port}/health/ready")).status_code == 404
+    server = await make_sim(serve_as="triton")
+    base = f"http://127.0.0.1:{server.port}"
+    assert (await http.get(f"{base}/health/ready")).status_code == 200
+    await _client(server, http).chat.completions.create(model=MODEL, messages=MSGS, max_tokens=3)
+    metrics = (await http.get(f"{base}/metrics")).text
+    assert 'nv_trt_llm_request_metrics{model="' in metrics
+    assert "vllm:num_requests_running" not in metrics
+    assert build_parser().parse_args(["--serve-as", "triton"]).serve_as == "triton"
+
+
 async def test_chat_completion(make_sim: MakeSim, http: httpx.AsyncClient) -> None:
     server = await make_sim()
     resp = await _client(server, http).chat.completions.create(

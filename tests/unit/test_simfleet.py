@@ -41,6 +41,27 @@ def test_termination_comes_from_the_pod_spec_scaled_by_the_sims_time_scale() -> 
     assert termination.wall_plan() == (0.5 * 2, 0.5 * (15 - 2))
 
 
+def test_a_triton_pod_gets_a_sim_serving_as_triton_with_its_port_and_model_name() -> None:
+    from llmfleet.sim.server import build_parser
+
+    spec = parse_model_deployment_spec({
+        "model": {"uri": "hf://org/model", "servedName": "chat-model"},
+        "engine": {"kind": "triton", "maxModelLen": 4096, "extraArgs": ["--tool-call-parser", "llama3"],
+                   "env": [{"name": "LLMFLEET_SIM_ARGS", "value": "--time-scale 0.5 --max-num-seqs 4"}]}})
+    pod = {"spec": get_engine("triton").pod_spec(spec, "md"), "status": {"podIP": "127.0.0.9"}}
+    planned = sim_command(pod)
+    assert planned is not None
+    command, address, port = planned
+    assert (address, port) == ("127.0.0.9", 8000)
+    assert command[1:3] == ["-m", "llmfleet.sim.server"]
+    ns = build_parser().parse_args(command[3:])  # Triton's own flags are not passed on
+    assert (ns.serve_as, ns.port, ns.host, ns.served_model_name) == ("triton", 8000, "127.0.0.9", ["chat-model"])
+    assert (ns.max_model_len, ns.time_scale, ns.max_num_seqs) == (4096, 0.5, 4)
+    assert Termination.of(pod, sim_time_scale(command)).time_scale == 0.5
+    vllm = parse_model_deployment_spec({"model": {"uri": "hf://org/model"}, "engine": {"kind": "vllm"}})
+    assert sim_command({"spec": get_engine("vllm").pod_spec(vllm, "md"), "status": {"podIP": "127.0.0.9"}}) is None
+
+
 def test_time_scale_is_the_last_one_given_and_defaults_to_one() -> None:
     assert sim_time_scale(["sim", "--time-scale", "0.5", "--time-scale=0.25"]) == 0.25
     assert sim_time_scale(["sim", "--port", "9000"]) == 1.0

@@ -78,6 +78,7 @@ class EngineKind(StrEnum):
     VLLM = support.VLLM
     TENSORRT_LLM = support.TENSORRT_LLM
     SGLANG = support.SGLANG
+    TRITON = support.TRITON
     SIM = support.SIM
 
 
@@ -194,6 +195,20 @@ def _uri_scheme_rules() -> list[CelRule]:
 
 URI_SCHEME_RULES = _uri_scheme_rules()
 
+# Triton serves a model under its model repository directory's name, and the operator
+# names that directory after the served name: it must be one path segment.
+TRITON_MODEL_NAME = r"^[A-Za-z0-9][-A-Za-z0-9_.]*$"
+TRITON_SERVED_NAME_MESSAGE = (
+    'engine "triton" serves the model under its model repository directory, named after servedName: '
+    'use letters, digits, "-", "_" and ".", starting with a letter or digit'
+)
+TRITON_SERVED_NAME_RULE = CelRule(
+    rule=f"self.engine.kind != {cel_string(support.TRITON)} || !has(self.model.servedName) || "
+    f"self.model.servedName.matches({cel_string(TRITON_MODEL_NAME)})",
+    message=TRITON_SERVED_NAME_MESSAGE,
+    field_path=".model.servedName",
+)
+
 
 # Static messages: the API server estimates string(int) in a messageExpression as
 # unbounded and refuses the CRD, so these cannot quote the numbers.
@@ -240,9 +255,10 @@ BACKENDS_REQUIRED_MESSAGE = "at least one backend is required"
 BACKENDS_REQUIRED_RULE = CelRule(
     rule="size(self) > 0", message=BACKENDS_REQUIRED_MESSAGE, reason="FieldValueRequired"
 )
-BACKENDS_UNIQUE_MESSAGE = "each modelDeployment may appear only once in a backend list"
+BACKENDS_UNIQUE_MESSAGE = "each modelDeployment (or modelDeployment and adapter) may appear only once in a backend list"
 BACKENDS_UNIQUE_RULE = CelRule(
-    rule="self.all(b, self.exists_one(c, c.modelDeployment == b.modelDeployment))",
+    rule="self.all(b, self.exists_one(c, c.modelDeployment == b.modelDeployment"
+    " && (has(c.adapter) ? c.adapter : '') == (has(b.adapter) ? b.adapter : '')))",
     message=BACKENDS_UNIQUE_MESSAGE,
     # Not reason FieldValueDuplicate: the API server then prints "Duplicate value" without the message.
 )
@@ -356,8 +372,9 @@ class EngineSpec(_Spec):
 
     kind: EngineKind = Field(
         description=(
-            "Engine: vllm, tensorrt-llm (trtllm-serve), sglang, or sim (llmfleet's simulated "
-            "engine, which needs no GPU and loads no weights)."
+            "Engine: vllm, tensorrt-llm (trtllm-serve), sglang, triton (Triton Inference Server's "
+            "OpenAI-compatible frontend with its vLLM backend; the operator writes the model repository), "
+            "or sim (llmfleet's simulated engine, which needs no GPU and loads no weights)."
         )
     )
     image: str | None = Field(
@@ -611,10 +628,86 @@ class Cost(_Spec):
     )
 
 
+ADAPTER_NAME = r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$"
+ADAPTER_URI_PATTERNS = tuple(URI_PATTERNS[s] for s in support.ADAPTER_URI_SCHEMES)
+ADAPTER_URI_MESSAGE = "an adapter comes from hf://ORG/NAME or pvc://CLAIM/PATH"
+ADAPTER_URI_RULE = CelRule(
+    rule=" || ".join(f"self.matches({cel_string(p)})" for p in ADAPTER_URI_PATTERNS),
+    message=ADAPTER_URI_MESSAGE,
+)
+ADAPTERS_UNIQUE_MESSAGE = "adapter names must be unique"
+ADAPTERS_UNIQUE_RULE = CelRule(
+    rule="self.all(a, self.exists_one(b, b.name == a.name))", message=ADAPTERS_UNIQUE_MESSAGE)
+LORA_ENGINE_RULE = CelRule(
+    rule=f"((!has(self.adapters) || size(self.adapters) == 0) && !has(self.lora)) "
+    f"|| self.engine.kind in {cel_list(support.LORA_ENGINE_KINDS)}",
+    message=support.lora_refusal(),
+    field_path=".adapters",
+)
+
+
+class Adapter(_Spec):
+    """A LoRA adapter served on top of the base model, under its own model name."""
+
+    name: str = Field(
+        max_length=63,
+        pattern=ADAPTER_NAME,
+        description=(
+            "Model name the engine serves the adapter under; a RoutePolicy backend names it in "
+            "`adapter` to make it a public model."
+        ),
+    )
+    uri: str = Field(
+        max_length=512,
+        description=(
+            "Where the adapter comes from: hf://ORG/NAME (the engine downloads it) or pvc://CLAIM/PATH "
+            "(the claim is mounted read-only at /adapters/CLAIM)."
+        ),
+        json_schema_extra=x_validations(ADAPTER_URI_RULE),
+    )
+
+    @field_validator("uri")
+    @classmethod
+    def _check_uri(cls, uri: str) -> str:
+        if not any(re.fullmatch(p, uri) for p in ADAPTER_URI_PATTERNS):
+            raise rule_error(ADAPTER_URI_MESSAGE)
+        return uri
+
+
+def _check_adapters(adapters: list[Adapter]) -> list[Adapter]:
+    names = [a.name for a in adapters]
+    if len(set(names)) != len(names):
+        raise rule_error(ADAPTERS_UNIQUE_MESSAGE)
+    return adapters
+
+
+class Lora(_Spec):
+    """How the engine holds LoRA adapters. Set it (or at least one adapter) when the
+    ModelDeployment is created: turning LoRA on later restarts the replicas, while adapters
+    are added and removed on running replicas."""
+
+    max_rank: int = Field(
+        16,
+        description="Largest adapter rank the engine accepts (vLLM --max-lora-rank).",
+        json_schema_extra={"enum": list(support.LORA_RANKS)},
+    )
+    max_loaded: int = Field(
+        4, ge=1, le=64, description="Adapters one batch can use at once on the GPU (vLLM --max-loras)."
+    )
+
+    @field_validator("max_rank")
+    @classmethod
+    def _check_rank(cls, rank: int) -> int:
+        if rank not in support.LORA_RANKS:
+            raise rule_error(f"maxRank must be one of {', '.join(map(str, support.LORA_RANKS))}")
+        return rank
+
+
 class ModelDeploymentSpec(_Spec):
     """One model served by one engine, as a set of identical replicas."""
 
-    model_config = ConfigDict(json_schema_extra=x_validations(*URI_SCHEME_RULES))
+    model_config = ConfigDict(json_schema_extra=x_validations(*URI_SCHEME_RULES, LORA_ENGINE_RULE,
+                                                              TRITON_SERVED_NAME_RULE))
 
     model: ModelSource = Field(description="The model to serve.")
     engine: EngineSpec = Field(description="The model server.")
@@ -628,7 +721,7 @@ class ModelDeploymentSpec(_Spec):
     accelerator: Accelerator | None = Field(
         None,
         description=(
-            "GPUs per replica. vllm, sglang and tensorrt-llm request nvidia.com/gpu when this is "
+            "GPUs per replica. vllm, sglang, tensorrt-llm and triton request nvidia.com/gpu when this is "
             "omitted; sim requests no GPU unless this is set."
         ),
     )
@@ -643,6 +736,29 @@ class ModelDeploymentSpec(_Spec):
     )
     autoscaling: Autoscaling | None = Field(None, description="Load-based autoscaling.")
     cost: Cost | None = Field(None, description="Cost of a replica, used by cost-aware routing and reports.")
+    adapters: Annotated[list[Adapter], AfterValidator(_check_adapters)] = Field(
+        default_factory=list,
+        max_length=64,
+        description=(
+            "LoRA adapters served on top of the model, each under its own model name. The operator loads "
+            "them into every ready replica and routes an adapter only to replicas that have it; adding or "
+            "removing one does not restart the replicas."
+        ),
+        json_schema_extra=x_validations(ADAPTERS_UNIQUE_RULE),
+    )
+    lora: Lora | None = Field(
+        None, description="LoRA settings of the engine; defaults apply when adapters are listed without it."
+    )
+
+    @model_validator(mode="after")
+    def _engine_serves_adapters(self) -> ModelDeploymentSpec:
+        if (self.adapters or self.lora is not None) and self.engine.kind.value not in support.LORA_ENGINE_KINDS:
+            raise rule_error(support.lora_refusal(), field="adapters")
+        return self
+
+    @property
+    def lora_enabled(self) -> bool:
+        return bool(self.adapters) or self.lora is not None
 
     @model_validator(mode="after")
     def _engine_loads_uri(self) -> ModelDeploymentSpec:
@@ -650,6 +766,13 @@ class ModelDeploymentSpec(_Spec):
         scheme = parse_model_uri(self.model.uri).scheme
         if scheme not in support.allowed_uri_schemes(kind):
             raise rule_error(support.uri_scheme_refusal(kind), field="model.uri")
+        return self
+
+    @model_validator(mode="after")
+    def _triton_model_name(self) -> ModelDeploymentSpec:
+        name = self.model.served_name
+        if self.engine.kind is EngineKind.TRITON and name is not None and not re.match(TRITON_MODEL_NAME, name):
+            raise rule_error(TRITON_SERVED_NAME_MESSAGE, field="model.servedName")
         return self
 
     def served_name_for(self, name: str) -> str:
@@ -774,13 +897,31 @@ class Backend(_Spec):
         le=100,
         description="Failover order: all traffic goes to the lowest priority that has ready replicas.",
     )
+    adapter: str | None = Field(
+        None,
+        max_length=63,
+        pattern=ADAPTER_NAME,
+        description=(
+            "One of the ModelDeployment's LoRA adapters: requests go to the replicas that have loaded it, "
+            "asking for the adapter's model name."
+        ),
+    )
+
+    @property
+    def key(self) -> str:
+        """What the backend names: the ModelDeployment, or "MODELDEPLOYMENT/ADAPTER"."""
+        return backend_key(self.model_deployment, self.adapter)
+
+
+def backend_key(model_deployment: str, adapter: str | None) -> str:
+    return f"{model_deployment}/{adapter}" if adapter else model_deployment
 
 
 def check_backends(backends: list[Backend]) -> list[Backend]:
     """The rules every backend list follows (the policy's and each rule's)."""
     if not backends:
         raise rule_error(BACKENDS_REQUIRED_MESSAGE)
-    names = [b.model_deployment for b in backends]
+    names = [b.key for b in backends]
     if len(set(names)) != len(names):
         raise rule_error(BACKENDS_UNIQUE_MESSAGE)
     return backends
@@ -1234,6 +1375,7 @@ class BackendStatus(_Status):
     """The effective share of one backend and why."""
 
     model_deployment: str = Field(description="Name of the ModelDeployment.")
+    adapter: str | None = Field(None, description="The LoRA adapter, for a backend that names one.")
     weight: int | None = Field(
         None, ge=0, description="Effective weight in use; weights of a policy's backends sum to 100."
     )

@@ -17,12 +17,13 @@ VLLM = "vllm"
 TENSORRT_LLM = "tensorrt-llm"
 SGLANG = "sglang"
 SIM = "sim"
+TRITON = "triton"
 
-ENGINE_KINDS: tuple[str, ...] = (VLLM, TENSORRT_LLM, SGLANG, SIM)
+ENGINE_KINDS: tuple[str, ...] = (VLLM, TENSORRT_LLM, SGLANG, TRITON, SIM)
 
 # Engines that run on GPUs. They request `nvidia.com/gpu` unless spec.accelerator
 # says otherwise; `sim` requests a GPU only when spec.accelerator is given.
-GPU_ENGINE_KINDS: frozenset[str] = frozenset({VLLM, TENSORRT_LLM, SGLANG})
+GPU_ENGINE_KINDS: frozenset[str] = frozenset({VLLM, TENSORRT_LLM, SGLANG, TRITON})
 
 # One replica is one pod on one node until multi-node replicas (LeaderWorkerSet) exist.
 MAX_GPUS_PER_REPLICA = 8
@@ -55,19 +56,20 @@ QUANTIZATIONS: tuple[str, ...] = (
 # Sources: docs.vllm.ai (quantization, engine args), docs.sglang.io
 # (server_arguments: --quantization choices), nvidia.github.io/TensorRT-LLM
 # (features/quantization: model and hardware support matrix).
+_VLLM_QUANTIZATION_FLAGS: Mapping[str, str | None] = {
+    "none": None,
+    "awq": None,
+    "gptq": None,
+    "fp8": "fp8",
+    "int8": None,
+    "nvfp4": None,
+    "mxfp4": None,
+    "bitsandbytes": "bitsandbytes",
+    "gguf": None,
+    "compressed-tensors": None,
+}
 QUANTIZATION_FLAGS: Mapping[str, Mapping[str, str | None]] = {
-    VLLM: {
-        "none": None,
-        "awq": None,
-        "gptq": None,
-        "fp8": "fp8",
-        "int8": None,
-        "nvfp4": None,
-        "mxfp4": None,
-        "bitsandbytes": "bitsandbytes",
-        "gguf": None,
-        "compressed-tensors": None,
-    },
+    VLLM: _VLLM_QUANTIZATION_FLAGS,
     SGLANG: {
         "none": None,
         "awq": None,
@@ -88,6 +90,9 @@ QUANTIZATION_FLAGS: Mapping[str, Mapping[str, str | None]] = {
         "nvfp4": None,
         "mxfp4": None,
     },
+    # Triton's vLLM backend hands model.json to vLLM's engine arguments, so vLLM's
+    # `quantization` key and values apply (vllm_backend README, "Using the vLLM Backend").
+    TRITON: _VLLM_QUANTIZATION_FLAGS,
     # The simulator loads no weights; it accepts every value so that any spec can
     # switch its engine to `sim` for a test.
     SIM: {q: None for q in QUANTIZATIONS},
@@ -100,8 +105,25 @@ DTYPE_SUPPORT: Mapping[str, tuple[str, ...]] = {
     VLLM: DTYPES,
     SGLANG: DTYPES,
     TENSORRT_LLM: ("auto",),
+    TRITON: DTYPES,
     SIM: DTYPES,
 }
+
+# LoRA adapters, loaded into running replicas at runtime (vLLM's /v1/load_lora_adapter,
+# enabled by VLLM_ALLOW_RUNTIME_LORA_UPDATING; the simulator serves the same endpoints).
+# SGLang's runtime loading needs the target modules and rank of every adapter up front,
+# TensorRT-LLM's trtllm-serve loads LoRA per request from a path: not supported yet.
+LORA_ENGINE_KINDS: tuple[str, ...] = (VLLM, SIM)
+# Where an adapter can come from: a Hugging Face repo the engine downloads, or a
+# directory of a PersistentVolumeClaim mounted read-only.
+ADAPTER_URI_SCHEMES: tuple[str, ...] = ("hf", "pvc")
+# vLLM's --max-lora-rank accepts only these (LoRAConfig.max_lora_rank).
+LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
+
+
+def lora_refusal() -> str:
+    return f"LoRA adapters are served by engine kinds {', '.join(LORA_ENGINE_KINDS)} only"
+
 
 MODEL_URI_SCHEMES: tuple[str, ...] = ("hf", "s3", "gs", "pvc", "oci")
 
@@ -111,6 +133,8 @@ URI_SCHEME_SUPPORT: Mapping[str, tuple[str, ...]] = {
     VLLM: MODEL_URI_SCHEMES,
     SGLANG: MODEL_URI_SCHEMES,
     TENSORRT_LLM: ("hf", "pvc", "oci"),
+    # Whether Triton's vLLM image ships the Run:ai Model Streamer is not documented.
+    TRITON: ("hf", "pvc", "oci"),
     SIM: MODEL_URI_SCHEMES,
 }
 

@@ -44,6 +44,7 @@ from ..kube.store import Store
 from ..kube.views import DeploymentView, ModelDeploymentView, PodView, RoutePolicyView, ServiceView, TenantView
 from ..routing.table import Endpoint
 from .activator import Activator, ReadyEndpoints
+from .adapters import AdapterLoader
 from .autoscaler import Autoscaler
 from .budgets import BudgetReporter
 from .modeldeployment import ModelDeploymentReconciler
@@ -56,6 +57,7 @@ from .xdsreports import ReportWriter
 
 log = logging.getLogger("llmfleet")
 SYNC_LOG_SECONDS = 30.0  # say what the operator waits for when listing takes this long
+ADAPTER_INTERVAL = 1.0  # seconds between the leader's checks that every replica has its LoRA adapters
 BUDGET_INTERVAL = 2.0  # seconds between the leader's writes of the tenants' budget spend
 
 
@@ -85,6 +87,7 @@ class Operator:
         self.autoscaler: Autoscaler | None = None
         self.traffic: TrafficReporter | None = None
         self.budgets: BudgetReporter | None = None
+        self.adapters = AdapterLoader(self.client, self.store, interval=ADAPTER_INTERVAL)
         self.md_queue = WorkQueue(ModelDeploymentReconciler(self.client, self.store).reconcile,
                                   workers=options.workers)
         self.route_queue: WorkQueue | None = None
@@ -117,8 +120,9 @@ class Operator:
             assert view is not None
             if view.model_deployment:
                 self.md_queue.add((view.namespace, view.model_deployment))
-            if (old.endpoint if old else None) != (new.endpoint if new else None):
-                routes()  # serving replicas are the endpoints
+            if (old.endpoint if old else None, old.adapters if old else ()) \
+                    != (new.endpoint if new else None, new.adapters if new else ()):
+                routes()  # serving replicas are the endpoints, of their adapters too
 
         def route_policy(old: RoutePolicyView | None, new: RoutePolicyView | None) -> None:
             if old is None or new is None or old.routing_facets() != new.routing_facets():
@@ -208,6 +212,7 @@ class Operator:
             self.traffic.start()
         if self.budgets is not None:
             self.budgets.start()
+        self.adapters.start()
         if self.routes is not None:
             self.routes.writes = True
             self._route_queue_later()
@@ -219,7 +224,7 @@ class Operator:
         if self.routes is not None:
             self.routes.writes = False
         await self.md_queue.stop()
-        for component in (self.autoscaler, self.traffic, self.budgets):
+        for component in (self.autoscaler, self.traffic, self.budgets, self.adapters):
             if component is not None:
                 await component.stop()
 
@@ -264,7 +269,7 @@ class Operator:
         if self._election is not None:
             self._election.cancel()
             await asyncio.gather(self._election, return_exceptions=True)
-        for component in (self.autoscaler, self.traffic, self.budgets):
+        for component in (self.autoscaler, self.traffic, self.budgets, self.adapters):
             if component is not None:
                 await component.stop()
         for queue in (self.md_queue, self.route_queue):

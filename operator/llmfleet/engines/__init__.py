@@ -11,10 +11,12 @@ from llmfleet.engines.base import Engine, MetricNames, ModelMount
 from llmfleet.engines.sglang import SGLangEngine
 from llmfleet.engines.sim import SimEngine
 from llmfleet.engines.tensorrt_llm import TensorRTLLMEngine
+from llmfleet.engines.triton import TritonEngine
 from llmfleet.engines.vllm import VllmEngine
 
 _ENGINES: dict[str, Engine] = {
-    engine.kind: engine for engine in (VllmEngine(), TensorRTLLMEngine(), SGLangEngine(), SimEngine())
+    engine.kind: engine
+    for engine in (VllmEngine(), TensorRTLLMEngine(), SGLangEngine(), TritonEngine(), SimEngine())
 }
 
 
@@ -37,6 +39,7 @@ __all__ = [
     "SGLangEngine",
     "SimEngine",
     "TensorRTLLMEngine",
+    "TritonEngine",
     "VllmEngine",
     "all_engines",
     "get_engine",

@@ -24,6 +24,7 @@ PORT_NAME = "http"
 CONTAINER_NAME = "model-server"
 MODELS_DIR = "/models"
 CACHE_DIR = "/cache"
+ADAPTERS_DIR = "/adapters"
 GPU_TAINT_KEY = "nvidia.com/gpu"
 GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 
@@ -156,9 +157,28 @@ class Engine(ABC):
         # s3:// and gs://: the engine streams the weights itself.
         return ModelMount(model_arg=uri.uri, args=self.object_storage_args())
 
+    def adapter_mount(self, spec: ModelDeploymentSpec) -> ModelMount:
+        """Volumes for the adapters that come from PersistentVolumeClaims: each claim read-only
+        at /adapters/CLAIM. The adapter list itself is not in the pod template: adapters are
+        loaded into running replicas (see llmfleet.controller.adapters), so adding one from
+        Hugging Face or from a claim already mounted restarts nothing."""
+        claims = sorted({parse_model_uri(a.uri).pvc_claim for a in spec.adapters
+                         if parse_model_uri(a.uri).scheme == "pvc"})
+        return ModelMount(
+            model_arg="",
+            volumes=[{"name": f"adapters-{claim}", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+                     for claim in claims],
+            volume_mounts=[{"name": f"adapters-{claim}", "mountPath": f"{ADAPTERS_DIR}/{claim}", "readOnly": True}
+                           for claim in claims],
+        )
+
+    def lora_env(self, spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+        """Variables that let the engine load adapters at runtime (engines that serve LoRA)."""
+        return []
+
     def env(self, spec: ModelDeploymentSpec, mount: ModelMount) -> list[dict[str, Any]]:
         """Our variables, then spec.engine.env; a user variable replaces ours of the same name."""
-        merged: dict[str, dict[str, Any]] = {e["name"]: e for e in mount.env}
+        merged: dict[str, dict[str, Any]] = {e["name"]: e for e in [*mount.env, *self.lora_env(spec)]}
         for var in spec.engine.env:
             merged[var.name] = var.model_dump(mode="json", by_alias=True, exclude_none=True)
         return list(merged.values())
@@ -229,7 +249,7 @@ class Engine(ABC):
         resources = self.resources(spec)
         if resources:
             container["resources"] = resources
-        mounts = list(mount.volume_mounts)
+        mounts = list(mount.volume_mounts) + self.adapter_mount(spec).volume_mounts
         if self.shm_size(spec.gpus_per_replica):
             mounts.append({"name": "dshm", "mountPath": "/dev/shm"})
         if mounts:
@@ -242,7 +262,7 @@ class Engine(ABC):
         return container
 
     def volumes(self, spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
-        volumes = list(self.model_mount(spec).volumes)
+        volumes = list(self.model_mount(spec).volumes) + self.adapter_mount(spec).volumes
         shm = self.shm_size(spec.gpus_per_replica)
         if shm:
             volumes.append({"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm}})
@@ -278,3 +298,12 @@ class Engine(ABC):
 def parallel_args(tensor_flag: str, pipeline_flag: str, spec: ModelDeploymentSpec) -> list[str]:
     """Tensor and pipeline parallel sizes under the engine's flag names."""
     return [tensor_flag, str(spec.parallelism.tensor), pipeline_flag, str(spec.parallelism.pipeline)]
+
+
+def adapter_path(uri: str) -> str:
+    """What the engine loads an adapter from: the Hugging Face repo id, or its path under
+    the claim's mount (see Engine.adapter_mount)."""
+    parsed = parse_model_uri(uri)
+    if parsed.scheme == "pvc":
+        return "/".join(p for p in (ADAPTERS_DIR, parsed.pvc_claim, parsed.pvc_path) if p)
+    return parsed.hf_repo

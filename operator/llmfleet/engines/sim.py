@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from llmfleet import __version__
 from llmfleet.api import support
 from llmfleet.engines.base import PORT, Engine, MetricNames, ModelMount
-from llmfleet.engines.vllm import VllmEngine
+from llmfleet.engines.vllm import VllmEngine, lora_args
 
 if TYPE_CHECKING:
     from llmfleet.api.models import ModelDeploymentSpec
@@ -45,12 +45,18 @@ class SimEngine(Engine):
         ]  # fmt: skip
         if spec.engine.max_model_len:
             args += ["--max-model-len", str(spec.engine.max_model_len)]
-        return args
+        return args + lora_args(spec)
 
     def model_mount(self, spec: ModelDeploymentSpec) -> ModelMount:
         # The simulator loads nothing: no volumes, so a pvc:// or oci:// spec switched
         # to sim still schedules on a cluster without that claim or image.
         return ModelMount(model_arg="")
+
+    def adapter_mount(self, spec: ModelDeploymentSpec) -> ModelMount:
+        return ModelMount(model_arg="")  # the simulator reads no adapter files either
+
+    def lora_env(self, spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+        return []  # the simulator's load/unload endpoints are on with --enable-lora
 
     def resources(self, spec: ModelDeploymentSpec) -> dict[str, Any]:
         resources = {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}

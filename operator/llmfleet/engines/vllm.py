@@ -6,9 +6,10 @@ arguments); ``tests/unit/test_engines.py`` checks them against that list.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from llmfleet.api import support
+from llmfleet.api.models import Lora
 from llmfleet.engines.base import PORT, Engine, MetricNames, ModelMount, parallel_args
 
 if TYPE_CHECKING:
@@ -52,8 +53,22 @@ class VllmEngine(Engine):
             args += ["--quantization", quantization]
         if spec.engine.max_model_len:
             args += ["--max-model-len", str(spec.engine.max_model_len)]
-        return args + mount.args
+        return args + lora_args(spec) + mount.args
+
+    def lora_env(self, spec: ModelDeploymentSpec) -> list[dict[str, Any]]:
+        # Turns on /v1/load_lora_adapter and /v1/unload_lora_adapter ("Dynamically serving
+        # LoRA Adapters" in vLLM's LoRA docs), through which the operator adds and removes adapters.
+        return [{"name": "VLLM_ALLOW_RUNTIME_LORA_UPDATING", "value": "True"}] if spec.lora_enabled else []
 
     def object_storage_args(self) -> list[str]:
         # The vllm-openai image ships the Run:ai Model Streamer, which reads s3:// and gs://.
         return ["--load-format", "runai_streamer"]
+
+
+def lora_args(spec: ModelDeploymentSpec) -> list[str]:
+    """vLLM's LoRA flags (docs.vllm.ai, engine arguments "LoRAConfig"): no --lora-modules,
+    the operator loads the adapters into each running replica."""
+    if not spec.lora_enabled:
+        return []
+    lora = spec.lora or Lora()
+    return ["--enable-lora", "--max-loras", str(lora.max_loaded), "--max-lora-rank", str(lora.max_rank)]

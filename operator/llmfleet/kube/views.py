@@ -30,10 +30,14 @@ from ..api.models import (
     parse_route_policy_spec,
     parse_tenant_spec,
 )
-from ..engines.base import PORT, PORT_NAME
+from ..engines.base import CONTAINER_NAME, PORT, PORT_NAME
 from ..render.deployment import SELECTOR_LABEL
 
 APPLIED_ANNOTATION = "llmfleet.io/applied"  # hash of what the operator last applied to a child
+# On a model server pod: the LoRA adapters the operator loaded into its container, as JSON
+# {"restarts": RESTART_COUNT, "loaded": {NAME: PATH, ...}}; a container restart empties the
+# engine, so the record holds only while the container's restartCount is the one written.
+ADAPTERS_ANNOTATION = "llmfleet.io/adapters"
 # Container waiting reasons that will not clear by themselves.
 STUCK_WAITING_REASONS = frozenset({"CrashLoopBackOff", "ImagePullBackOff", "ErrImagePull", "InvalidImageName",
                                    "CreateContainerConfigError", "CreateContainerError"})
@@ -62,6 +66,26 @@ def _time(text: str | None) -> float | None:
         return None
 
 
+def adapters_record(restarts: int, loaded: dict[str, str]) -> str:
+    """The ADAPTERS_ANNOTATION value for adapters ``loaded`` (name → path) into a container
+    restarted ``restarts`` times."""
+    return json.dumps({"restarts": restarts, "loaded": dict(sorted(loaded.items()))}, separators=(",", ":"))
+
+
+def loaded_adapters(record: str | None, restarts: int) -> tuple[tuple[str, str], ...]:
+    """The adapters (name, path) an ADAPTERS_ANNOTATION value says are loaded, if written
+    for this container."""
+    if not record:
+        return ()
+    try:
+        value = json.loads(record)
+        if value.get("restarts") != restarts:
+            return ()
+        return tuple(sorted((str(n), str(p)) for n, p in (value.get("loaded") or {}).items()))
+    except (ValueError, AttributeError, TypeError):
+        return ()
+
+
 @dataclass(frozen=True)
 class PodView:
     namespace: str
@@ -77,6 +101,8 @@ class PodView:
     ready_since: float | None  # when Ready last turned True
     unschedulable: str | None = None  # the scheduler's message while it cannot place the pod
     stuck: tuple[tuple[str, str], ...] = ()  # (reason, message) of containers that will not recover alone
+    restarts: int = 0  # the model server container's restartCount
+    adapters: tuple[tuple[str, str], ...] = ()  # LoRA adapters (name, path) in the container (ADAPTERS_ANNOTATION)
 
     @classmethod
     def from_body(cls, pod: dict[str, Any]) -> PodView:
@@ -90,6 +116,8 @@ class PodView:
             (w["reason"], w.get("message", ""))
             for cs in status.get("containerStatuses") or []
             if (w := (cs.get("state") or {}).get("waiting") or {}).get("reason") in STUCK_WAITING_REASONS)
+        restarts = next((int(cs.get("restartCount") or 0) for cs in status.get("containerStatuses") or []
+                         if cs.get("name") == CONTAINER_NAME), 0)
         return cls(
             namespace=meta["namespace"], name=meta["name"], uid=meta.get("uid", ""),
             model_deployment=(meta.get("labels") or {}).get(SELECTOR_LABEL),
@@ -99,7 +127,8 @@ class PodView:
             ready_since=_time(ready.get("lastTransitionTime")) if ready.get("status") == "True" else None,
             unschedulable=scheduled.get("message", "") if scheduled.get("status") == "False"
             and scheduled.get("reason") == "Unschedulable" else None,
-            stuck=stuck,
+            stuck=stuck, restarts=restarts,
+            adapters=loaded_adapters((meta.get("annotations") or {}).get(ADAPTERS_ANNOTATION), restarts),
         )
 
     @property
@@ -273,11 +302,16 @@ class ModelDeploymentView(_ResourceView):
         auto = self.spec.autoscaling if self.spec else None
         return bool(auto and auto.scale_to_zero and auto.scale_to_zero.idle_seconds)
 
+    @property
+    def adapters(self) -> tuple[str, ...]:
+        """Names of the LoRA adapters it declares."""
+        return tuple(a.name for a in self.spec.adapters) if self.spec else ()
+
     def routing_facets(self) -> tuple:
         """What routing reads: a change elsewhere (conditions, ready counts) needs no recompute."""
         return (self.served_model, self.cost_per_replica_hour, self.declared_prices, self.metric, self.target,
                 self.max_replicas,
-                self.scale_to_zero, str(self.load), self.invalid)
+                self.scale_to_zero, str(self.load), self.invalid, self.adapters)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from ..api.models import Backend, RouteMatch, RoutePolicySpec, RouteStrategy
+from ..api.models import Backend, RouteMatch, RoutePolicySpec, RouteStrategy, backend_key
 from ..api.models import Cascade as CascadeSpec
 from ..kube.views import ModelDeploymentView, PodView, Ref, RoutePolicyView
 from ..signals.values import capacity_sample
@@ -119,23 +119,54 @@ def ready_endpoints(pods: Iterable[PodView]) -> dict[Ref, tuple[Endpoint, ...]]:
 
     Read from the pods themselves: EndpointSlices refuse loopback addresses, and a
     pod's readiness is what the model server's probe says.
+
+    A replica that has loaded LoRA adapters is also an endpoint of each of them, under
+    (namespace, "MODELDEPLOYMENT/ADAPTER") (a backend's key).
     """
     out: dict[Ref, list[Endpoint]] = {}
     for pod in pods:
         if pod.model_deployment and (endpoint := pod.endpoint) is not None:
-            out.setdefault((pod.namespace, pod.model_deployment), []).append(Endpoint(*endpoint))
+            for key in (pod.model_deployment, *(backend_key(pod.model_deployment, a) for a, _ in pod.adapters)):
+                out.setdefault((pod.namespace, key), []).append(Endpoint(*endpoint))
     return {key: tuple(sorted(eps)) for key, eps in out.items()}
 
 
 def backend_states(model_deployments: Iterable[ModelDeploymentView],
                    endpoints: Mapping[Ref, tuple[Endpoint, ...]]) -> dict[Ref, BackendState]:
-    return {
-        md.ref: BackendState(md.namespace, md.name, md.served_model, endpoints.get(md.ref, ()),
-                             cost_per_replica_hour=md.cost_per_replica_hour, load=md.load, metric=md.metric,
-                             target=md.target, scale_to_zero=md.scale_to_zero,
-                             max_replicas=md.max_replicas, declared_prices=md.declared_prices)
-        for md in model_deployments
-    }
+    """Per backend key: each ModelDeployment, and each adapter it declares (served under the
+    adapter's name by the replicas that loaded it, at the base model's cost and load)."""
+    states = {}
+    for md in model_deployments:
+        base = BackendState(md.namespace, md.name, md.served_model, endpoints.get(md.ref, ()),
+                            cost_per_replica_hour=md.cost_per_replica_hour, load=md.load, metric=md.metric,
+                            target=md.target, scale_to_zero=md.scale_to_zero,
+                            max_replicas=md.max_replicas, declared_prices=md.declared_prices)
+        states[md.ref] = base
+        for adapter in md.adapters:
+            key = backend_key(md.name, adapter)
+            # An adapter is loaded into a replica that already serves: it cannot wake one.
+            states[(md.namespace, key)] = dataclasses.replace(
+                base, name=key, served_model=adapter, endpoints=endpoints.get((md.namespace, key), ()),
+                scale_to_zero=False)
+    return states
+
+
+def _row_id(b: Backend) -> dict[str, str]:
+    """How a status row names its backend."""
+    return {"modelDeployment": b.model_deployment} | ({"adapter": b.adapter} if b.adapter else {})
+
+
+def _row_key(row: dict) -> str | None:
+    name = row.get("modelDeployment")
+    return backend_key(name, row.get("adapter")) if name else None
+
+
+def _missing_name(b: Backend) -> str:
+    return f"{b.model_deployment} with adapter {b.adapter}" if b.adapter else b.model_deployment
+
+
+def _not_found(b: Backend) -> str:
+    return f"ModelDeployment {_missing_name(b)} not found"
 
 
 def _age_key(policy: RoutePolicyView) -> tuple[str, str, str]:
@@ -194,12 +225,12 @@ def compute_routing(
         claimed[spec.model] = policy
         result.model = spec.model
         rows = policy.status.get("backends") or []
-        previous: dict = {b.get("modelDeployment"): b.get("weight") for b in rows}
-        ready_before = {b.get("modelDeployment"): b.get("readyReplicas", 0) for b in rows}
+        previous: dict = {_row_key(b): b.get("weight") for b in rows}
+        ready_before = {_row_key(b): b.get("readyReplicas", 0) for b in rows}
         if previous_loads is not None and all(
-            (st := states.get((namespace, b.model_deployment))) is None
-            or (st.load == previous_loads.get((namespace, b.model_deployment))
-                and len(st.endpoints) == ready_before.get(b.model_deployment))
+            (st := states.get((namespace, b.key))) is None
+            or (st.load == previous_loads.get((namespace, b.key))
+                and len(st.endpoints) == ready_before.get(b.key))
             for b in spec.backends
         ):
             previous = {**previous, HOLD: True}
@@ -259,9 +290,9 @@ def _route(spec: RoutePolicySpec, namespace: str, states, used_clusters, previou
 def _cheapest(spec: RoutePolicySpec, namespace: str, states: Mapping[Ref, BackendState]) -> BackendState | None:
     """The policy's ready backend with the lowest price per output token (declared, or its
     replica-hour over its learned capacity); the first listed on a tie. None: none priced."""
-    names = [b.model_deployment for b in spec.backends]
-    names += [b.model_deployment for rule in spec.rules for b in rule.backends]
-    names += [b.model_deployment for b in (spec.fallback.backends if spec.fallback else [])]
+    names = [b.key for b in spec.backends]
+    names += [b.key for rule in spec.rules for b in rule.backends]
+    names += [b.key for b in (spec.fallback.backends if spec.fallback else [])]
     best: tuple[float, BackendState] | None = None
     for name in dict.fromkeys(names):
         state = states.get((namespace, name))
@@ -279,15 +310,15 @@ def _cascade(spec: RoutePolicySpec, namespace, states, used_clusters, missing
     settings = spec.cascade or CascadeSpec()
     stages, skipped = [], {}
     for b in spec.backends:
-        state = states.get((namespace, b.model_deployment))
+        state = states.get((namespace, b.key))
         if state is None:
-            missing.append(b.model_deployment)
-            skipped[b.model_deployment] = f"ModelDeployment {b.model_deployment} not found"
+            missing.append(_missing_name(b))
+            skipped[b.key] = _not_found(b)
         elif not state.endpoints:
-            skipped[b.model_deployment] = "no ready replicas: skipped by the cascade"
+            skipped[b.key] = "no ready replicas: skipped by the cascade"
         else:
             used_clusters[state.cluster] = state.to_cluster()
-            stages.append(CascadeStage(b.model_deployment, state.cluster, state.served_model))
+            stages.append(CascadeStage(b.key, state.cluster, state.served_model))
     place = {s.backend: i for i, s in enumerate(stages, 1)}
     ready = {s.backend: len(used_clusters[s.cluster].endpoints) for s in stages}
 
@@ -296,9 +327,9 @@ def _cascade(spec: RoutePolicySpec, namespace, states, used_clusters, missing
         return (f"stage {i} of {len(stages)}: answers unless an escalation condition holds" if i < len(stages)
                 else f"stage {i} of {len(stages)}: the last stage, answers what the others escalate")
 
-    status = [{"modelDeployment": b.model_deployment, "weight": 100 if place.get(b.model_deployment) == 1 else 0,
-               "readyReplicas": ready.get(b.model_deployment, 0),
-               "reason": skipped.get(b.model_deployment) or reason(b.model_deployment)} for b in spec.backends]
+    status = [{**_row_id(b), "weight": 100 if place.get(b.key) == 1 else 0,
+               "readyReplicas": ready.get(b.key, 0),
+               "reason": skipped.get(b.key) or reason(b.key)} for b in spec.backends]
     if not stages:
         return None, (), status
     cascade = Cascade(tuple(stages), settings.min_mean_logprob, settings.escalate_on_length,
@@ -312,23 +343,23 @@ def _fallback(spec: RoutePolicySpec, namespace, states, used_clusters, missing) 
     the split does not already list."""
     if spec.fallback is None:
         return None, []
-    listed = {b.model_deployment for b in spec.backends}
+    listed = {b.key for b in spec.backends}
     limit = spec.fallback.max_in_flight_per_replica
     saturated = f" or that is saturated ({limit} requests in flight per replica)" if limit else ""
     clusters, rows = [], []
     for i, b in enumerate(spec.fallback.backends, 1):
-        state = states.get((namespace, b.model_deployment))
+        state = states.get((namespace, b.key))
         if state is None:
-            missing.append(b.model_deployment)
-            reason = f"fallback {i}: ModelDeployment {b.model_deployment} not found"
+            missing.append(_missing_name(b))
+            reason = f"fallback {i}: {_not_found(b)}"
         elif not state.endpoints:
             reason = f"fallback {i}: no ready replicas, skipped"
         else:
             used_clusters[state.cluster] = state.to_cluster()
             clusters.append(state.cluster)
             reason = f"fallback {i}: takes requests the backend before it fails{saturated}"
-        if b.model_deployment not in listed:
-            rows.append({"modelDeployment": b.model_deployment, "weight": 0,
+        if b.key not in listed:
+            rows.append({**_row_id(b), "weight": 0,
                          "readyReplicas": len(state.endpoints) if state else 0, "reason": reason})
     on = tuple(r.value for r in spec.fallback.retry_on)
     return (Fallback(tuple(clusters), on, limit) if clusters else None), rows
@@ -355,10 +386,10 @@ def _split(strategy, backends: list[Backend], namespace, states, used_clusters, 
     rows: list[tuple[Backend, int, int | None, str]] = []
     candidates: list[tuple[Backend, BackendState]] = []
     for b in backends:
-        state = states.get((namespace, b.model_deployment))
+        state = states.get((namespace, b.key))
         if state is None:
-            missing.append(b.model_deployment)
-            rows.append((b, 0, None, f"ModelDeployment {b.model_deployment} not found"))
+            missing.append(_missing_name(b))
+            rows.append((b, 0, None, _not_found(b)))
             continue
         used_clusters[state.cluster] = state.to_cluster()
         candidates.append((b, state))
@@ -370,8 +401,8 @@ def _split(strategy, backends: list[Backend], namespace, states, used_clusters, 
         for b, s in candidates:
             if s.scale_to_zero and b.weight > 0:
                 used_clusters[s.cluster] = Cluster(s.cluster, s.served_model, (activator,))
-                waking.add(b.model_deployment)
-        ready = [(b, s) for b, s in candidates if b.model_deployment in waking]
+                waking.add(b.key)
+        ready = [(b, s) for b, s in candidates if b.key in waking]
     active: list[tuple[Backend, BackendState]] = []
     serving_priority = None
     load_reasons: dict[str, str] = {}
@@ -384,7 +415,7 @@ def _split(strategy, backends: list[Backend], namespace, states, used_clusters, 
     if strategy in (RouteStrategy.COST, RouteStrategy.LATENCY) and active:
         shape = _cost_shares if strategy is RouteStrategy.COST else _latency_shares
         targets, load_reasons, demand = shape([s for _, s in active], slo)
-        names = [b.model_deployment for b, _ in active]
+        names = [b.key for b, _ in active]
         held = [(previous or {}).get(n) or 0 for n in names]
         if (previous or {}).get(HOLD) and sum(held) > 0:
             percents = _percentages(held)  # no new load sample: no new step
@@ -392,19 +423,19 @@ def _split(strategy, backends: list[Backend], namespace, states, used_clusters, 
             percents = _percentages(_damp(names, targets, previous or {}))
     else:
         percents = _percentages([b.weight for b, _ in active])
-    share = {b.model_deployment: p for (b, _), p in zip(active, percents, strict=False)}
+    share = {b.key: p for (b, _), p in zip(active, percents, strict=False)}
 
     for b, s in candidates:
         n = len(s.endpoints)
-        weight = share.get(b.model_deployment, 0)
-        if b.model_deployment in waking:
+        weight = share.get(b.key, 0)
+        if b.key in waking:
             reason = "scaled to zero: requests wake it through the activator and wait for a replica"
         elif not s.endpoints:
             reason = "no ready replicas; its share goes to the others" if ready else "no ready replicas"
         elif b.weight == 0:
             reason = "weight 0"
-        elif b.model_deployment in load_reasons:
-            reason = load_reasons[b.model_deployment]
+        elif b.key in load_reasons:
+            reason = load_reasons[b.key]
         elif strategy is RouteStrategy.FAILOVER:
             if b.priority == serving_priority:
                 reason = f"priority {b.priority}: serving with {n} ready replica(s)"
@@ -414,18 +445,18 @@ def _split(strategy, backends: list[Backend], namespace, states, used_clusters, 
             reason = f"weight {b.weight} of {sum(x.weight for x, _ in active)} over ready backends"
         rows.append((b, weight, n, reason))
 
-    order = {b.model_deployment: i for i, b in enumerate(backends)}
-    rows.sort(key=lambda r: order[r[0].model_deployment])
+    order = {b.key: i for i, b in enumerate(backends)}
+    rows.sort(key=lambda r: order[r[0].key])
     status = [
-        {"modelDeployment": b.model_deployment, "weight": w, "readyReplicas": n or 0, "reason": reason}
-        | ({"demandTokensPerSecond": float(f"{demand[b.model_deployment]:.2g}")} if b.model_deployment in demand
+        {**_row_id(b), "weight": w, "readyReplicas": n or 0, "reason": reason}
+        | ({"demandTokensPerSecond": float(f"{demand[b.key]:.2g}")} if b.key in demand
            else {})  # two significant digits: a steady demand does not rewrite status
         for b, w, n, reason in rows
     ]
     split = tuple(
-        WeightedBackend(s.cluster, share[b.model_deployment])
+        WeightedBackend(s.cluster, share[b.key])
         for b, s in active
-        if share.get(b.model_deployment, 0) > 0
+        if share.get(b.key, 0) > 0
     )
     return split, status
 

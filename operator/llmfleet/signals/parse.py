@@ -19,10 +19,15 @@ Conventions:
   (``vllm:generation_tokens_total``), and it *adds* ``_total`` to the samples of a
   counter exposed without one. Series are therefore looked up by sample name, with and
   without ``_total``; family names are never used.
+* A gauge or counter may be named with label matchers, ``name{label="value",...}``
+  (Triton reports several signals as one gauge told apart by a label, e.g.
+  ``nv_trt_llm_request_metrics{request_type="waiting"}``): only the samples with those
+  label values count. Histograms are named by their base name alone.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Iterable
@@ -36,6 +41,8 @@ from llmfleet.engines.base import MetricNames
 
 INF = math.inf
 _SAMPLE_NAME = re.compile(r"[^{\s]+")  # a sample line starts with its name
+_SELECTOR = re.compile(r'^(?P<name>[^{\s]+)(?:\{(?P<matchers>[^}]*)\})?$')
+_MATCHER = re.compile(r'\s*(?P<label>[A-Za-z_][A-Za-z0-9_]*)\s*=\s*"(?P<value>[^"]*)"\s*(?:,|$)')
 
 
 @dataclass(frozen=True)
@@ -108,31 +115,58 @@ def parse_sample(text: str, names: MetricNames | str) -> RawSample:
     series = _series_by_sample_name(_relevant_lines(text, _wanted(names)))
     kv = None
     for name in (names.kv_cache_utilization, *names.kv_cache_utilization_fallbacks):
-        kv = _mean(series.get(name))
+        kv = _mean(_select(series, name))
         if kv is not None:
             break
     return RawSample(
-        queue_depth=_sum(series.get(names.queue_depth)),
-        running_requests=_sum(series.get(names.running_requests)),
+        queue_depth=_sum(_select(series, names.queue_depth)),
+        running_requests=_sum(_select(series, names.running_requests)),
         kv_cache_utilization=kv,
         generation_tokens_total=_counter(series, names.generation_tokens_total),
-        generation_throughput=_sum(series.get(names.generation_throughput or "")),
+        generation_throughput=_sum(_select(series, names.generation_throughput)),
         finished_requests_total=_counter(series, names.finished_requests_total),
         prompt_tokens_total=_counter(series, names.prompt_tokens_total),
         ttft_seconds=_histogram(series, names.ttft_seconds_histogram),
     )
 
 
+@functools.cache  # a few selectors per engine, parsed on every scrape otherwise
+def parse_selector(selector: str) -> tuple[str, dict[str, str]]:
+    """``name{label="value",...}`` as the sample name and the label values it requires."""
+    match = _SELECTOR.match(selector.strip())
+    if not match:
+        raise ValueError(f"not a series selector: {selector!r}")
+    matchers: dict[str, str] = {}
+    rest = match.group("matchers") or ""
+    while rest.strip():
+        m = _MATCHER.match(rest)
+        if not m:
+            raise ValueError(f"not a label matcher list: {rest!r} in {selector!r}")
+        matchers[m.group("label")] = m.group("value")
+        rest = rest[m.end():]
+    return match.group("name"), matchers
+
+
+def _select(series: dict[str, list[Sample]], selector: str | None) -> list[Sample] | None:
+    """The samples of ``selector``'s series that carry its label values (None when none do)."""
+    if not selector:
+        return None
+    name, matchers = parse_selector(selector)
+    samples = [s for s in series.get(name, ()) if all(s.labels.get(k) == v for k, v in matchers.items())]
+    return samples or None
+
+
 def _wanted(names: MetricNames) -> frozenset[str]:
     """Every sample and family name the engine's signals can appear under."""
-    wanted = {names.queue_depth, names.running_requests, names.kv_cache_utilization,
-              *names.kv_cache_utilization_fallbacks}
+    wanted = {parse_selector(n)[0] for n in (names.queue_depth, names.running_requests,
+                                              names.kv_cache_utilization,
+                                              *names.kv_cache_utilization_fallbacks)}
     if names.generation_throughput:
-        wanted.add(names.generation_throughput)
+        wanted.add(parse_selector(names.generation_throughput)[0])
     for counter in (names.generation_tokens_total, names.finished_requests_total,
                     names.prompt_tokens_total):
         if counter:
-            base = counter.removesuffix("_total")
+            base = parse_selector(counter)[0].removesuffix("_total")
             wanted |= {base, base + "_total"}
     if names.ttft_seconds_histogram:
         base = names.ttft_seconds_histogram
@@ -189,13 +223,16 @@ def _mean(samples: Iterable[Sample] | None) -> float | None:
     return None if values is None else math.fsum(values) / len(values)
 
 
-def _counter(series: dict[str, list[Sample]], name: str | None) -> float | None:
-    if not name:
+def _counter(series: dict[str, list[Sample]], selector: str | None) -> float | None:
+    if not selector:
         return None
+    name = parse_selector(selector)[0]
     alternative = name.removesuffix("_total") if name.endswith("_total") else name + "_total"
     for candidate in (name, alternative):
         if candidate in series:
-            return _sum(series[candidate])
+            samples = _select(series, candidate + selector[len(name):])
+            # A counter with no matching label set yet has not been incremented: 0 then.
+            return _sum(samples) if samples else 0.0
     return None
 
 

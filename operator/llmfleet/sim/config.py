@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from typing import Literal, cast
 
 OutputLengthKind = Literal["fixed", "uniform", "normal"]
+ServeAs = Literal["vllm", "triton"]
+SERVE_AS: tuple[ServeAs, ...] = ("vllm", "triton")
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +95,9 @@ class SimConfig:
     host: str = "0.0.0.0"
     port: int = 8000
     served_model_names: tuple[str, ...] = ("sim-model",)
+    # Which server the sim stands in for: "vllm" (vLLM's metric names and /health), or
+    # "triton" (Triton's OpenAI frontend: /health/ready too, and Triton's metric names).
+    serve_as: ServeAs = "vllm"
     max_num_seqs: int = 256
     kv_cache_tokens: int = 262_144
     prefill_tokens_per_second: float = 20_000.0
@@ -118,6 +123,12 @@ class SimConfig:
     accuracy: float | None = None
     confidence_noise: float = 1.5
     prompt_dataset: str | None = None
+    # LoRA (vLLM's --enable-lora with VLLM_ALLOW_RUNTIME_LORA_UPDATING): adapters loaded and
+    # unloaded at runtime through /v1/load_lora_adapter and /v1/unload_lora_adapter are
+    # served under their names; the sim answers for them as for the base model.
+    enable_lora: bool = False
+    max_loras: int = 4
+    max_lora_rank: int = 16
 
     def __post_init__(self) -> None:
         # Validate here rather than in argparse so in-process users (tests, bench)
@@ -126,6 +137,8 @@ class SimConfig:
             raise ValueError("--served-model-name needs at least one non-empty name")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be 0..65535, got {self.port}")
+        if self.serve_as not in SERVE_AS:
+            raise ValueError(f"--serve-as must be one of {', '.join(SERVE_AS)}, got {self.serve_as!r}")
         for flag, value in (
             ("--max-num-seqs", self.max_num_seqs),
             ("--kv-cache-tokens", self.kv_cache_tokens),

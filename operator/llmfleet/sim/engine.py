@@ -133,7 +133,7 @@ class Simulator:
     def __init__(self, config: SimConfig) -> None:
         self.config = config
         self.rng = random.Random(config.seed)
-        self.metrics = SimMetrics(config.model_name, self.state)
+        self.metrics = SimMetrics(config.model_name, self.state, serve_as=config.serve_as)
         self._waiting: deque[Sequence] = deque()
         self._running: list[Sequence] = []
         self._kv_used = 0

@@ -4,6 +4,13 @@ The names, label set (``model_name`` plus ``engine="0"``) and histogram bucket
 boundaries are vLLM v1's, so dashboards, the autoscaler and anything else that
 reads a vLLM replica reads a sim replica unchanged.
 
+Standing in for Triton (``--serve-as triton``), the queue, running and KV-cache gauges
+are Triton's instead (labels ``model`` and ``version``): the TensorRT-LLM backend's
+``nv_trt_llm_request_metrics`` and ``nv_trt_llm_kv_cache_block_metrics``, and Triton's
+own ``nv_inference_request_success`` and ``nv_inference_pending_request_count``; the
+vLLM counters and histograms stay, as Triton's vLLM backend reports them. No single
+Triton backend reports all of these: the sim shows every series llmfleet maps.
+
 All durations are wall-clock seconds as a client would measure them: with
 ``--time-scale s`` they are roughly ``s`` times the modelled GPU time (plus the
 real overhead of this process).
@@ -89,9 +96,10 @@ class EngineState(NamedTuple):
 class SimMetrics(Collector):
     """Counters and histograms of one sim replica, exposed under vLLM's names."""
 
-    def __init__(self, model_name: str, state: Callable[[], EngineState]) -> None:
+    def __init__(self, model_name: str, state: Callable[[], EngineState], *, serve_as: str = "vllm") -> None:
         self.model_name = model_name
         self._state = state
+        self.serve_as = serve_as
         self._labels = (model_name, "0")
         self.prompt_tokens = 0
         self.generation_tokens = 0
@@ -129,12 +137,15 @@ class SimMetrics(Collector):
             m.add_metric(labels, h.cumulative(), h.sum)
             return m
 
-        yield gauge("vllm:num_requests_running", "Number of requests in model execution batches.",
-                    state.running)
-        yield gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.",
-                    state.waiting)
-        yield gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
-                    state.kv_cache_usage)
+        if self.serve_as == "triton":
+            yield from self._triton(state)
+        else:
+            yield gauge("vllm:num_requests_running", "Number of requests in model execution batches.",
+                        state.running)
+            yield gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.",
+                        state.waiting)
+            yield gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
+                        state.kv_cache_usage)
         yield counter("vllm:num_preemptions", "Cumulative number of preemption from the engine.",
                       self.num_preemptions)
         yield counter("vllm:prompt_tokens", "Number of prefill tokens processed.",
@@ -160,3 +171,29 @@ class SimMetrics(Collector):
         yield histogram("vllm:request_queue_time_seconds",
                         "Histogram of time spent in WAITING phase for request.",
                         self.request_queue_time)
+
+    def _triton(self, state: EngineState) -> Iterator[Metric]:
+        """Triton's series (names and labels from its documentation's samples)."""
+        labels = {"model": self.model_name, "version": "1"}
+        requests = GaugeMetricFamily("nv_trt_llm_request_metrics", "TRT LLM request metrics",
+                                     labels=[*labels, "request_type"])
+        # Every running sequence is in each iteration's batch (no paused requests here).
+        for request_type, value in (("waiting", state.waiting), ("scheduled", state.running),
+                                    ("active", state.running)):
+            requests.add_metric([*labels.values(), request_type], value)
+        yield requests
+        kv = GaugeMetricFamily("nv_trt_llm_kv_cache_block_metrics", "TRT LLM KV cache block metrics",
+                               labels=[*labels, "kv_cache_block_type"])
+        kv.add_metric([*labels.values(), "fraction"], state.kv_cache_usage)
+        yield kv
+        success = CounterMetricFamily("nv_inference_request_success",
+                                      "Number of successful inference requests, all batch sizes",
+                                      labels=list(labels))
+        success.add_metric(list(labels.values()), sum(self.request_success.values()))
+        yield success
+        # Triton hands an LLM backend each request at once: nothing is pending in Triton itself.
+        pending = GaugeMetricFamily("nv_inference_pending_request_count",
+                                    "Instantaneous number of pending requests awaiting execution per-model.",
+                                    labels=list(labels))
+        pending.add_metric(list(labels.values()), 0)
+        yield pending

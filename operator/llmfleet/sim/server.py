@@ -50,7 +50,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client.exposition import choose_encoder
 
-from llmfleet.sim.config import OutputLength, SimConfig
+from llmfleet.sim.config import SERVE_AS, OutputLength, SimConfig
 from llmfleet.sim.engine import Sequence as EngineSequence
 from llmfleet.sim.engine import Simulator
 from llmfleet.sim.protocol import (
@@ -97,6 +97,7 @@ class SimServer:
         self.crashed = False
         self._exit_fn = exit_fn
         self._names = frozenset(config.served_model_names)
+        self._adapters: dict[str, str] = {}  # LoRA adapters loaded at runtime: name -> path
         # A separate stream from the engine's, so turning faults on does not change
         # the output lengths a seed produces.
         seed = config.seed
@@ -188,7 +189,12 @@ class SimServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_post("/v1/completions", self._completions)
         app.router.add_get("/health", self._health)
+        if self.config.serve_as == "triton":
+            app.router.add_get("/health/ready", self._health)  # Triton's OpenAI frontend
         app.router.add_get("/metrics", self._metrics)
+        if self.config.enable_lora:
+            app.router.add_post("/v1/load_lora_adapter", self._load_lora_adapter)
+            app.router.add_post("/v1/unload_lora_adapter", self._unload_lora_adapter)
         return app
 
     @web.middleware
@@ -231,7 +237,33 @@ class SimServer:
                  "root": self.config.model_name, "parent": None,
                  "max_model_len": self.config.max_model_len}
                 for name in self.config.served_model_names]
+        data += [{"id": name, "object": "model", "created": self._created, "owned_by": "vllm", "root": path,
+                  "parent": self.config.model_name, "max_model_len": self.config.max_model_len}
+                 for name, path in self._adapters.items()]
         return _json_response({"object": "list", "data": data})
+
+    async def _load_lora_adapter(self, request: web.Request) -> web.Response:
+        # vLLM's answers (entrypoints/openai/serving_models.py): 400 for a missing field or an
+        # adapter already loaded, plain-text success.
+        body = parse_json_body(await request.read())
+        name, path = body.get("lora_name"), body.get("lora_path")
+        if not name or not path:
+            raise RequestError(400, "Both 'lora_name' and 'lora_path' must be provided.")
+        if name in self._adapters or name in self._names:
+            raise RequestError(400, f"The lora adapter '{name}' has already been loaded.")
+        self._adapters[name] = path
+        log.info("loaded LoRA adapter %s from %s", name, path)
+        return web.Response(text=f"Success: LoRA adapter '{name}' added successfully.")
+
+    async def _unload_lora_adapter(self, request: web.Request) -> web.Response:
+        body = parse_json_body(await request.read())
+        name = body.get("lora_name")
+        if not name:
+            raise RequestError(400, "'lora_name' needs to be provided to unload a LoRA adapter.")
+        if self._adapters.pop(name, None) is None:
+            raise RequestError(404, f"The lora adapter '{name}' cannot be found.")
+        log.info("unloaded LoRA adapter %s", name)
+        return web.Response(text=f"Success: LoRA adapter '{name}' removed successfully.")
 
     async def _metrics(self, request: web.Request) -> web.Response:
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
@@ -265,7 +297,7 @@ class SimServer:
             if self.loading:
                 raise RequestError(503, "The model is still loading.")
             req = parse(parse_json_body(await request.read()))
-            if req.model not in self._names:
+            if req.model not in self._names and req.model not in self._adapters:
                 raise RequestError(404, f"The model `{req.model}` does not exist.", param="model")
             check_context_length(req, cfg.max_model_len)
             if cfg.error_rate or cfg.hang_rate:
@@ -465,6 +497,9 @@ def build_parser(prog: str = "llmfleet sim") -> argparse.ArgumentParser:
     p.add_argument("--model", default=None,
                    help="accepted for vLLM compatibility; the served name when "
                         "--served-model-name is not given")
+    p.add_argument("--serve-as", choices=SERVE_AS, default=d.serve_as,
+                   help="the server to stand in for: vllm, or triton (Triton's OpenAI frontend: "
+                        "/health/ready, and Triton's metric names) (default %(default)s)")
     g = p.add_argument_group("load model")
     g.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs,
                    help="max running sequences in the batch (default %(default)s)")
@@ -497,6 +532,14 @@ def build_parser(prog: str = "llmfleet sim") -> argparse.ArgumentParser:
                    help="on SIGTERM, model time to let in-flight requests finish while new ones are "
                         "refused, then abort the rest; 0 aborts at once; scaled by --time-scale; "
                         "SIGINT never waits (default %(default)s)")
+    lora = p.add_argument_group("LoRA adapters")
+    lora.add_argument("--enable-lora", action="store_true",
+                      help="serve /v1/load_lora_adapter and /v1/unload_lora_adapter, as vLLM does with "
+                           "VLLM_ALLOW_RUNTIME_LORA_UPDATING; loaded adapters answer under their names")
+    lora.add_argument("--max-loras", type=int, default=d.max_loras,
+                      help="accepted for vLLM's flag (default %(default)s)")
+    lora.add_argument("--max-lora-rank", type=int, default=d.max_lora_rank,
+                      help="accepted for vLLM's flag (default %(default)s)")
     f = p.add_argument_group("failure injection")
     f.add_argument("--error-rate", type=float, default=d.error_rate,
                    help="fraction of requests answered with HTTP 500 (default %(default)s)")
@@ -527,7 +570,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     """Turn parsed flags into a validated :class:`SimConfig` (``ValueError`` if invalid)."""
     names = tuple(args.served_model_name or ([args.model] if args.model else SimConfig().served_model_names))
     return SimConfig(
-        host=args.host, port=args.port, served_model_names=names,
+        host=args.host, port=args.port, served_model_names=names, serve_as=args.serve_as,
         max_num_seqs=args.max_num_seqs, kv_cache_tokens=args.kv_cache_tokens,
         prefill_tokens_per_second=args.prefill_tokens_per_second,
         enable_prefix_caching=args.enable_prefix_caching,
@@ -536,7 +579,8 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         time_scale=args.time_scale, load_seconds=args.load_seconds,
         shutdown_timeout=args.shutdown_timeout, error_rate=args.error_rate, error_status=args.error_status,
         hang_rate=args.hang_rate, crash_after=args.crash_after, seed=args.seed, accuracy=args.accuracy,
-        confidence_noise=args.confidence_noise, prompt_dataset=args.prompt_dataset)
+        confidence_noise=args.confidence_noise, prompt_dataset=args.prompt_dataset,
+        enable_lora=args.enable_lora, max_loras=args.max_loras, max_lora_rank=args.max_lora_rank)
 
 
 async def serve(config: SimConfig) -> None:

@@ -155,12 +155,13 @@ def node_pools_from_env() -> tuple[NodePool, ...]:
     return tuple(NodePool.parse(p) for p in spec.split(",") if p.strip())
 
 
-SIM_SELECTOR = {"key": '.metadata.labels["app.kubernetes.io/name"]', "values": ["sim"]}
+# Pods the sim fleet runs a process for: the sim engine's, and Triton's (a sim stands in).
+SIM_SELECTOR = {"key": '.metadata.labels["app.kubernetes.io/name"]', "values": ["sim", "triton"]}
 
 
 def with_sim_readiness(stages: list[dict]) -> list[dict]:
-    """KWOK's stages, except for pods of the `sim` engine, whose real process the sim
-    fleet runs: they become Running but not Ready (the fleet sets Ready when the
+    """KWOK's stages, except for pods of the `sim` and `triton` engines, whose real
+    process the sim fleet runs: they become Running but not Ready (the fleet sets Ready when the
     process answers its health check, as a readiness probe would), and a deleted one
     is not removed at once (the fleet removes it once its process has gone through
     preStop, SIGTERM and its drain, as the kubelet would)."""

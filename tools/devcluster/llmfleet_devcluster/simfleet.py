@@ -3,11 +3,17 @@
 KWOK schedules pods and gives them IPs in 127.x but runs nothing. For every Running
 pod of a `sim` ModelDeployment, the fleet runs a real `llmfleet sim` process bound to
 that pod's IP and port with the container's own arguments (so the spec's
-engine.extraArgs shape the replica), and plays the kubelet's part for it:
+engine.extraArgs shape the replica), and plays the kubelet's part for it. A pod of a
+`triton` ModelDeployment gets a sim standing in for Triton's OpenAI frontend
+(`--serve-as triton`), started from what the Triton container would serve: its
+`--openai-port`, the model repository directory its command writes (the served name),
+`max_model_len` from its model.json, and the sim flags in the container's
+`LLMFLEET_SIM_ARGS` variable (its extraArgs are Triton's flags, not the sim's):
 
 - readiness: the dev cluster's KWOK stages leave sim pods Running but not Ready; the
-  fleet sets Ready once the process answers /health and clears it when the process
-  dies, as a readiness probe would;
+  fleet sets Ready once the process answers the container's readiness probe path
+  (/health for sim, /health/ready for Triton) and clears it when the process dies, as
+  a readiness probe would;
 - restarts: a process that exits is started again after a short back-off (its
   restartCount goes up), as a container would be;
 - termination: when the pod gets a deletionTimestamp (or is gone, or stops being
@@ -34,8 +40,10 @@ from __future__ import annotations
 import argparse
 import ctypes
 import datetime as dt
+import json
 import logging
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -47,12 +55,18 @@ from pathlib import Path
 import httpx
 from kubernetes import client, config
 
+from llmfleet.engines import triton
+
 from .statefile import read_state, write_state
 from .waiting import stop_process
 
 log = logging.getLogger(__name__)
 MD_LABEL = "llmfleet.io/model-deployment"
 ENGINE_LABEL = "app.kubernetes.io/name"
+# Engine kinds whose pods get a sim process (label values of ENGINE_LABEL).
+SIM_ENGINES = ("sim", "triton")
+# In a triton pod's env: the sim's own flags (dev cluster only; Triton never reads it).
+SIM_ARGS_ENV = "LLMFLEET_SIM_ARGS"
 STATE_FILE = "simfleet.json"
 RESTART_BACKOFF_SECONDS = 1.0
 DEFAULT_GRACE_SECONDS = 30  # Kubernetes' default terminationGracePeriodSeconds
@@ -94,6 +108,7 @@ class Replica:
     port: int
     command: list[str]
     proc: subprocess.Popen
+    health_path: str = "/health"
     ready: bool | None = None  # what we last wrote to the pod's Ready condition
     restarts: int = 0
     exited_at: float | None = None
@@ -120,14 +135,38 @@ def _flag(args: list[str], name: str) -> str | None:
     return value
 
 
+def triton_sim_args(container: dict) -> list[str] | None:
+    """`llmfleet sim` arguments standing in for a Triton container (None if it is not one)."""
+    env = {e["name"]: e.get("value") for e in container.get("env") or []}
+    name = env.get(triton.SERVED_NAME_ENV)
+    if triton.FRONTEND not in " ".join(container.get("command") or []) or not name:
+        return None
+    triton_args = list(container.get("args") or [])
+    args = ["--serve-as", "triton", "--port", _flag(triton_args, "--openai-port") or "9000",
+            "--served-model-name", name]
+    try:
+        max_model_len = json.loads(env.get(triton.ENGINE_ARGS_ENV) or "{}").get("max_model_len")
+    except (ValueError, AttributeError):
+        max_model_len = None  # Triton would refuse it too; the sim serves with its default
+    if max_model_len:
+        args += ["--max-model-len", str(max_model_len)]
+    return args + shlex.split(env.get(SIM_ARGS_ENV) or "")
+
+
 def sim_command(pod: dict) -> tuple[list[str], str, int] | None:
     """The command that plays this pod's model server, its address and port."""
     spec, status = pod["spec"], pod["status"]
     container = spec["containers"][0]
     command = list(container.get("command") or [])
-    if command[:2] != ["llmfleet", "sim"] or not status.get("podIP"):
+    if not status.get("podIP"):
         return None
-    args = list(container.get("args") or [])
+    if command[:2] == ["llmfleet", "sim"]:
+        args = list(container.get("args") or [])
+    else:
+        translated = triton_sim_args(container)
+        if translated is None:
+            return None
+        args = translated
     address = status["podIP"]
     port = int(_flag(args, "--port") or 8000)
     if "--host" in args:
@@ -206,7 +245,8 @@ class SimFleet:
 
     def sync(self) -> None:
         # Every pod KWOK leaves to us on deletion, not only those we run a process for.
-        pods = self.core.list_pod_for_all_namespaces(label_selector=f"{ENGINE_LABEL}=sim").items
+        pods = self.core.list_pod_for_all_namespaces(
+            label_selector=f"{ENGINE_LABEL} in ({','.join(SIM_ENGINES)})").items
         wanted, deleting = {}, {}
         for pod in pods:
             d = self.api.sanitize_for_serialization(pod)
@@ -257,7 +297,7 @@ class SimFleet:
             healthy = True  # a live process stays ready; a dead one is caught above
         else:
             try:
-                healthy = self.http.get(f"http://{r.address}:{r.port}/health").status_code == 200
+                healthy = self.http.get(f"http://{r.address}:{r.port}{r.health_path}").status_code == 200
             except httpx.HTTPError:
                 healthy = False
         if healthy != r.ready:
@@ -294,8 +334,10 @@ class SimFleet:
             return
         command, address, port = planned
         log_path = self.logdir / f"sim-{key.replace('/', '_')}.log"
+        probe = pod["spec"]["containers"][0].get("readinessProbe") or {}
+        health_path = (probe.get("httpGet") or {}).get("path") or "/health"
         self.replicas[key] = Replica(key, pod["metadata"]["uid"], address, port, command,
-                                     self._spawn(command, log_path), log_path=log_path,
+                                     self._spawn(command, log_path), health_path=health_path, log_path=log_path,
                                      termination=Termination.of(pod, sim_time_scale(command)))
 
     def _terminate_replica(self, key: str, deleted_pod: dict | None) -> None:
