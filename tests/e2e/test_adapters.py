@@ -71,6 +71,9 @@ def test_adapters_are_public_models_and_one_added_needs_no_restart(dev_cluster, 
     assert set(want) <= listed
     replicas = {k: r for k, r in fleet.replicas().items() if k.startswith(f"{ns}/") and r["ready"]}
     assert len(replicas) == REPLICAS and all(_loaded(r) == {"sql", "support"} for r in replicas.values())
+    wait_for(lambda: kubectl_json(dev_cluster, "get", "md", "lora-base", "-n", ns)["status"].get("adapters") == [
+        {"name": "sql", "readyReplicas": REPLICAS}, {"name": "support", "readyReplicas": REPLICAS}],
+        timeout=30, what="status.adapters: each adapter on every replica")
     pods, pids = _pods(dev_cluster, ns), {k: r["pid"] for k, r in replicas.items()}
     generation = kubectl_json(dev_cluster, "get", "deployment", "lora-base", "-n", ns)["metadata"]["generation"]
 

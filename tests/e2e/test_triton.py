@@ -3,12 +3,13 @@
 The operator renders Triton's pod (the OpenAI frontend with the vLLM backend, its model
 repository written by the container's command); the dev cluster's sim fleet runs
 `llmfleet sim --serve-as triton` behind it, started from that container's own port and
-model repository directory, answering Triton's /health/ready and exposing Triton's
-metric names. Through a RoutePolicy and the chart's Envoy it serves chat completions,
-and the operator reads its load from the nv_* series into status.load.
+model repository directory, answering Triton's /health/ready and exposing what Triton
+with its vLLM backend exposes: Triton's own series and vLLM's counters and histograms,
+none of vLLM's load gauges. Through a RoutePolicy and the chart's Envoy it serves chat
+completions, and the operator derives its queue and running batch from the TTFT and
+latency histograms' sums into status.load (no KV cache: the backend reports none).
 
-What the sim cannot stand in for: Triton itself (no GPU, no image here), and the vLLM
-backend's lack of load gauges (the sim shows every series llmfleet maps).
+What the sim cannot stand in for: Triton itself (no GPU, no image here).
 """
 
 from __future__ import annotations
@@ -58,8 +59,9 @@ def test_triton_model_deployment_serves_through_envoy_and_reports_load(dev_clust
     assert pod["spec"]["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
     base = f"http://{replica['address']}:{replica['port']}"
     assert httpx.get(f"{base}/health/ready", timeout=5, trust_env=False).status_code == 200
-    assert 'nv_trt_llm_request_metrics{model="' + SERVED in httpx.get(f"{base}/metrics", timeout=5,
-                                                                       trust_env=False).text
+    metrics = httpx.get(f"{base}/metrics", timeout=5, trust_env=False).text
+    assert 'nv_inference_request_success_total{model="' + SERVED in metrics
+    assert "vllm:num_requests_waiting" not in metrics and "nv_trt_llm_request_metrics" not in metrics
 
     model = f"triton-{ns}"
     policy = {"apiVersion": "llmfleet.io/v1alpha1", "kind": "RoutePolicy", "metadata": {"name": "chat"},
@@ -73,15 +75,14 @@ def test_triton_model_deployment_serves_through_envoy_and_reports_load(dev_clust
     answer = wait_for(answered, timeout=60, what="a chat completion through Envoy")
     assert answer["object"] == "chat.completion" and answer["choices"][0]["message"]["content"]
 
-    # Under load the nv_trt_llm gauges (waiting, scheduled, KV fraction) become status.load.
+    # Under load (8 at once, a batch of 2) the derived queue and running batch become status.load.
     with Load(envoy.url, model, concurrency=8, max_tokens=40, max_seconds=60) as load:
         def loaded() -> dict | None:
             status = kubectl_json(dev_cluster, "get", "md", "triton-llama", "-n", ns).get("status", {})
             found = status.get("load") or {}
-            signals = (found.get("queueDepth", 0), found.get("runningRequests", 0),
-                       found.get("kvCacheUtilization", 0))
-            return found if all(v > 0 for v in signals) else None
-        found = wait_for(loaded, timeout=45, what="status.load from Triton's series under load")
-    assert found["kvCacheUtilization"] <= 1 and found["runningRequests"] <= 2
-    assert found.get("sampledReplicas") == 1
+            return found if found.get("queueDepth", 0) > 0 and found.get("runningRequests", 0) > 0 else None
+        found = wait_for(loaded, timeout=45, what="status.load derived from Triton's histograms under load")
+    print(f"\nderived load of the Triton stand-in: {found}")
+    assert found["queueDepth"] + found["runningRequests"] <= 16  # 8 in flight, with a window's slack
+    assert "kvCacheUtilization" not in found and found.get("sampledReplicas") == 1
     assert load.failed == 0 and load.ok > 0

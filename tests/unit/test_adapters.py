@@ -254,3 +254,14 @@ async def test_an_adapter_the_engine_refuses_is_an_event_and_the_others_are_rout
         assert client.requests == []
     finally:
         await loader.stop()
+
+
+def test_the_status_says_how_many_serving_replicas_have_each_adapter():
+    from llmfleet.status.modeldeployment import model_deployment_status
+
+    pods = [PodView.from_body(pod_body(0, adapters=["sql"])), PodView.from_body(pod_body(1, adapters=[]))]
+    status = model_deployment_status("base", 1, {}, desired=2, deployment=None, pods=pods, nodes=[], gpu_need=None,
+                                     adapters=("sql", "chat")).status
+    assert status["adapters"] == [{"name": "sql", "readyReplicas": 1}, {"name": "chat", "readyReplicas": 0}]
+    plain = model_deployment_status("base", 1, {}, desired=2, deployment=None, pods=pods, nodes=[], gpu_need=None)
+    assert "adapters" not in plain.status

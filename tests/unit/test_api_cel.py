@@ -172,6 +172,8 @@ RULE_CASES = [
     ("adapter-uri", md(_md_spec(engine={"kind": "vllm"}, adapters=[{"name": "sql", "uri": "s3://bucket/sql"}]))),
     ("adapters-unique", md(_md_spec(engine={"kind": "vllm"}, adapters=[{"name": "sql", "uri": "hf://o/a"},
                                                                        {"name": "sql", "uri": "hf://o/b"}]))),
+    ("kv-metric-triton", md(_md_spec(engine={"kind": "triton"}, autoscaling={
+        "maxReplicas": 2, "metric": "kvCacheUtilization", "target": 0.8}))),
     ("name", md(_md_spec(), name="Llama")),
     ("name-dot", md(_md_spec(), name="llama.8b")),
     ("rule-no-condition", rp({"model": "chat", "backends": [{"modelDeployment": "a"}],

@@ -357,3 +357,37 @@ def test_last_activity_of_a_model_outlives_its_replicas():
     assert tracker.model_load(["new"], (), now=30.0).last_activity is None  # without the key
     tracker.forget_models(["ns/md"])
     assert tracker.model_load(["new"], (), now=31.0, model="ns/md").last_activity is None
+
+
+def _derived(ttft_sum: float, latency_sum: float, finished: float = 0) -> RawSample:
+    """A sample of an engine without load gauges (Triton's vLLM backend)."""
+    return RawSample(finished_requests_total=finished, generation_tokens_total=0,
+                     ttft_seconds=hist((1.0, finished), (INF, finished), total=ttft_sum),
+                     request_latency_seconds_sum=latency_sum)
+
+
+def test_without_gauges_queue_and_running_are_derived_by_littles_law():
+    tracker = LoadTracker()
+    assert tracker.observe("r", _derived(10.0, 40.0), now=100.0) is None  # rates need two samples
+    # Over 2 s, requests spent 3 s awaiting their first token and 8 s in the engine:
+    # 1.5 awaiting on average, 2.5 decoding.
+    load = tracker.observe("r", _derived(13.0, 48.0, finished=2), now=102.0)
+    assert load is not None
+    assert (load.queue_depth, load.running_requests, load.kv_cache_utilization) == (1.5, 2.5, None)
+    model = tracker.model_load(["r"], [], 102.0)
+    assert model.kv_cache_utilization is None and "kvCacheUtilization" not in model.status()
+    assert model.status()["queueDepth"] == 1.5 and model.per_replica("runningRequests") == 4.0
+    idle = tracker.observe("r", _derived(13.0, 48.0, finished=2), now=104.0)
+    assert idle is not None and (idle.queue_depth, idle.running_requests) == (0.0, 0.0)
+    # A restarted engine: its sums started again from 0 within the interval.
+    restarted = tracker.observe("r", _derived(1.0, 2.0), now=106.0)
+    assert restarted is not None and (restarted.queue_depth, restarted.running_requests) == (0.5, 0.5)
+
+
+def test_kv_cache_is_averaged_over_the_replicas_that_report_it():
+    tracker = LoadTracker()
+    for key, s in (("gauges", sample(kv=0.6)), ("derived", _derived(0.0, 0.0))):
+        tracker.observe(key, s, now=1.0)
+    tracker.observe("gauges", sample(kv=0.6), now=2.0)
+    tracker.observe("derived", _derived(0.0, 0.0), now=2.0)
+    assert tracker.model_load(["gauges", "derived"], [], 2.0).kv_cache_utilization == pytest.approx(0.6)

@@ -104,10 +104,13 @@ def test_triton_tensorrt_llm_backend_names():
     assert sample.generation_tokens_total is None and sample.ttft_seconds is None
 
 
-def test_triton_vllm_backend_reports_no_load_gauges():
-    # The vLLM backend re-exports vLLM's counters and histograms only.
+def test_triton_vllm_backend_reports_no_load_gauges_but_the_sums_they_derive_from():
+    # The vLLM backend re-exports vLLM's counters and histograms only: queue and running
+    # come from the TTFT and end-to-end latency sums (llmfleet.signals.load), no KV cache.
     sample = parse_sample(fixture("triton-vllm.txt"), "triton")
-    assert sample.missing_gauges == ("queue_depth", "running_requests", "kv_cache_utilization")
+    assert (sample.queue_depth, sample.running_requests, sample.kv_cache_utilization) == (None, None, None)
+    assert sample.derives_load and sample.missing_gauges == ()
+    assert sample.request_latency_seconds_sum == pytest.approx(0.08686184883117676)
     assert (sample.generation_tokens_total, sample.prompt_tokens_total) == (16, 10)
     assert sample.finished_requests_total == 161
     assert sample.ttft_seconds == Histogram(buckets=((0.001, 0), (INF, 1)), sum=pytest.approx(0.0323312282))

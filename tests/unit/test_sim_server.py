@@ -95,8 +95,10 @@ async def test_serving_as_triton_answers_its_health_path_and_metrics(make_sim: M
     assert (await http.get(f"{base}/health/ready")).status_code == 200
     await _client(server, http).chat.completions.create(model=MODEL, messages=MSGS, max_tokens=3)
     metrics = (await http.get(f"{base}/metrics")).text
-    assert 'nv_trt_llm_request_metrics{model="' in metrics
-    assert "vllm:num_requests_running" not in metrics
+    # As Triton's vLLM backend: Triton's own series, vLLM's histograms, none of vLLM's gauges.
+    assert 'nv_inference_request_success_total{model="' in metrics
+    assert "vllm:e2e_request_latency_seconds_sum" in metrics
+    assert "vllm:num_requests_running" not in metrics and "nv_trt_llm_request_metrics" not in metrics
     assert build_parser().parse_args(["--serve-as", "triton"]).serve_as == "triton"
 
 

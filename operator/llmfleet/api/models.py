@@ -638,6 +638,12 @@ ADAPTER_URI_RULE = CelRule(
 ADAPTERS_UNIQUE_MESSAGE = "adapter names must be unique"
 ADAPTERS_UNIQUE_RULE = CelRule(
     rule="self.all(a, self.exists_one(b, b.name == a.name))", message=ADAPTERS_UNIQUE_MESSAGE)
+KV_METRIC_ENGINE_RULE = CelRule(
+    rule=f"!has(self.autoscaling) || self.autoscaling.metric != 'kvCacheUtilization' "
+    f"|| !(self.engine.kind in {cel_list(support.NO_KV_CACHE_ENGINE_KINDS)})",
+    message=support.kv_metric_refusal(),
+    field_path=".autoscaling.metric",
+)
 LORA_ENGINE_RULE = CelRule(
     rule=f"((!has(self.adapters) || size(self.adapters) == 0) && !has(self.lora)) "
     f"|| self.engine.kind in {cel_list(support.LORA_ENGINE_KINDS)}",
@@ -707,7 +713,7 @@ class ModelDeploymentSpec(_Spec):
     """One model served by one engine, as a set of identical replicas."""
 
     model_config = ConfigDict(json_schema_extra=x_validations(*URI_SCHEME_RULES, LORA_ENGINE_RULE,
-                                                              TRITON_SERVED_NAME_RULE))
+                                                              TRITON_SERVED_NAME_RULE, KV_METRIC_ENGINE_RULE))
 
     model: ModelSource = Field(description="The model to serve.")
     engine: EngineSpec = Field(description="The model server.")
@@ -754,6 +760,13 @@ class ModelDeploymentSpec(_Spec):
     def _engine_serves_adapters(self) -> ModelDeploymentSpec:
         if (self.adapters or self.lora is not None) and self.engine.kind.value not in support.LORA_ENGINE_KINDS:
             raise rule_error(support.lora_refusal(), field="adapters")
+        return self
+
+    @model_validator(mode="after")
+    def _engine_reports_kv_cache(self) -> ModelDeploymentSpec:
+        if (self.autoscaling is not None and self.autoscaling.metric is AutoscalingMetric.KV_CACHE_UTILIZATION
+                and self.engine.kind.value in support.NO_KV_CACHE_ENGINE_KINDS):
+            raise rule_error(support.kv_metric_refusal(), field="autoscaling.metric")
         return self
 
     @property
@@ -846,6 +859,13 @@ class LoadStatus(_Status):
     sample_time: datetime | None = Field(None, description="When the metrics were scraped.")
 
 
+class AdapterStatus(_Status):
+    """One LoRA adapter of a ModelDeployment."""
+
+    name: str = Field(description="The adapter's name.")
+    ready_replicas: int = Field(0, ge=0, description="Serving replicas that have loaded it (where it is routed).")
+
+
 class ModelDeploymentStatus(_Status):
     """Observed state of a ModelDeployment."""
 
@@ -863,6 +883,8 @@ class ModelDeploymentStatus(_Status):
     load: LoadStatus | None = Field(None, description="Load on the replicas.")
     last_scale_time: datetime | None = Field(None, description="When the replica count last changed.")
     scale_reason: str | None = Field(None, description="Why desiredReplicas has its value.")
+    adapters: list[AdapterStatus] = Field(
+        default_factory=list, max_length=64, description="Each LoRA adapter and the replicas that serve it.")
     conditions: list[Condition] = Field(
         default_factory=list,
         max_length=MAX_CONDITIONS,

@@ -121,6 +121,17 @@ ADAPTER_URI_SCHEMES: tuple[str, ...] = ("hf", "pvc")
 LORA_RANKS: tuple[int, ...] = (1, 8, 16, 32, 64, 128, 256, 320, 512)
 
 
+# Engines that report no KV-cache gauge: Triton's vLLM backend passes on vLLM's counters
+# and histograms only (its load is derived from them; llmfleet.signals.load).
+NO_KV_CACHE_ENGINE_KINDS: tuple[str, ...] = (TRITON,)
+
+
+def kv_metric_refusal() -> str:
+    return (f"metric kvCacheUtilization needs a KV-cache gauge, which engine kind "
+            f"{', '.join(NO_KV_CACHE_ENGINE_KINDS)} does not report; use queueDepth, runningRequests or "
+            "tokensPerSecond")
+
+
 def lora_refusal() -> str:
     return f"LoRA adapters are served by engine kinds {', '.join(LORA_ENGINE_KINDS)} only"
 

@@ -99,7 +99,7 @@ class ModelDeploymentReconciler:
         result = model_deployment_status(
             md.name, md.generation, self.status.current(ref, md.status), desired=md.spec.replicas,
             deployment=self.store.deployments.get(ref), pods=self.store.pods_of(ref),
-            nodes=self.store.nodes.values() if need else [], gpu_need=need,
+            nodes=self.store.nodes.values() if need else [], gpu_need=need, adapters=md.adapters,
         )
         await self._write_status(md, result)
         telemetry.REPLICAS.labels(*ref, "desired").set(md.spec.replicas)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from .. import telemetry
+from ..api.models import backend_key
 from ..envoy.xds import XdsServer
 from ..kube.client import KubeClient
 from ..kube.store import Store
@@ -268,11 +269,13 @@ def _events(old: dict[str, Any], new: dict[str, Any]) -> list[tuple[str, str, st
     """Events for what a user would want to know: conditions turning bad or good,
     backends losing or regaining all their traffic."""
     events = _condition_events(old, new, ("Accepted", "ResolvedRefs", "Programmed"))
-    old_weights = {b["modelDeployment"]: b.get("weight", 0) for b in old.get("backends") or []}
+    old_weights = {backend_key(b["modelDeployment"], b.get("adapter")): b.get("weight", 0)
+                   for b in old.get("backends") or []}
     for b in new["backends"]:
-        was = old_weights.get(b["modelDeployment"])
+        key = backend_key(b["modelDeployment"], b.get("adapter"))
+        was = old_weights.get(key)
         if was and not b["weight"]:
-            events.append(("Warning", "BackendDropped", f"{b['modelDeployment']}: {b['reason']}"))
+            events.append(("Warning", "BackendDropped", f"{key}: {b['reason']}"))
         elif was == 0 and b["weight"]:
-            events.append(("Normal", "BackendRestored", f"{b['modelDeployment']} receives {b['weight']}%"))
+            events.append(("Normal", "BackendRestored", f"{key} receives {b['weight']}%"))
     return events

@@ -50,6 +50,11 @@ class MetricNames:
     kv_cache_utilization_fallbacks: tuple[str, ...] = ()
     finished_requests_total: str | None = None
     prompt_tokens_total: str | None = None
+    # The end-to-end request latency histogram's base name. For an engine without queue
+    # and running gauges (Triton's vLLM backend), the rates of its sum and of the TTFT
+    # histogram's sum are the mean number of requests in the engine and awaiting their
+    # first token (Little's law): llmfleet.signals.load derives the load from them.
+    request_latency_seconds_histogram: str | None = None
 
 
 @dataclass

@@ -93,6 +93,9 @@ class TritonEngine(Engine):
         ttft_seconds_histogram="vllm:time_to_first_token_seconds",
         finished_requests_total="nv_inference_request_success_total",  # TYPE counter, no _total
         prompt_tokens_total="vllm:prompt_tokens_total",
+        # Without those gauges (the vLLM backend), queue and running are derived from the
+        # rates of the TTFT and end-to-end latency sums (llmfleet.signals.load).
+        request_latency_seconds_histogram="vllm:e2e_request_latency_seconds",
     )
 
     def command(self) -> list[str]:

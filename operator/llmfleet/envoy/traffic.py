@@ -141,13 +141,13 @@ def traffic_status(namespace: str, spec: RoutePolicySpec, totals: Counters, cove
     routed = totals.get((prefix, COMPLETED), 0.0)  # through the router: the split, its rules
     out: dict[str, Any] = {"windowSeconds": int(covered), "requests": int(routed)}
     if spec.fallback is not None and routed:
-        fallen = sum(totals.get((copy_stat(fallback_cluster, spec.model, namespace, b.model_deployment), REQUESTS), 0)
+        fallen = sum(totals.get((copy_stat(fallback_cluster, spec.model, namespace, b.key), REQUESTS), 0)
                      for b in spec.fallback.backends)
         out["fallbackShare"] = _share(min(fallen, routed), routed)
     if spec.strategy is RouteStrategy.CASCADE:
         stages: list[dict[str, Any]] = [
             {"modelDeployment": b.model_deployment,
-             "requests": int(totals.get((copy_stat(cascade_cluster, spec.model, namespace, b.model_deployment),
+             "requests": int(totals.get((copy_stat(cascade_cluster, spec.model, namespace, b.key),
                                          REQUESTS), 0))}
             for b in spec.backends]
         taken = [s for s in stages if s["requests"]]  # a stage that was not ready took none
@@ -160,7 +160,7 @@ def traffic_status(namespace: str, spec: RoutePolicySpec, totals: Counters, cove
     return out
 
 
-def copy_stat(copy: Callable[[str, str], str], model: str, namespace: str, model_deployment: str) -> str:
+def copy_stat(copy: Callable[[str, str], str], model: str, namespace: str, backend: str) -> str:
     """The stat name of a policy's copy (``copy``: cascade_cluster or fallback_cluster)
-    of a ModelDeployment's cluster."""
-    return stat_name(copy(model, cluster_name(namespace, model_deployment)))
+    of a backend's cluster; ``backend`` is its key, "MODELDEPLOYMENT" or "MODELDEPLOYMENT/ADAPTER")."""
+    return stat_name(copy(model, cluster_name(namespace, backend)))

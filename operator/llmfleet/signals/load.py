@@ -18,6 +18,12 @@ Pure and synchronous: :class:`LoadTracker` is fed samples with the time they wer
 * TTFT quantiles use the histogram's bucket *increases* over the interval, i.e. the
   requests that got their first token since the previous sample, interpolated inside
   the bucket as Prometheus' ``histogram_quantile`` does.
+* An engine without queue and running gauges (Triton's vLLM backend) has them derived
+  by Little's law: the increase of the TTFT histogram's sum over the interval, per
+  second, is the mean number of requests awaiting their first token (the queue, prefill
+  included), and that of the end-to-end latency sum the mean number in the engine; the
+  difference is the running batch. A request adds to a sum when it ends, so a derived
+  load lags by about one request's duration. Such an engine reports no KV cache.
 """
 
 from __future__ import annotations
@@ -126,7 +132,8 @@ class _Replica:
 
 def _is_reset(previous: RawSample, current: RawSample) -> bool:
     """Some counter went down: the engine restarted between the two samples."""
-    for field in ("generation_tokens_total", "finished_requests_total", "prompt_tokens_total"):
+    for field in ("generation_tokens_total", "finished_requests_total", "prompt_tokens_total",
+                  "request_latency_seconds_sum"):
         before, now = getattr(previous, field), getattr(current, field)
         if before is not None and now is not None and now < before:
             return True
@@ -140,6 +147,12 @@ def _increase(previous: float | None, current: float | None) -> float:
     if current is None:
         return 0.0
     return max(0.0, current - (previous or 0.0))
+
+
+def _mean_of(values: Iterable[float | None]) -> float | None:
+    """The mean of the values given (None ones left out); None when there are none."""
+    present = [v for v in values if v is not None]
+    return math.fsum(present) / len(present) if present else None
 
 
 class LoadTracker:
@@ -172,11 +185,11 @@ class LoadTracker:
         """
         queue, running = sample.queue_depth, sample.running_requests
         kv = sample.kv_cache_utilization
-        if queue is None or running is None or kv is None:
+        if sample.missing_gauges:
             return None
         previous = self._replicas.get(key)
-        busy = queue > 0 or running > 0
-        if previous is None or now <= previous.time:
+        busy = (queue or 0) > 0 or (running or 0) > 0
+        if previous is None or now <= previous.time or previous.sample.derives_load != sample.derives_load:
             last = now if busy else (previous.last_activity if previous else None)
             self._replicas[key] = _Replica(sample, now, None, None, last)
             return None
@@ -184,6 +197,13 @@ class LoadTracker:
         interval = now - previous.time
         # After a restart every counter started again from 0 within the interval.
         base = RawSample() if _is_reset(previous.sample, sample) else previous.sample
+        if queue is None or running is None:  # derived (sample.derives_load)
+            assert sample.ttft_seconds is not None and sample.ttft_seconds.sum is not None
+            awaiting = _increase(base.ttft_seconds.sum if base.ttft_seconds else None, sample.ttft_seconds.sum)
+            in_engine = _increase(base.request_latency_seconds_sum, sample.request_latency_seconds_sum)
+            queue = awaiting / interval
+            running = max(0.0, in_engine - awaiting) / interval
+            busy = queue > 0 or running > 0
         tokens = _increase(base.generation_tokens_total, sample.generation_tokens_total)
         finished = _increase(base.finished_requests_total, sample.finished_requests_total)
         if sample.generation_throughput is not None:
@@ -274,7 +294,7 @@ class LoadTracker:
             failed_replicas=len(keys) - sampled,
             queue_depth=average("queue_depth"),
             running_requests=average("running_requests"),
-            kv_cache_utilization=average("kv_cache_utilization"),
+            kv_cache_utilization=_mean_of(load.kv_cache_utilization for load in loads),
             tokens_per_second=average("tokens_per_second"),
             requests_per_second=math.fsum(load.requests_per_second for load in loads),
             ttft_p50_seconds=p50,

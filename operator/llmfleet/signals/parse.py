@@ -82,10 +82,21 @@ class RawSample:
     finished_requests_total: float | None = None
     prompt_tokens_total: float | None = None
     ttft_seconds: Histogram | None = None
+    request_latency_seconds_sum: float | None = None  # the e2e latency histogram's sum
+
+    @property
+    def derives_load(self) -> bool:
+        """Without queue and running gauges, the TTFT and latency sums give them as rates."""
+        return (self.queue_depth is None and self.running_requests is None
+                and self.request_latency_seconds_sum is not None
+                and self.ttft_seconds is not None and self.ttft_seconds.sum is not None)
 
     @property
     def missing_gauges(self) -> tuple[str, ...]:
-        """The instantaneous signals every engine must report that this sample lacks."""
+        """The instantaneous signals this sample lacks and cannot derive (the KV cache is
+        optional for an engine whose load is derived: it reports none)."""
+        if self.derives_load:
+            return ()
         return tuple(
             name
             for name in ("queue_depth", "running_requests", "kv_cache_utilization")
@@ -127,6 +138,8 @@ def parse_sample(text: str, names: MetricNames | str) -> RawSample:
         finished_requests_total=_counter(series, names.finished_requests_total),
         prompt_tokens_total=_counter(series, names.prompt_tokens_total),
         ttft_seconds=_histogram(series, names.ttft_seconds_histogram),
+        request_latency_seconds_sum=_sum(series.get(f"{names.request_latency_seconds_histogram}_sum"))
+        if names.request_latency_seconds_histogram else None,
     )
 
 
@@ -171,6 +184,8 @@ def _wanted(names: MetricNames) -> frozenset[str]:
     if names.ttft_seconds_histogram:
         base = names.ttft_seconds_histogram
         wanted |= {base, base + "_bucket", base + "_count", base + "_sum"}
+    if names.request_latency_seconds_histogram:
+        wanted |= {names.request_latency_seconds_histogram, names.request_latency_seconds_histogram + "_sum"}
     return frozenset(wanted)
 
 

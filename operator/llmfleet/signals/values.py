@@ -16,7 +16,7 @@ class ReplicaLoad:
 
     queue_depth: float  # requests waiting for a batch slot
     running_requests: float  # requests in the running batch
-    kv_cache_utilization: float  # 0..1
+    kv_cache_utilization: float | None  # 0..1; None for an engine that reports no KV cache
     tokens_per_second: float  # generated tokens per second (counter rate)
     requests_per_second: float  # finished requests per second (counter rate)
     ttft_p50_seconds: float | None = None  # over requests finished in the interval
@@ -32,7 +32,7 @@ class ModelLoad:
     failed_replicas: int  # ready replicas whose scrape failed or timed out
     queue_depth: float  # per replica (average)
     running_requests: float  # per replica
-    kv_cache_utilization: float  # per replica
+    kv_cache_utilization: float | None  # per replica, over those that report it
     tokens_per_second: float  # per replica
     requests_per_second: float  # whole ModelDeployment
     ttft_p50_seconds: float | None = None  # whole ModelDeployment, merged histograms
@@ -61,10 +61,11 @@ class ModelLoad:
         out = {
             "queueDepth": round(self.queue_depth, 2),
             "runningRequests": round(self.running_requests, 2),
-            "kvCacheUtilization": round(self.kv_cache_utilization, 3),
             "tokensPerSecond": round(self.tokens_per_second, 1),
             "sampledReplicas": self.sampled_replicas,
         }
+        if self.kv_cache_utilization is not None:
+            out["kvCacheUtilization"] = round(self.kv_cache_utilization, 3)
         if self.ttft_p95_seconds is not None:
             out["ttftP95Seconds"] = round(self.ttft_p95_seconds, 3)
         if capacity is not None:

@@ -4,12 +4,11 @@ The names, label set (``model_name`` plus ``engine="0"``) and histogram bucket
 boundaries are vLLM v1's, so dashboards, the autoscaler and anything else that
 reads a vLLM replica reads a sim replica unchanged.
 
-Standing in for Triton (``--serve-as triton``), the queue, running and KV-cache gauges
-are Triton's instead (labels ``model`` and ``version``): the TensorRT-LLM backend's
-``nv_trt_llm_request_metrics`` and ``nv_trt_llm_kv_cache_block_metrics``, and Triton's
-own ``nv_inference_request_success`` and ``nv_inference_pending_request_count``; the
-vLLM counters and histograms stay, as Triton's vLLM backend reports them. No single
-Triton backend reports all of these: the sim shows every series llmfleet maps.
+Standing in for Triton with its vLLM backend (``--serve-as triton``), it shows what that
+backend shows: vLLM's counters and histograms but none of vLLM's queue, running or
+KV-cache gauges, and Triton's own ``nv_inference_request_success`` and
+``nv_inference_pending_request_count`` (labels ``model`` and ``version``); llmfleet then
+derives the load from the histograms' sums, as it does for a real Triton replica.
 
 All durations are wall-clock seconds as a client would measure them: with
 ``--time-scale s`` they are roughly ``s`` times the modelled GPU time (plus the
@@ -175,17 +174,6 @@ class SimMetrics(Collector):
     def _triton(self, state: EngineState) -> Iterator[Metric]:
         """Triton's series (names and labels from its documentation's samples)."""
         labels = {"model": self.model_name, "version": "1"}
-        requests = GaugeMetricFamily("nv_trt_llm_request_metrics", "TRT LLM request metrics",
-                                     labels=[*labels, "request_type"])
-        # Every running sequence is in each iteration's batch (no paused requests here).
-        for request_type, value in (("waiting", state.waiting), ("scheduled", state.running),
-                                    ("active", state.running)):
-            requests.add_metric([*labels.values(), request_type], value)
-        yield requests
-        kv = GaugeMetricFamily("nv_trt_llm_kv_cache_block_metrics", "TRT LLM KV cache block metrics",
-                               labels=[*labels, "kv_cache_block_type"])
-        kv.add_metric([*labels.values(), "fraction"], state.kv_cache_usage)
-        yield kv
         success = CounterMetricFamily("nv_inference_request_success",
                                       "Number of successful inference requests, all batch sizes",
                                       labels=list(labels))

@@ -498,8 +498,9 @@ def build_parser(prog: str = "llmfleet sim") -> argparse.ArgumentParser:
                    help="accepted for vLLM compatibility; the served name when "
                         "--served-model-name is not given")
     p.add_argument("--serve-as", choices=SERVE_AS, default=d.serve_as,
-                   help="the server to stand in for: vllm, or triton (Triton's OpenAI frontend: "
-                        "/health/ready, and Triton's metric names) (default %(default)s)")
+                   help="the server to stand in for: vllm, or triton (Triton's OpenAI frontend with its vLLM "
+                        "backend: /health/ready, Triton's series and vLLM's counters and histograms, no "
+                        "load gauges) (default %(default)s)")
     g = p.add_argument_group("load model")
     g.add_argument("--max-num-seqs", type=int, default=d.max_num_seqs,
                    help="max running sequences in the batch (default %(default)s)")

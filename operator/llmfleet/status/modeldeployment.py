@@ -78,12 +78,15 @@ def model_deployment_status(
     gpu_need: GpuNeed | None,
     invalid: str | None = None,
     now: str | None = None,
+    adapters: Sequence[str] = (),
 ) -> StatusResult:
     """The reconciler's part of ModelDeployment ``name``'s status (``old`` is the status
     as it stands), plus the Events its transitions deserve.
 
     `desired` is the replica count asked for (spec.replicas, which the autoscaler may
-    write); `invalid` is the refusal message when the spec could not be parsed.
+    write); `invalid` is the refusal message when the spec could not be parsed;
+    `adapters` the LoRA adapters it lists, each reported with the serving replicas that
+    have loaded it.
     """
     ready_pods = sum(1 for p in pods if p.serving)
     # Count only replicas the Deployment says are ready and that serve right now.
@@ -95,6 +98,10 @@ def model_deployment_status(
         "readyReplicas": ready,
         "selector": selector_string(name),
     }
+    if adapters:
+        status["adapters"] = [
+            {"name": a, "readyReplicas": sum(1 for p in pods if p.serving and any(n == a for n, _ in p.adapters))}
+            for a in adapters]
     if invalid is not None:
         status["desiredReplicas"] = old.get("desiredReplicas", 0)
         status["readyText"] = f"{ready}/-"
