@@ -66,13 +66,15 @@ class AdapterLoader:
     def pending(self) -> list[tuple[PodView, ModelDeploymentView, dict[str, str]]]:
         """Serving replicas whose recorded adapters are not the wanted ones, with those."""
         out = []
+        wanted_of: dict[tuple[str, str], dict[str, str]] = {}  # per ModelDeployment, computed once a round
         for pod in self.store.pods.values():
             md = self.store.model_deployments.get((pod.namespace, pod.model_deployment or ""))
             if not pod.serving or md is None or md.spec is None or not md.spec.lora_enabled:
                 continue
-            wanted = {a.name: adapter_path(a.uri) for a in md.spec.adapters}
-            if dict(pod.adapters) != wanted:
-                out.append((pod, md, wanted))
+            if md.ref not in wanted_of:
+                wanted_of[md.ref] = {a.name: adapter_path(a.uri) for a in md.spec.adapters}
+            if dict(pod.adapters) != wanted_of[md.ref]:
+                out.append((pod, md, wanted_of[md.ref]))
         return out
 
     async def round(self) -> None:
@@ -80,6 +82,8 @@ class AdapterLoader:
         pending = self.pending()
         busy = {pod.uid for pod, _, _ in pending}
         self._retry = {uid: r for uid, r in self._retry.items() if uid in busy}
+        present = {pod.uid for pod in self.store.pods.values()}
+        self._warned = {w for w in self._warned if w[0] in present}  # forget pods that are gone
         await asyncio.gather(*(self.sync(pod, md, wanted) for pod, md, wanted in pending
                                if self._retry.get(pod.uid, (0.0, 0.0))[0] <= now))
 
