@@ -12,10 +12,14 @@ replicas (empty caches) and the same seeded trace:
 The trace: ``--users`` conversations run at once, each ``--turns`` turns long; every one
 starts with the same system prompt, then its own first question; each later turn sends
 the whole history (the answers the replicas gave included) plus a new question, as chat
-clients do. Each user sends its next turn when the previous answer has ended (closed
-loop), and the users start ``--stagger`` seconds apart. Streams, so time to first token
-is measured at the client. Every loop is bounded by the trace's request count and by
-``--timeout`` seconds.
+clients do. Answers vary in length (``max_tokens`` drawn per turn around
+``--answer-tokens``): with one fixed length, the conversations that share a replica
+finish in the same step and come back together, so their prefills land in the same step
+turn after turn and the median TTFT depends on how those convoys happened to form. Each
+user sends its next turn when the previous answer has ended, after ``--think`` seconds on
+average (default 0: a closed loop), and the users start ``--stagger`` seconds apart.
+Streams, so time to first token is measured at the client. Every loop is bounded by the
+trace's request count and by ``--timeout`` seconds.
 
 Reported per arm: the replicas' prefix-cache hit rate (``vllm:prefix_cache_hits`` over
 ``vllm:prefix_cache_queries``, in tokens), TTFT p50/p95, requests and generated tokens per
@@ -65,11 +69,19 @@ def _text(rng: random.Random, tokens: int) -> str:
     return " ".join(out)
 
 
-def make_trace(users: int, turns: int, seed: int, system_tokens: int, question_tokens: int) -> dict[str, Any]:
+def make_trace(users: int, turns: int, seed: int, system_tokens: int, question_tokens: int,
+               answer_tokens: int, think_seconds: float) -> dict[str, Any]:
+    """Each turn: the user's question, the answer's length (``max_tokens``: uniform between
+    half and 1.5x ``answer_tokens``, as answers vary) and the pause before the user sends it
+    (reading and typing: exponential, mean ``think_seconds``; the first turn's is 0)."""
     rng = random.Random(seed)
+    lo, hi = max(1, answer_tokens // 2), max(1, answer_tokens * 3 // 2)
     return {"system": "You are the fleet assistant. " + _text(rng, system_tokens),
             "questions": [[_text(rng, question_tokens) + f" (user {u}, turn {t})?" for t in range(turns)]
-                          for u in range(users)]}
+                          for u in range(users)],
+            "answer_tokens": [[rng.randint(lo, hi) for _ in range(turns)] for _ in range(users)],
+            "think_seconds": [[rng.expovariate(1 / think_seconds) if t and think_seconds > 0 else 0.0
+                               for t in range(turns)] for _ in range(users)]}
 
 
 class Arm:
@@ -142,7 +154,7 @@ async def _turn(client: httpx.AsyncClient, messages: list[dict[str, str]], max_t
     return ttft, "".join(parts), tokens
 
 
-async def drive(url: str, trace: dict[str, Any], *, max_tokens: int, stagger: float, timeout: float) -> dict[str, Any]:
+async def drive(url: str, trace: dict[str, Any], *, stagger: float, timeout: float) -> dict[str, Any]:
     ttfts: list[float] = []
     tokens = errors = 0
     users = len(trace["questions"])
@@ -152,7 +164,9 @@ async def drive(url: str, trace: dict[str, Any], *, max_tokens: int, stagger: fl
         nonlocal tokens, errors
         await asyncio.sleep(u * stagger)
         messages = [{"role": "system", "content": trace["system"]}]
-        for question in trace["questions"][u]:
+        for question, max_tokens, think in zip(trace["questions"][u], trace["answer_tokens"][u],
+                                               trace["think_seconds"][u], strict=True):
+            await asyncio.sleep(think)
             if time.monotonic() > deadline:
                 return
             messages.append({"role": "user", "content": question})
@@ -186,7 +200,7 @@ def run_arm(name: str, prefix: PrefixAffinity | None, trace: dict[str, Any], arg
     try:
         arm.start()
         before = arm.counters()
-        result = asyncio.run(drive(arm.url, trace, max_tokens=args.max_tokens, stagger=args.stagger,
+        result = asyncio.run(drive(arm.url, trace, stagger=args.stagger,
                                    timeout=args.timeout))
         after = arm.counters()
     finally:
@@ -234,7 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--replicas", type=int, default=4, help="sim replicas (default %(default)s)")
     p.add_argument("--system-tokens", type=int, default=400, help="shared system prompt (default %(default)s)")
     p.add_argument("--question-tokens", type=int, default=250, help="each user message (default %(default)s)")
-    p.add_argument("--max-tokens", type=int, default=48, help="each answer (default %(default)s)")
+    p.add_argument("--answer-tokens", type=int, default=48,
+                   help="mean answer length, uniform from half to 1.5x (default %(default)s)")
+    p.add_argument("--think", type=float, default=0.0,
+                   help="mean seconds a user pauses before the next turn (default %(default)s)")
     p.add_argument("--time-scale", type=float, default=1.0, help="sim time scale (default %(default)s)")
     p.add_argument("--kv-cache-tokens", type=int, default=262_144, help="per replica (default %(default)s)")
     p.add_argument("--prefill-tokens-per-second", type=float, default=8000.0,
@@ -247,14 +264,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=180.0, help="seconds per arm at most (default %(default)s)")
     p.add_argument("--json", type=Path, default=RESULTS)
     args = p.parse_args(argv)
-    trace = make_trace(args.users, args.turns, args.seed, args.system_tokens, args.question_tokens)
+    trace = make_trace(args.users, args.turns, args.seed, args.system_tokens, args.question_tokens,
+                       args.answer_tokens, args.think)
     prefix = PrefixAffinity(args.prefix_chars, round(args.max_load_factor * 100))
     arms: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory(prefix="bench-prefix-") as tmp:
         for name, affinity in (("least-request", None), ("prefix", prefix)):
             arms[name] = run_arm(name, affinity, trace, args, Path(tmp))
     report = {"trace": {"users": args.users, "turns": args.turns, "system_tokens": args.system_tokens,
-                        "question_tokens": args.question_tokens, "max_tokens": args.max_tokens, "seed": args.seed},
+                        "question_tokens": args.question_tokens, "answer_tokens": args.answer_tokens,
+                        "think_seconds": args.think, "seed": args.seed},
               "replicas": args.replicas, "time_scale": args.time_scale, "prefix_chars": args.prefix_chars,
               "max_load_factor": args.max_load_factor, "envoy": _envoy_version(), "machine": platform.node(),
               "cpus": len(__import__("os").sched_getaffinity(0)), "arms": list(arms.values()),
