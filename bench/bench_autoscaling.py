@@ -48,7 +48,7 @@ from fleet import (  # noqa: E402 - sets sys.path for llmfleet
 from kubernetes import client
 
 from naive import NaivePolicy, NaiveState, naive_decide  # noqa: E402 - bench/naive.py
-from oracle import ReplicaModel, oracle  # noqa: E402 - bench/oracle.py
+from oracle import ReplicaModel, oracle, reactive_bound  # noqa: E402 - bench/oracle.py
 from llmfleet.autoscale.scaler import Observation, ScalingPolicy  # noqa: E402
 from llmfleet.signals.values import ModelLoad  # noqa: E402
 
@@ -329,6 +329,27 @@ def run_strategy(stack: Stack, kind: str, a: argparse.Namespace, trace: list[tup
     return out
 
 
+# A new replica is Ready this long after the model load it is configured with: scheduling
+# and the sim's process start (measured: a 30 s load is Ready 33-35 s after it is asked for).
+STARTUP_OVERHEAD_SECONDS = 3.0
+
+
+def reactive_bounds(a: argparse.Namespace, trace: list[tuple[float, int, int]], peak_replicas: int) -> list[dict]:
+    """What any reactive scaler could hold at best on this trace (bench/oracle.py's
+    reactive_bound): with 1 or 2 replicas between rises, asking for the peak 0, 10 or
+    20 s after each rise begins."""
+    rises = [(b.start, b.end) for b in a.shape]
+    out = []
+    for trough in (1, 2):
+        for delay in (0.0, 10.0, 20.0) if trough == 1 else (0.0,):
+            share, rs = reactive_bound(trace, rises, trace_seconds(a), replica_model(a), a.slo_ms / 1000,
+                                       min_replicas=trough, max_replicas=peak_replicas,
+                                       ready_after=a.load_seconds + STARTUP_OVERHEAD_SECONDS, delay=delay)
+            out.append({"trough_replicas": trough, "delay_s": delay, "within_slo": round(share, 4),
+                        "replica_seconds": round(rs)})
+    return out
+
+
 # --------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -407,6 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"oracle: {best.replica_seconds:.0f} ready replica-seconds ({best.allocated_replica_seconds:.0f} with the "
           f"early starts) for {best.share:.1%} within the SLO; fixed peak {peak_replicas * trace_seconds(a):.0f}",
           flush=True)
+    bounds = reactive_bounds(a, trace, peak_replicas)
+    for b in bounds:
+        print(f"reactive bound, {b['trough_replicas']} replica(s) between rises, the peak asked {b['delay_s']:g} s "
+              f"into each rise: {b['within_slo']:.1%} within the SLO ({b['replica_seconds']:.0f} rep-s)", flush=True)
     if a.oracle_only:
         return 0
 
@@ -501,6 +526,7 @@ def main(argv: list[str] | None = None) -> int:
         "oracle": {"replica_seconds": best.replica_seconds, "allocated_replica_seconds":
                    best.allocated_replica_seconds, "within_slo": round(best.share, 4), "bucket_s": best.bucket,
                    "replicas": best.counts, "model": "bench/oracle.py (the sim's batch and step times, full batch)"},
+        "reactive_bounds": bounds,
         "llmfleet": {"metric": a.metric, "target": a.target, "headroom_percent": a.headroom,
                      "spare_replicas": a.spare, "slo_mode": a.slo_mode, "min": 1,
                      "max": peak_replicas,

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))  # the oracle lives with its bench
-from oracle import ReplicaModel, oracle, within_slo
+from oracle import ReplicaModel, oracle, reactive_bound, within_slo
 
 MODEL = ReplicaModel(slots=2, step_ms=100.0, step_ms_per_seq=0.0, prefill_tps=1000.0)  # 0.1 s per token
 
@@ -43,3 +43,18 @@ def test_a_lower_goal_never_costs_more() -> None:
     strict = oracle(trace, 90, MODEL, slo=1.0, goal=0.99, max_replicas=8, load_seconds=30)
     assert loose.share >= 0.9 and strict.share >= 0.99
     assert loose.replica_seconds <= strict.replica_seconds
+
+
+def test_the_reactive_bound_falls_as_a_scaler_asks_later() -> None:
+    # 1 req/s (one replica), then 2.5 req/s for 60 s (needs 2): replicas Ready 10 s after asked.
+    trace = steady(1, 60) + [(60 + t, p, o) for t, p, o in steady(2.5, 60)] + [(120 + t, p, o)
+                                                                              for t, p, o in steady(1, 60)]
+    bound = {d: reactive_bound(trace, [(60, 120)], 180, MODEL, 1.0, min_replicas=1, max_replicas=3,
+                               ready_after=10, delay=d) for d in (0, 10, 20)}
+    shares = [bound[d][0] for d in (0, 10, 20)]
+    assert shares[0] > shares[1] > shares[2]  # every second of detection costs requests
+    assert shares[0] < 0.95  # one replica meets 2.5 req/s for a load time even when asked at once
+    # Held from Ready to the rise's end: 180 s of one replica plus 2 more for 50 s.
+    assert bound[0][1] == 180 + 2 * 50
+    assert reactive_bound(trace, [(60, 120)], 180, MODEL, 1.0, min_replicas=2, max_replicas=2,
+                          ready_after=10)[0] == 1.0  # replicas held before the rise meet it
