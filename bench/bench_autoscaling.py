@@ -21,7 +21,9 @@ seconds (wall seconds / S).
     .venv/bin/python bench/bench_autoscaling.py --quick      # ~11 minutes, shorter trace
 
 Each run also prints the oracle (bench/oracle.py): the fewest Ready replica-seconds that
-would have met the SLO for 95 % of the same trace, knowing it in advance.
+would have met the SLO for 95 % of the same trace, knowing it in advance; and the
+reactive bound: the most any scaler that reacts to the load could hold within the SLO,
+with 1 or 2 replicas between rises, asking for the peak 0, 10 or 20 s into each rise.
 
 Prints a table and writes bench/results/autoscaling.json.
 """

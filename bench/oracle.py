@@ -131,7 +131,7 @@ def reactive_bound(trace: Trace, rises: Sequence[tuple[float, float]], duration:
                    slo: float, *, min_replicas: int, max_replicas: int, ready_after: float,
                    delay: float = 0.0, bucket: float = 1.0) -> tuple[float, float]:
     """The most any reactive scaler holding ``min_replicas`` between rises could keep
-    within ``slo``: it asks for ``max_replicas`` at once ``delay`` seconds after each rise
+    within ``slo``, on this module's model of a replica: it asks for ``max_replicas`` at once ``delay`` seconds after each rise
     (start, end) begins, they are Ready ``ready_after`` seconds later, and it keeps them
     until the rise ends. (share within the SLO, Ready replica-seconds). Where the share
     is under the goal even at ``delay`` 0, no scaler that reacts to the load meets it
