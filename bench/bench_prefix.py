@@ -200,8 +200,7 @@ def run_arm(name: str, prefix: PrefixAffinity | None, trace: dict[str, Any], arg
     try:
         arm.start()
         before = arm.counters()
-        result = asyncio.run(drive(arm.url, trace, stagger=args.stagger,
-                                   timeout=args.timeout))
+        result = asyncio.run(drive(arm.url, trace, stagger=args.stagger, timeout=args.timeout))
         after = arm.counters()
     finally:
         arm.stop()

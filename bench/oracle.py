@@ -123,7 +123,7 @@ def oracle(trace: Trace, duration: float, model: ReplicaModel, slo: float, *, go
         if counts[b] > min_replicas:
             heapq.heappush(candidates, (loss, b))
     starts = sum(max(0, y - x) for x, y in zip([0, *counts], counts, strict=False))
-    ready = sum(c * min(bucket, duration - b * bucket) for b, c in enumerate(counts))
+    ready = _ready_seconds(counts, bucket, duration)
     return Oracle(tuple(counts), bucket, met / len(trace) if trace else 1.0, ready, ready + starts * load_seconds)
 
 
@@ -131,16 +131,21 @@ def reactive_bound(trace: Trace, rises: Sequence[tuple[float, float]], duration:
                    slo: float, *, min_replicas: int, max_replicas: int, ready_after: float,
                    delay: float = 0.0, bucket: float = 1.0) -> tuple[float, float]:
     """The most any reactive scaler holding ``min_replicas`` between rises could keep
-    within ``slo``, on this module's model of a replica: it asks for ``max_replicas`` at once ``delay`` seconds after each rise
-    (start, end) begins, they are Ready ``ready_after`` seconds later, and it keeps them
-    until the rise ends. (share within the SLO, Ready replica-seconds). Where the share
-    is under the goal even at ``delay`` 0, no scaler that reacts to the load meets it
-    without holding more replicas before a rise (headroom)."""
+    within ``slo``, on this module's model of a replica: it asks for ``max_replicas`` at
+    once ``delay`` seconds after each rise (start, end) begins, they are Ready
+    ``ready_after`` seconds later, and it keeps them until the rise ends. Returns (share
+    within the SLO, Ready replica-seconds). Where the share is under the goal even at
+    ``delay`` 0, no scaler that reacts to the load meets it without holding more
+    replicas before a rise (headroom)."""
     counts = []
     for i in range(max(1, math.ceil(duration / bucket))):
         t = i * bucket
         up = any(start + delay + ready_after <= t < end for start, end in rises)
         counts.append(max_replicas if up else min_replicas)
     met = within_slo(trace, counts, bucket, model, slo)
-    ready = sum(c * min(bucket, duration - i * bucket) for i, c in enumerate(counts))
-    return (sum(met) / len(trace) if trace else 1.0), ready
+    return (sum(met) / len(trace) if trace else 1.0), _ready_seconds(counts, bucket, duration)
+
+
+def _ready_seconds(counts: Sequence[int], bucket: float, duration: float) -> float:
+    """Replica-seconds of ``counts[b]`` Ready replicas per bucket (the last one cut at ``duration``)."""
+    return sum(c * min(bucket, duration - b * bucket) for b, c in enumerate(counts))
