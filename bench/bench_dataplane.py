@@ -10,6 +10,14 @@ The same short non-streaming chat completions go to it over each path:
   ``model`` to the served name, retry policy, outlier detection, JSON access log;
 * ``envoy-nolog``: the same with ``DataPlaneSettings(access_log=False)`` (what the
   access log costs);
+* ``envoy-nousage``: the same without usage accounting (``DataPlaneSettings(usage_accounting=False)``);
+* ``envoy-auth``: our config with a Tenant and its API key: ``api_key_auth``, the model's
+  RBAC, the reroute Lua; no limits;
+* ``envoy-local``: the same with a request limit of scope ``local`` that is never reached:
+  Envoy's own token bucket per tenant, no call to the rate-limit service;
+* ``envoy-tenants``: the same with global request and token limits that are never reached:
+  the rate-limit service (our xDS server's gRPC server, in this process) is asked before
+  each request and told each response's tokens when it ends;
 * ``envoy-bare``: the same Envoy, listener and cluster minus everything of ours on the
   request path (no ``json_to_metadata``, no model route, no Lua rewrite, no retries,
   no access log: one prefix route to the cluster), pushed by the same xDS server with
@@ -139,7 +147,7 @@ def cpus_allowed(pid: int) -> str:
 def http_ok(url: str, headers: dict[str, str] | None = None, timeout: float = 1.0) -> bool:
     req = urllib.request.Request(url, headers=headers or {})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 (127.0.0.1 only)
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status == 200
     except (OSError, urllib.error.HTTPError):
         return False
@@ -189,7 +197,8 @@ class EnvoyPath:
     """Our xDS server (own thread) + an Envoy it configures, pinned to the proxy core."""
 
     def __init__(self, workdir: Path, sim_port: int, settings: DataPlaneSettings,
-                 concurrency: int, node_id: str, *, bare: bool = False, tenant_key: str | None = None) -> None:
+                 concurrency: int, node_id: str, *, bare: bool = False, tenant_key: str | None = None,
+                 limits: str | None = None) -> None:
         self.bare = bare
         self.listener_port = free_port()
         self.xds = BackgroundXdsServer(listener_port=self.listener_port, listener_address=LOCALHOST,
@@ -200,11 +209,17 @@ class EnvoyPath:
             clusters=(Cluster(CLUSTER, SERVED_MODEL, (Endpoint(LOCALHOST, sim_port),)),),
         )
         if tenant_key is not None:
-            # A tenant whose limits are never reached: every request authenticated, checked
-            # against the model's RBAC and the rate-limit service, its tokens reported.
-            unbounded = RateLimit(10**9, 1, 10**9)
+            # A tenant whose limits are never reached: every request authenticated and checked
+            # against the model's RBAC; with "global" limits, against the rate-limit service
+            # (request and token limits, its tokens reported); with "local", against Envoy's own
+            # request bucket.
+            requests = tokens = None
+            if limits == "global":
+                requests = tokens = RateLimit(10**9, 1, 10**9)
+            elif limits == "local":
+                requests = RateLimit(10**9, 1, 10**9, local=True)
             self.table = dataclasses.replace(
-                self.table, tenants=(TenantAccess("bench/tenant", (tenant_key,), ("*",), unbounded, unbounded),),
+                self.table, tenants=(TenantAccess("bench/tenant", (tenant_key,), ("*",), requests, tokens),),
                 rate_limit_service=Endpoint(LOCALHOST, self.xds_port))
         self.envoy = EnvoyProcess(bootstrap(LOCALHOST, self.xds_port, node_id, free_port()),
                                   workdir, concurrency=concurrency)
@@ -343,7 +358,7 @@ async def one_request(session: aiohttp.ClientSession, path: Path_, body: bytes) 
         async with session.post(path.url, data=body, headers=path.headers) as resp:
             data = await resp.read()
             ok = resp.status == 200 and b'"completion_tokens"' in data
-    except (aiohttp.ClientError, asyncio.TimeoutError):
+    except (TimeoutError, aiohttp.ClientError):
         ok = False
     return time.perf_counter() - t0, ok
 
@@ -503,6 +518,12 @@ def evaluate_goals(report: dict[str, Any]) -> list[dict[str, str]]:
         add = envoy["added_ms"]["p50"]
         goals.append({"goal": "Envoy adds < 1 ms at p50", "verdict": "MET" if add < 1.0 else "NOT MET",
                       "measured": f"+{add:.3f} ms p50, +{envoy['added_ms']['p99']:.3f} ms p99"})
+    for name, what in (("envoy-local", "a local request limit"), ("envoy-tenants", "global request and token limits")):
+        if envoy and name in paths:
+            over = paths[name]["latency"]["latency_ms"]["p50"] - envoy["latency"]["latency_ms"]["p50"]
+            goals.append({"goal": f"API keys and {what} add < 0.1 ms at p50 over our config ({name} vs envoy)",
+                          "verdict": "MET" if over < 0.1 else "NOT MET",
+                          "measured": f"+{over:.3f} ms p50"})
     lit = paths.get("litellm")
     if envoy and lit:
         best = {n: max(paths[n]["throughput"], key=lambda t: t["req_per_s"]) for n in ("envoy", "litellm")}
@@ -538,8 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--proxy-core", type=int, default=0, help="CPU core of Envoy / LiteLLM (-1: none)")
     ap.add_argument("--client-core", type=int, default=1, help="CPU core of the load generator (-1: none)")
     ap.add_argument("--envoy-concurrency", type=int, default=1, help="Envoy worker threads")
-    ap.add_argument("--envoy-variants", default="envoy,envoy-nolog,envoy-bare,envoy-tenants",
-                    help="Envoy paths to run (envoy = our config; envoy-nolog, envoy-bare, envoy-tenants: see above)")
+    ap.add_argument("--envoy-variants", default="envoy,envoy-nolog,envoy-bare,envoy-auth,envoy-local,envoy-tenants",
+                    help="Envoy paths to run (envoy = our config; the others: see above)")
     ap.add_argument("--litellm-venv", type=Path, default=DEFAULT_LITELLM_VENV)
     ap.add_argument("--install-litellm", action="store_true",
                     help="create --litellm-venv and pip install 'litellm[proxy]' into it if missing")
@@ -584,6 +605,11 @@ def main(argv: list[str] | None = None) -> int:
                            "no access log", DataPlaneSettings(access_log=False), True, PUBLIC_MODEL),
             "envoy-nousage": ("our config without usage accounting (no usage Lua, no request log to the operator)",
                               DataPlaneSettings(usage_accounting=False), False, SERVED_MODEL),
+            "envoy-auth": ("our config with a Tenant without limits: API key and RBAC, no rate-limit service",
+                           DataPlaneSettings(), False, SERVED_MODEL),
+            "envoy-local": ("our config with a Tenant with a local request limit: API key, RBAC, Envoy's own "
+                            "token bucket (no call to the rate-limit service)", DataPlaneSettings(), False,
+                            SERVED_MODEL),
             "envoy-tenants": ("our config with a Tenant: API key, RBAC, request and token limits (the rate-limit "
                               "service asked twice per request)", DataPlaneSettings(), False, SERVED_MODEL),
         }
@@ -592,9 +618,10 @@ def main(argv: list[str] | None = None) -> int:
             if name not in known:
                 raise SystemExit(f"unknown Envoy variant {name!r} (known: {', '.join(known)})")
             desc, settings, bare, expect = known[name]
-            tenants = name == "envoy-tenants"
+            tenants = name in ("envoy-auth", "envoy-local", "envoy-tenants")
             ep = EnvoyPath(workdir / name, sim_port, settings, args.envoy_concurrency, f"bench-{name}", bare=bare,
-                           tenant_key=tenant_key if tenants else None)
+                           tenant_key=tenant_key if tenants else None,
+                           limits={"envoy-local": "local", "envoy-tenants": "global"}.get(name))
             envoys.append(ep)
             ep.start(proxy_cores)
             p = Path_(name, desc, f"http://{LOCALHOST}:{ep.listener_port}", PUBLIC_MODEL, pid=ep.envoy.pid,

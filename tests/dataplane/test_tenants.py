@@ -151,24 +151,41 @@ async def _burst(dp: DataPlane, n: int, key: str, **body: Any) -> list[httpx.Res
                                                   json={"model": "chat", **CHAT, **body}) for _ in range(n)))
 
 
-async def test_a_request_limit_admits_its_burst_and_refuses_the_rest(dataplane: DataPlane, counted: int) -> None:
-    tenants = (TenantAccess("ai/team-a", (A_KEY,), ("*",), requests=RateLimit(5, 1, 5)),
-               TenantAccess("ai/team-b", (B_KEY,), ("*",), requests=RateLimit(5, 1, 5)))
-    dataplane.apply(_limited(dataplane, counted, tenants))
+@pytest.mark.parametrize("local", [False, True], ids=["global", "local"])
+async def test_a_request_limit_admits_its_burst_and_refuses_the_rest(dataplane: DataPlane, counted: int,
+                                                                     local: bool) -> None:
+    limit = RateLimit(5, 1, 5, local=local)
+    tenants = (TenantAccess("ai/team-a", (A_KEY,), ("*",), requests=limit),
+               TenantAccess("ai/team-b", (B_KEY,), ("*",), requests=limit),
+               TenantAccess("ops/all", (ALL_KEY,), ("*",)))
+    # A local limit is Envoy's own bucket: there is no service to ask.
+    dataplane.apply(_limited(dataplane, counted, tenants, service=not local))
     async with httpx.AsyncClient(base_url=dataplane.url, timeout=10) as client:
         for _ in range(10):  # probes naming a tenant spend nothing of its limits
             assert (await client.get("/healthz", headers={"x-llmfleet-tenant": "ai/team-a"})).status_code == 200
     answers = await _burst(dataplane, 20, A_KEY)
     assert sorted(r.status_code for r in answers) == [200] * 5 + [429] * 15
     refused = next(r for r in answers if r.status_code == 429)
-    assert refused.headers["retry-after"] == "1"
-    assert refused.json()["error"]["code"] == "rate_limit_exceeded" and refused.json()["error"]["type"] == "requests"
-    assert "team-a" in refused.json()["error"]["message"]
-    # The other tenant's bucket is its own.
+    assert refused.headers["retry-after"] == "1" and refused.headers["content-type"] == "application/json"
+    error = refused.json()["error"]
+    assert error["code"] == "rate_limit_exceeded" and error["type"] == "requests", refused.text
+    where = " on this Envoy replica" if local else ""
+    assert error["message"] == (f"Rate limit reached for requests of tenant ai/team-a: limit 5 per second{where}. "
+                                "Please try again in 1s.")
+    # The other tenant's bucket is its own; a tenant without a limit is never refused.
     assert [r.status_code for r in await _burst(dataplane, 5, B_KEY)] == [200] * 5
+    assert [r.status_code for r in await _burst(dataplane, 30, ALL_KEY)] == [200] * 30
     # A second later the bucket has refilled.
     await asyncio.sleep(1.1)
     assert sorted(r.status_code for r in await _burst(dataplane, 6, A_KEY)) == [200] * 5 + [429]
+
+
+async def test_a_local_limit_says_its_own_wait(dataplane: DataPlane, counted: int) -> None:
+    slow = (TenantAccess("ai/team-a", (A_KEY,), ("*",), requests=RateLimit(10, 60, 1, local=True)),)
+    dataplane.apply(_limited(dataplane, counted, slow, service=False))
+    answers = await _burst(dataplane, 2, A_KEY)
+    assert sorted(r.status_code for r in answers) == [200, 429]
+    assert next(r for r in answers if r.status_code == 429).headers["retry-after"] == "6"  # a token every 6 s
 
 
 async def test_a_token_limit_holds_within_one_response(dataplane: DataPlane, counted: int) -> None:

@@ -12,9 +12,11 @@ import base64
 import json
 import time
 import uuid
+from pathlib import Path
 
 import httpx
 import pytest
+import yaml
 
 from tests.e2e.test_routing import sim_md
 from tests.helpers import kubectl_json, wait_for
@@ -26,6 +28,7 @@ KEY_B = f"sk-b-{uuid.uuid4().hex}"
 KEY_C = f"sk-c-{uuid.uuid4().hex}"  # 5 requests per second, burst 5
 KEY_D = f"sk-d-{uuid.uuid4().hex}"  # 300 tokens per minute
 TOKEN_LIMIT = 300
+CHART_VALUES = Path(__file__).resolve().parents[2] / "charts" / "llmfleet" / "values.yaml"
 
 
 def _policy(name: str, model: str) -> dict:
@@ -160,6 +163,29 @@ def test_a_request_limit_holds_across_every_envoy_and_spares_other_tenants(dev_c
     # Meanwhile another tenant is not limited at all.
     assert [r.status_code for r in _burst(envoy.url, 20, KEY_A, chat)] == [200] * 20
     assert _post(envoy.url, embed, KEY_B).status_code == 200
+
+
+def test_a_local_request_limit_is_counted_by_each_envoy_on_its_own(dev_cluster, envoy, tenanted):
+    ns, chat, _ = tenanted
+    envoys = yaml.safe_load(CHART_VALUES.read_text())["ingress"]["replicas"]  # the release's, from the chart
+    key = f"sk-e-{uuid.uuid4().hex}"
+    for obj in (_secret("team-e", k=key),
+                _tenant("team-e", [chat], {"requests": {"limit": 3, "per": "minute", "scope": "local"}})):
+        assert apply(dev_cluster, ns, obj).returncode == 0
+    wait_for(lambda: _ready(dev_cluster, ns, "team-e"), timeout=30, what="team-e Ready")
+    wait_for(lambda: _post(envoy.url, chat, key).status_code in (200, 429), timeout=10, what="team-e's key live")
+    answers = _burst(envoy.url, 20, key, chat)
+    admitted = sum(r.status_code == 200 for r in answers)
+    # 3 a minute at each Envoy, and the probe above took one at one of them: a global limit
+    # would admit 2 more, each Envoy on its own admits more (the connections spread over them).
+    assert 3 <= admitted <= 3 * envoys and all(r.status_code in (200, 429) for r in answers), \
+        [r.text for r in answers]
+    refused = next(r for r in answers if r.status_code == 429)
+    assert refused.headers["retry-after"] == "20"
+    error = refused.json()["error"]
+    assert error["message"] == (f"Rate limit reached for requests of tenant {ns}/team-e: limit 3 per minute on "
+                                "this Envoy replica. Please try again in 20s.")
+    assert error["type"] == "requests" and error["code"] == "rate_limit_exceeded", refused.text
 
 
 def test_a_token_limit_holds_within_one_response(dev_cluster, envoy, tenanted):

@@ -331,6 +331,7 @@ def test_listener_reads_model_from_body_with_room_for_long_prompts() -> None:
     assert hcm["stream_idle_timeout"] == "3600s" and hcm["request_timeout"] == "0s"
     names = [f["name"] for f in hcm["http_filters"]]
     assert names == ["envoy.filters.http.json_to_metadata", "llmfleet.auth", "llmfleet.reroute", "llmfleet.access",
+                     "llmfleet.localratelimit",
                      "llmfleet.ratelimit", "llmfleet.usage", "llmfleet.prefix", "llmfleet.cascade",
                      "envoy.filters.http.router"]
     rule = hcm["http_filters"][0]["typed_config"]["request_rules"]["rules"][0]

@@ -21,6 +21,7 @@ from llmfleet.envoy.resources import (
     AUTH_FILTER,
     CLUSTER_TYPE,
     LISTENER_TYPE,
+    LOCAL_RATE_LIMIT_FILTER,
     RATE_LIMIT_FILTER,
     ROUTE_TYPE,
     build_config,
@@ -35,7 +36,9 @@ from llmfleet.routing.ratelimit import (
     TOKENS,
     Decision,
     Limiter,
+    LocalBucket,
     Spend,
+    local_bucket,
     window_end,
     window_start,
 )
@@ -81,6 +84,10 @@ def test_keys_models_and_limits_reach_the_ingress() -> None:
     access, results = compute_tenants([tenant], [_secret("team-a-keys", old="sk-old\n", new="sk-new")], ["chat"], 0.0)
     assert access == (TenantAccess("ai/team-a", ("sk-new", "sk-old"), ("chat", "embed"),
                                    RateLimit(5, 1, 5), RateLimit(6000, 60, 6000)),)
+    assert not access[0].requests.local  # global unless the spec says local
+    tenant = _tenant("team-a", limits={"requests": {"limit": 5, "per": "second", "scope": "local"}})
+    access, _ = compute_tenants([tenant], [_secret("team-a-keys", k="sk-1")], ["chat"], 0.0)
+    assert access[0].requests == RateLimit(5, 1, 5, local=True)
     (result,) = results
     assert result.keys == 2 and result.ready.status and result.ready.reason == "KeysAccepted"
     assert "no RoutePolicy serves embed" in result.ready.message
@@ -126,6 +133,9 @@ def test_a_refused_spec_names_the_field() -> None:
         parse_tenant_spec({"apiKeys": {"secretName": "k"}, "models": []})
     with pytest.raises(SpecError, match=r"spec\.models: .*only once"):
         parse_tenant_spec({"apiKeys": {"secretName": "k"}, "models": ["chat", "chat"]})
+    with pytest.raises(SpecError, match=r"spec\.limits\.requests\.scope: .*'global' or 'local'"):
+        parse_tenant_spec({"apiKeys": {"secretName": "k"}, "models": ["chat"],
+                           "limits": {"requests": {"limit": 5, "scope": "cluster"}}})
     tenant = TenantView.from_body({"metadata": {"namespace": "ai", "name": "t", "generation": 2},
                                    "spec": {"apiKeys": {"secretName": "k"}, "models": ["chat"],
                                             "limits": {"requests": {"limit": 0}}}})
@@ -293,6 +303,50 @@ def test_envoy_asks_the_leaders_service_only_about_limited_tenants() -> None:
     check, charge = host[RATE_LIMIT_FILTER]["rate_limits"]
     assert check["hits_addend"] == {"number": 0} and "apply_on_stream_done" not in check
     assert charge["apply_on_stream_done"] and charge["hits_addend"] == {"format": "%DYNAMIC_METADATA(llmfleet:tokens)%"}
+
+
+def test_a_local_request_limit_is_envoys_own_bucket_and_never_asks_the_service() -> None:
+    local = TenantAccess("ai/a", ("k",), ("*",), requests=RateLimit(10, 60, 3, local=True))
+    table = dataclasses.replace(_table((local, TenantAccess("ai/b", ("k2",), ("*",)))),
+                                rate_limit_service=Endpoint("10.0.0.9", 18000))
+    built = build_config(table, listener_port=8080)
+    host = built[ROUTE_TYPE][0]["virtual_hosts"][0]["typed_per_filter_config"]
+    assert RATE_LIMIT_FILTER not in host and "llmfleet_ratelimit" not in [c["name"] for c in built[CLUSTER_TYPE]]
+    (descriptor,) = host[LOCAL_RATE_LIMIT_FILTER]["descriptors"]
+    assert descriptor == {"entries": [{"key": "tenant", "value": "ai/a"}, {"key": "limit", "value": "requests"}],
+                          "token_bucket": {"max_tokens": 3, "tokens_per_fill": 1, "fill_interval": "6.000000000s"}}
+    # Its refusal's text and wait are ready for the tenant's requests (the reroute Lua).
+    lua = host["llmfleet.reroute"]["source_code"]["inline_string"]
+    assert '["ai/a"] = {"Rate limit reached for requests of tenant ai/a: limit 10 per minute on this Envoy ' \
+           'replica. Please try again in 6s.", "6"}' in lua and "ai/b" not in lua
+    # The probe spends nothing of it; the leader's limiter does not count it.
+    (health,) = [r for r in built[ROUTE_TYPE][0]["virtual_hosts"][0]["routes"] if r["name"] == "healthz"]
+    assert health["typed_per_filter_config"][LOCAL_RATE_LIMIT_FILTER]["disabled"]
+    limiter = Limiter()
+    limiter.configure([local])
+    assert all(limiter.decide("ai/a", REQUESTS, 1, 0.0).allowed for _ in range(20))
+    # A global one is the service's again.
+    built = build_config(dataclasses.replace(table, tenants=(dataclasses.replace(
+        local, requests=RateLimit(10, 60, 3)),)), listener_port=8080)
+    host = built[ROUTE_TYPE][0]["virtual_hosts"][0]["typed_per_filter_config"]
+    assert LOCAL_RATE_LIMIT_FILTER not in host and host[RATE_LIMIT_FILTER]["rate_limits"]
+
+
+@pytest.mark.parametrize(("limit", "bucket"), [
+    (RateLimit(5, 1, 5), LocalBucket(5, 1, 0.2)),
+    (RateLimit(10, 60, 3), LocalBucket(3, 1, 6.0)),
+    # Faster than a fill per 50 ms: several tokens per fill, at the same rate.
+    (RateLimit(1000, 1, 2000), LocalBucket(2000, 50, 0.05)),
+    (RateLimit(30, 1, 30), LocalBucket(30, 2, 2 / 30)),
+    # A burst below one fill is raised to it.
+    (RateLimit(1000, 1, 10), LocalBucket(50, 50, 0.05)),
+])
+def test_a_local_bucket_keeps_the_rate_in_whole_tokens_a_fill_at_most_every_50_ms(limit, bucket) -> None:
+    got = local_bucket(limit)
+    assert (got.size, got.tokens) == (bucket.size, bucket.tokens)
+    assert got.fill_seconds == pytest.approx(bucket.fill_seconds) and got.fill_seconds >= 0.05
+    assert got.tokens / got.fill_seconds == pytest.approx(limit.per_second)
+    assert got.retry_after == max(1, -(-bucket.fill_seconds // 1))
 
 
 def test_a_concurrency_cap_counts_requests_in_flight_by_their_id() -> None:

@@ -1486,6 +1486,13 @@ class RateUnit(StrEnum):
 RATE_UNIT_SECONDS = {RateUnit.SECOND: 1, RateUnit.MINUTE: 60, RateUnit.HOUR: 3600}
 
 
+class RateScope(StrEnum):
+    """Where a request limit is counted."""
+
+    GLOBAL = "global"
+    LOCAL = "local"
+
+
 class RequestLimit(_Spec):
     """Requests a tenant may send: a token bucket of ``burst`` requests refilled at ``limit`` per ``per``."""
 
@@ -1496,6 +1503,14 @@ class RequestLimit(_Spec):
         ge=1,
         le=1_000_000_000,
         description="Requests that may arrive at once, after a quiet spell (the bucket's size). Default: limit.",
+    )
+    scope: RateScope = Field(
+        RateScope.GLOBAL,
+        description=(
+            "global: counted once across every Envoy replica by the operator's rate-limit service (exact; "
+            "Envoy asks it before each request, about a millisecond). local: each Envoy replica counts on its "
+            "own, with no call (no added latency), so N replicas let through up to N times the limit."
+        ),
     )
 
 

@@ -22,7 +22,6 @@ from envoy.service.ratelimit.v3 import rls_pb2, rls_pb2_grpc
 from prometheus_client import Counter
 
 from ..api import openai
-from ..api.models import RATE_UNIT_SECONDS
 from ..routing.budgets import subject_owner
 from ..routing.ratelimit import (
     BUDGET,
@@ -35,12 +34,11 @@ from ..routing.ratelimit import (
     TOKENS,
     Decision,
     Limiter,
+    limit_message,
 )
 from ..routing.table import RouteTable
 from .accounting import backend_of
 from .resources import RATE_LIMIT_KIND, RATE_LIMIT_POLICY, RATE_LIMIT_REQUEST, RATE_LIMIT_TENANT
-
-_UNITS = {seconds: unit.value for unit, seconds in RATE_UNIT_SECONDS.items()}  # 60 → "minute"
 
 
 def refusal(tenant: str, kind: str, decision: Decision) -> dict[str, Any]:
@@ -55,11 +53,8 @@ def refusal(tenant: str, kind: str, decision: Decision) -> dict[str, Any]:
         return openai.error_body(
             f"Too many requests in flight for tenant {tenant}: at most {limit.limit} at once. "
             f"Please try again in {decision.retry_after}s.", "requests", code="rate_limit_exceeded")
-    unit = _UNITS.get(limit.seconds, f"{limit.seconds} s")
-    return openai.error_body(
-        f"Rate limit reached for {kind} of tenant {tenant}: limit {limit.limit} per {unit}. "
-        f"Please try again in {decision.retry_after}s.",
-        kind, code="rate_limit_exceeded")
+    return openai.error_body(limit_message(tenant, kind, limit, decision.retry_after), kind,
+                             code="rate_limit_exceeded")
 
 
 class RateLimitService(rls_pb2_grpc.RateLimitServiceServicer):

@@ -45,12 +45,14 @@ from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.listener.v3 import listener_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.access_loggers.filters.cel.v3 import cel_pb2  # noqa: F401
 from envoy.extensions.access_loggers.grpc.v3 import als_pb2  # noqa: F401
 from envoy.extensions.access_loggers.stream.v3 import stream_pb2  # noqa: F401
 from envoy.extensions.clusters.aggregate.v3 import cluster_pb2 as aggregate_pb2  # noqa: F401
 from envoy.extensions.filters.http.api_key_auth.v3 import api_key_auth_pb2  # noqa: F401
 from envoy.extensions.filters.http.header_mutation.v3 import header_mutation_pb2  # noqa: F401
 from envoy.extensions.filters.http.json_to_metadata.v3 import json_to_metadata_pb2  # noqa: F401
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2  # noqa: F401
 from envoy.extensions.filters.http.lua.v3 import lua_pb2  # noqa: F401
 from envoy.extensions.filters.http.ratelimit.v3 import rate_limit_pb2  # noqa: F401
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2  # noqa: F401
@@ -87,11 +89,14 @@ from llmfleet.routing.ratelimit import (
     SPENT_COMPLETION,
     SPENT_PROMPT,
     TOKENS,
+    limit_message,
+    local_bucket,
 )
 from llmfleet.routing.table import (
     ENDPOINT_PATHS,
     Cluster,
     Endpoint,
+    RateLimit,
     Route,
     RouteTable,
     RuleMatch,
@@ -128,7 +133,6 @@ PREFIX_FILTER = "llmfleet.prefix"  # the downstream Lua filter that names a requ
 # them, so the listener never changes when tenants come and go.
 AUTH_FILTER = "llmfleet.auth"
 REROUTE_FILTER = "llmfleet.reroute"
-REROUTE_SOURCE = "function envoy_on_request(handle)\n  handle:clearRouteCache()\nend\n"
 ACCESS_FILTER = "llmfleet.access"
 TENANT_HEADER = "x-llmfleet-tenant"
 # Answered by Envoy itself, with or without tenants: the readiness probe of the chart's
@@ -138,6 +142,11 @@ HEALTH_PATH, HEALTH_ROUTE = "/healthz", "healthz"
 # (cluster RATE_LIMIT_CLUSTER, the leader), which the virtual host's rate_limits name per
 # request; the usage Lua reads a response's tokens for its token limit.
 RATE_LIMIT_FILTER = "llmfleet.ratelimit"
+# Request limits with scope local: each Envoy's own token bucket per tenant (the local_ratelimit
+# filter), no call to the service. Its refusal's text and Retry-After, per tenant, are set in
+# dynamic metadata by the reroute Lua for the local reply to use.
+LOCAL_RATE_LIMIT_FILTER = "llmfleet.localratelimit"
+LOCAL_REFUSAL_KEY, LOCAL_RETRY_KEY = "local_refusal", "local_retry_after"
 RATE_LIMIT_CLUSTER = "llmfleet_ratelimit"
 USAGE_FILTER = "llmfleet.usage"
 RATE_LIMIT_DOMAIN = "llmfleet"
@@ -488,7 +497,7 @@ def route_configuration(table: RouteTable, settings: DataPlaneSettings | None = 
         # Kubelet's readiness probe has no API key; nor is it a tenant's request (a client
         # naming a tenant in its header here must not spend that tenant's limits).
         off = {"@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}
-        health["typed_per_filter_config"] = {AUTH_FILTER: off, RATE_LIMIT_FILTER: off}
+        health["typed_per_filter_config"] = {AUTH_FILTER: off, RATE_LIMIT_FILTER: off, LOCAL_RATE_LIMIT_FILTER: off}
     routes: list[dict[str, Any]] = [health]
     # With tenants, each one lists the models it may call (the route is chosen again once
     # auth has named the tenant); without, every public model.
@@ -564,7 +573,9 @@ def route_configuration(table: RouteTable, settings: DataPlaneSettings | None = 
         host["typed_per_filter_config"] = {
             AUTH_FILTER: authentication(table.tenants),
             REROUTE_FILTER: {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
-                             "source_code": {"inline_string": REROUTE_SOURCE}}}
+                             "source_code": {"inline_string": reroute_source(table.tenants)}}}
+        if local := local_rate_limit(table.tenants):
+            host["typed_per_filter_config"][LOCAL_RATE_LIMIT_FILTER] = local
         if tenant_limits:
             # In the filter's per-route config, not the host's own rate_limits: only these
             # carry hits_addend to the service.
@@ -637,6 +648,20 @@ def _tenant_error_mappers() -> list[dict[str, Any]]:
     ]
 
 
+def _local_limit_mapper() -> dict[str, Any]:
+    """A local request limit's 429, in OpenAI's shape, with the tenant's text and Retry-After."""
+    metadata = f"%DYNAMIC_METADATA({METADATA_NAMESPACE}:{{key}})%"
+    return {
+        "filter": {"extension_filter": {"name": "envoy.access_loggers.extension_filters.cel", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter",
+            "expression": "response.code_details == 'local_rate_limited'"}}},
+        "headers_to_add": [{"header": {"key": "retry-after", "value": metadata.format(key=LOCAL_RETRY_KEY)},
+                            "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}],
+        "body_format_override": {"json_format": openai_error(
+            metadata.format(key=LOCAL_REFUSAL_KEY), err_type=REQUESTS, param=None, code="rate_limit_exceeded")},
+    }
+
+
 def authentication(tenants: tuple[TenantAccess, ...]) -> dict[str, Any]:
     """The virtual host's api_key_auth: every tenant's keys (Authorization: Bearer <key>)."""
     credentials = sorted((key, t.name) for t in tenants for key in t.keys)
@@ -671,7 +696,7 @@ def rate_limits(tenants: tuple[TenantAccess, ...]) -> list[dict[str, Any]]:
     """What Envoy asks the rate-limit service per request (nothing when no tenant has a
     limit of that kind)."""
     out: list[dict[str, Any]] = []
-    if any(t.requests for t in tenants):
+    if any(t.requests and not t.requests.local for t in tenants):
         out.append({"actions": _limit_descriptor(REQUESTS)})
     if any(t.tokens for t in tenants):
         out += [
@@ -691,6 +716,64 @@ def rate_limits(tenants: tuple[TenantAccess, ...]) -> list[dict[str, Any]]:
             {"actions": [*_limit_descriptor(DONE), request_id], "apply_on_stream_done": True},
         ]
     return out
+
+
+def _local_limits(tenants: tuple[TenantAccess, ...]) -> list[tuple[TenantAccess, RateLimit]]:
+    return [(t, t.requests) for t in sorted(tenants, key=lambda t: t.name) if t.requests and t.requests.local]
+
+
+def local_rate_limit(tenants: tuple[TenantAccess, ...]) -> dict[str, Any] | None:
+    """The local_ratelimit filter's config for the tenants' local request limits: a token
+    bucket per tenant in each Envoy (None: no tenant has one)."""
+    limits = _local_limits(tenants)
+    if not limits:
+        return None
+    everyone = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+    unlimited = 2**32 - 1
+    descriptors = []
+    for tenant, limit in limits:
+        bucket = local_bucket(limit)
+        nanos = round(bucket.fill_seconds * 1e9)
+        descriptors.append({
+            "entries": [{"key": RATE_LIMIT_TENANT, "value": tenant.name},
+                        {"key": RATE_LIMIT_KIND, "value": REQUESTS}],
+            "token_bucket": {"max_tokens": bucket.size, "tokens_per_fill": bucket.tokens,
+                             "fill_interval": f"{nanos // 10**9}.{nanos % 10**9:09d}s"},
+        })
+    return {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+        "stat_prefix": "llmfleet_local_ratelimit",
+        "filter_enabled": {"runtime_key": "llmfleet.local_ratelimit.enabled", **everyone},
+        "filter_enforced": {"runtime_key": "llmfleet.local_ratelimit.enforced", **everyone},
+        # Envoy wants a bucket for requests no descriptor matches (tenants without a local
+        # limit): one that never runs out, and is not taken from otherwise.
+        "token_bucket": {"max_tokens": unlimited, "tokens_per_fill": unlimited, "fill_interval": "1s"},
+        "always_consume_default_token_bucket": False,
+        "descriptors": descriptors,
+        "rate_limits": [{"actions": _limit_descriptor(REQUESTS)}],
+    }
+
+
+def reroute_source(tenants: tuple[TenantAccess, ...]) -> str:
+    """The Lua that runs once auth has named the tenant: the route is chosen again (rules may
+    match the tenant), and a tenant with a local request limit gets its refusal ready."""
+    rows = "".join(
+        f"  [{json.dumps(t.name)}] = {{{json.dumps(limit_message(t.name, REQUESTS, limit, b.retry_after))}, "
+        f"\"{b.retry_after}\"}},\n"
+        for t, limit in _local_limits(tenants) for b in (local_bucket(limit),))
+    if not rows:
+        return "function envoy_on_request(handle)\n  handle:clearRouteCache()\nend\n"
+    return (
+        f"local refusals = {{\n{rows}}}\n"
+        "function envoy_on_request(handle)\n"
+        "  handle:clearRouteCache()\n"
+        f"  local refusal = refusals[handle:headers():get({json.dumps(TENANT_HEADER)})]\n"
+        "  if refusal then\n"
+        "    local metadata = handle:streamInfo():dynamicMetadata()\n"
+        f"    metadata:set({json.dumps(METADATA_NAMESPACE)}, {json.dumps(LOCAL_REFUSAL_KEY)}, refusal[1])\n"
+        f"    metadata:set({json.dumps(METADATA_NAMESPACE)}, {json.dumps(LOCAL_RETRY_KEY)}, refusal[2])\n"
+        "  end\n"
+        "end\n")
 
 
 def _budget_limits(subject: dict[str, Any], *, check: bool) -> list[dict[str, Any]]:
@@ -795,6 +878,9 @@ def listener(listener_port: int, listener_address: str = "0.0.0.0",
             # the body is read, and a request's model route is known only after it. With no
             # rules it lets everything through; a model's routes carry its rules.
             {"name": ACCESS_FILTER, "typed_config": {"@type": _RBAC}},
+            {"name": LOCAL_RATE_LIMIT_FILTER, "disabled": True, "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
+                "stat_prefix": "llmfleet_local_ratelimit"}},
             {"name": RATE_LIMIT_FILTER, "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
                 "domain": RATE_LIMIT_DOMAIN,
@@ -825,6 +911,7 @@ def listener(listener_port: int, listener_address: str = "0.0.0.0",
                         "%LOCAL_REPLY_BODY%", err_type="server_error", param=None)},
                 },
                 *_tenant_error_mappers(),
+                _local_limit_mapper(),
                 {
                     "filter": {"status_code_filter": {"comparison": {
                         "op": "EQ", "value": {"default_value": 413, "runtime_key": "llmfleet.body_too_large"}}}},

@@ -24,6 +24,7 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from ..api.models import RATE_UNIT_SECONDS
 from .table import BudgetLimit, RateLimit, Route, TenantAccess
 
 # The kinds of limit, as Envoy names them in a descriptor; DONE gives a concurrency slot back;
@@ -32,6 +33,9 @@ REQUESTS, TOKENS, CONCURRENCY, DONE = "requests", "tokens", "concurrency", "done
 BUDGET, SPENT_PROMPT, SPENT_COMPLETION = "budget", "spent-prompt", "spent-completion"
 KINDS = (REQUESTS, TOKENS, CONCURRENCY, DONE, BUDGET, SPENT_PROMPT, SPENT_COMPLETION)
 SLOT_SECONDS = 7200.0
+# Envoy's local token buckets refill at most every 50 ms.
+MIN_FILL_SECONDS = 0.05
+_UNITS = {seconds: unit.value for unit, seconds in RATE_UNIT_SECONDS.items()}  # 60 → "minute"
 
 
 def window_start(period: str, now: float) -> float:
@@ -56,6 +60,27 @@ def window_end(period: str, start: float) -> float:
     else:
         t = t.replace(year=t.year + t.month // 12, month=t.month % 12 + 1)
     return t.timestamp()
+
+
+@dataclass(frozen=True)
+class LocalBucket:
+    """A local request limit as Envoy's token bucket holds it: ``tokens`` added every ``fill_seconds``."""
+
+    size: int
+    tokens: int
+    fill_seconds: float
+
+    @property
+    def retry_after(self) -> int:
+        """Whole seconds a refused request waits at most for the next fill."""
+        return max(1, math.ceil(self.fill_seconds))
+
+
+def local_bucket(limit: RateLimit) -> LocalBucket:
+    """The same rate as ``limit`` in whole tokens per fill, a fill at most every MIN_FILL_SECONDS.
+    The bucket holds at least one fill (a burst smaller than that is raised to it)."""
+    tokens = max(1, math.ceil(MIN_FILL_SECONDS * limit.per_second))
+    return LocalBucket(max(limit.burst, tokens), tokens, tokens / limit.per_second)
 
 
 @dataclass
@@ -93,6 +118,14 @@ class Decision:
     retry_after: int = 0  # whole seconds until the bucket allows the request again (refused ones)
 
 
+def limit_message(tenant: str, kind: str, limit: RateLimit, retry_after: int) -> str:
+    """What a request refused by a rate limit is told."""
+    unit = _UNITS.get(limit.seconds, f"{limit.seconds} s")
+    where = " on this Envoy replica" if limit.local else ""
+    return (f"Rate limit reached for {kind} of tenant {tenant}: limit {limit.limit} per {unit}{where}. "
+            f"Please try again in {retry_after}s.")
+
+
 class Limiter:
     """Every tenant's buckets."""
 
@@ -111,7 +144,7 @@ class Limiter:
         limits: dict[tuple[str, str], RateLimit] = {}
         caps: dict[str, int] = {}
         for tenant in tenants or ():
-            if tenant.requests is not None:
+            if tenant.requests is not None and not tenant.requests.local:  # a local one is Envoy's own
                 limits[(tenant.name, REQUESTS)] = tenant.requests
             if tenant.tokens is not None:
                 limits[(tenant.name, TOKENS)] = tenant.tokens

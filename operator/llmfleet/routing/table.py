@@ -147,6 +147,7 @@ class RateLimit:
     limit: int
     seconds: int
     burst: int
+    local: bool = False  # counted by each Envoy on its own bucket, not by the rate-limit service
 
     @property
     def per_second(self) -> float:

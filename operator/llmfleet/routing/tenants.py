@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from ..api.models import API_KEYS_LABEL, RATE_UNIT_SECONDS, TenantLimits
+from ..api.models import API_KEYS_LABEL, RATE_UNIT_SECONDS, RateScope, TenantLimits
 from ..kube.views import Ref, SecretView, TenantView
 from ..status.conditions import WantedCondition
 from .budgets import budget_limits, spent_to_downgrade
@@ -41,7 +41,7 @@ def _limits(limits: TenantLimits | None) -> tuple[RateLimit | None, RateLimit | 
     requests = tokens = None
     if limits.requests is not None:
         r = limits.requests
-        requests = RateLimit(r.limit, RATE_UNIT_SECONDS[r.per], r.burst or r.limit)
+        requests = RateLimit(r.limit, RATE_UNIT_SECONDS[r.per], r.burst or r.limit, local=r.scope == RateScope.LOCAL)
     if limits.tokens is not None:
         t = limits.tokens
         tokens = RateLimit(t.limit, RATE_UNIT_SECONDS[t.per], t.limit)
