@@ -16,8 +16,9 @@ The same short non-streaming chat completions go to it over each path:
 * ``envoy-local``: the same with a request limit of scope ``local`` that is never reached:
   Envoy's own token bucket per tenant, no call to the rate-limit service;
 * ``envoy-tenants``: the same with global request and token limits that are never reached:
-  the rate-limit service (our xDS server's gRPC server, in this process) is asked before
-  each request and told each response's tokens when it ends;
+  the rate-limit service is asked before each request and told each response's tokens
+  when it ends; it runs in a process of its own (``bench/rls_process.py``: our xDS
+  server's gRPC, as in the operator), on the load generator's core;
 * ``envoy-bare``: the same Envoy, listener and cluster minus everything of ours on the
   request path (no ``json_to_metadata``, no model route, no Lua rewrite, no retries,
   no access log: one prefix route to the cluster), pushed by the same xDS server with
@@ -93,7 +94,8 @@ from llmfleet.envoy.resources import (
     stat_name,
     to_protos,
 )
-from llmfleet.routing.table import Cluster, Endpoint, RateLimit, Route, RouteTable, TenantAccess, WeightedBackend
+from llmfleet.routing.table import Cluster, Endpoint, RateLimit, Route, RouteTable, WeightedBackend
+from rls_process import bench_tenant
 
 RESULTS = Path(__file__).resolve().parent / "results" / "dataplane.json"
 LOCALHOST = "127.0.0.1"
@@ -198,7 +200,7 @@ class EnvoyPath:
 
     def __init__(self, workdir: Path, sim_port: int, settings: DataPlaneSettings,
                  concurrency: int, node_id: str, *, bare: bool = False, tenant_key: str | None = None,
-                 limits: str | None = None) -> None:
+                 limits: str | None = None, service_port: int | None = None) -> None:
         self.bare = bare
         self.listener_port = free_port()
         self.xds = BackgroundXdsServer(listener_port=self.listener_port, listener_address=LOCALHOST,
@@ -213,14 +215,15 @@ class EnvoyPath:
             # against the model's RBAC; with "global" limits, against the rate-limit service
             # (request and token limits, its tokens reported); with "local", against Envoy's own
             # request bucket.
-            requests = tokens = None
-            if limits == "global":
-                requests = tokens = RateLimit(10**9, 1, 10**9)
-            elif limits == "local":
-                requests = RateLimit(10**9, 1, 10**9, local=True)
+            # request bucket. The service is ``service_port``'s (bench/rls_process.py), else
+            # this xDS server's.
+            tenant = bench_tenant(tenant_key)
+            if limits == "local":
+                tenant = dataclasses.replace(tenant, requests=RateLimit(10**9, 1, 10**9, local=True), tokens=None)
+            elif limits != "global":
+                tenant = dataclasses.replace(tenant, requests=None, tokens=None)
             self.table = dataclasses.replace(
-                self.table, tenants=(TenantAccess("bench/tenant", (tenant_key,), ("*",), requests, tokens),),
-                rate_limit_service=Endpoint(LOCALHOST, self.xds_port))
+                self.table, tenants=(tenant,), rate_limit_service=Endpoint(LOCALHOST, service_port or self.xds_port))
         self.envoy = EnvoyProcess(bootstrap(LOCALHOST, self.xds_port, node_id, free_port()),
                                   workdir, concurrency=concurrency)
 
@@ -239,6 +242,28 @@ class EnvoyPath:
             self.envoy.stop()
         finally:
             self.xds.close()
+
+
+class ServiceProcess:
+    """The rate-limit service in a process of its own (bench/rls_process.py), as in a cluster."""
+
+    def __init__(self, key: str, cores: set[int] | None) -> None:
+        with started_on(cores):
+            self.proc = subprocess.Popen([sys.executable, str(Path(__file__).with_name("rls_process.py"))],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(key + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()  # "port N", or nothing if it died
+        if not line.startswith("port "):
+            self.stop()
+            raise RuntimeError(f"the rate-limit service process did not start: {line!r}")
+        self.port = int(line.split()[1])
+
+    def stop(self) -> None:
+        if self.proc.stdin is not None:
+            self.proc.stdin.close()  # it stops when its stdin closes
+        stop_process(self.proc)
 
 
 class LiteLLM:
@@ -586,6 +611,7 @@ def main(argv: list[str] | None = None) -> int:
     sim_proc: subprocess.Popen[str] | None = None
     envoys: list[EnvoyPath] = []
     litellm: LiteLLM | None = None
+    service: ServiceProcess | None = None
     notes: list[str] = []
     report: dict[str, Any] = {}
     try:
@@ -614,6 +640,8 @@ def main(argv: list[str] | None = None) -> int:
                               "service asked twice per request)", DataPlaneSettings(), False, SERVED_MODEL),
         }
         tenant_key = "sk-bench-" + secrets.token_hex(16)
+        if "envoy-tenants" in args.envoy_variants.split(","):
+            service = ServiceProcess(tenant_key, client_cores)
         for name in [v.strip() for v in args.envoy_variants.split(",") if v.strip()]:
             if name not in known:
                 raise SystemExit(f"unknown Envoy variant {name!r} (known: {', '.join(known)})")
@@ -621,7 +649,8 @@ def main(argv: list[str] | None = None) -> int:
             tenants = name in ("envoy-auth", "envoy-local", "envoy-tenants")
             ep = EnvoyPath(workdir / name, sim_port, settings, args.envoy_concurrency, f"bench-{name}", bare=bare,
                            tenant_key=tenant_key if tenants else None,
-                           limits={"envoy-local": "local", "envoy-tenants": "global"}.get(name))
+                           limits={"envoy-local": "local", "envoy-tenants": "global"}.get(name),
+                           service_port=service.port if service is not None else None)
             envoys.append(ep)
             ep.start(proxy_cores)
             p = Path_(name, desc, f"http://{LOCALHOST}:{ep.listener_port}", PUBLIC_MODEL, pid=ep.envoy.pid,
@@ -717,6 +746,8 @@ def main(argv: list[str] | None = None) -> int:
             litellm.stop()
         for ep in envoys:
             ep.stop()
+        if service is not None:
+            service.stop()
         stop_process(sim_proc)
         if report:
             shutil.rmtree(workdir, ignore_errors=True)
