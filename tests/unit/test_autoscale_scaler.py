@@ -610,6 +610,54 @@ def test_spare_replicas_are_held_at_low_load_and_named():
     assert (held.desired, held.reason) == (3, "runningRequests 1.5 under target 5×1 + 2 spare")
 
 
+def test_the_spare_is_not_held_while_the_load_falls_and_comes_back_once_it_ends():
+    # 4 serving replicas + 1 spare, the load falling from 20 in flight to 5 over a minute,
+    # then steady: the spare goes with the fall, and is asked for again once it ends.
+    p = policy(metric="runningRequests", target=5.0, spare=1, scale_down_window=15.0)
+    state, replicas, reasons = None, 5, []
+    for i in range(40):
+        t = i * 5.0
+        total = max(5.0, 20.0 - 15.0 * t / 60.0)
+        d = decide(p, Observation(t, replicas, replicas, 0, saturated(t, replicas, total / replicas, 0.0)), state)
+        state, replicas = d.state, d.desired
+        reasons.append((t, replicas, d.reason))
+    falling = [(t, n) for t, n, why in reasons if "no spare replica held until the fall ends" in why]
+    # Seen falling from half a trend window in, no longer once the window has only the steady load.
+    assert falling and all(30.0 <= t < 60.0 + p.trend_window for t, _ in falling), reasons
+    # While it fell, never more than the load's own replicas (the level lags the fall) ...
+    assert min(n for _, n in falling) < 5
+    # ... and once steady at 5 in flight: 1 serving + 1 spare again.
+    assert replicas == 2 and reasons[-1][2].endswith("+ 1 spare"), reasons[-1]
+
+
+def test_no_scale_down_while_the_replicas_just_asked_for_still_load():
+    # A jump (a panic) asks for 4; two of them start (30 s to load); then the load dips:
+    # once the panic's hold is over (one 10 s trend window), 2 would do with a 5 s
+    # scale-down window, but the two still load.
+    p = policy(metric="runningRequests", target=5.0, scale_down_window=5.0, trend_window=10.0)
+    state = settled(p, 2, 5.0, t_end=60.0)[0]
+    d = decide(p, Observation(65.0, 2, 2, 0, saturated(65.0, 2, 10.0, 0.0), startup_seconds=30.0), state)
+    assert d.desired == 4, d.reason
+    for t in (70.0, 75.0, 80.0, 85.0, 90.0):
+        d = decide(p, Observation(t, 4, 2, 2, saturated(t, 2, 2.0, 0.0), startup_seconds=30.0), d.state)
+        assert d.desired == 4, d.reason
+    assert d.reason.endswith("but the replicas asked for 25 s ago still load: no scale-down before they are ready")
+    # Once a startup time has passed (a replica stuck starting does not hold the count for good).
+    d = decide(p, Observation(100.0, 4, 2, 2, saturated(100.0, 2, 2.0, 0.0), startup_seconds=30.0), d.state)
+    assert d.desired < 4, d.reason
+
+
+def test_the_spare_is_held_on_a_steady_and_a_rising_load():
+    p = policy(metric="runningRequests", target=5.0, spare=1, max_replicas=20)
+    for totals in ([5.0] * 20, [5.0 + 0.5 * i for i in range(20)]):
+        state = None
+        for i, total in enumerate(totals):
+            t = i * 5.0
+            d = decide(p, Observation(t, 4, 4, 0, saturated(t, 4, total / 4, 0.0)), state)
+            state = d.state
+            assert "no spare" not in d.reason and "+ 1 spare" in d.reason, d.reason
+
+
 def test_policy_from_the_crd_model():
     spec = Autoscaling.model_validate({
         "minReplicas": 2, "maxReplicas": 6, "metric": "kvCacheUtilization",

@@ -567,7 +567,8 @@ class Autoscaling(_Spec):
         le=1000,
         description=(
             "Ready replicas kept beyond what the load (and headroomPercent) asks for, within maxReplicas: "
-            "capacity for a step or a ramp that outgrows the fleet faster than a model loads, even at low load."
+            "capacity for a step or a ramp that outgrows the fleet faster than a model loads, even at low load. "
+            "Not held while the load falls; asked for again once the fall ends."
         ),
     )
 

@@ -37,7 +37,10 @@ How one decision is made (target tracking, like Kubernetes' HorizontalPodAutosca
    not averaged away.
    With ``headroomPercent`` the replicas are sized for ``target / (1 + headroom)``
    instead: spare capacity held for the next rise, named in every reason;
-   ``spareReplicas`` are held on top (even at low load, for a step). Replicas that
+   ``spareReplicas`` are held on top (even at low load, for a step), except while the
+   load falls (a slope over the trend window as significant as a rise's, see 1a): a
+   rise is not under way then, and the spare is asked for again once the fall ends,
+   one model load before it can be needed. Replicas that
    exist but are not ready yet count as capacity on the way: while a model loads,
    the load it will take is not asked for again. Two metrics see past what an engine
    exports:
@@ -73,6 +76,9 @@ How one decision is made (target tracking, like Kubernetes' HorizontalPodAutosca
    restart).
    A panic also holds off any scale-down for one ``trend_window``, and so does a
    rising forecast (1a): a replica removed on the way up is wanted back a load time later.
+   Nor is the count lowered while the replicas its last change asked for still load
+   (within one measured startup time of it): a dip in a ramp would otherwise throw away
+   a load that is about to be needed.
 4. **Rate.** Within any ``scale_up_period`` (15 s) the count grows at most to
    ``max(2 x n, n + 4)``, n being the count at the start of the period (the HPA's
    default scale-up policy).
@@ -318,6 +324,9 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
     memory = _learn(policy, obs, reading, state.slo)
     if memory is not None:
         policy = replace(policy, target=memory.capacity)
+    spare_dropped = policy.spare if reading.falling else 0
+    if spare_dropped:
+        policy = replace(policy, spare=0)  # no spare for a rise while the load falls
     panic = denied = False
     if reading.total is None or reading.level is None:
         rec = current
@@ -362,9 +371,10 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
     panic_until = now + policy.trend_window if panic else state.panic_until
     calm = panic_until is None or now >= panic_until
     rising = reading.slope > 0  # the forecast rises: a replica removed now is wanted back
+    loading = _loading(obs, state)
     if up_rec > current:
         candidate = up_rec
-    elif down_rec < current and window_covered and calm and not rising:
+    elif down_rec < current and window_covered and calm and not rising and loading is None:
         candidate = down_rec
     else:
         candidate = current
@@ -393,9 +403,11 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
             limited_reason, limited = TOO_FEW_REPLICAS, f"spec.replicas was {current}; minReplicas is {desired}"
 
     reason = _reason(policy, obs, reading, rec, up_rec, down_rec, window_covered, desired, panic, denied,
-                     None if calm else panic_until)
+                     None if calm else panic_until, loading)
     if routed is not None:
         reason += f"; cost routing wants {routed} replicas' worth of its traffic here"
+    if spare_dropped:
+        reason += f"; falling {_num(-reading.slope)}/s: no spare replica held until the fall ends"
     if memory is not None and policy.slo_ttft is not None:
         reason += f"; target {memory.capacity:.3g} for TTFT p95 ≤ {policy.slo_ttft * 1000:g} ms: {memory.why}"
     new = ScalerState(
@@ -426,7 +438,8 @@ class _Reading:
     spread: float = 0.0  # their standard deviation
     floor: int | None = None  # queueDepth: replicas the running requests fill
     ahead: float | None = None  # the total projected one startup time ahead, when it is rising
-    slope: float = 0.0  # per second, when it is rising (significantly)
+    slope: float = 0.0  # per second, when it is rising or falling (significantly)
+    falling: bool = False  # significantly, over the trend window
     horizon: float = 0.0  # seconds looked ahead, when `ahead` is set
     history: tuple[tuple[float, float], ...] = ()  # for the next state
     full_batch: float | None = None  # for the next state
@@ -458,11 +471,11 @@ def _read(policy: ScalingPolicy, obs: Observation, state: ScalerState) -> _Readi
         why = f"{load.failed_replicas} of {n + load.failed_replicas} ready replicas not scraped"
     else:
         history = (*history, (load.time, total))
-        trend = _rising(history, policy)
+        trend = _trend(history, policy)
         slope = ahead = horizon = None
         if trend is not None:
             slope, fitted = trend
-            if obs.startup_seconds:
+            if obs.startup_seconds and slope > 0:
                 horizon = min(obs.startup_seconds, policy.max_lookahead)
                 ahead = fitted + slope * horizon
         n = len(history)
@@ -471,7 +484,8 @@ def _read(policy: ScalingPolicy, obs: Observation, state: ScalerState) -> _Readi
         # Never above the highest sample: a step's own jump is spread, not more load.
         level = min(mean + spread, max(x for _, x in history))
         return _Reading(total, True, level=level, samples=n, mean=mean, spread=spread, floor=floor, ahead=ahead,
-                        slope=slope or 0.0, horizon=horizon or 0.0, history=history, full_batch=full_batch)
+                        slope=slope or 0.0, falling=(slope or 0.0) < 0, horizon=horizon or 0.0, history=history,
+                        full_batch=full_batch)
     # A stale total is not averaged: it may only raise the count (2.), never lower it.
     return _Reading(total, False, why, level=total, floor=floor, history=history, full_batch=full_batch)
 
@@ -511,13 +525,13 @@ def _learn(policy: ScalingPolicy, obs: Observation, reading: _Reading, memory: S
     return SloMemory(capacity, why, ceiling, queued)
 
 
-def _rising(history: tuple[tuple[float, float], ...], policy: ScalingPolicy) -> tuple[float, float] | None:
+def _trend(history: tuple[tuple[float, float], ...], policy: ScalingPolicy) -> tuple[float, float] | None:
     """(slope, the fitted total now) of a least-squares line over the trend window, if
-    the history spans half the window and the slope is significantly above 0: at least
-    ``trend_significance`` standard errors, and a rise across the window wider than the
-    tolerance band of the current level (a drift the band would hide is noise, however
-    regular). The fitted total, not the last sample, is what is projected: one noisy
-    sample moves it little."""
+    the history spans half the window and the slope is significantly away from 0: at
+    least ``trend_significance`` standard errors, and a change across the window wider
+    than the tolerance band of the current level (a drift the band would hide is noise,
+    however regular). The fitted total, not the last sample, is what is projected: one
+    noisy sample moves it little."""
     if len(history) < 4 or history[-1][0] - history[0][0] < policy.trend_window / 2:
         return None
     n = len(history)
@@ -527,12 +541,12 @@ def _rising(history: tuple[tuple[float, float], ...], policy: ScalingPolicy) -> 
     if sxx <= 0:
         return None
     slope = sum((t - tm) * (x - xm) for t, x in history) / sxx
-    if slope <= 0:
+    if slope == 0:
         return None
-    if slope * (history[-1][0] - history[0][0]) < policy.tolerance * max(history[-1][1], policy.sized_target):
+    if abs(slope) * (history[-1][0] - history[0][0]) < policy.tolerance * max(history[-1][1], policy.sized_target):
         return None
     residual = sum((x - xm - slope * (t - tm)) ** 2 for t, x in history)
-    if slope < policy.trend_significance * math.sqrt(residual / (n - 2) / sxx):
+    if abs(slope) < policy.trend_significance * math.sqrt(residual / (n - 2) / sxx):
         return None
     return slope, xm + slope * (history[-1][0] - tm)
 
@@ -552,6 +566,17 @@ def _ratio(total: float, policy: ScalingPolicy, replicas: int) -> float:
     """The load over what ``replicas`` (the spare ones aside) hold at the sizing target."""
     serving = replicas - policy.spare
     return total / (policy.sized_target * serving) if serving > 0 else math.inf
+
+
+def _loading(obs: Observation, state: ScalerState) -> float | None:
+    """Seconds since the last change of the count, while the replicas it asked for may still
+    be loading (within one measured startup time of it, some replica still starting); None
+    otherwise. No scale-down then: a replica removed while it loads throws its load away,
+    and the load that asked for it a moment ago is seldom gone (a dip in a ramp is noise)."""
+    if not obs.starting_replicas or not obs.startup_seconds or state.last_scale_time is None:
+        return None
+    since = obs.now - state.last_scale_time
+    return since if since < obs.startup_seconds else None
 
 
 def _clamp(n: int, policy: ScalingPolicy) -> int:
@@ -617,6 +642,7 @@ def _reason(
     panic: bool = False,
     denied: bool = False,
     panic_until: float | None = None,
+    loading: float | None = None,
 ) -> str:
     current = obs.replicas
     if current > policy.max_replicas and desired == policy.max_replicas:
@@ -661,6 +687,9 @@ def _reason(
         return f"{desc}; not scaling down on a stale signal ({reading.why})"
     if rec > current and up_rec <= current:
         return f"{desc}; scale-up waits for the {policy.scale_up_window:g} s stabilization window"
+    if rec < current and loading is not None and down_rec < current:
+        return (f"{desc}: {rec} would do, but the replicas asked for {loading:.0f} s ago still load: "
+                f"no scale-down before they are ready")
     if obs.starting_replicas > 0 and obs.ready_replicas < raw <= current:
         return (
             f"{metric} {_num(total)} needs {raw} replicas: "
