@@ -180,6 +180,24 @@ async def test_a_request_limit_admits_its_burst_and_refuses_the_rest(dataplane: 
     assert sorted(r.status_code for r in await _burst(dataplane, 6, A_KEY)) == [200] * 5 + [429]
 
 
+async def test_a_local_bucket_outlives_endpoint_changes_and_starts_full_on_a_route_change(dataplane: DataPlane,
+                                                                                        counted: int) -> None:
+    # What the README says of local limits: the bucket is part of the route configuration.
+    tenants = (TenantAccess("ai/team-a", (A_KEY,), ("*",), requests=RateLimit(5, 60, 5, local=True)),)
+    table = _limited(dataplane, counted, tenants, service=False)
+    dataplane.apply(table)
+    assert sorted(r.status_code for r in await _burst(dataplane, 10, A_KEY)) == [200] * 5 + [429] * 5
+    # Replicas come and go (endpoints only): the bucket stays empty.
+    (cluster,) = table.clusters
+    dataplane.apply(dataclasses.replace(table, clusters=(dataclasses.replace(
+        cluster, endpoints=(*cluster.endpoints, Endpoint(LOCALHOST, counted))),)))
+    assert [r.status_code for r in await _burst(dataplane, 3, A_KEY)] == [429] * 3
+    # A route change (another tenant here) starts it full again.
+    dataplane.apply(_limited(dataplane, counted, (*tenants, TenantAccess("ai/team-b", (B_KEY,), ("*",))),
+                             service=False))
+    assert sorted(r.status_code for r in await _burst(dataplane, 10, A_KEY)) == [200] * 5 + [429] * 5
+
+
 async def test_a_local_limit_says_its_own_wait(dataplane: DataPlane, counted: int) -> None:
     slow = (TenantAccess("ai/team-a", (A_KEY,), ("*",), requests=RateLimit(10, 60, 1, local=True)),)
     dataplane.apply(_limited(dataplane, counted, slow, service=False))
