@@ -548,7 +548,7 @@ def evaluate_goals(report: dict[str, Any]) -> list[dict[str, str]]:
             over = paths[name]["latency"]["latency_ms"]["p50"] - envoy["latency"]["latency_ms"]["p50"]
             goals.append({"goal": f"API keys and {what} add < 0.1 ms at p50 over our config ({name} vs envoy)",
                           "verdict": "MET" if over < 0.1 else "NOT MET",
-                          "measured": f"+{over:.3f} ms p50"})
+                          "measured": f"{over:+.3f} ms p50"})
     lit = paths.get("litellm")
     if envoy and lit:
         best = {n: max(paths[n]["throughput"], key=lambda t: t["req_per_s"]) for n in ("envoy", "litellm")}

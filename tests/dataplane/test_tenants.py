@@ -180,22 +180,27 @@ async def test_a_request_limit_admits_its_burst_and_refuses_the_rest(dataplane: 
     assert sorted(r.status_code for r in await _burst(dataplane, 6, A_KEY)) == [200] * 5 + [429]
 
 
-async def test_a_local_bucket_outlives_endpoint_changes_and_starts_full_on_a_route_change(dataplane: DataPlane,
-                                                                                        counted: int) -> None:
-    # What the README says of local limits: the bucket is part of the route configuration.
+async def test_a_local_bucket_outlives_route_and_endpoint_changes(dataplane: DataPlane, counted: int) -> None:
+    # Envoy builds a route configuration's per-route filter state anew with each update;
+    # the buckets are in the listener's filter, so weights that move, keys that rotate and
+    # tenants that come never hand out a fresh burst.
     tenants = (TenantAccess("ai/team-a", (A_KEY,), ("*",), requests=RateLimit(5, 60, 5, local=True)),)
     table = _limited(dataplane, counted, tenants, service=False)
     dataplane.apply(table)
     assert sorted(r.status_code for r in await _burst(dataplane, 10, A_KEY)) == [200] * 5 + [429] * 5
-    # Replicas come and go (endpoints only): the bucket stays empty.
     (cluster,) = table.clusters
-    dataplane.apply(dataclasses.replace(table, clusters=(dataclasses.replace(
-        cluster, endpoints=(*cluster.endpoints, Endpoint(LOCALHOST, counted))),)))
-    assert [r.status_code for r in await _burst(dataplane, 3, A_KEY)] == [429] * 3
-    # A route change (another tenant here) starts it full again.
-    dataplane.apply(_limited(dataplane, counted, (*tenants, TenantAccess("ai/team-b", (B_KEY,), ("*",))),
-                             service=False))
-    assert sorted(r.status_code for r in await _burst(dataplane, 10, A_KEY)) == [200] * 5 + [429] * 5
+    for changed in (
+        dataclasses.replace(table, clusters=(dataclasses.replace(  # a replica more: endpoints only
+            cluster, endpoints=(*cluster.endpoints, Endpoint(LOCALHOST, counted))),)),
+        _limited(dataplane, counted, (*tenants, TenantAccess("ai/team-b", (B_KEY,), ("*",))),  # the routes
+                 service=False),
+    ):
+        dataplane.apply(changed)
+        assert [r.status_code for r in await _burst(dataplane, 3, A_KEY)] == [429] * 3
+    # A changed limit is a new bucket (the listener changes): it starts full.
+    dataplane.apply(_limited(dataplane, counted, (dataclasses.replace(
+        tenants[0], requests=RateLimit(6, 60, 6, local=True)),), service=False))
+    assert sorted(r.status_code for r in await _burst(dataplane, 10, A_KEY)) == [200] * 6 + [429] * 4
 
 
 async def test_a_local_limit_says_its_own_wait(dataplane: DataPlane, counted: int) -> None:

@@ -162,10 +162,16 @@ def test_without_tenants_no_route_asks_for_a_key() -> None:
 
 
 def test_tenants_never_change_the_listener() -> None:
-    """Keys come and go through RDS: a listener change would drain every connection."""
-    tenants = (TenantAccess("ai/a", ("sk-1",), ("chat",)),)
+    """Keys come and go through RDS: a listener change would drain every connection. Only
+    local request limits are in the listener (their buckets outlive route updates there)."""
+    tenants = (TenantAccess("ai/a", ("sk-1",), ("chat",), requests=RateLimit(5, 1, 5), tokens=RateLimit(9, 60, 9)),)
     assert build_resources(_table(None), listener_port=8080)[LISTENER_TYPE] == \
         build_resources(_table(tenants), listener_port=8080)[LISTENER_TYPE]
+    local = (TenantAccess("ai/a", ("sk-1",), ("chat",), requests=RateLimit(5, 1, 5, local=True)),)
+    rotated = (dataclasses.replace(local[0], keys=("sk-2",), models=("*",)), TenantAccess("ai/b", ("sk-3",), ("*",)))
+    with_local = build_resources(_table(local), listener_port=8080)[LISTENER_TYPE]
+    assert with_local != build_resources(_table(tenants), listener_port=8080)[LISTENER_TYPE]
+    assert with_local == build_resources(_table(rotated), listener_port=8080)[LISTENER_TYPE]
 
 
 def test_each_model_admits_only_its_tenants() -> None:
@@ -312,7 +318,10 @@ def test_a_local_request_limit_is_envoys_own_bucket_and_never_asks_the_service()
     built = build_config(table, listener_port=8080)
     host = built[ROUTE_TYPE][0]["virtual_hosts"][0]["typed_per_filter_config"]
     assert RATE_LIMIT_FILTER not in host and "llmfleet_ratelimit" not in [c["name"] for c in built[CLUSTER_TYPE]]
-    (descriptor,) = host[LOCAL_RATE_LIMIT_FILTER]["descriptors"]
+    # In the listener's filter, whose buckets outlive route updates (weights, keys).
+    (local_filter,) = [f for f in _http_filters(built) if f["name"] == LOCAL_RATE_LIMIT_FILTER]
+    assert not local_filter.get("disabled") and LOCAL_RATE_LIMIT_FILTER not in host
+    (descriptor,) = local_filter["typed_config"]["descriptors"]
     assert descriptor == {"entries": [{"key": "tenant", "value": "ai/a"}, {"key": "limit", "value": "requests"}],
                           "token_bucket": {"max_tokens": 3, "tokens_per_fill": 1, "fill_interval": "6.000000000s"}}
     # Its refusal's text and wait are ready for the tenant's requests (the reroute Lua).
@@ -329,7 +338,14 @@ def test_a_local_request_limit_is_envoys_own_bucket_and_never_asks_the_service()
     built = build_config(dataclasses.replace(table, tenants=(dataclasses.replace(
         local, requests=RateLimit(10, 60, 3)),)), listener_port=8080)
     host = built[ROUTE_TYPE][0]["virtual_hosts"][0]["typed_per_filter_config"]
-    assert LOCAL_RATE_LIMIT_FILTER not in host and host[RATE_LIMIT_FILTER]["rate_limits"]
+    assert host[RATE_LIMIT_FILTER]["rate_limits"]
+    (local_filter,) = [f for f in _http_filters(built) if f["name"] == LOCAL_RATE_LIMIT_FILTER]
+    assert local_filter["disabled"] and "descriptors" not in local_filter["typed_config"]
+
+
+def _http_filters(built: dict) -> list[dict]:
+    (listener,) = built[LISTENER_TYPE]
+    return listener["filter_chains"][0]["filters"][0]["typed_config"]["http_filters"]
 
 
 @pytest.mark.parametrize(("limit", "bucket"), [

@@ -1510,8 +1510,8 @@ class RequestLimit(_Spec):
         description=(
             "global: counted once across every Envoy replica by the operator's rate-limit service (exact; "
             "Envoy asks it before each request, about a millisecond). local: each Envoy replica counts on its "
-            "own, with no call (no added latency), so N replicas let through up to N times the limit, and each "
-            "change of the route configuration (Tenants, RoutePolicies, moving weights) starts its bucket full."
+            "own, with no call (no added latency), so N replicas let through up to N times the limit; a change "
+            "of a local limit starts the buckets full and has Envoy drain its open connections."
         ),
     )
 

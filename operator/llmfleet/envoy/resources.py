@@ -143,8 +143,11 @@ HEALTH_PATH, HEALTH_ROUTE = "/healthz", "healthz"
 # request; the usage Lua reads a response's tokens for its token limit.
 RATE_LIMIT_FILTER = "llmfleet.ratelimit"
 # Request limits with scope local: each Envoy's own token bucket per tenant (the local_ratelimit
-# filter), no call to the service. Its refusal's text and Retry-After, per tenant, are set in
-# dynamic metadata by the reroute Lua for the local reply to use.
+# filter), no call to the service. The buckets are in the listener's filter config, not the
+# routes': Envoy builds a route config's buckets anew with each route update (weights move,
+# keys rotate), so there they would start full again every time. Only a change of a local limit
+# changes the listener. The refusal's text and Retry-After, per tenant, are set in dynamic
+# metadata by the reroute Lua (in the routes) for the local reply to use.
 LOCAL_RATE_LIMIT_FILTER = "llmfleet.localratelimit"
 LOCAL_REFUSAL_KEY, LOCAL_RETRY_KEY = "local_refusal", "local_retry_after"
 RATE_LIMIT_CLUSTER = "llmfleet_ratelimit"
@@ -573,9 +576,7 @@ def route_configuration(table: RouteTable, settings: DataPlaneSettings | None = 
         host["typed_per_filter_config"] = {
             AUTH_FILTER: authentication(table.tenants),
             REROUTE_FILTER: {"@type": "type.googleapis.com/envoy.extensions.filters.http.lua.v3.LuaPerRoute",
-                             "source_code": {"inline_string": reroute_source(table.tenants)}}}
-        if local := local_rate_limit(table.tenants):
-            host["typed_per_filter_config"][LOCAL_RATE_LIMIT_FILTER] = local
+                             "source_code": {"inline_string": reroute_source(local_limits(table))}}}
         if tenant_limits:
             # In the filter's per-route config, not the host's own rate_limits: only these
             # carry hits_addend to the service.
@@ -718,16 +719,18 @@ def rate_limits(tenants: tuple[TenantAccess, ...]) -> list[dict[str, Any]]:
     return out
 
 
-def _local_limits(tenants: tuple[TenantAccess, ...]) -> list[tuple[TenantAccess, RateLimit]]:
-    return [(t, t.requests) for t in sorted(tenants, key=lambda t: t.name) if t.requests and t.requests.local]
+LocalLimits = tuple[tuple[str, RateLimit], ...]  # (tenant, its local request limit), by tenant
 
 
-def local_rate_limit(tenants: tuple[TenantAccess, ...]) -> dict[str, Any] | None:
+def local_limits(table: RouteTable) -> LocalLimits:
+    """The tenants' request limits of scope local."""
+    return tuple((t.name, t.requests) for t in sorted(table.tenants or (), key=lambda t: t.name)
+                 if t.requests and t.requests.local)
+
+
+def local_rate_limit(limits: LocalLimits) -> dict[str, Any]:
     """The local_ratelimit filter's config for the tenants' local request limits: a token
-    bucket per tenant in each Envoy (None: no tenant has one)."""
-    limits = _local_limits(tenants)
-    if not limits:
-        return None
+    bucket per tenant in each Envoy."""
     everyone = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
     unlimited = 2**32 - 1
     descriptors = []
@@ -735,7 +738,7 @@ def local_rate_limit(tenants: tuple[TenantAccess, ...]) -> dict[str, Any] | None
         bucket = local_bucket(limit)
         nanos = round(bucket.fill_seconds * 1e9)
         descriptors.append({
-            "entries": [{"key": RATE_LIMIT_TENANT, "value": tenant.name},
+            "entries": [{"key": RATE_LIMIT_TENANT, "value": tenant},
                         {"key": RATE_LIMIT_KIND, "value": REQUESTS}],
             "token_bucket": {"max_tokens": bucket.size, "tokens_per_fill": bucket.tokens,
                              "fill_interval": f"{nanos // 10**9}.{nanos % 10**9:09d}s"},
@@ -754,13 +757,13 @@ def local_rate_limit(tenants: tuple[TenantAccess, ...]) -> dict[str, Any] | None
     }
 
 
-def reroute_source(tenants: tuple[TenantAccess, ...]) -> str:
+def reroute_source(limits: LocalLimits) -> str:
     """The Lua that runs once auth has named the tenant: the route is chosen again (rules may
     match the tenant), and a tenant with a local request limit gets its refusal ready."""
     rows = "".join(
-        f"  [{json.dumps(t.name)}] = {{{json.dumps(limit_message(t.name, REQUESTS, limit, b.retry_after))}, "
+        f"  [{json.dumps(name)}] = {{{json.dumps(limit_message(name, REQUESTS, limit, b.retry_after))}, "
         f"\"{b.retry_after}\"}},\n"
-        for t, limit in _local_limits(tenants) for b in (local_bucket(limit),))
+        for name, limit in limits for b in (local_bucket(limit),))
     if not rows:
         return "function envoy_on_request(handle)\n  handle:clearRouteCache()\nend\n"
     return (
@@ -835,10 +838,12 @@ def _size(n: int) -> str:
 
 
 def listener(listener_port: int, listener_address: str = "0.0.0.0",
-             settings: DataPlaneSettings | None = None, body: Iterable[str] = ()) -> dict[str, Any]:
+             settings: DataPlaneSettings | None = None, body: Iterable[str] = (),
+             local: LocalLimits = ()) -> dict[str, Any]:
     """The one Listener (LDS): HCM with json_to_metadata and the router, RDS over ADS.
-    ``body``: the body fields rules match on (a new one changes the listener, which
-    Envoy swaps in while draining the old one's connections)."""
+    ``body``: the body fields rules match on, ``local``: the tenants' local request limits
+    (a change of either changes the listener, which Envoy swaps in while draining the old
+    one's connections)."""
     settings = settings or DataPlaneSettings()
     hcm: dict[str, Any] = {
         "@type": _HCM,
@@ -878,6 +883,7 @@ def listener(listener_port: int, listener_address: str = "0.0.0.0",
             # the body is read, and a request's model route is known only after it. With no
             # rules it lets everything through; a model's routes carry its rules.
             {"name": ACCESS_FILTER, "typed_config": {"@type": _RBAC}},
+            {"name": LOCAL_RATE_LIMIT_FILTER, "typed_config": local_rate_limit(local)} if local else
             {"name": LOCAL_RATE_LIMIT_FILTER, "disabled": True, "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
                 "stat_prefix": "llmfleet_local_ratelimit"}},
@@ -1255,7 +1261,7 @@ def build_config(table: RouteTable, *, listener_port: int, listener_address: str
         + [cluster(c, settings, name=name, balance_percent=balances.get(name)) for name, c in copies]
         + ([rate_limit_cluster(table.rate_limit_service, settings)] if _limited(table) else []),
         ENDPOINT_TYPE: [load_assignment(c) for c in clusters] + [load_assignment(c, name=name) for name, c in copies],
-        LISTENER_TYPE: [listener(listener_port, listener_address, settings, body_fields(table))],
+        LISTENER_TYPE: [listener(listener_port, listener_address, settings, body_fields(table), local_limits(table))],
         ROUTE_TYPE: [route_configuration(table, settings)],
     }
     for gate in saturation_gates(table):
@@ -1294,7 +1300,8 @@ def build_resources(table: RouteTable, *, listener_port: int, listener_address: 
            if _limited(table) else []),
         ENDPOINT_TYPE: [_assignment_proto(c.name, c.served_model, c.endpoints) for c in clusters]
         + [_assignment_proto(name, c.served_model, c.endpoints) for name, c in copies],
-        LISTENER_TYPE: [_listener_proto(listener_port, listener_address, settings, tuple(body_fields(table)))],
+        LISTENER_TYPE: [_listener_proto(listener_port, listener_address, settings, tuple(body_fields(table)),
+                                        local_limits(table))],
         ROUTE_TYPE: [to_proto(ROUTE_TYPE, route_configuration(table, settings))],
     }
     for gate in saturation_gates(table):
@@ -1322,8 +1329,9 @@ def _aggregate_proto(chain: tuple[str, ...], settings: DataPlaneSettings) -> Mes
 
 
 @functools.lru_cache(maxsize=16)
-def _listener_proto(port: int, address: str, settings: DataPlaneSettings, body: tuple[str, ...]) -> Message:
-    return to_proto(LISTENER_TYPE, listener(port, address, settings, body))
+def _listener_proto(port: int, address: str, settings: DataPlaneSettings, body: tuple[str, ...],
+                    local: LocalLimits) -> Message:
+    return to_proto(LISTENER_TYPE, listener(port, address, settings, body, local))
 
 
 def resource_name(resource: Message) -> str:
