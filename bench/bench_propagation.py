@@ -71,8 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     stack = []
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "crd/routepolicies.llmfleet.io",
-                        "crd/modeldeployments.llmfleet.io")
+        cluster.wait_established("routepolicies.llmfleet.io", "modeldeployments.llmfleet.io")
         operator = OperatorProcess(cluster.kubeconfig, cluster.logdir)
         operator.start()
         stack.append(operator.stop)

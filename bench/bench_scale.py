@@ -149,8 +149,7 @@ def main(argv: list[str] | None = None) -> int:
                     "policies": args.models // args.backends_per_policy, "backends_per_policy": args.backends_per_policy}
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        cluster.kubectl("wait", "--for=condition=Established", "--timeout=30s", "crd/routepolicies.llmfleet.io",
-                        "crd/modeldeployments.llmfleet.io")
+        cluster.wait_established("routepolicies.llmfleet.io", "modeldeployments.llmfleet.io", timeout=30)
         kubeconfig = service_account_kubeconfig(cluster, work / "operator.kubeconfig")
         operator = OperatorProcess(kubeconfig, cluster.logdir)
         operator.autoscale_interval = 5.0  # the default: what a user runs

@@ -119,10 +119,7 @@ class Stack:
         self.cluster = DevCluster(node_pools_from_env(), workdir=self.work / "cluster").start()
         self._stops.append(self.cluster.stop)
         self.cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
-        # `kubectl wait` fails outright while a just-created CRD has no conditions yet.
-        self.wait(lambda: self.cluster.kubectl("wait", "--for=condition=Established", "crd/routepolicies.llmfleet.io",
-                                               "crd/modeldeployments.llmfleet.io", check=False).returncode == 0,
-                  30, "the CRDs to be established", period=0.3)
+        self.cluster.wait_established("routepolicies.llmfleet.io", "modeldeployments.llmfleet.io", timeout=30)
         self.operator = OperatorProcess(self.cluster.kubeconfig, self.cluster.logdir)
         self.operator.autoscale_interval = self.autoscale_interval
         self.operator.extra_args = self.operator_args

@@ -76,10 +76,7 @@ def namespace(dev_cluster, k8s, request):
 def crds(dev_cluster):
     """The generated CRDs from crds/, applied with kubectl and Established."""
     dev_cluster.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
-    dev_cluster.kubectl(
-        "wait", "--for=condition=Established", "--timeout=60s",
-        "crd/modeldeployments.llmfleet.io", "crd/routepolicies.llmfleet.io",
-    )
+    dev_cluster.wait_established("modeldeployments.llmfleet.io", "routepolicies.llmfleet.io")
     return REPO / "crds"
 
 

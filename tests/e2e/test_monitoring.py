@@ -153,8 +153,7 @@ def monitored(dev_cluster, release) -> Iterator[None]:
     """The session's release with its ServiceMonitors (scraping every second), PrometheusRule
     and dashboard; put back as it was afterwards for the session's other tests."""
     dev_cluster.kubectl("apply", "--server-side", "-f", str(dev_cluster.tools.monitoring_crds))
-    dev_cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                        "crd/servicemonitors.monitoring.coreos.com", "crd/prometheusrules.monitoring.coreos.com")
+    dev_cluster.wait_established("servicemonitors.monitoring.coreos.com", "prometheusrules.monitoring.coreos.com")
     on = {"metrics.serviceMonitor.enabled": "true", "metrics.serviceMonitor.interval": "1s",
           "metrics.prometheusRule.enabled": "true", "metrics.dashboards.enabled": "true"}
     release.upgrade(on)

@@ -27,7 +27,7 @@ def admission_namespaces(dev_cluster, crds):
         "pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}}}]
     docs += [{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}} for ns in sorted(watched)]
     dev_cluster.kubectl("apply", "-f", "-", input=yaml.safe_dump_all(docs))
-    dev_cluster.kubectl("wait", "--for=condition=Established", "crd/servicemonitors.monitoring.coreos.com")
+    dev_cluster.wait_established("servicemonitors.monitoring.coreos.com")
 
 
 @pytest.mark.parametrize("values", [None, *EXAMPLES], ids=["defaults", *(p.stem for p in EXAMPLES)])

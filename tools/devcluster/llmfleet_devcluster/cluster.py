@@ -428,6 +428,27 @@ class DevCluster:
             raise ClusterError(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
         return proc
 
+    def wait_established(self, *crds: str, timeout: float = 60.0) -> None:
+        """Wait until each CustomResourceDefinition (by name) is Established. Polled, not
+        ``kubectl wait``: that fails at once on a CRD whose status has no conditions yet
+        (one created a moment ago)."""
+        deadline = time.monotonic() + timeout
+        pending = list(crds)
+        while pending:
+            proc = self.kubectl("get", "crd", *pending, "-o", "json", check=False)
+            if proc.returncode == 0:
+                body = json.loads(proc.stdout)
+                items = body.get("items", [body])
+                done = {i["metadata"]["name"] for i in items
+                        if any(c.get("type") == "Established" and c.get("status") == "True"
+                               for c in (i.get("status") or {}).get("conditions") or [])}
+                pending = [c for c in pending if c not in done]
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"CRDs not Established after {timeout:g} s: {', '.join(pending)}")
+            time.sleep(0.2)
+
     @property
     def system_nodes(self) -> list[str]:
         return [m["metadata"]["name"] for pool in self.system_pools for m in pool.manifests()]
