@@ -640,9 +640,10 @@ def main(argv: list[str] | None = None) -> int:
                               "service asked twice per request)", DataPlaneSettings(), False, SERVED_MODEL),
         }
         tenant_key = "sk-bench-" + secrets.token_hex(16)
-        if "envoy-tenants" in args.envoy_variants.split(","):
+        variants = [v.strip() for v in args.envoy_variants.split(",") if v.strip()]
+        if "envoy-tenants" in variants:
             service = ServiceProcess(tenant_key, client_cores)
-        for name in [v.strip() for v in args.envoy_variants.split(",") if v.strip()]:
+        for name in variants:
             if name not in known:
                 raise SystemExit(f"unknown Envoy variant {name!r} (known: {', '.join(known)})")
             desc, settings, bare, expect = known[name]

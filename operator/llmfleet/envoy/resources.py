@@ -736,12 +736,11 @@ def local_rate_limit(limits: LocalLimits) -> dict[str, Any]:
     descriptors = []
     for tenant, limit in limits:
         bucket = local_bucket(limit)
-        nanos = round(bucket.fill_seconds * 1e9)
         descriptors.append({
             "entries": [{"key": RATE_LIMIT_TENANT, "value": tenant},
                         {"key": RATE_LIMIT_KIND, "value": REQUESTS}],
             "token_bucket": {"max_tokens": bucket.size, "tokens_per_fill": bucket.tokens,
-                             "fill_interval": f"{nanos // 10**9}.{nanos % 10**9:09d}s"},
+                             "fill_interval": f"{bucket.fill_seconds:.9f}s"},  # a Duration has ns precision
         })
     return {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit",
