@@ -64,8 +64,8 @@ class OperatorOptions:
         "seconds after which a load sample is stale: it may raise replicas, never lower them")
     trend_window: float = _option(
         ScalingPolicy.trend_window,
-        "seconds of load history the scaler sizes for (their mean + 1 s.d.) and whose rise it projects one "
-        "replica startup time ahead")
+        "seconds of load history the scaler sizes for (their mean + 1 s.d.; on a fall, the fitted line's "
+        "value now + 1 s.d. around it) and whose rise it projects one replica startup time ahead")
     panic_threshold: float = _option(
         ScalingPolicy.panic_threshold,
         "a load sample this many times what the replicas hold at their target is answered at once "

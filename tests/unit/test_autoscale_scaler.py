@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 from dataclasses import replace
@@ -630,6 +631,74 @@ def test_the_spare_is_not_held_while_the_load_falls_and_comes_back_once_it_ends(
     assert replicas == 2 and reasons[-1][2].endswith("+ 1 spare"), reasons[-1]
 
 
+@pytest.mark.parametrize("noise", [0.0, 0.05, 0.15])
+def test_a_falling_load_is_followed_down_the_fitted_line_not_half_a_window_behind(noise):
+    # 6 replicas of target 6, the load falling from 36 in flight to 4 over 160 s (a
+    # burst's ramp down). The mean of the last 60 s is 30 s behind it; sized on it, each
+    # replica would go half a trend window after the load left it. Sized on the fitted
+    # line, a replica goes one scale-down window (15 s) and a sample after; and never
+    # before the load (with its noise) has left it.
+    p = policy(metric="runningRequests", target=6.0, scale_down_window=15.0)
+
+    def load_at(t):
+        return max(4.0, 36.0 - 0.2 * t)
+
+    state, replicas, counts = None, 6, []
+    for i in range(44):
+        t = i * 5.0
+        total = load_at(t) * (1 + noise * (-1) ** i)
+        d = decide(p, Observation(t, replicas, replicas, 0, saturated(t, replicas, total / replicas, 0.0)), state)
+        state, replicas = d.state, d.desired
+        counts.append((t, replicas, d.reason))
+    for t, n, why in counts:
+        if 40.0 <= t <= 160.0:
+            assert n <= math.ceil(load_at(t - 25.0) * (1 + noise) / 6.0) + 1, (t, n, why)
+            assert n >= math.ceil(load_at(t) / 6.0 / (1 + p.tolerance)), (t, n, why)
+    assert replicas == 1
+    assert any("falling 0.2" in why and "the line fitted to 12 samples + 1 s.d." in why for _, _, why in counts), counts
+    assert not [(a, b) for a, b in itertools.pairwise(counts) if b[1] > a[1]], counts  # never back up
+
+
+def test_a_fall_made_less_significant_by_one_sample_is_still_a_fall():
+    # 6 serving + 1 spare at 36 in flight, then a fall of 1 per sample; 40 s in, a burst
+    # of arrivals (+14 for one sample) takes the slope under 3 standard errors for six
+    # samples. The fall still holds (its slope stays a standard error below 0): the spare
+    # does not come back and the count never rises on the way down.
+    p = policy(metric="runningRequests", target=6.0, scale_down_window=15.0, spare=1)
+    totals = [36.0] * 12 + [36.0 - i for i in range(1, 25)]
+    totals[20] += 14.0
+    state, replicas, counts = None, 7, []
+    for i, total in enumerate(totals):
+        t = i * 5.0
+        d = decide(p, Observation(t, replicas, replicas, 0, saturated(t, replicas, total / replicas, 0.0)), state)
+        state, replicas = d.state, d.desired
+        counts.append((t, replicas, d.reason))
+    after = [(t, n, why) for t, n, why in counts if t >= 90.0]
+    assert all("no spare replica held until the fall ends" in why for _, _, why in after), after
+    assert not [(a, b) for a, b in itertools.pairwise(counts) if b[1] > a[1]], counts
+    assert replicas <= 4
+
+
+def test_a_fall_within_the_band_of_the_serving_replicas_keeps_the_spare():
+    # 4 serving + 1 spare of target 5 on a plateau of ~20 in flight whose samples drift
+    # down by a replica's worth per minute for 35 s (noise on a plateau can look like
+    # that): a fall, but the load is still within the band of the 4 serving replicas,
+    # so the spare stays. Once the fall goes on, under the band, the spare goes with it.
+    p = policy(metric="runningRequests", target=5.0, spare=1, scale_down_window=15.0)
+    state = settled(p, 5, 21.0 / 5, t_end=60.0)[0]
+    state = replace(state, history=(), recommendations=())
+    replicas, seen = 5, []
+    for i, total in enumerate([21.5 - 5.0 * k / 12 for k in range(8)] + [18.0 - 1.5 * k for k in range(6)]):
+        t = 100.0 + 5.0 * i
+        d = decide(p, Observation(t, replicas, replicas, 0, saturated(t, replicas, total / replicas, 0.0)), state)
+        state, replicas = d.state, d.desired
+        seen.append((total, replicas, d.reason))
+    drift = [x for x in seen if x[0] >= 18.5]
+    assert all(n == 5 and "no spare" not in why for _, n, why in drift), drift
+    assert any("falling" in why for _, _, why in drift), drift  # it was seen as a fall
+    assert "no spare replica held until the fall ends" in seen[-1][2] and replicas < 5, seen[-1]
+
+
 def test_no_scale_down_while_the_replicas_just_asked_for_still_load():
     # A jump (a panic) asks for 4; two of them start (30 s to load); then the load dips:
     # once the panic's hold is over (one 10 s trend window), 2 would do with a 5 s
@@ -647,9 +716,11 @@ def test_no_scale_down_while_the_replicas_just_asked_for_still_load():
     assert d.desired < 4, d.reason
 
 
-def test_the_spare_is_held_on_a_steady_and_a_rising_load():
+def test_the_spare_is_held_on_a_steady_a_rising_and_a_load_falling_by_less_than_a_replica():
+    # The last: 6 in flight falling to 3 over 100 s, a significant fall (no noise at all),
+    # but less than a replica's worth (5) per 60 s trend window: a trough's drift.
     p = policy(metric="runningRequests", target=5.0, spare=1, max_replicas=20)
-    for totals in ([5.0] * 20, [5.0 + 0.5 * i for i in range(20)]):
+    for totals in ([5.0] * 20, [5.0 + 0.5 * i for i in range(20)], [6.0 - 0.15 * i for i in range(20)]):
         state = None
         for i, total in enumerate(totals):
             t = i * 5.0
@@ -753,10 +824,10 @@ def test_a_steady_rise_is_met_one_startup_time_ahead():
     blind, ahead = ramp_decisions(None), ramp_decisions(60.0)
     # The same load, flat for 60 s, then +0.25/s. Without the look-ahead the replicas
     # asked for trail the load; with it they cover the load one startup time later.
-    for (t, b), (_, a) in zip(blind, ahead):
+    for (_, b), (_, a) in zip(blind, ahead, strict=True):
         assert a.desired >= b.desired
     asked = {t: d.desired for t, d in ahead}
-    for t, d in ahead:
+    for t, _ in ahead:
         later = 2.0 + 0.25 * max(0.0, t + 60 - 60)
         if t >= 120 and t + 60 <= 240:  # the trend window has seen the rise
             assert asked[t] * 6.0 >= later * 0.9, (t, asked[t], later)

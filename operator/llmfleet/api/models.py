@@ -568,7 +568,8 @@ class Autoscaling(_Spec):
         description=(
             "Ready replicas kept beyond what the load (and headroomPercent) asks for, within maxReplicas: "
             "capacity for a step or a ramp that outgrows the fleet faster than a model loads, even at low load. "
-            "Not held while the load falls; asked for again once the fall ends."
+            "Let go while the load falls by a replica's worth or more per trend window, once it is under the "
+            "band of the replicas serving without it; asked for again once the fall ends."
         ),
     )
 

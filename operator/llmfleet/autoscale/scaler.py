@@ -23,7 +23,14 @@ How one decision is made (target tracking, like Kubernetes' HorizontalPodAutosca
    of requests in flight is noisy (arrivals come at random: at 25 in flight a sample
    is off by 20 % one time in three): sizing on samples either flaps or holds for the
    highest one, and sizing on the mean alone leaves the batches overflowing half the
-   time. ``ceil(level / target)`` replicas would hold the metric at its per-replica
+   time. While the total falls (a slope as significant as the look-ahead's rise, 1a,
+   by a replica's worth or more per trend window; a fall once seen lasts while the
+   slope stays ``FALL_HOLD_Z`` standard error below 0, so one sample that blurs it
+   brings neither the lagging mean nor the spare back),
+   the mean is half a window behind it, so the level is the least-squares line's value
+   now plus one standard deviation of the samples around the line, when that is lower:
+   replicas go as the load leaves them (a burst's ramp down), not half a window later.
+   ``ceil(level / target)`` replicas would hold the metric at its per-replica
    target. If ``level / (target x replicas)`` is within the tolerance band (default
    10 %) of 1, the recommendation is the current count: small wobbles never move
    anything. It rises above the current count only while the latest sample is above
@@ -38,7 +45,10 @@ How one decision is made (target tracking, like Kubernetes' HorizontalPodAutosca
    With ``headroomPercent`` the replicas are sized for ``target / (1 + headroom)``
    instead: spare capacity held for the next rise, named in every reason;
    ``spareReplicas`` are held on top (even at low load, for a step), except while the
-   load falls (a slope over the trend window as significant as a rise's, see 1a): a
+   load falls (as above: a trough's noise can pass the trend test, but not by a
+   replica's worth), from when the level is under the band of the replicas that serve
+   without the spare (a plateau's noise can look like a fall, with the load still on
+   them) to the end of the fall: a
    rise is not under way then, and the spare is asked for again once the fall ends,
    one model load before it can be needed. Replicas that
    exist but are not ready yet count as capacity on the way: while a model loads,
@@ -112,6 +122,8 @@ SCALE_UP_LIMIT = "ScaleUpLimit"
 
 # Fresh samples the level needs before it may add replicas (a panic needs only one).
 MIN_LEVEL_SAMPLES = 3
+# A fall, once significant, lasts while its slope stays this many standard errors below 0.
+FALL_HOLD_Z = 1.0
 
 
 class Knobs(TypedDict, total=False):
@@ -254,6 +266,8 @@ class ScalerState:
     history: tuple[tuple[float, float], ...] = ()  # (time, total) of fresh readings over the trend window
     panic_until: float | None = None  # no scale-down before then: a panic was answered
     full_batch: float | None = None  # running requests per replica last seen with a queue beside them
+    falling: bool = False  # the load was falling at the last fresh reading
+    spare_released: bool = False  # the spare replicas were let go for that fall
     slo: SloMemory | None = None  # SLO mode only
 
 
@@ -324,7 +338,13 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
     memory = _learn(policy, obs, reading, state.slo)
     if memory is not None:
         policy = replace(policy, target=memory.capacity)
-    spare_dropped = policy.spare if reading.falling else 0
+    # The spare goes with a fall once the load is under the band of the replicas it leaves
+    # serving (a fall seen in a plateau's noise, with the load still on them, keeps it),
+    # and stays away until the fall ends: it is not asked for back and forth on the way down.
+    released = bool(policy.spare) and reading.falling and (
+        state.spare_released
+        or (reading.level is not None and _ratio(reading.level, policy, current) < 1 - policy.tolerance))
+    spare_dropped = policy.spare if released else 0
     if spare_dropped:
         policy = replace(policy, spare=0)  # no spare for a rise while the load falls
     panic = denied = False
@@ -419,6 +439,8 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         history=reading.history,
         panic_until=panic_until,
         full_batch=reading.full_batch,
+        falling=reading.falling if reading.fresh else state.falling,
+        spare_released=released if reading.fresh else state.spare_released,
         slo=memory,
     )
     return Decision(current, desired, reason, limited, limited_reason, rec, new)
@@ -438,8 +460,9 @@ class _Reading:
     spread: float = 0.0  # their standard deviation
     floor: int | None = None  # queueDepth: replicas the running requests fill
     ahead: float | None = None  # the total projected one startup time ahead, when it is rising
-    slope: float = 0.0  # per second, when it is rising or falling (significantly)
-    falling: bool = False  # significantly, over the trend window
+    slope: float = 0.0  # per second, when it rises (significantly) or falls (see `falling`)
+    fitted: bool = False  # the level is the falling line's value now + 1 s.d. of its residuals
+    falling: bool = False  # over the trend window: significantly, or still after it was (FALL_HOLD_Z)
     horizon: float = 0.0  # seconds looked ahead, when `ahead` is set
     history: tuple[tuple[float, float], ...] = ()  # for the next state
     full_batch: float | None = None  # for the next state
@@ -471,21 +494,38 @@ def _read(policy: ScalingPolicy, obs: Observation, state: ScalerState) -> _Readi
         why = f"{load.failed_replicas} of {n + load.failed_replicas} ready replicas not scraped"
     else:
         history = (*history, (load.time, total))
-        trend = _trend(history, policy)
-        slope = ahead = horizon = None
-        if trend is not None:
-            slope, fitted = trend
-            if obs.startup_seconds and slope > 0:
-                horizon = min(obs.startup_seconds, policy.max_lookahead)
-                ahead = fitted + slope * horizon
+        line = _trend(history, policy)
         n = len(history)
         mean = sum(x for _, x in history) / n
         spread = math.sqrt(sum((x - mean) ** 2 for _, x in history) / (n - 1)) if n > 1 else 0.0
         # Never above the highest sample: a step's own jump is spread, not more load.
         level = min(mean + spread, max(x for _, x in history))
+        slope = ahead = horizon = None
+        falling = fitted = False
+        if line is not None and line.significant and line.slope > 0:
+            slope = line.slope
+            if obs.startup_seconds:
+                horizon = min(obs.startup_seconds, policy.max_lookahead)
+                ahead = line.now + slope * horizon
+        elif line is not None and line.slope < 0 and (
+            (line.significant and -line.slope * policy.trend_window >= policy.sized_target)
+            or (state.falling and line.z <= -FALL_HOLD_Z)
+        ):
+            # A fall: significant, and freeing a replica's worth or more within the trend
+            # window (a trough's noise can pass the trend test, but not by a replica, and a
+            # spare let go there would be loading when the next rise comes). Once seen, it
+            # lasts while its slope stays FALL_HOLD_Z standard errors below 0: a sample that
+            # blurs it for a moment must not bring back the lagging mean and the spare.
+            # A falling load's mean is half a window behind it: size for where the line is
+            # now, with the noise around it (and no less than the latest sample), so
+            # replicas go as the load does.
+            slope, falling = line.slope, True
+            along = max(0.0, line.now + line.residual, total)
+            if along < level:
+                level, fitted = along, True
         return _Reading(total, True, level=level, samples=n, mean=mean, spread=spread, floor=floor, ahead=ahead,
-                        slope=slope or 0.0, falling=(slope or 0.0) < 0, horizon=horizon or 0.0, history=history,
-                        full_batch=full_batch)
+                        slope=slope or 0.0, falling=falling, fitted=fitted, horizon=horizon or 0.0,
+                        history=history, full_batch=full_batch)
     # A stale total is not averaged: it may only raise the count (2.), never lower it.
     return _Reading(total, False, why, level=total, floor=floor, history=history, full_batch=full_batch)
 
@@ -525,13 +565,23 @@ def _learn(policy: ScalingPolicy, obs: Observation, reading: _Reading, memory: S
     return SloMemory(capacity, why, ceiling, queued)
 
 
-def _trend(history: tuple[tuple[float, float], ...], policy: ScalingPolicy) -> tuple[float, float] | None:
-    """(slope, the fitted total now) of a least-squares line over the trend window, if
-    the history spans half the window and the slope is significantly away from 0: at
-    least ``trend_significance`` standard errors, and a change across the window wider
-    than the tolerance band of the current level (a drift the band would hide is noise,
-    however regular). The fitted total, not the last sample, is what is projected: one
-    noisy sample moves it little."""
+@dataclass(frozen=True)
+class _Line:
+    """A least-squares line through the totals of the trend window."""
+
+    slope: float  # per second
+    now: float  # its value at the latest sample
+    residual: float  # the standard deviation of the samples around it
+    z: float  # the slope in standard errors
+    significant: bool  # a rise or fall, not noise (see _trend)
+
+
+def _trend(history: tuple[tuple[float, float], ...], policy: ScalingPolicy) -> _Line | None:
+    """The least-squares line through the history, once it spans half the trend window.
+    It is ``significant`` when its slope is at least ``trend_significance`` standard
+    errors away from 0 and the change across the window is wider than the tolerance band
+    of the current level (a drift the band would hide is noise, however regular). Its
+    value now, not the last sample, is what is projected: one noisy sample moves it little."""
     if len(history) < 4 or history[-1][0] - history[0][0] < policy.trend_window / 2:
         return None
     n = len(history)
@@ -541,14 +591,12 @@ def _trend(history: tuple[tuple[float, float], ...], policy: ScalingPolicy) -> t
     if sxx <= 0:
         return None
     slope = sum((t - tm) * (x - xm) for t, x in history) / sxx
-    if slope == 0:
-        return None
-    if abs(slope) * (history[-1][0] - history[0][0]) < policy.tolerance * max(history[-1][1], policy.sized_target):
-        return None
-    residual = sum((x - xm - slope * (t - tm)) ** 2 for t, x in history)
-    if abs(slope) < policy.trend_significance * math.sqrt(residual / (n - 2) / sxx):
-        return None
-    return slope, xm + slope * (history[-1][0] - tm)
+    variance = sum((x - xm - slope * (t - tm)) ** 2 for t, x in history) / (n - 2)
+    error = math.sqrt(variance / sxx)
+    z = slope / error if error > 0 else math.copysign(math.inf, slope) if slope else 0.0
+    wide = abs(slope) * (history[-1][0] - history[0][0]) >= policy.tolerance * max(history[-1][1], policy.sized_target)
+    significant = slope != 0 and wide and abs(z) >= policy.trend_significance
+    return _Line(slope, xm + slope * (history[-1][0] - tm), math.sqrt(variance), z, significant)
 
 
 def _raw_replicas(total: float, target: float) -> int:
@@ -662,7 +710,10 @@ def _reason(
     if policy.spare:
         on += f" + {policy.spare} spare"
     shown = _num(level)
-    if reading.samples > 1:
+    if reading.fitted:
+        shown += (f" (falling {_num(-reading.slope)}/s: the line fitted to {reading.samples} samples + 1 s.d. "
+                  f"around it, or the latest sample if higher; {_num(total)} now)")
+    elif reading.samples > 1:
         capped = ", their highest" if level < reading.mean + reading.spread - 1e-9 else ""
         shown += (f" (mean {_num(reading.mean)} + 1 s.d. {_num(reading.spread)} of {reading.samples} samples"
                   f"{capped}; {_num(total)} now)")
