@@ -699,6 +699,32 @@ def test_a_fall_within_the_band_of_the_serving_replicas_keeps_the_spare():
     assert "no spare replica held until the fall ends" in seen[-1][2] and replicas < 5, seen[-1]
 
 
+def test_after_a_fall_a_sample_is_a_panic_only_at_twice_what_every_replica_there_holds():
+    # 4 serving + 1 spare of target 5; the load falls from 25 in flight to 8 and the spare
+    # goes with it: 2 replicas, both serving. Until the count grows again (the spare's
+    # return held by a low sample, say), every replica there serves: 12 in flight on 2 is
+    # not a panic (it would be on the 1 that serves once the spare is back); the spare
+    # comes back one replica at a time.
+    p = policy(metric="runningRequests", target=5.0, spare=1, scale_down_window=15.0)
+    state, replicas = None, 5
+    for i in range(16):
+        t = i * 5.0
+        total = max(8.0, 25.0 - 17.0 * max(0.0, t - 10.0) / 50.0)
+        d = decide(p, Observation(t, replicas, replicas, 0, saturated(t, replicas, total / replicas, 0.0)), state)
+        state, replicas = d.state, d.desired
+    assert replicas == 2 and state.spare_released and state.spare_missing, (replicas, d.reason)
+    state = replace(state, falling=False, spare_released=False, history=())  # the fall is over, the count held
+    d = decide(p, Observation(80.0, 2, 2, 0, saturated(80.0, 2, 12.0 / 2, 0.0)), state)
+    assert "panic, sized" not in d.reason and d.desired == 2 and d.state.spare_missing, d.reason
+    # Twice what both hold is still a panic, and says whom it counted; the count grows,
+    # and with it the spare is back.
+    d = decide(p, Observation(80.0, 2, 2, 0, saturated(80.0, 2, 21.0 / 2, 0.0)), state)
+    assert d.desired == 6 and d.reason.startswith(
+        "runningRequests 21.0 over target 5×2 (all serving: the 1 spare not back since the fall), 2× or more: panic"), \
+        d.reason
+    assert not d.state.spare_missing
+
+
 def test_no_scale_down_while_the_replicas_just_asked_for_still_load():
     # A jump (a panic) asks for 4; two of them start (30 s to load); then the load dips:
     # once the panic's hold is over (one 10 s trend window), 2 would do with a 5 s

@@ -41,7 +41,9 @@ How one decision is made (target tracking, like Kubernetes' HorizontalPodAutosca
    **Panic** (Knative's name): a sample at least ``panic_threshold`` (2) times what
    the current replicas hold at the target is answered at once, sized for that
    sample, and nothing scales down for the next ``trend_window``: a sudden rise is
-   not averaged away.
+   not averaged away. (The replicas that hold it are those that serve, the spare ones
+   aside; after a fall let the spare go, every replica serves until the count grows
+   again.)
    With ``headroomPercent`` the replicas are sized for ``target / (1 + headroom)``
    instead: spare capacity held for the next rise, named in every reason;
    ``spareReplicas`` are held on top (even at low load, for a step), except while the
@@ -268,6 +270,7 @@ class ScalerState:
     full_batch: float | None = None  # running requests per replica last seen with a queue beside them
     falling: bool = False  # the load was falling at the last fresh reading
     spare_released: bool = False  # the spare replicas were let go for that fall
+    spare_missing: bool = False  # ... and the count has not grown since
     slo: SloMemory | None = None  # SLO mode only
 
 
@@ -345,6 +348,9 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         state.spare_released
         or (reading.level is not None and _ratio(reading.level, policy, current) < 1 - policy.tolerance))
     spare_dropped = policy.spare if released else 0
+    # Until the count grows again after such a fall, the spare is missing: every replica
+    # there is serves, and a sample is a panic only at twice what they all hold.
+    missing = bool(policy.spare) and (released or state.spare_missing)
     if spare_dropped:
         policy = replace(policy, spare=0)  # no spare for a rise while the load falls
     panic = denied = False
@@ -353,7 +359,8 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
     else:
         rec = _needed(reading.level, policy)
         now_ratio = _ratio(reading.total, policy, current)
-        panic = reading.total > 0 and math.isfinite(now_ratio) and now_ratio >= policy.panic_threshold
+        panic_ratio = _ratio(reading.total, replace(policy, spare=0), current) if missing else now_ratio
+        panic = reading.total > 0 and math.isfinite(panic_ratio) and panic_ratio >= policy.panic_threshold
         if panic:
             rec = max(rec, _needed(reading.total, policy))
         elif abs(_ratio(reading.level, policy, current) - 1) <= policy.tolerance:
@@ -423,7 +430,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
             limited_reason, limited = TOO_FEW_REPLICAS, f"spec.replicas was {current}; minReplicas is {desired}"
 
     reason = _reason(policy, obs, reading, rec, up_rec, down_rec, window_covered, desired, panic, denied,
-                     None if calm else panic_until, loading)
+                     None if calm else panic_until, loading, missing)
     if routed is not None:
         reason += f"; cost routing wants {routed} replicas' worth of its traffic here"
     if spare_dropped:
@@ -441,6 +448,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         full_batch=reading.full_batch,
         falling=reading.falling if reading.fresh else state.falling,
         spare_released=released if reading.fresh else state.spare_released,
+        spare_missing=missing and (released or desired <= current),
         slo=memory,
     )
     return Decision(current, desired, reason, limited, limited_reason, rec, new)
@@ -691,6 +699,7 @@ def _reason(
     denied: bool = False,
     panic_until: float | None = None,
     loading: float | None = None,
+    spare_missing: bool = False,
 ) -> str:
     current = obs.replicas
     if current > policy.max_replicas and desired == policy.max_replicas:
@@ -717,7 +726,11 @@ def _reason(
         capped = ", their highest" if level < reading.mean + reading.spread - 1e-9 else ""
         shown += (f" (mean {_num(reading.mean)} + 1 s.d. {_num(reading.spread)} of {reading.samples} samples"
                   f"{capped}; {_num(total)} now)")
-    if panic:
+    if panic and spare_missing and policy.spare:
+        desc = (f"{metric} {_num(total)} over target {target:.3g}×{current} (all serving: the {policy.spare} spare "
+                f"not back since the fall), {policy.panic_threshold:g}× or more: panic, sized for at once "
+                f"(no scale-down for {policy.trend_window:g} s)")
+    elif panic:
         desc = (f"{metric} {_num(total)} over {on}, {policy.panic_threshold:g}× or more: panic, sized for at once "
                 f"(no scale-down for {policy.trend_window:g} s)")
     elif abs(ratio - 1) <= policy.tolerance:
