@@ -28,8 +28,9 @@ How one decision is made (target tracking, like Kubernetes' HorizontalPodAutosca
    slope stays ``FALL_HOLD_Z`` standard error below 0, so one sample that blurs it
    brings neither the lagging mean nor the spare back),
    the mean is half a window behind it, so the level is the least-squares line's value
-   now plus one standard deviation of the samples around the line, when that is lower:
-   replicas go as the load leaves them (a burst's ramp down), not half a window later.
+   now plus one standard deviation of the samples around the line (or the latest sample,
+   if higher), when that is lower: replicas go as the load leaves them (a burst's ramp
+   down), not half a window later.
    ``ceil(level / target)`` replicas would hold the metric at its per-replica
    target. If ``level / (target x replicas)`` is within the tolerance band (default
    10 %) of 1, the recommendation is the current count: small wobbles never move
@@ -469,7 +470,7 @@ class _Reading:
     floor: int | None = None  # queueDepth: replicas the running requests fill
     ahead: float | None = None  # the total projected one startup time ahead, when it is rising
     slope: float = 0.0  # per second, when it rises (significantly) or falls (see `falling`)
-    fitted: bool = False  # the level is the falling line's value now + 1 s.d. of its residuals
+    fitted: bool = False  # the level follows the falling line (its value now + 1 s.d., or the latest sample)
     falling: bool = False  # over the trend window: significantly, or still after it was (FALL_HOLD_Z)
     horizon: float = 0.0  # seconds looked ahead, when `ahead` is set
     history: tuple[tuple[float, float], ...] = ()  # for the next state
