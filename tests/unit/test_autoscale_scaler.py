@@ -643,13 +643,9 @@ def test_a_falling_load_is_followed_down_the_fitted_line_not_half_a_window_behin
     def load_at(t):
         return max(4.0, 36.0 - 0.2 * t)
 
-    state, replicas, counts = None, 6, []
-    for i in range(44):
-        t = i * 5.0
-        total = load_at(t) * (1 + noise * (-1) ** i)
-        d = decide(p, Observation(t, replicas, replicas, 0, saturated(t, replicas, total / replicas, 0.0)), state)
-        state, replicas = d.state, d.desired
-        counts.append((t, replicas, d.reason))
+    counts = [(t, d.desired, d.reason)
+              for t, _, d in follow(p, [load_at(5.0 * i) * (1 + noise * (-1) ** i) for i in range(44)], 6)]
+    replicas = counts[-1][1]
     for t, n, why in counts:
         if 40.0 <= t <= 160.0:
             assert n <= math.ceil(load_at(t - 25.0) * (1 + noise) / 6.0) + 1, (t, n, why)
@@ -667,12 +663,8 @@ def test_a_fall_made_less_significant_by_one_sample_is_still_a_fall():
     p = policy(metric="runningRequests", target=6.0, scale_down_window=15.0, spare=1)
     totals = [36.0] * 12 + [36.0 - i for i in range(1, 25)]
     totals[20] += 14.0
-    state, replicas, counts = None, 7, []
-    for i, total in enumerate(totals):
-        t = i * 5.0
-        d = decide(p, Observation(t, replicas, replicas, 0, saturated(t, replicas, total / replicas, 0.0)), state)
-        state, replicas = d.state, d.desired
-        counts.append((t, replicas, d.reason))
+    counts = [(t, d.desired, d.reason) for t, _, d in follow(p, totals, 7)]
+    replicas = counts[-1][1]
     after = [(t, n, why) for t, n, why in counts if t >= 90.0]
     assert all("no spare replica held until the fall ends" in why for _, _, why in after), after
     assert not [(a, b) for a, b in itertools.pairwise(counts) if b[1] > a[1]], counts
@@ -687,12 +679,9 @@ def test_a_fall_within_the_band_of_the_serving_replicas_keeps_the_spare():
     p = policy(metric="runningRequests", target=5.0, spare=1, scale_down_window=15.0)
     state = settled(p, 5, 21.0 / 5, t_end=60.0)[0]
     state = replace(state, history=(), recommendations=())
-    replicas, seen = 5, []
-    for i, total in enumerate([21.5 - 5.0 * k / 12 for k in range(8)] + [18.0 - 1.5 * k for k in range(6)]):
-        t = 100.0 + 5.0 * i
-        d = decide(p, Observation(t, replicas, replicas, 0, saturated(t, replicas, total / replicas, 0.0)), state)
-        state, replicas = d.state, d.desired
-        seen.append((total, replicas, d.reason))
+    totals = [21.5 - 5.0 * k / 12 for k in range(8)] + [18.0 - 1.5 * k for k in range(6)]
+    seen = [(total, d.desired, d.reason) for _, total, d in follow(p, totals, 5, state, t0=100.0)]
+    replicas = seen[-1][1]
     drift = [x for x in seen if x[0] >= 18.5]
     assert all(n == 5 and "no spare" not in why for _, n, why in drift), drift
     assert any("falling" in why for _, _, why in drift), drift  # it was seen as a fall
@@ -706,12 +695,8 @@ def test_after_a_fall_a_sample_is_a_panic_only_at_twice_what_every_replica_there
     # not a panic (it would be on the 1 that serves once the spare is back); the spare
     # comes back one replica at a time.
     p = policy(metric="runningRequests", target=5.0, spare=1, scale_down_window=15.0)
-    state, replicas = None, 5
-    for i in range(16):
-        t = i * 5.0
-        total = max(8.0, 25.0 - 17.0 * max(0.0, t - 10.0) / 50.0)
-        d = decide(p, Observation(t, replicas, replicas, 0, saturated(t, replicas, total / replicas, 0.0)), state)
-        state, replicas = d.state, d.desired
+    *_, (_, _, d) = follow(p, [max(8.0, 25.0 - 17.0 * max(0.0, 5.0 * i - 10.0) / 50.0) for i in range(16)], 5)
+    state, replicas = d.state, d.desired
     assert replicas == 2 and state.spare_released and state.spare_missing, (replicas, d.reason)
     state = replace(state, falling=False, spare_released=False, history=())  # the fall is over, the count held
     d = decide(p, Observation(80.0, 2, 2, 0, saturated(80.0, 2, 12.0 / 2, 0.0)), state)
@@ -792,6 +777,18 @@ def test_scaled_down_reason_constant():
 def saturated(t, n, running, waiting):
     return ModelLoad(time=t, sampled_replicas=n, failed_replicas=0, queue_depth=waiting, running_requests=running,
                      kv_cache_utilization=0.5, tokens_per_second=100.0, requests_per_second=1.0)
+
+
+def follow(p, totals, replicas, state=None, t0=0.0):
+    """Decisions 5 s apart on ``totals`` requests in flight, the count following each one:
+    (time, total, decision)."""
+    out = []
+    for i, total in enumerate(totals):
+        t = t0 + 5.0 * i
+        d = decide(p, Observation(t, replicas, replicas, 0, saturated(t, replicas, total / replicas, 0.0)), state)
+        state, replicas = d.state, d.desired
+        out.append((t, total, d))
+    return out
 
 
 def test_running_requests_count_the_ones_waiting_for_a_slot():

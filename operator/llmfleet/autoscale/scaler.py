@@ -727,12 +727,10 @@ def _reason(
         capped = ", their highest" if level < reading.mean + reading.spread - 1e-9 else ""
         shown += (f" (mean {_num(reading.mean)} + 1 s.d. {_num(reading.spread)} of {reading.samples} samples"
                   f"{capped}; {_num(total)} now)")
-    if panic and spare_missing and policy.spare:
-        desc = (f"{metric} {_num(total)} over target {target:.3g}×{current} (all serving: the {policy.spare} spare "
-                f"not back since the fall), {policy.panic_threshold:g}× or more: panic, sized for at once "
-                f"(no scale-down for {policy.trend_window:g} s)")
-    elif panic:
-        desc = (f"{metric} {_num(total)} over {on}, {policy.panic_threshold:g}× or more: panic, sized for at once "
+    if panic:
+        held = (f"target {target:.3g}×{current} (all serving: the {policy.spare} spare not back since the fall)"
+                if spare_missing and policy.spare else on)
+        desc = (f"{metric} {_num(total)} over {held}, {policy.panic_threshold:g}× or more: panic, sized for at once "
                 f"(no scale-down for {policy.trend_window:g} s)")
     elif abs(ratio - 1) <= policy.tolerance:
         desc = f"{metric} {shown} within {policy.tolerance:.0%} of {on}"
