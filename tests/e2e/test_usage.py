@@ -14,7 +14,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from llmfleet.usage_report import from_metrics_text
+from llmfleet.usage_report import Row, from_metrics_text
 from tests.e2e.test_routing import sim_md
 from tests.e2e.test_tenants import _open, _ready, _secret, _tenant
 from tests.helpers import wait_for
@@ -72,11 +72,21 @@ def test_the_counters_equal_what_clients_got_and_the_cost_its_formula(dev_cluste
     def ask(n: int) -> list[httpx.Response]:
         return asyncio.run(_ask(envoy.url, model, n))
 
-    wait_for(lambda: ask(1)[0].status_code == 200, timeout=60, what="the model served")
+    probes: list[int] = []
+
+    def served() -> bool:
+        probes.append(ask(1)[0].status_code)
+        return probes[-1] == 200
+
+    def report() -> Row:
+        return from_metrics_text(operator.metrics(pod) for pod in operator.ready_pods()).get(("", model), Row())
+
+    wait_for(served, timeout=60, what="the model served")
     labels = {"tenant": "", "model": model, "backend": f"{ns}/priced"}
-    wait_for(lambda: _counters(operator, labels).get("llmfleet_usage_requests_total,code=200", 0) >= 1,
-             timeout=15, what="the first request counted")
-    before = _counters(operator, labels)
+    # Every probe counted (an error answered before the route was served too: each Envoy
+    # flushes on its own, every second) before the counts the N are measured from.
+    wait_for(lambda: report().requests >= len(probes), timeout=15, what=f"the {len(probes)} probes counted")
+    before, before_row = _counters(operator, labels), report()
     answers = ask(N)
     assert [r.status_code for r in answers] == [200] * N
     prompt = sum(r.json()["usage"]["prompt_tokens"] for r in answers)
@@ -94,14 +104,11 @@ def test_the_counters_equal_what_clients_got_and_the_cost_its_formula(dev_cluste
     assert got["llmfleet_usage_tokens_total,kind=completion"] == completion
     assert got["llmfleet_usage_cost_total"] == pytest.approx((prompt * INPUT + completion * OUTPUT) / 1e6, rel=1e-9)
 
-    # `llmfleet usage --metrics ...` reads the same replicas: its row for the model has them all,
-    # answers of every code: a probe above may have been answered with an error before the
-    # route was served (counted as one, before the N; CI saw it once).
-    row = from_metrics_text(operator.metrics(pod) for pod in operator.ready_pods())[("", model)]
-    answered = sum(v for k, v in before.items() if k.startswith("llmfleet_usage_requests_total,"))
-    assert row.requests == answered + N
-    assert row.errors == answered - before["llmfleet_usage_requests_total,code=200"]
-    assert row.completion == before["llmfleet_usage_tokens_total,kind=completion"] + completion
+    # `llmfleet usage --metrics ...` reads the same replicas: its row for the model has them all.
+    row = report()
+    assert row.requests == before_row.requests + N
+    assert row.errors == before_row.errors
+    assert row.completion == before_row.completion + completion
 
 
 def test_each_tenant_model_and_backend_is_counted_apart_and_priced_at_its_backend(dev_cluster, operator, fleet,
