@@ -18,6 +18,7 @@ import asyncio
 import json
 import math
 import re
+import signal
 import sys
 import tempfile
 import threading
@@ -92,6 +93,10 @@ def route_policy(namespace: str, name: str, model: str, backends: list[dict], **
 
 # --------------------------------------------------------------------------- the stack
 
+def _exit_on_term(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
 class Stack:
     """Dev cluster + operator process + Envoy; `with Stack(...) as s:` stops everything."""
 
@@ -105,6 +110,11 @@ class Stack:
         self._stops: list[Callable[[], None]] = []
 
     def __enter__(self) -> "Stack":
+        # A TERM (a timeout, a stopped job) unwinds through __exit__ as an exception does,
+        # so no operator or Envoy of the bench outlives it.
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _exit_on_term)
+            self._stops.append(lambda: signal.signal(signal.SIGTERM, previous))
         try:
             self.start()
         except BaseException:

@@ -710,6 +710,36 @@ def test_after_a_fall_a_sample_is_a_panic_only_at_twice_what_every_replica_there
     assert not d.state.spare_missing
 
 
+def fall_over(p, replicas, totals):
+    """A state just after a fall let the spare go: it is over, the count did not grow
+    since, and the last minute's samples were ``totals``."""
+    state = settled(p, replicas, 1.0, t_end=60.0)[0]
+    history = tuple((100.0 + 5.0 * i, x) for i, x in enumerate(totals))
+    return replace(state, history=history, recommendations=(), spare_missing=True, falling=False,
+                   spare_released=False)
+
+
+def test_the_spare_asked_for_again_after_a_fall_is_for_the_load_there_not_the_lagging_level():
+    # 2 replicas, both serving since the fall; the last minute's samples wander around 12
+    # (mean 12.1 + 1 s.d. 2.7: 3 serving + 1 spare), 12 in flight now (2 + 1 spare).
+    p = policy(metric="runningRequests", target=6.66, spare=1, scale_down_window=15.0)
+    state = fall_over(p, 2, [16, 9, 14, 8, 15, 10, 15, 9, 12, 11, 14])
+    d = decide(p, Observation(155.0, 2, 2, 0, saturated(155.0, 2, 12.0 / 2, 0.0)), state)
+    assert d.desired == 3, d.reason
+    assert d.reason.endswith("; the spare asked for again as the fall ends, for the 12.0 now (the level lags a fall)")
+    assert not d.state.spare_missing
+
+
+def test_once_the_count_holds_the_load_and_the_spare_after_a_fall_the_spare_is_back():
+    # The fall ended at 2 replicas with ~3 in flight: 1 serving + 1 spare, the count never
+    # grew. The spare is back: a sample twice what the serving replica holds is a panic.
+    p = policy(metric="runningRequests", target=6.66, spare=1, scale_down_window=15.0)
+    d = decide(p, Observation(155.0, 2, 2, 0, saturated(155.0, 2, 3.0 / 2, 0.0)), fall_over(p, 2, [3.0] * 11))
+    assert d.desired == 2 and not d.state.spare_missing, d.reason
+    d = decide(p, Observation(160.0, 2, 2, 0, saturated(160.0, 2, 14.0 / 2, 0.0)), d.state)
+    assert d.desired == 4 and "panic" in d.reason, d.reason
+
+
 def test_no_scale_down_while_the_replicas_just_asked_for_still_load():
     # A jump (a panic) asks for 4; two of them start (30 s to load); then the load dips:
     # once the panic's hold is over (one 10 s trend window), 2 would do with a 5 s
@@ -738,6 +768,29 @@ def test_the_spare_is_held_on_a_steady_a_rising_and_a_load_falling_by_less_than_
             d = decide(p, Observation(t, 4, 4, 0, saturated(t, 4, total / 4, 0.0)), state)
             state = d.state
             assert "no spare" not in d.reason and "+ 1 spare" in d.reason, d.reason
+
+
+def test_a_rise_into_the_spare_asks_for_its_replacement_at_the_second_sample_over_the_band():
+    # 1 serving + 2 spare of target 6 at a trough of 2.5 in flight; the load steps to 9
+    # (a burst's first seconds: over the band of the serving replica, short of a panic).
+    # The level (a minute's mean + 1 s.d.) would show it only several samples later; the
+    # spare is carrying the rise and its replacement loads for a model load, so it is
+    # asked for on the second sample over the band, not the first.
+    p = policy(metric="runningRequests", target=6.0, spare=2, max_replicas=20)
+    seen = follow(p, [2.5] * 12 + [9.0, 9.0], 3)
+    _, _, second = seen[-1]
+    assert all(d.desired == 3 for _, _, d in seen[:-1]), [d.reason for _, _, d in seen]
+    assert second.desired == 4, second.reason
+    assert second.reason.endswith(
+        "; the last 2 samples, 9.0 or more, are over what the 1 serving replicas hold: the spare is in use, "
+        "its replacement asked for"), second.reason
+
+
+def test_one_sample_over_the_band_of_the_serving_replicas_leaves_the_spare_as_it_is():
+    # The same trough with a sample of 9 now and then (a trough's noise): nothing moves.
+    p = policy(metric="runningRequests", target=6.0, spare=2, max_replicas=20)
+    seen = follow(p, ([2.5] * 12 + [9.0]) * 3 + [2.5] * 3, 3)
+    assert all(d.desired == 3 and "in use" not in d.reason for _, _, d in seen), [d.reason for _, _, d in seen]
 
 
 def test_policy_from_the_crd_model():

@@ -569,7 +569,8 @@ class Autoscaling(_Spec):
             "Ready replicas kept beyond what the load (and headroomPercent) asks for, within maxReplicas: "
             "capacity for a step or a ramp that outgrows the fleet faster than a model loads, even at low load. "
             "Let go while the load falls by a replica's worth or more per trend window, once it is under the "
-            "band of the replicas serving without it; asked for again once the fall ends."
+            "band of the replicas serving without it; asked for again once the fall ends. Replaced at once when a "
+            "rise reaches it (two samples in a row over what the serving replicas hold)."
         ),
     )
 

@@ -44,7 +44,7 @@ How one decision is made (target tracking, like Kubernetes' HorizontalPodAutosca
    sample, and nothing scales down for the next ``trend_window``: a sudden rise is
    not averaged away. (The replicas that hold it are those that serve, the spare ones
    aside; after a fall let the spare go, every replica serves until the count grows
-   again.)
+   again, or holds the level and the spare once the fall is over.)
    With ``headroomPercent`` the replicas are sized for ``target / (1 + headroom)``
    instead: spare capacity held for the next rise, named in every reason;
    ``spareReplicas`` are held on top (even at low load, for a step), except while the
@@ -53,7 +53,10 @@ How one decision is made (target tracking, like Kubernetes' HorizontalPodAutosca
    without the spare (a plateau's noise can look like a fall, with the load still on
    them) to the end of the fall: a
    rise is not under way then, and the spare is asked for again once the fall ends,
-   one model load before it can be needed. Replicas that
+   one model load before it can be needed, for the load there is then (not the level
+   a minute's mean leaves behind). When a rise reaches the spare (the last two samples
+   over the band of the replicas that serve), its replacement is asked for at once,
+   not once the level shows the rise. Replicas that
    exist but are not ready yet count as capacity on the way: while a model loads,
    the load it will take is not asked for again. Two metrics see past what an engine
    exports:
@@ -349,12 +352,14 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         state.spare_released
         or (reading.level is not None and _ratio(reading.level, policy, current) < 1 - policy.tolerance))
     spare_dropped = policy.spare if released else 0
-    # Until the count grows again after such a fall, the spare is missing: every replica
-    # there is serves, and a sample is a panic only at twice what they all hold.
+    # Until the count grows again after such a fall (or holds the level and the spare once
+    # the fall is over), the spare is missing: every replica there serves, and a sample is
+    # a panic only at twice what they all hold.
     missing = bool(policy.spare) and (released or state.spare_missing)
     if spare_dropped:
         policy = replace(policy, spare=0)  # no spare for a rise while the load falls
     panic = denied = False
+    spare_in_use = spare_back = None
     if reading.total is None or reading.level is None:
         rec = current
     else:
@@ -373,6 +378,20 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
             # One or two samples are no level yet (a start, a restart): no rise on them, nor a
             # fall where no stabilization window would wait for more.
             rec, denied = current, True
+        if policy.spare and current > policy.spare and not panic and reading.fresh and len(reading.history) >= 2:
+            # The spare in use: the last two samples over the band of the replicas that
+            # serve mean a rise has reached the spare, which is there to carry it for one
+            # model load. Its replacement is asked for now, not once the level (a minute's
+            # mean) shows the rise; one sample over the band is noise often enough.
+            recent = min(reading.total, reading.history[-2][1])
+            if _ratio(recent, policy, current) > 1 + policy.tolerance and _needed(recent, policy) > rec:
+                rec, spare_in_use = _needed(recent, policy), recent
+        if missing and not panic and rec > current:
+            # The spare asked for again as the fall ends: for the load there is now, not the
+            # level a minute's mean leaves behind.
+            back = _needed(reading.total, policy)
+            if back < rec:
+                rec, spare_back = max(current, back), reading.total
         if reading.floor is not None:
             rec = max(rec, min(reading.floor, current))
         if not reading.fresh:
@@ -434,6 +453,12 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
                      None if calm else panic_until, loading, missing)
     if routed is not None:
         reason += f"; cost routing wants {routed} replicas' worth of its traffic here"
+    if spare_in_use is not None and desired > current:
+        reason += (f"; the last 2 samples, {_num(spare_in_use)} or more, are over what the "
+                   f"{current - policy.spare} serving replicas hold: the spare is in use, its replacement asked for")
+    if spare_back is not None:
+        reason += (f"; the spare asked for again as the fall ends, for the {_num(spare_back)} now "
+                   f"(the level lags a fall)")
     if spare_dropped:
         reason += f"; falling {_num(-reading.slope)}/s: no spare replica held until the fall ends"
     if memory is not None and policy.slo_ttft is not None:
@@ -449,7 +474,9 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         full_batch=reading.full_batch,
         falling=reading.falling if reading.fresh else state.falling,
         spare_released=released if reading.fresh else state.spare_released,
-        spare_missing=missing and (released or desired <= current),
+        # Missing until the count grows, or holds the level and the spare once the fall is over.
+        spare_missing=missing and (released or desired <= current) and not (
+            not reading.falling and reading.level is not None and _needed(reading.level, policy) <= desired),
         slo=memory,
     )
     return Decision(current, desired, reason, limited, limited_reason, rec, new)
