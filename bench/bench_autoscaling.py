@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import itertools
 import json
 import math
 import os
@@ -43,16 +44,28 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet import (  # noqa: E402 - sets sys.path for llmfleet
-    GROUP, REPO, VERSION, Request, Sampler, Stack, open_loop, pair, percentile, replica_seconds, route_policy, sim_md,
-    summarize, write_result,
-)
 from kubernetes import client
 
-from naive import NaivePolicy, NaiveState, naive_decide  # noqa: E402 - bench/naive.py
-from oracle import ReplicaModel, oracle, reactive_bound  # noqa: E402 - bench/oracle.py
-from llmfleet.autoscale.scaler import Observation, ScalingPolicy  # noqa: E402
-from llmfleet.signals.values import ModelLoad  # noqa: E402
+from fleet import (
+    GROUP,
+    REPO,
+    VERSION,
+    Request,
+    Sampler,
+    Stack,
+    open_loop,
+    pair,
+    percentile,
+    replica_seconds,
+    route_policy,
+    sim_md,
+    summarize,
+    write_result,
+)
+from llmfleet.autoscale.scaler import Observation, ScalingPolicy
+from llmfleet.signals.values import ModelLoad
+from naive import NaivePolicy, NaiveState, naive_decide
+from oracle import ReplicaModel, oracle, reactive_bound
 
 STRATEGIES = ("fixed", "llmfleet", "naive")
 
@@ -271,7 +284,7 @@ def run_strategy(stack: Stack, kind: str, a: argparse.Namespace, trace: list[tup
                         "ready_after_s": None if reached is None else round((reached - s.t) / S, 1)})
         if s.spec_replicas is not None:
             prev = s.spec_replicas
-    downs = sum(1 for x, y in zip(samples, samples[1:])
+    downs = sum(1 for x, y in itertools.pairwise(samples)
                 if x.spec_replicas is not None and y.spec_replicas is not None and y.spec_replicas < x.spec_replicas)
 
     ok = [r for r in results if r.ok]

@@ -31,10 +31,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from llmfleet_devcluster.cluster import DevCluster, free_port, node_pools_from_env  # noqa: E402
+from llmfleet_devcluster.envoy import EnvoyProcess  # noqa: E402
 from llmfleet_devcluster.operator_process import OperatorProcess  # noqa: E402
 from llmfleet_devcluster.simfleet import FleetView  # noqa: E402
+
 from llmfleet.envoy.bootstrap import bootstrap  # noqa: E402
-from llmfleet_devcluster.envoy import EnvoyProcess  # noqa: E402
 
 NS = "bench"
 MODEL = "chat-bench"

@@ -32,13 +32,13 @@ from pathlib import Path
 
 import httpx
 import yaml
+from llmfleet_devcluster.cluster import DevCluster, NodePool, free_port
+from llmfleet_devcluster.envoy import EnvoyProcess
+from llmfleet_devcluster.operator_process import OperatorProcess
+from llmfleet_devcluster.simfleet import FleetView
 
-from fleet import REPO, percentile, route_policy, sim_md, write_result  # noqa: E402 - sets sys.path for llmfleet
-from llmfleet_devcluster.cluster import DevCluster, NodePool, free_port  # noqa: E402
-from llmfleet_devcluster.operator_process import OperatorProcess  # noqa: E402
-from llmfleet_devcluster.simfleet import FleetView  # noqa: E402
-from llmfleet.envoy.bootstrap import bootstrap  # noqa: E402
-from llmfleet_devcluster.envoy import EnvoyProcess  # noqa: E402
+from fleet import REPO, percentile, route_policy, sim_md, write_result
+from llmfleet.envoy.bootstrap import bootstrap
 
 NS = "scale"
 SA = "llmfleet-bench"
@@ -146,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     cluster = DevCluster(pools, workdir=work / "cluster", system_node=False).start()
     stops = []
     result: dict = {"bench": "control-plane-scale", "models": args.models,
-                    "policies": args.models // args.backends_per_policy, "backends_per_policy": args.backends_per_policy}
+                    "policies": args.models // args.backends_per_policy,
+                    "backends_per_policy": args.backends_per_policy}
     try:
         cluster.kubectl("apply", "--server-side", "-f", str(REPO / "crds"))
         cluster.wait_established("routepolicies.llmfleet.io", "modeldeployments.llmfleet.io", timeout=30)

@@ -23,9 +23,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import aiohttp
 import httpx
@@ -36,10 +36,11 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from llmfleet_devcluster.cluster import DevCluster, free_port, node_pools_from_env  # noqa: E402
+from llmfleet_devcluster.envoy import EnvoyProcess  # noqa: E402
 from llmfleet_devcluster.operator_process import OperatorProcess  # noqa: E402
 from llmfleet_devcluster.simfleet import FleetView  # noqa: E402
+
 from llmfleet.envoy.bootstrap import bootstrap  # noqa: E402
-from llmfleet_devcluster.envoy import EnvoyProcess  # noqa: E402
 
 GROUP, VERSION = "llmfleet.io", "v1alpha1"
 MD_LABEL = "llmfleet.io/model-deployment"
@@ -109,7 +110,7 @@ class Stack:
         self.envoy: EnvoyProcess | None = None
         self._stops: list[Callable[[], None]] = []
 
-    def __enter__(self) -> "Stack":
+    def __enter__(self) -> Stack:
         # A TERM (a timeout, a stopped job) unwinds through __exit__ as an exception does,
         # so no operator or Envoy of the bench outlives it.
         if threading.current_thread() is threading.main_thread():

@@ -1,5 +1,5 @@
-"""ruff and mypy over operator/llmfleet and the dev cluster harness (tools/devcluster), configured in
-pyproject.toml: a finding fails the suite."""
+"""ruff over operator/llmfleet, the dev cluster harness (tools/devcluster) and the benchmarks (bench),
+mypy over the first two, configured in pyproject.toml: a finding fails the suite."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ruff_finds_nothing():
-    result = run(str(BIN / "ruff"), "check", "operator/llmfleet", "tools/devcluster")
+    result = run(str(BIN / "ruff"), "check", "operator/llmfleet", "tools/devcluster", "bench")
     assert result.returncode == 0, result.stdout + result.stderr
 
 
