@@ -728,6 +728,9 @@ def test_the_spare_asked_for_again_after_a_fall_is_for_the_load_there_not_the_la
     assert d.desired == 3, d.reason
     assert d.reason.endswith("; the spare asked for again as the fall ends, for the 12.0 now (the level lags a fall)")
     assert not d.state.spare_missing
+    # 6 in flight now: within what the serving replica holds; nothing is asked for.
+    d = decide(p, Observation(155.0, 2, 2, 0, saturated(155.0, 2, 6.0 / 2, 0.0)), state)
+    assert d.desired == 2, d.reason
 
 
 def test_once_the_count_holds_the_load_and_the_spare_after_a_fall_the_spare_is_back():
@@ -782,7 +785,7 @@ def test_a_rise_into_the_spare_asks_for_its_replacement_at_the_second_sample_ove
     assert all(d.desired == 3 for _, _, d in seen[:-1]), [d.reason for _, _, d in seen]
     assert second.desired == 4, second.reason
     assert second.reason.endswith(
-        "; the last 2 samples, 9.0 or more, are over what the 1 serving replicas hold: the spare is in use, "
+        "; the last 2 samples, 9.0 or more, are over what the 1 serving replica holds: the spare is in use, "
         "its replacement asked for"), second.reason
 
 

@@ -388,7 +388,8 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
                 rec, spare_in_use = _needed(recent, policy), recent
         if missing and not panic and rec > current:
             # The spare asked for again as the fall ends: for the load there is now, not the
-            # level a minute's mean leaves behind.
+            # level a minute's mean leaves behind. (The latest sample is over the band here,
+            # else the rise was denied above, so this still grows the count.)
             back = _needed(reading.total, policy)
             if back < rec:
                 rec, spare_back = max(current, back), reading.total
@@ -454,8 +455,10 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
     if routed is not None:
         reason += f"; cost routing wants {routed} replicas' worth of its traffic here"
     if spare_in_use is not None and desired > current:
-        reason += (f"; the last 2 samples, {_num(spare_in_use)} or more, are over what the "
-                   f"{current - policy.spare} serving replicas hold: the spare is in use, its replacement asked for")
+        serving = current - policy.spare
+        reason += (f"; the last 2 samples, {_num(spare_in_use)} or more, are over what the {serving} serving "
+                   f"{'replica holds' if serving == 1 else 'replicas hold'}: the spare is in use, its replacement "
+                   f"asked for")
     if spare_back is not None:
         reason += (f"; the spare asked for again as the fall ends, for the {_num(spare_back)} now "
                    f"(the level lags a fall)")
@@ -463,6 +466,8 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         reason += f"; falling {_num(-reading.slope)}/s: no spare replica held until the fall ends"
     if memory is not None and policy.slo_ttft is not None:
         reason += f"; target {memory.capacity:.3g} for TTFT p95 ≤ {policy.slo_ttft * 1000:g} ms: {memory.why}"
+    # Once the fall is over, a count that holds the level and the spare has the spare back.
+    spare_held = not reading.falling and reading.level is not None and _needed(reading.level, policy) <= desired
     new = ScalerState(
         since=since,
         recommendations=recs,
@@ -474,9 +479,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         full_batch=reading.full_batch,
         falling=reading.falling if reading.fresh else state.falling,
         spare_released=released if reading.fresh else state.spare_released,
-        # Missing until the count grows, or holds the level and the spare once the fall is over.
-        spare_missing=missing and (released or desired <= current) and not (
-            not reading.falling and reading.level is not None and _needed(reading.level, policy) <= desired),
+        spare_missing=missing and (released or desired <= current) and not spare_held,
         slo=memory,
     )
     return Decision(current, desired, reason, limited, limited_reason, rec, new)
