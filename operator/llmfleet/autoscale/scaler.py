@@ -384,8 +384,9 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
             # model load. Its replacement is asked for now, not once the level (a minute's
             # mean) shows the rise; one sample over the band is noise often enough.
             recent = min(reading.total, reading.history[-2][1])
-            if _ratio(recent, policy, current) > 1 + policy.tolerance and _needed(recent, policy) > rec:
-                rec, spare_in_use = _needed(recent, policy), recent
+            wanted = _needed(recent, policy)
+            if _ratio(recent, policy, current) > 1 + policy.tolerance and wanted > rec:
+                rec, spare_in_use = wanted, recent
         if missing and not panic and rec > current:
             # The spare asked for again as the fall ends: for the load there is now, not the
             # level a minute's mean leaves behind. (The latest sample is over the band here,
