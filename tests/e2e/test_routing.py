@@ -51,9 +51,16 @@ def served_by(url: str, n: int, concurrency: int = 16) -> collections.Counter:
     return asyncio.run(run())
 
 
-def programmed(cluster, ns) -> bool:
+def programmed(cluster, ns, weights: dict[str, int] | None = None) -> bool:
+    """Programmed=True, and (with `weights`) in a status whose backends have those weights
+    and a ready replica each: Programmed alone may be of a route one backend is not in yet
+    (a backend joins the split once it has a ready endpoint)."""
     status = kubectl_json(cluster, "get", "rp", "chat", "-n", ns).get("status", {})
-    return any(c["type"] == "Programmed" and c["status"] == "True" for c in status.get("conditions", []))
+    if not any(c["type"] == "Programmed" and c["status"] == "True" for c in status.get("conditions", [])):
+        return False
+    rows = {row.get("modelDeployment"): row for row in status.get("backends", [])}
+    return all(rows.get(name, {}).get("weight") == w and rows[name].get("readyReplicas", 0) >= 1
+               for name, w in (weights or {}).items())
 
 
 @pytest.fixture
@@ -63,8 +70,10 @@ def routed(dev_cluster, operator, fleet, envoy, namespace):
     for name in ("small", "big"):
         wait_ready(dev_cluster, namespace, name)
     fleet.wait_ready(2, namespace)
-    apply(dev_cluster, namespace, policy({"small": 80, "big": 20}))
-    wait_for(lambda: programmed(dev_cluster, namespace), what="RoutePolicy Programmed=True")
+    weights = {"small": 80, "big": 20}
+    apply(dev_cluster, namespace, policy(weights))
+    wait_for(lambda: programmed(dev_cluster, namespace, weights),
+             what="RoutePolicy Programmed=True, both backends ready at 80/20")
     return namespace
 
 
