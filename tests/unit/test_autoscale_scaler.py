@@ -603,10 +603,12 @@ def test_spare_replicas_are_held_at_low_load_and_named():
     p = policy(metric="runningRequests", target=5.0, spare=2)
     first = decide(p, obs(0, 1, 1.5, metric="runningRequests"))
     assert first.desired == 1 and first.reason == (
-        "runningRequests 1.5 over target 5×0 + 2 spare; holding until 3 samples say so (or one says panic)")
+        "runningRequests 1.5 needs 3 replicas: 1 at target 5 and 2 spare (1 there); "
+        "holding until 3 samples say so (or one says panic)")
     d = after_samples(p, 1, 1.5, metric="runningRequests")
     assert d.desired == 3
-    assert d.reason == "runningRequests 1.5 (mean 1.5 + 1 s.d. 0.00 of 3 samples; 1.5 now) over target 5×0 + 2 spare"
+    assert d.reason == ("runningRequests 1.5 (mean 1.5 + 1 s.d. 0.00 of 3 samples; 1.5 now) needs 3 replicas: "
+                        "1 at target 5 and 2 spare (1 there)")
     held = decide(p, obs(0, 3, 0.5, metric="runningRequests"))
     assert (held.desired, held.reason) == (3, "runningRequests 1.5 under target 5×1 + 2 spare")
 
@@ -794,6 +796,24 @@ def test_one_sample_over_the_band_of_the_serving_replicas_leaves_the_spare_as_it
     p = policy(metric="runningRequests", target=6.0, spare=2, max_replicas=20)
     seen = follow(p, ([2.5] * 12 + [9.0]) * 3 + [2.5] * 3, 3)
     assert all(d.desired == 3 and "in use" not in d.reason for _, _, d in seen), [d.reason for _, _, d in seen]
+
+
+def test_at_max_replicas_the_spare_is_what_the_load_leaves_and_a_peak_is_no_panic():
+    # maxReplicas 5 with 3 spare; a peak of 22 in flight fills all five at target 5. Read
+    # as "2 serving + 3 spare", 22 would be a panic at every sample, and a panic holds off
+    # any scale-down for a minute after it: the replicas would stay at 5 well into the
+    # fall. At the bound the load's replicas serve and what is left over is spare (none
+    # here), which the reason and ScalingLimited say; the count follows the fall down.
+    p = policy(metric="runningRequests", target=5.0, max_replicas=5, spare=3, scale_down_window=15.0)
+    totals = [22.0] * 12 + [22.0 - 2 * i for i in range(1, 12)] + [0.0] * 6
+    seen = follow(p, totals, 5)
+    assert not [d.reason for _, _, d in seen if "panic" in d.reason]
+    _, _, peak = seen[11]
+    assert (peak.desired, peak.limited_reason, peak.limited) == (5, TOO_MANY_REPLICAS,
+                                                                 "wants 8 replicas; maxReplicas is 5")
+    assert peak.reason.endswith("; maxReplicas 5 leaves room for 0 of the 3 spare replicas"), peak.reason
+    downs = [(t, total) for t, total, d in seen if d.desired < d.current]
+    assert downs and downs[0][1] >= 5.0, downs  # the first replica goes while the load is still falling
 
 
 def test_policy_from_the_crd_model():

@@ -566,7 +566,8 @@ class Autoscaling(_Spec):
         ge=0,
         le=1000,
         description=(
-            "Ready replicas kept beyond what the load (and headroomPercent) asks for, within maxReplicas: "
+            "Ready replicas kept beyond what the load (and headroomPercent) asks for, within maxReplicas (near it, "
+            "the replicas the load needs come first and the spare is what is left over): "
             "capacity for a step or a ramp that outgrows the fleet faster than a model loads, even at low load. "
             "Let go while the load falls by a replica's worth or more per trend window, once it is under the "
             "band of the replicas serving without it; asked for again once the fall ends. Replaced at once when a "

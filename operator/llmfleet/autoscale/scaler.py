@@ -56,7 +56,9 @@ How one decision is made (target tracking, like Kubernetes' HorizontalPodAutosca
    one model load before it can be needed, for the load there is then (not the level
    a minute's mean leaves behind). When a rise reaches the spare (the last two samples
    over the band of the replicas that serve), its replacement is asked for at once,
-   not once the level shows the rise. Replicas that
+   not once the level shows the rise. ``maxReplicas`` bounds the spare, not the
+   replicas that serve: near it, the replicas the level needs serve and only what is
+   left over is spare (so a peak at the bound is no panic). Replicas that
    exist but are not ready yet count as capacity on the way: while a model loads,
    the load it will take is not asked for again. Two metrics see past what an engine
    exports:
@@ -345,6 +347,14 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
     memory = _learn(policy, obs, reading, state.slo)
     if memory is not None:
         policy = replace(policy, target=memory.capacity)
+    # maxReplicas bounds the spare, not the replicas that serve: near it, the replicas the
+    # level needs serve and only what is left over is spare (the spare ones serve too; a
+    # count at maxReplicas read as mostly spare would look like a panic all through a peak).
+    asked_spare = policy.spare
+    if policy.spare and reading.level is not None:
+        room = max(0, policy.max_replicas - _raw_replicas(reading.level, policy.sized_target))
+        if room < policy.spare:
+            policy = replace(policy, spare=room)
     # The spare goes with a fall once the load is under the band of the replicas it leaves
     # serving (a fall seen in a plateau's noise, with the load still on them, keeps it),
     # and stays away until the fall ends: it is not asked for back and forth on the way down.
@@ -408,7 +418,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         rec = routed
     else:
         routed = None
-    unbounded = rec
+    unbounded = rec + asked_spare - policy.spare if policy.spare < asked_spare and not spare_dropped else rec
     rec = _clamp(rec, policy)
 
     # 3. Stabilization windows over the remembered recommendations.
@@ -465,6 +475,9 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
                    f"(the level lags a fall)")
     if spare_dropped:
         reason += f"; falling {_num(-reading.slope)}/s: no spare replica held until the fall ends"
+    elif policy.spare < asked_spare:
+        reason += (f"; maxReplicas {policy.max_replicas} leaves room for {policy.spare} of the {asked_spare} "
+                   f"spare {'replica' if asked_spare == 1 else 'replicas'}")
     if memory is not None and policy.slo_ttft is not None:
         reason += f"; target {memory.capacity:.3g} for TTFT p95 ≤ {policy.slo_ttft * 1000:g} ms: {memory.why}"
     # Once the fall is over, a count that holds the level and the spare has the spare back.
@@ -763,6 +776,10 @@ def _reason(
                 if spare_missing and policy.spare else on)
         desc = (f"{metric} {_num(total)} over {held}, {policy.panic_threshold:g}× or more: panic, sized for at once "
                 f"(no scale-down for {policy.trend_window:g} s)")
+    elif current <= policy.spare:
+        # Not even the spare is there yet (a start, a bound raised): none of the replicas serve.
+        desc = (f"{metric} {shown} needs {raw} replicas: {raw - policy.spare} at target {target:.3g}"
+                f" and {policy.spare} spare ({current} there)")
     elif abs(ratio - 1) <= policy.tolerance:
         desc = f"{metric} {shown} within {policy.tolerance:.0%} of {on}"
     else:
