@@ -135,6 +135,9 @@ policies = st.builds(
     st.sampled_from([0.0, 0.0, 15.0, 60.0]), st.sampled_from([0.0, 30.0, 120.0, 300.0]),
     st.sampled_from([0.0, 0.0, 0.25, 1.0]),
 )
+# The same, some with spareReplicas (1-4, within maxReplicas or beyond it), for the properties
+# that hold whatever the spare.
+any_policies = st.one_of(policies, st.builds(lambda p, spare: replace(p, spare=spare), policies, st.integers(1, 4)))
 
 
 # --------------------------------------------------------------------------- properties
@@ -142,7 +145,7 @@ policies = st.builds(
 
 @settings(max_examples=60, deadline=None)
 @given(
-    p=policies,
+    p=any_policies,
     idle=st.sampled_from([0.0, 0.0, 60.0]),
     steps=st.lists(
         st.tuples(
@@ -184,7 +187,7 @@ def test_steady_load_from_the_settled_count_changes_at_most_once(p, level, seed,
 
 
 @settings(max_examples=60, deadline=None)
-@given(p=policies, demand=st.floats(0, 100), start=st.integers(1, 23), seed=st.randoms(use_true_random=False),
+@given(p=any_policies, demand=st.floats(0, 100), start=st.integers(1, 23), seed=st.randoms(use_true_random=False),
        noise=st.floats(0.0, 0.04), startup=st.sampled_from([None, 30.0, 120.0]))
 def test_steady_load_from_anywhere_settles_without_flapping(p, demand, start, seed, noise, startup):
     start = min(max(start, p.min_replicas), p.max_replicas)
@@ -961,7 +964,7 @@ def test_no_scale_down_while_the_load_rises():
 
 
 @settings(max_examples=60, deadline=None)
-@given(p=policies, count=st.integers(1, 12), start=st.floats(0.0, 0.2), end=st.floats(0.6, 0.95),
+@given(p=any_policies, count=st.integers(1, 12), start=st.floats(0.0, 0.2), end=st.floats(0.6, 0.95),
        seed=st.randoms(use_true_random=False), noise=st.floats(0.0, 0.04))
 def test_a_rising_load_never_scales_down_once_its_rise_is_seen(p, count, start, end, seed, noise):
     # A rise of at least a third of the load per trend window (the scaler ignores a
