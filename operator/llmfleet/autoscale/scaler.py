@@ -418,7 +418,9 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         rec = routed
     else:
         routed = None
-    unbounded = rec + asked_spare - policy.spare if policy.spare < asked_spare and not spare_dropped else rec
+    unbounded = rec
+    if policy.spare < asked_spare and not spare_dropped:
+        unbounded += asked_spare - policy.spare  # the spare maxReplicas left no room for: ScalingLimited says so
     rec = _clamp(rec, policy)
 
     # 3. Stabilization windows over the remembered recommendations.
