@@ -347,27 +347,8 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
     memory = _learn(policy, obs, reading, state.slo)
     if memory is not None:
         policy = replace(policy, target=memory.capacity)
-    # maxReplicas bounds the spare, not the replicas that serve: near it, the replicas the
-    # level needs serve and only what is left over is spare (the spare ones serve too; a
-    # count at maxReplicas read as mostly spare would look like a panic all through a peak).
-    asked_spare = policy.spare
-    if policy.spare and reading.level is not None:
-        room = max(0, policy.max_replicas - _raw_replicas(reading.level, policy.sized_target))
-        if room < policy.spare:
-            policy = replace(policy, spare=room)
-    # The spare goes with a fall once the load is under the band of the replicas it leaves
-    # serving (a fall seen in a plateau's noise, with the load still on them, keeps it),
-    # and stays away until the fall ends: it is not asked for back and forth on the way down.
-    released = bool(policy.spare) and reading.falling and (
-        state.spare_released
-        or (reading.level is not None and _ratio(reading.level, policy, current) < 1 - policy.tolerance))
-    spare_dropped = policy.spare if released else 0
-    # Until the count grows again after such a fall (or holds the level and the spare once
-    # the fall is over), the spare is missing: every replica there serves, and a sample is
-    # a panic only at twice what they all hold.
-    missing = bool(policy.spare) and (released or state.spare_missing)
-    if spare_dropped:
-        policy = replace(policy, spare=0)  # no spare for a rise while the load falls
+    spare = _spare(policy, reading, state, current)
+    policy = replace(policy, spare=spare.held)
     panic = denied = False
     spare_in_use = spare_back = None
     if reading.total is None or reading.level is None:
@@ -375,7 +356,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
     else:
         rec = _needed(reading.level, policy)
         now_ratio = _ratio(reading.total, policy, current)
-        panic_ratio = _ratio(reading.total, replace(policy, spare=0), current) if missing else now_ratio
+        panic_ratio = _ratio(reading.total, replace(policy, spare=0), current) if spare.missing else now_ratio
         panic = reading.total > 0 and math.isfinite(panic_ratio) and panic_ratio >= policy.panic_threshold
         if panic:
             rec = max(rec, _needed(reading.total, policy))
@@ -397,7 +378,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
             wanted = _needed(recent, policy)
             if _ratio(recent, policy, current) > 1 + policy.tolerance and wanted > rec:
                 rec, spare_in_use = wanted, recent
-        if missing and not panic and rec > current:
+        if spare.missing and not panic and rec > current:
             # The spare asked for again as the fall ends: for the load there is now, not the
             # level a minute's mean leaves behind. (The latest sample is over the band here,
             # else the rise was denied above, so this still grows the count.)
@@ -419,8 +400,8 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
     else:
         routed = None
     unbounded = rec
-    if policy.spare < asked_spare and not spare_dropped:
-        unbounded += asked_spare - policy.spare  # the spare maxReplicas left no room for: ScalingLimited says so
+    if spare.capped:
+        unbounded += spare.asked - spare.held  # the spare maxReplicas left no room for: ScalingLimited says so
     rec = _clamp(rec, policy)
 
     # 3. Stabilization windows over the remembered recommendations.
@@ -464,7 +445,7 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
             limited_reason, limited = TOO_FEW_REPLICAS, f"spec.replicas was {current}; minReplicas is {desired}"
 
     reason = _reason(policy, obs, reading, rec, up_rec, down_rec, window_covered, desired, panic, denied,
-                     None if calm else panic_until, loading, missing)
+                     None if calm else panic_until, loading, spare.missing)
     if routed is not None:
         reason += f"; cost routing wants {routed} replicas' worth of its traffic here"
     if spare_in_use is not None and desired > current:
@@ -475,11 +456,11 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
     if spare_back is not None:
         reason += (f"; the spare asked for again as the fall ends, for the {_num(spare_back)} now "
                    f"(the level lags a fall)")
-    if spare_dropped:
+    if spare.released:
         reason += f"; falling {_num(-reading.slope)}/s: no spare replica held until the fall ends"
-    elif policy.spare < asked_spare:
-        reason += (f"; maxReplicas {policy.max_replicas} leaves room for {policy.spare} of the {asked_spare} "
-                   f"spare {'replica' if asked_spare == 1 else 'replicas'}")
+    elif spare.capped:
+        reason += (f"; maxReplicas {policy.max_replicas} leaves room for {spare.held} of the {spare.asked} "
+                   f"spare {'replica' if spare.asked == 1 else 'replicas'}")
     if memory is not None and policy.slo_ttft is not None:
         reason += f"; target {memory.capacity:.3g} for TTFT p95 ≤ {policy.slo_ttft * 1000:g} ms: {memory.why}"
     # Once the fall is over, a count that holds the level and the spare has the spare back.
@@ -494,8 +475,8 @@ def decide(policy: ScalingPolicy, obs: Observation, state: ScalerState | None = 
         panic_until=panic_until,
         full_batch=reading.full_batch,
         falling=reading.falling if reading.fresh else state.falling,
-        spare_released=released if reading.fresh else state.spare_released,
-        spare_missing=missing and (released or desired <= current) and not spare_held,
+        spare_released=spare.released if reading.fresh else state.spare_released,
+        spare_missing=spare.missing and (spare.released or desired <= current) and not spare_held,
         slo=memory,
     )
     return Decision(current, desired, reason, limited, limited_reason, rec, new)
@@ -583,6 +564,44 @@ def _read(policy: ScalingPolicy, obs: Observation, state: ScalerState) -> _Readi
                         history=history, full_batch=full_batch)
     # A stale total is not averaged: it may only raise the count (2.), never lower it.
     return _Reading(total, False, why, level=total, floor=floor, history=history, full_batch=full_batch)
+
+
+@dataclass(frozen=True)
+class _Spare:
+    """The spare replicas this decision holds, of the ``asked`` (spareReplicas)."""
+
+    asked: int
+    held: int
+    released: bool = False  # let go for a fall (held is 0)
+    missing: bool = False  # let go for a fall and not back yet: every replica there serves
+
+    @property
+    def capped(self) -> bool:
+        """maxReplicas left room for fewer than asked (a fall aside)."""
+        return self.held < self.asked and not self.released
+
+
+def _spare(policy: ScalingPolicy, reading: _Reading, state: ScalerState, current: int) -> _Spare:
+    """``policy.spare`` as this decision holds it.
+
+    maxReplicas bounds the spare, not the replicas that serve: near it, the replicas the
+    level needs serve and only what is left over is spare (the spare ones serve too; a
+    count at maxReplicas read as mostly spare would look like a panic all through a peak).
+    The spare goes with a fall once the load is under the band of the replicas it leaves
+    serving (a fall seen in a plateau's noise, with the load still on them, keeps it),
+    and stays away until the fall ends: it is not asked for back and forth on the way down.
+    Until the count grows again after such a fall (or holds the level and the spare once
+    the fall is over), the spare is missing: every replica there serves, and a sample is
+    a panic only at twice what they all hold."""
+    asked = held = policy.spare
+    if held and reading.level is not None:
+        held = min(held, max(0, policy.max_replicas - _raw_replicas(reading.level, policy.sized_target)))
+    capped = replace(policy, spare=held)
+    released = bool(held) and reading.falling and (
+        state.spare_released
+        or (reading.level is not None and _ratio(reading.level, capped, current) < 1 - policy.tolerance))
+    missing = bool(held) and (released or state.spare_missing)
+    return _Spare(asked, 0 if released else held, released, missing)
 
 
 def _learn(policy: ScalingPolicy, obs: Observation, reading: _Reading, memory: SloMemory | None) -> SloMemory | None:
